@@ -1,0 +1,17 @@
+//! The audit log: every state change is an entry, hashed into an RFC 6962
+//! Merkle tree, stored in sled by a single writer that group-commits, and
+//! sealed per batch by an Ed25519-signed checkpoint (C2SP signed note).
+
+mod checkpoint;
+mod merkle;
+mod service;
+mod store;
+mod writer;
+
+pub use checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
+pub use merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
+pub use service::AuditApi;
+pub use store::{
+    application_key, data_source_key, request_key, ticket_key, AuditStore, StoreError, TicketRecord,
+};
+pub use writer::{AuditError, AuditLog, Projection, Receipt, WriterOptions};

@@ -1,0 +1,235 @@
+//! The sled store behind the log. One tree, keys prefixed by kind, so that a
+//! batch (entries + checkpoint + frontier + application projections) is one
+//! atomic write: after a crash either all of a batch is there or none.
+//!
+//! | prefix | key                         | value                          |
+//! |--------|-----------------------------|--------------------------------|
+//! | `e`    | index (u64 BE)              | encoded AuditEntry             |
+//! | `c`    | tree size (u64 BE)          | signed checkpoint note         |
+//! | `m`    | `frontier`                  | Merkle frontier                |
+//! | `a`    | application id              | encoded Application (latest)   |
+//! | `r`    | caller NUL request id       | request digest (32) + app id   |
+//! | `t`    | department NUL ticket       | encoded TicketRecord           |
+//! | `d`    | department id               | encoded DataSource             |
+
+use std::path::Path;
+
+use prost::Message;
+use thiserror::Error;
+
+use super::merkle::Frontier;
+use crate::pb::{Application, DataSource};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("audit store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("audit store is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A pending verification, found by the department's ticket.
+#[derive(Clone, PartialEq, Message)]
+pub struct TicketRecord {
+    #[prost(string, tag = "1")]
+    pub application_id: String,
+    #[prost(string, tag = "2")]
+    pub proof_id: String,
+    #[prost(int64, tag = "3")]
+    pub due_unix_ms: i64,
+}
+
+/// Read side of the store; cheap to clone (sled handles are shared).
+#[derive(Clone)]
+pub struct AuditStore {
+    db: sled::Db,
+}
+
+pub(super) const FRONTIER_KEY: &[u8] = b"mfrontier";
+
+pub(super) fn entry_key(index: u64) -> [u8; 9] {
+    prefixed(b'e', index)
+}
+
+pub(super) fn checkpoint_key(size: u64) -> [u8; 9] {
+    prefixed(b'c', size)
+}
+
+fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = prefix;
+    key[1..].copy_from_slice(&n.to_be_bytes());
+    key
+}
+
+pub fn application_key(id: &str) -> Vec<u8> {
+    [b"a", id.as_bytes()].concat()
+}
+
+pub fn request_key(caller: &str, request_id: &str) -> Vec<u8> {
+    [b"r", caller.as_bytes(), b"\0", request_id.as_bytes()].concat()
+}
+
+pub fn ticket_key(department: &str, ticket: &str) -> Vec<u8> {
+    [b"t", department.as_bytes(), b"\0", ticket.as_bytes()].concat()
+}
+
+pub fn data_source_key(department: &str) -> Vec<u8> {
+    [b"d", department.as_bytes()].concat()
+}
+
+impl AuditStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            // The writer flushes each batch itself; sled's own timer would
+            // only add flushes outside the group commit.
+            .flush_every_ms(None)
+            .open()?;
+        Ok(Self { db })
+    }
+
+    pub(super) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// The frontier as of the last committed batch, checked against the entries.
+    pub fn frontier(&self) -> Result<Frontier, StoreError> {
+        let frontier = match self.db.get(FRONTIER_KEY)? {
+            None => Frontier::default(),
+            Some(bytes) => Frontier::from_bytes(&bytes)
+                .ok_or_else(|| StoreError::Corrupt("frontier record is malformed".into()))?,
+        };
+        let size = frontier.size();
+        if size > 0 && self.db.get(entry_key(size - 1))?.is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "tree size is {size} but entry {} is missing",
+                size - 1
+            )));
+        }
+        if self.db.get(entry_key(size))?.is_some() {
+            return Err(StoreError::Corrupt(format!(
+                "entry {size} exists beyond the committed tree size"
+            )));
+        }
+        Ok(frontier)
+    }
+
+    pub fn tree_size(&self) -> Result<u64, StoreError> {
+        Ok(self.frontier()?.size())
+    }
+
+    pub fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(entry_key(index))?.map(|v| v.to_vec()))
+    }
+
+    /// Entries `[start, end)` in order.
+    pub fn entries(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + use<> {
+        self.db
+            .range(entry_key(start)..entry_key(end.max(start)))
+            .map(|item| {
+                let (key, value) = item?;
+                let index = u64::from_be_bytes(
+                    key[1..]
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("entry key is not 9 bytes".into()))?,
+                );
+                Ok((index, value.to_vec()))
+            })
+    }
+
+    /// The latest checkpoint note, if any batch was committed.
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let last = self
+            .db
+            .range(checkpoint_key(0)..=checkpoint_key(u64::MAX))
+            .next_back()
+            .transpose()?;
+        last.map(|(key, value)| {
+            let size = u64::from_be_bytes(key[1..].try_into().unwrap_or_default());
+            let note = String::from_utf8(value.to_vec())
+                .map_err(|_| StoreError::Corrupt("checkpoint is not UTF-8".into()))?;
+            Ok((size, note))
+        })
+        .transpose()
+    }
+
+    /// Every stored checkpoint, oldest first.
+    pub fn checkpoints(&self) -> impl Iterator<Item = Result<(u64, String), StoreError>> + use<> {
+        self.db
+            .range(checkpoint_key(0)..=checkpoint_key(u64::MAX))
+            .map(|item| {
+                let (key, value) = item?;
+                let size = u64::from_be_bytes(key[1..].try_into().unwrap_or_default());
+                let note = String::from_utf8(value.to_vec())
+                    .map_err(|_| StoreError::Corrupt("checkpoint is not UTF-8".into()))?;
+                Ok((size, note))
+            })
+    }
+
+    pub fn application(&self, id: &str) -> Result<Option<Application>, StoreError> {
+        self.decode(&application_key(id))
+    }
+
+    /// (request digest, application id) of an earlier request with this key.
+    pub fn request(
+        &self,
+        caller: &str,
+        request_id: &str,
+    ) -> Result<Option<([u8; 32], String)>, StoreError> {
+        let Some(value) = self.db.get(request_key(caller, request_id))? else {
+            return Ok(None);
+        };
+        let (digest, id) = value
+            .split_first_chunk::<32>()
+            .ok_or_else(|| StoreError::Corrupt("request record is short".into()))?;
+        let id = String::from_utf8(id.to_vec())
+            .map_err(|_| StoreError::Corrupt("request record is not UTF-8".into()))?;
+        Ok(Some((*digest, id)))
+    }
+
+    pub fn ticket(
+        &self,
+        department: &str,
+        ticket: &str,
+    ) -> Result<Option<TicketRecord>, StoreError> {
+        self.decode(&ticket_key(department, ticket))
+    }
+
+    pub fn data_sources(&self) -> Result<Vec<DataSource>, StoreError> {
+        self.db
+            .scan_prefix(b"d")
+            .map(|item| {
+                let (_, value) = item?;
+                DataSource::decode(value.as_ref())
+                    .map_err(|e| StoreError::Corrupt(format!("data source record: {e}")))
+            })
+            .collect()
+    }
+
+    fn decode<M: Message + Default>(&self, key: &[u8]) -> Result<Option<M>, StoreError> {
+        self.db
+            .get(key)?
+            .map(|v| {
+                M::decode(v.as_ref())
+                    .map_err(|e| StoreError::Corrupt(format!("record {:?}: {e}", key.first())))
+            })
+            .transpose()
+    }
+
+    /// Size of the store on disk in bytes.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+impl AuditStore {
+    /// A bookkeeping value written by a batch (prefix `m`).
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+    }
+}

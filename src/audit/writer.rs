@@ -1,0 +1,256 @@
+//! The single writer: one thread owns the tree's right edge and the sled
+//! batch. Appends queue on a bounded channel; the writer takes whatever has
+//! queued (group commit), writes it in one atomic batch with one signed
+//! checkpoint, flushes once, and only then answers every appender. So a
+//! reply a caller sees is always backed by a durable, checkpointed entry.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error};
+
+use super::checkpoint::NoteSigner;
+use super::merkle::{leaf_hash, Frontier, Hash};
+use super::store::{
+    application_key, checkpoint_key, entry_key, AuditStore, StoreError, FRONTIER_KEY,
+};
+use crate::pb::{audit_entry::Event, Application, AuditEntry, AuditReceipt};
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// Most entries in one batch; bounds a batch's latency and memory.
+    pub max_batch: usize,
+    /// Appends waiting for the writer before appenders feel back-pressure.
+    pub queue_depth: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 2048,
+            queue_depth: 8192,
+        }
+    }
+}
+
+/// Where an entry landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub index: u64,
+    pub leaf_hash: Hash,
+    /// Tree size of the checkpoint that covers this entry.
+    pub tree_size: u64,
+}
+
+impl Receipt {
+    pub fn to_pb(self) -> AuditReceipt {
+        AuditReceipt {
+            index: self.index,
+            leaf_hash: self.leaf_hash.to_vec(),
+        }
+    }
+}
+
+/// Derived state written in the same atomic batch as the entry.
+#[derive(Debug, Clone)]
+pub enum Projection {
+    /// The application's latest state; the writer fills in its receipt.
+    Application(Box<Application>),
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+#[derive(Debug, Error, Clone)]
+pub enum AuditError {
+    #[error("audit log is not writable: {0}")]
+    Storage(String),
+    #[error("audit writer has stopped")]
+    Stopped,
+}
+
+impl From<StoreError> for AuditError {
+    fn from(e: StoreError) -> Self {
+        AuditError::Storage(e.to_string())
+    }
+}
+
+struct AppendRequest {
+    event: Event,
+    projections: Vec<Projection>,
+    reply: oneshot::Sender<Result<Receipt, AuditError>>,
+}
+
+/// Handle to append to the log; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<AppendRequest>,
+    store: AuditStore,
+    verifier_key: String,
+}
+
+impl AuditLog {
+    /// Starts the writer thread over `store`, resuming at its committed size.
+    pub fn start(
+        store: AuditStore,
+        signer: NoteSigner,
+        node_id: String,
+        options: WriterOptions,
+    ) -> Result<Self, AuditError> {
+        let frontier = store.frontier()?;
+        let verifier_key = signer.verifier_key();
+        let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
+        let writer = Writer {
+            store: store.clone(),
+            signer,
+            node_id,
+            frontier,
+            max_batch: options.max_batch.max(1),
+        };
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| AuditError::Storage(format!("cannot start writer thread: {e}")))?;
+        Ok(Self {
+            tx,
+            store,
+            verifier_key,
+        })
+    }
+
+    /// Appends one entry; resolves once it is durable and checkpointed.
+    pub async fn append(
+        &self,
+        event: Event,
+        projections: Vec<Projection>,
+    ) -> Result<Receipt, AuditError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(AppendRequest {
+                event,
+                projections,
+                reply,
+            })
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        answer.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    pub fn store(&self) -> &AuditStore {
+        &self.store
+    }
+
+    /// The C2SP vkey that verifies this log's checkpoints.
+    pub fn verifier_key(&self) -> &str {
+        &self.verifier_key
+    }
+
+    /// Appends waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+struct Writer {
+    store: AuditStore,
+    signer: NoteSigner,
+    node_id: String,
+    frontier: Frontier,
+    max_batch: usize,
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<AppendRequest>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch);
+        }
+        debug!("audit writer stopped: every appender is gone");
+    }
+
+    fn commit(&mut self, batch: &mut Vec<AppendRequest>) {
+        let before = self.frontier.clone();
+        match self.write(batch) {
+            Ok(receipts) => {
+                for (request, receipt) in batch.drain(..).zip(receipts) {
+                    // An appender that gave up still has its entry logged.
+                    let _ = request.reply.send(Ok(receipt));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, entries = batch.len(), "audit batch failed; nothing of it was acknowledged");
+                self.frontier = before;
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(AuditError::Storage(e.to_string())));
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, batch: &[AppendRequest]) -> Result<Vec<Receipt>, StoreError> {
+        let logged_unix_ms = now_unix_ms();
+        let mut sled_batch = sled::Batch::default();
+        let mut receipts = Vec::with_capacity(batch.len());
+        for request in batch {
+            let index = self.frontier.size();
+            let entry = AuditEntry {
+                index,
+                logged_unix_ms,
+                node_id: self.node_id.clone(),
+                event: Some(request.event.clone()),
+            };
+            let bytes = entry.encode_to_vec();
+            let leaf = leaf_hash(&bytes);
+            self.frontier.push(leaf);
+            sled_batch.insert(&entry_key(index), bytes);
+            receipts.push(Receipt {
+                index,
+                leaf_hash: leaf,
+                tree_size: 0,
+            });
+            for projection in &request.projections {
+                match projection {
+                    Projection::Application(app) => {
+                        let mut app = app.as_ref().clone();
+                        app.receipt = Some(AuditReceipt {
+                            index,
+                            leaf_hash: leaf.to_vec(),
+                        });
+                        sled_batch
+                            .insert(application_key(&app.application_id), app.encode_to_vec());
+                    }
+                    Projection::Put(key, value) => {
+                        sled_batch.insert(key.as_slice(), value.as_slice())
+                    }
+                    Projection::Delete(key) => sled_batch.remove(key.as_slice()),
+                }
+            }
+        }
+        let size = self.frontier.size();
+        let note = self.signer.sign_checkpoint(size, &self.frontier.root());
+        sled_batch.insert(&checkpoint_key(size), note.as_bytes());
+        sled_batch.insert(FRONTIER_KEY, self.frontier.to_bytes());
+        let db = self.store.db();
+        db.apply_batch(sled_batch)?;
+        db.flush()?;
+        for receipt in &mut receipts {
+            receipt.tree_size = size;
+        }
+        Ok(receipts)
+    }
+}

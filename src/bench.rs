@@ -1,0 +1,202 @@
+//! The load generator: drives SubmitApplication at a fixed concurrency for a
+//! fixed time against a running gateway, after a baseline of plain gRPC
+//! health checks against the same server over the same connection, so the
+//! figures carry their own yardstick.
+
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::pb::application_service_client::ApplicationServiceClient;
+use crate::pb::{Commitment, IdType, Officer, Subject, SubmitApplicationRequest};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub endpoint: String,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub matter: String,
+}
+
+/// Figures of one phase.
+#[derive(Debug, Clone)]
+pub struct PhaseReport {
+    pub name: &'static str,
+    pub completed: u64,
+    pub failed: u64,
+    pub per_second: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl std::fmt::Display for PhaseReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<28} {:>10.0}/s  p50 {:>8.2} ms  p99 {:>8.2} ms  ok {:>8}  failed {:>6}",
+            self.name,
+            self.per_second,
+            self.p50.as_secs_f64() * 1000.0,
+            self.p99.as_secs_f64() * 1000.0,
+            self.completed,
+            self.failed
+        )
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+async fn run_phase<F, Fut>(
+    name: &'static str,
+    concurrency: usize,
+    duration: Duration,
+    call: F,
+) -> PhaseReport
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..concurrency.max(1) {
+        let call = call.clone();
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failed = 0u64;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if call(worker, n).await {
+                    latencies.push(t.elapsed());
+                } else {
+                    failed += 1;
+                }
+                n += 1;
+            }
+            (latencies, failed)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    while let Some(joined) = workers.join_next().await {
+        if let Ok((l, f)) = joined {
+            latencies.extend(l);
+            failed += f;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    PhaseReport {
+        name,
+        completed: latencies.len() as u64,
+        failed,
+        per_second: latencies.len() as f64 / elapsed,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+    }
+}
+
+/// A submission the built-in mock departments decide "complete" for the
+/// sample matters (the applicant passes every check there).
+pub fn sample_submission(matter: &str, request_id: String) -> SubmitApplicationRequest {
+    let (id_type, id_number, name) = match matter {
+        "business-change" => (
+            IdType::UnifiedSocialCreditCode,
+            "91330702MA28K00072",
+            "金华某某科技有限公司",
+        ),
+        "elderly-subsidy" => (IdType::ResidentId, "330702194005050628", "陈秀英"),
+        _ => (IdType::ResidentId, "330702199001011237", "王伟"),
+    };
+    let now = crate::gateway::now_unix_ms();
+    let commit = |proof: &str, version: &str| Commitment {
+        proof_id: proof.into(),
+        text_version: version.into(),
+        accepted_at_unix_ms: now,
+    };
+    SubmitApplicationRequest {
+        request_id,
+        matter_id: matter.into(),
+        officer: Some(Officer {
+            officer_id: "bench-officer".into(),
+            hall_id: "bench-hall".into(),
+        }),
+        applicant: Some(Subject {
+            id_type: id_type as i32,
+            id_number: id_number.into(),
+            name: name.into(),
+        }),
+        commitments: vec![
+            commit("income-statement", "income-v1"),
+            commit("business-premises", "premises-v1"),
+            commit("guardianship", "guardian-v1"),
+            commit("character-reference", "character-v2"),
+        ],
+        consent_to_data_queries: true,
+    }
+}
+
+/// Runs the baseline and the submission phase; returns both reports.
+pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
+    let channel = Channel::from_shared(options.endpoint.clone())
+        .map_err(|e| format!("bad endpoint {}: {e}", options.endpoint))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", options.endpoint))?;
+    let health = HealthClient::new(channel.clone());
+    let baseline = run_phase(
+        "baseline: health check",
+        options.concurrency,
+        options.duration,
+        move |_, _| {
+            let mut client = health.clone();
+            async move {
+                client
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+    let applications = ApplicationServiceClient::new(channel);
+    let run_id = crate::gateway::now_unix_ms();
+    let matter = options.matter.clone();
+    let submissions = run_phase(
+        "SubmitApplication",
+        options.concurrency,
+        options.duration,
+        move |worker, n| {
+            let mut client = applications.clone();
+            let request = sample_submission(&matter, format!("bench-{run_id}-{worker}-{n}"));
+            async move { client.submit_application(request).await.is_ok() }
+        },
+    )
+    .await;
+    Ok(vec![baseline, submissions])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let sorted: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&sorted, 0.50), Duration::from_millis(50));
+        assert_eq!(percentile(&sorted, 0.99), Duration::from_millis(99));
+        assert_eq!(percentile(&[], 0.99), Duration::ZERO);
+    }
+}

@@ -1,0 +1,269 @@
+//! The directory of data sources the gateway may ask, one multiplexed gRPC
+//! channel each, and the checks every answer passes before it is used:
+//! deadline, nonce echo, department identity, signature, requested fields.
+//! Any failure is a [`CallFailure`], which the policy turns into
+//! "unavailable" — never into a positive outcome.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tonic::transport::{Channel, Endpoint};
+
+use super::signing::{self, Signed};
+use crate::pb::department_service_client::DepartmentServiceClient;
+use crate::pb::{DataSource, QueryRequest, QueryResponse, VerifyRequest, VerifyResponse};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const MAX_ID_LEN: usize = 64;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DirectoryError {
+    #[error("department_id must be 1–{MAX_ID_LEN} characters of a-z, 0-9, '-' or '_'")]
+    BadDepartmentId,
+    #[error("endpoint `{0}` is not a valid http(s) URI")]
+    BadEndpoint(String),
+    #[error("answer_public_key must be a 32-byte Ed25519 public key, got {0} bytes")]
+    BadPublicKey(usize),
+    #[error("a data source must serve at least one query or verification")]
+    ServesNothing,
+}
+
+/// Why a department gave no usable answer. Messages carry no personal data.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CallFailure {
+    #[error("no data source is registered for department `{0}`")]
+    NotRegistered(String),
+    #[error("department `{department}` does not serve `{what}`")]
+    NotServed { department: String, what: String },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("department unreachable ({0})")]
+    Unreachable(String),
+    #[error("department refused the call: {0}")]
+    Refused(String),
+    #[error("malformed answer: {0}")]
+    BadAnswer(String),
+    #[error("answer signature does not verify against the registered key")]
+    BadSignature,
+}
+
+struct Source {
+    info: DataSource,
+    client: DepartmentServiceClient<Channel>,
+}
+
+/// A checked answer and how long it took.
+pub struct Answered<T> {
+    pub answer: T,
+    pub latency: Duration,
+}
+
+#[derive(Default)]
+pub struct DepartmentDirectory {
+    sources: RwLock<HashMap<String, Arc<Source>>>,
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl DepartmentDirectory {
+    /// Checks a registration without applying it.
+    pub fn validate(info: &DataSource) -> Result<Endpoint, DirectoryError> {
+        if !valid_id(&info.department_id) {
+            return Err(DirectoryError::BadDepartmentId);
+        }
+        if info.answer_public_key.len() != 32 {
+            return Err(DirectoryError::BadPublicKey(info.answer_public_key.len()));
+        }
+        if info.queries.is_empty() && info.verifications.is_empty() {
+            return Err(DirectoryError::ServesNothing);
+        }
+        if !(info.endpoint.starts_with("http://") || info.endpoint.starts_with("https://")) {
+            return Err(DirectoryError::BadEndpoint(info.endpoint.clone()));
+        }
+        Endpoint::from_shared(info.endpoint.clone())
+            .map_err(|_| DirectoryError::BadEndpoint(info.endpoint.clone()))
+    }
+
+    /// Adds or replaces a department's data source. The channel connects
+    /// lazily and reconnects by itself, so a department that starts later
+    /// or restarts is picked up without re-registering.
+    pub fn upsert(&self, info: DataSource) -> Result<(), DirectoryError> {
+        let endpoint = Self::validate(&info)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let client = DepartmentServiceClient::new(endpoint.connect_lazy());
+        let source = Arc::new(Source { info, client });
+        self.write()
+            .insert(source.info.department_id.clone(), source);
+        Ok(())
+    }
+
+    pub fn remove(&self, department_id: &str) -> Option<DataSource> {
+        self.write().remove(department_id).map(|s| s.info.clone())
+    }
+
+    pub fn get(&self, department_id: &str) -> Option<DataSource> {
+        self.read().get(department_id).map(|s| s.info.clone())
+    }
+
+    /// Every registered source, sorted by department id.
+    pub fn list(&self) -> Vec<DataSource> {
+        let sorted: BTreeMap<_, _> = self
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.info.clone()))
+            .collect();
+        sorted.into_values().collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Source>>> {
+        self.sources.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Source>>> {
+        self.sources.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn source(&self, department: &str) -> Result<Arc<Source>, CallFailure> {
+        self.read()
+            .get(department)
+            .cloned()
+            .ok_or_else(|| CallFailure::NotRegistered(department.to_owned()))
+    }
+
+    /// Queries a department, trimming the answer to the requested fields.
+    pub async fn query(
+        &self,
+        department: &str,
+        request: QueryRequest,
+        deadline: Duration,
+    ) -> Result<Answered<QueryResponse>, CallFailure> {
+        let source = self.source(department)?;
+        if !source.info.queries.contains(&request.query) {
+            return Err(CallFailure::NotServed {
+                department: department.to_owned(),
+                what: format!("query {}", request.query),
+            });
+        }
+        let nonce = request.request_nonce.clone();
+        let wanted = request.fields.clone();
+        let started = Instant::now();
+        let mut client = source.client.clone();
+        let mut call = tonic::Request::new(request);
+        call.set_timeout(deadline);
+        let answer = tokio::time::timeout(deadline, client.query(call))
+            .await
+            .map_err(|_| CallFailure::Timeout(deadline))?
+            .map_err(|status| status_failure(status, deadline))?
+            .into_inner();
+        let latency = started.elapsed();
+        check_envelope(
+            &source.info,
+            &nonce,
+            &answer.request_nonce,
+            &answer.department_id,
+            &answer,
+        )?;
+        // Only what was asked may be kept, and the log keeps the answer
+        // exactly as signed: an answer with extra fields is refused whole.
+        if let Some(extra) = answer.fields.iter().find(|f| !wanted.contains(&f.name)) {
+            return Err(CallFailure::BadAnswer(format!(
+                "answer carries field `{}`, which was not asked for",
+                extra.name
+            )));
+        }
+        if answer.found {
+            for field in &wanted {
+                if !answer.fields.iter().any(|f| &f.name == field) {
+                    return Err(CallFailure::BadAnswer(format!(
+                        "requested field `{field}` is missing"
+                    )));
+                }
+            }
+        }
+        Ok(Answered { answer, latency })
+    }
+
+    pub async fn verify(
+        &self,
+        department: &str,
+        request: VerifyRequest,
+        deadline: Duration,
+    ) -> Result<Answered<VerifyResponse>, CallFailure> {
+        let source = self.source(department)?;
+        if !source.info.verifications.contains(&request.proof_id) {
+            return Err(CallFailure::NotServed {
+                department: department.to_owned(),
+                what: format!("verification of {}", request.proof_id),
+            });
+        }
+        let nonce = request.request_nonce.clone();
+        let started = Instant::now();
+        let mut client = source.client.clone();
+        let mut call = tonic::Request::new(request);
+        call.set_timeout(deadline);
+        let answer = tokio::time::timeout(deadline, client.verify(call))
+            .await
+            .map_err(|_| CallFailure::Timeout(deadline))?
+            .map_err(|status| status_failure(status, deadline))?
+            .into_inner();
+        let latency = started.elapsed();
+        check_envelope(
+            &source.info,
+            &nonce,
+            &answer.request_nonce,
+            &answer.department_id,
+            &answer,
+        )?;
+        Ok(Answered { answer, latency })
+    }
+
+    /// Whether `message` is signed by the registered key of `department`.
+    pub fn verify_signature<M: Signed>(&self, department: &str, message: &M) -> bool {
+        self.read()
+            .get(department)
+            .is_some_and(|s| signing::verify(&s.info.answer_public_key, message))
+    }
+}
+
+fn status_failure(status: tonic::Status, deadline: Duration) -> CallFailure {
+    match status.code() {
+        tonic::Code::DeadlineExceeded => CallFailure::Timeout(deadline),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
+            CallFailure::Unreachable(format!("{:?}", status.code()))
+        }
+        code => CallFailure::Refused(format!("{code:?}: {}", status.message())),
+    }
+}
+
+fn check_envelope<M: Signed>(
+    source: &DataSource,
+    sent_nonce: &str,
+    nonce: &str,
+    department: &str,
+    answer: &M,
+) -> Result<(), CallFailure> {
+    if nonce != sent_nonce {
+        return Err(CallFailure::BadAnswer(
+            "answer does not echo the request nonce".into(),
+        ));
+    }
+    if department != source.department_id {
+        return Err(CallFailure::BadAnswer(format!(
+            "answer claims to come from `{department}`, not `{}`",
+            source.department_id
+        )));
+    }
+    if !signing::verify(&source.answer_public_key, answer) {
+        return Err(CallFailure::BadSignature);
+    }
+    Ok(())
+}

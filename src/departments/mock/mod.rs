@@ -1,0 +1,362 @@
+//! Mock departments: real `DepartmentService` gRPC servers answering from
+//! fixture files, signing every answer like a production department would.
+//! Each has runtime knobs ([`MockControls`]) so tests can make it slow,
+//! garbled, badly signed or impersonating, without a second implementation.
+
+mod fixture;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+pub use fixture::{
+    builtin_fixture, Fixture, FixtureError, VerificationFixture, BUILTIN_DEPARTMENTS,
+};
+
+use super::signing::sign;
+use crate::pb::department_registry_client::DepartmentRegistryClient;
+use crate::pb::department_service_server::{DepartmentService, DepartmentServiceServer};
+use crate::pb::{
+    CompleteVerificationRequest, DataSource, QueryRequest, QueryResponse,
+    RegisterDataSourceRequest, VerificationOutcome, VerifyRequest, VerifyResponse,
+};
+
+/// Faults a test can switch on while the mock runs.
+#[derive(Debug, Default)]
+pub struct MockControls {
+    /// Added before every answer.
+    pub latency_ms: AtomicU64,
+    /// Answer with a nonce that does not match the request.
+    pub garble: AtomicBool,
+    /// Sign with a key other than the registered one.
+    pub wrong_key: AtomicBool,
+    /// Claim to be another department.
+    pub impersonate: AtomicBool,
+    /// Refuse every call with UNAVAILABLE.
+    pub refuse: AtomicBool,
+    /// Calls answered, for tests that check a department was (not) asked.
+    pub calls: AtomicU64,
+}
+
+struct MockDepartment {
+    fixture: Arc<Fixture>,
+    key: Arc<Ed25519KeyPair>,
+    impostor_key: Arc<Ed25519KeyPair>,
+    controls: Arc<MockControls>,
+    gateway: Option<String>,
+    tickets: AtomicU64,
+}
+
+fn new_key() -> Result<Ed25519KeyPair, MockError> {
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| MockError::Key)?;
+    Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| MockError::Key)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MockError {
+    #[error("cannot create a signing key")]
+    Key,
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot register with the gateway at {gateway}: {message}")]
+    Register { gateway: String, message: String },
+}
+
+impl MockDepartment {
+    async fn before_answer(&self) -> Result<(), Status> {
+        self.controls.calls.fetch_add(1, Ordering::Relaxed);
+        let latency = self.controls.latency_ms.load(Ordering::Relaxed);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        if self.controls.refuse.load(Ordering::Relaxed) {
+            return Err(Status::unavailable("department maintenance"));
+        }
+        Ok(())
+    }
+
+    fn department_id(&self) -> String {
+        if self.controls.impersonate.load(Ordering::Relaxed) {
+            format!("{}-impostor", self.fixture.department)
+        } else {
+            self.fixture.department.clone()
+        }
+    }
+
+    fn nonce(&self, sent: String) -> String {
+        if self.controls.garble.load(Ordering::Relaxed) {
+            "garbage".into()
+        } else {
+            sent
+        }
+    }
+
+    fn signing_key(&self) -> &Ed25519KeyPair {
+        if self.controls.wrong_key.load(Ordering::Relaxed) {
+            &self.impostor_key
+        } else {
+            &self.key
+        }
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+#[tonic::async_trait]
+impl DepartmentService for Arc<MockDepartment> {
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        self.before_answer().await?;
+        let request = request.into_inner();
+        let subject = request
+            .subject
+            .ok_or_else(|| Status::invalid_argument("subject is required"))?;
+        if !self.fixture.queries.contains(&request.query) {
+            return Err(Status::unimplemented(format!(
+                "{} does not serve query `{}`",
+                self.fixture.department, request.query
+            )));
+        }
+        let record = self.fixture.record(&request.query, &subject.id_number);
+        let mut answer = QueryResponse {
+            request_nonce: self.nonce(request.request_nonce),
+            department_id: self.department_id(),
+            found: record.is_some(),
+            // Only the requested fields leave the department.
+            fields: record
+                .map(|fields| {
+                    fields
+                        .iter()
+                        .filter(|f| request.fields.contains(&f.name))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            signature: Vec::new(),
+        };
+        sign(self.signing_key(), &mut answer);
+        Ok(Response::new(answer))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<VerifyRequest>,
+    ) -> Result<Response<VerifyResponse>, Status> {
+        self.before_answer().await?;
+        let request = request.into_inner();
+        let subject = request
+            .subject
+            .ok_or_else(|| Status::invalid_argument("subject is required"))?;
+        let fixture = self
+            .fixture
+            .verification(&request.proof_id, &subject.id_number);
+        let mut answer = VerifyResponse {
+            request_nonce: self.nonce(request.request_nonce),
+            department_id: self.department_id(),
+            ..Default::default()
+        };
+        match fixture {
+            None => {
+                answer.outcome = VerificationOutcome::NotVerified as i32;
+                answer.reason = "no such record at the issuing department".into();
+            }
+            Some(VerificationFixture {
+                outcome,
+                reason,
+                complete_after_ms,
+                final_outcome,
+                ..
+            }) => {
+                answer.outcome = *outcome as i32;
+                answer.reason = reason.clone();
+                if *outcome == VerificationOutcome::Pending {
+                    let n = self.tickets.fetch_add(1, Ordering::Relaxed);
+                    let ticket = format!("{}-{}-{n}", self.fixture.department, now_unix_ms());
+                    answer.ticket = ticket.clone();
+                    answer.expected_completion_unix_ms = now_unix_ms() + *complete_after_ms as i64;
+                    self.complete_later(ticket, *complete_after_ms, *final_outcome, reason.clone());
+                }
+            }
+        }
+        sign(self.signing_key(), &mut answer);
+        Ok(Response::new(answer))
+    }
+}
+
+impl MockDepartment {
+    /// Calls the gateway back once the slow verification is "done".
+    fn complete_later(
+        &self,
+        ticket: String,
+        after_ms: u64,
+        outcome: VerificationOutcome,
+        reason: String,
+    ) {
+        let Some(gateway) = self.gateway.clone() else {
+            warn!(%ticket, "no gateway to report the verification to");
+            return;
+        };
+        let key = Arc::clone(&self.key);
+        let department_id = self.fixture.department.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(after_ms)).await;
+            let mut request = CompleteVerificationRequest {
+                department_id,
+                ticket: ticket.clone(),
+                outcome: outcome as i32,
+                reason,
+                signature: Vec::new(),
+            };
+            sign(&key, &mut request);
+            // The gateway may be restarting: keep trying for a while.
+            for attempt in 0..20u32 {
+                match DepartmentRegistryClient::connect(gateway.clone()).await {
+                    Ok(mut client) => match client.complete_verification(request.clone()).await {
+                        Ok(_) => return,
+                        Err(status) if status.code() == tonic::Code::Unavailable => {}
+                        Err(status) => {
+                            warn!(%ticket, %status, "gateway refused the completed verification");
+                            return;
+                        }
+                    },
+                    Err(e) => warn!(%ticket, error = %e, attempt, "gateway not reachable"),
+                }
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+            }
+        });
+    }
+}
+
+/// A mock department serving on a loopback port.
+pub struct RunningMock {
+    pub department_id: String,
+    pub addr: SocketAddr,
+    pub controls: Arc<MockControls>,
+    fixture: Arc<Fixture>,
+    public_key: Vec<u8>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningMock {
+    /// Starts `fixture` on `listen` (port 0 for any); pending verifications are
+    /// reported to the registry at `gateway` (an http:// URI).
+    pub async fn start(
+        fixture: Fixture,
+        listen: SocketAddr,
+        gateway: Option<String>,
+    ) -> Result<Self, MockError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| MockError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| MockError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let fixture = Arc::new(fixture);
+        let key = new_key()?;
+        let public_key = key.public_key().as_ref().to_vec();
+        let controls = Arc::new(MockControls::default());
+        let service = Arc::new(MockDepartment {
+            fixture: Arc::clone(&fixture),
+            key: Arc::new(key),
+            impostor_key: Arc::new(new_key()?),
+            controls: Arc::clone(&controls),
+            gateway,
+            tickets: AtomicU64::new(1),
+        });
+        let (shutdown, on_shutdown) = oneshot::channel::<()>();
+        let department_id = fixture.department.clone();
+        let task = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(DepartmentServiceServer::new(service))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = on_shutdown.await;
+                })
+                .await;
+            if let Err(e) = result {
+                warn!(error = %e, "mock department stopped with an error");
+            }
+        });
+        info!(department = %department_id, %addr, "mock department listening");
+        Ok(Self {
+            department_id,
+            addr,
+            controls,
+            fixture,
+            public_key,
+            shutdown: Some(shutdown),
+            task,
+        })
+    }
+
+    /// The registration this mock announces.
+    pub fn data_source(&self) -> DataSource {
+        DataSource {
+            department_id: self.department_id.clone(),
+            endpoint: format!("http://{}", self.addr),
+            queries: self.fixture.queries.clone(),
+            verifications: self.fixture.verifications.clone(),
+            capacity_per_second: self.fixture.capacity_per_second,
+            answer_public_key: self.public_key.clone(),
+        }
+    }
+
+    /// Registers with the gateway's DepartmentRegistry over gRPC.
+    pub async fn register(&self, gateway: &str) -> Result<(), MockError> {
+        let fail = |message: String| MockError::Register {
+            gateway: gateway.to_owned(),
+            message,
+        };
+        let mut client = DepartmentRegistryClient::connect(gateway.to_owned())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        client
+            .register_data_source(RegisterDataSourceRequest {
+                source: Some(self.data_source()),
+            })
+            .await
+            .map_err(|s| fail(s.message().to_owned()))?;
+        Ok(())
+    }
+
+    /// Stops serving; the port refuses connections afterwards.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningMock {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

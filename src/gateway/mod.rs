@@ -1,0 +1,448 @@
+//! The ApplicationService: orchestration of one application from request to
+//! logged decision, and of the later completion of pending verifications.
+
+mod calendar;
+mod decide;
+mod error;
+mod service;
+mod validate;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::future::join_all;
+use prost::Message;
+use ring::digest::{digest, SHA256};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::OnceCell;
+use tracing::{info, info_span, Instrument};
+
+pub use calendar::{civil_date_cst, format_date, working_days_after};
+pub use error::GatewayError;
+pub use service::ApplicationApi;
+pub use validate::{check_submission, FieldViolation};
+pub use watch::{is_final, WatchHub};
+
+use crate::audit::{request_key, ticket_key, AuditLog, Projection, TicketRecord};
+use crate::departments::{CompletionHandler, DepartmentDirectory};
+use crate::pb::{
+    audit_entry::Event, Application, ApplicationDecided, ApplicationStatus,
+    CompleteVerificationRequest, CompleteVerificationResponse, IdType, ProofMode, ProofOutcome,
+    RecordedAnswer, SubmitApplicationRequest, VerificationCompleted, VerificationOutcome,
+};
+use crate::policy::{overall_status, ApplicantFacts, PolicySet};
+use crate::subject::PseudonymKey;
+
+/// Shards of the per-application lock that serialises completions.
+const APPLICATION_LOCK_SHARDS: usize = 64;
+
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+type InFlight = Arc<OnceCell<Application>>;
+
+pub struct Gateway {
+    node_id: String,
+    policy: RwLock<Arc<PolicySet>>,
+    departments: Arc<DepartmentDirectory>,
+    audit: AuditLog,
+    pseudonyms: PseudonymKey,
+    watchers: WatchHub,
+    in_flight: Mutex<HashMap<Vec<u8>, InFlight>>,
+    application_locks: Vec<tokio::sync::Mutex<()>>,
+    rng: SystemRandom,
+}
+
+impl Gateway {
+    pub fn new(
+        node_id: String,
+        policy: Arc<PolicySet>,
+        departments: Arc<DepartmentDirectory>,
+        audit: AuditLog,
+        pseudonyms: PseudonymKey,
+    ) -> Self {
+        Self {
+            node_id,
+            policy: RwLock::new(policy),
+            departments,
+            audit,
+            pseudonyms,
+            watchers: WatchHub::default(),
+            in_flight: Mutex::new(HashMap::new()),
+            application_locks: (0..APPLICATION_LOCK_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub fn policy(&self) -> Arc<PolicySet> {
+        Arc::clone(&self.policy.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    pub fn watchers(&self) -> &WatchHub {
+        &self.watchers
+    }
+
+    /// Application ids name the node that owns them, so nodes never collide.
+    fn new_application_id(&self) -> String {
+        let mut bytes = [0u8; 12];
+        let _ = self.rng.fill(&mut bytes);
+        format!("{}.{}", self.node_id, hex::encode(bytes))
+    }
+
+    fn lock_for(&self, application_id: &str) -> &tokio::sync::Mutex<()> {
+        let hash = digest(&SHA256, application_id.as_bytes());
+        let shard = usize::from(hash.as_ref()[0]) % self.application_locks.len();
+        &self.application_locks[shard]
+    }
+
+    /// Decides a submission, or returns the application an earlier request
+    /// with the same `request_id` from the same caller produced. The second
+    /// value is true for such a replay.
+    pub async fn submit(
+        &self,
+        caller: &str,
+        request: SubmitApplicationRequest,
+    ) -> Result<(Application, bool), GatewayError> {
+        let now = now_unix_ms();
+        let id_type = check_submission(&request, now).map_err(GatewayError::Invalid)?;
+        let policy = self.policy();
+        if policy.matter(&request.matter_id).is_none() {
+            return Err(GatewayError::UnknownMatter(request.matter_id));
+        }
+        let unknown: Vec<FieldViolation> = request
+            .commitments
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| policy.proof(&c.proof_id).is_none())
+            .map(|(i, c)| FieldViolation {
+                field: format!("commitments[{i}].proof_id"),
+                description: format!("unknown proof `{}`", c.proof_id),
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(GatewayError::Invalid(unknown));
+        }
+        let request_digest: [u8; 32] = digest(&SHA256, &request.encode_to_vec())
+            .as_ref()
+            .try_into()
+            .unwrap_or([0; 32]);
+        if let Some(replayed) = self.replay(caller, &request, request_digest)? {
+            return Ok((replayed, true));
+        }
+        // Concurrent duplicates wait for the first instead of deciding twice.
+        let key = request_key(caller, &request.request_id);
+        let cell = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(in_flight.entry(key.clone()).or_default())
+        };
+        let decided_here = AtomicBool::new(false);
+        let result = cell
+            .get_or_try_init(|| {
+                decided_here.store(true, Ordering::Relaxed);
+                self.decide(caller, &request, id_type, request_digest, &policy, now)
+            })
+            .await
+            .cloned();
+        {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                in_flight.remove(&key);
+            }
+        }
+        let application = result?;
+        if decided_here.load(Ordering::Relaxed) {
+            Ok((application, false))
+        } else {
+            match self.replay(caller, &request, request_digest)? {
+                Some(replayed) => Ok((replayed, true)),
+                None => Ok((application, true)),
+            }
+        }
+    }
+
+    fn replay(
+        &self,
+        caller: &str,
+        request: &SubmitApplicationRequest,
+        request_digest: [u8; 32],
+    ) -> Result<Option<Application>, GatewayError> {
+        let store = self.audit.store();
+        let Some((earlier_digest, application_id)) = store.request(caller, &request.request_id)?
+        else {
+            return Ok(None);
+        };
+        if earlier_digest != request_digest {
+            return Err(GatewayError::RequestIdReused(request.request_id.clone()));
+        }
+        store
+            .application(&application_id)?
+            .map(Some)
+            .ok_or(GatewayError::UnknownApplication(application_id))
+    }
+
+    async fn decide(
+        &self,
+        caller: &str,
+        request: &SubmitApplicationRequest,
+        id_type: IdType,
+        request_digest: [u8; 32],
+        policy: &PolicySet,
+        now: i64,
+    ) -> Result<Application, GatewayError> {
+        let application_id = self.new_application_id();
+        let span = info_span!(
+            "application",
+            application_id = %application_id,
+            matter = %request.matter_id,
+            status = tracing::field::Empty,
+            outcomes = tracing::field::Empty,
+        );
+        async {
+            let subject = request.applicant.clone().unwrap_or_default();
+            let decision_date = civil_date_cst(now);
+            let facts = ApplicantFacts::derive(id_type, &subject.id_number, decision_date);
+            // Checked by the caller; a matter cannot vanish from an immutable set.
+            let matter = policy
+                .matter(&request.matter_id)
+                .ok_or_else(|| GatewayError::UnknownMatter(request.matter_id.clone()))?;
+            let required = policy.required_proofs(matter, &facts);
+            let ctx = decide::DecisionContext {
+                application_id: &application_id,
+                request,
+                subject: &subject,
+                facts: &facts,
+                now_unix_ms: now,
+            };
+            let decisions = join_all(
+                required
+                    .iter()
+                    .map(|r| decide::decide_proof(&ctx, &r.proof, &self.departments, &self.rng)),
+            )
+            .await;
+            let results: Vec<_> = decisions.iter().filter_map(|d| d.result.clone()).collect();
+            let status = overall_status(results.iter().map(|r| r.outcome()));
+            let officer = request.officer.clone().unwrap_or_default();
+            let application = Application {
+                application_id: application_id.clone(),
+                request_id: request.request_id.clone(),
+                matter_id: request.matter_id.clone(),
+                status: status as i32,
+                proofs: results.clone(),
+                policy_version: policy.version.clone(),
+                created_unix_ms: now,
+                updated_unix_ms: now,
+                receipt: None,
+                officer_id: officer.officer_id.clone(),
+                hall_id: officer.hall_id.clone(),
+            };
+            let mut projections = vec![
+                Projection::Application(Box::new(application.clone())),
+                Projection::Put(
+                    request_key(caller, &request.request_id),
+                    [&request_digest[..], application_id.as_bytes()].concat(),
+                ),
+            ];
+            for r in results
+                .iter()
+                .filter(|r| r.outcome() == ProofOutcome::Pending)
+            {
+                let record = TicketRecord {
+                    application_id: application_id.clone(),
+                    proof_id: r.proof_id.clone(),
+                    due_unix_ms: r.due_unix_ms,
+                };
+                projections.push(Projection::Put(
+                    ticket_key(&r.department_id, &r.ticket),
+                    record.encode_to_vec(),
+                ));
+            }
+            let event = Event::ApplicationDecided(ApplicationDecided {
+                application_id: application_id.clone(),
+                request_id: request.request_id.clone(),
+                caller: caller.to_owned(),
+                matter_id: request.matter_id.clone(),
+                policy_version: policy.version.clone(),
+                subject_pseudonym: self
+                    .pseudonyms
+                    .pseudonym(id_type, &subject.id_number)
+                    .to_vec(),
+                subject_id_type: id_type as i32,
+                officer_id: officer.officer_id,
+                hall_id: officer.hall_id,
+                consent_to_data_queries: request.consent_to_data_queries,
+                decision_date: format_date(decision_date),
+                proofs: decisions,
+                status: status as i32,
+            });
+            let receipt = self.audit.append(event, projections).await?;
+            let mut application = application;
+            application.receipt = Some(receipt.to_pb());
+            let span = tracing::Span::current();
+            span.record("status", status.as_str_name());
+            span.record("outcomes", outcome_summary(&application).as_str());
+            info!(index = receipt.index, "application decided");
+            Ok(application)
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub fn application(&self, application_id: &str) -> Result<Application, GatewayError> {
+        self.audit
+            .store()
+            .application(application_id)?
+            .ok_or_else(|| GatewayError::UnknownApplication(application_id.to_owned()))
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteVerificationRequest,
+    ) -> Result<CompleteVerificationResponse, GatewayError> {
+        let mut problems = Vec::new();
+        if request.department_id.is_empty() || request.department_id.len() > validate::MAX_ID_LEN {
+            problems.push(FieldViolation {
+                field: "department_id".into(),
+                description: "is required (at most 64 bytes)".into(),
+            });
+        }
+        if request.ticket.is_empty() || request.ticket.len() > validate::MAX_REQUEST_ID_LEN {
+            problems.push(FieldViolation {
+                field: "ticket".into(),
+                description: "is required (at most 128 bytes)".into(),
+            });
+        }
+        let outcome = VerificationOutcome::try_from(request.outcome).unwrap_or_default();
+        if !matches!(
+            outcome,
+            VerificationOutcome::Verified | VerificationOutcome::NotVerified
+        ) {
+            problems.push(FieldViolation {
+                field: "outcome".into(),
+                description: "must be VERIFIED or NOT_VERIFIED".into(),
+            });
+        }
+        if request.reason.len() > 1024 {
+            problems.push(FieldViolation {
+                field: "reason".into(),
+                description: "must be at most 1024 bytes".into(),
+            });
+        }
+        if !problems.is_empty() {
+            return Err(GatewayError::Invalid(problems));
+        }
+        let unknown_ticket = || GatewayError::UnknownTicket {
+            department: request.department_id.clone(),
+            ticket: request.ticket.clone(),
+        };
+        let store = self.audit.store();
+        let ticket = store
+            .ticket(&request.department_id, &request.ticket)?
+            .ok_or_else(unknown_ticket)?;
+        if !self
+            .departments
+            .verify_signature(&request.department_id, &request)
+        {
+            return Err(GatewayError::BadSignature(request.department_id.clone()));
+        }
+        let _guard = self.lock_for(&ticket.application_id).lock().await;
+        let mut application = self.application(&ticket.application_id)?;
+        let Some(proof) = application.proofs.iter_mut().find(|p| {
+            p.proof_id == ticket.proof_id
+                && p.ticket == request.ticket
+                && p.outcome() == ProofOutcome::Pending
+        }) else {
+            return Err(unknown_ticket());
+        };
+        let department = &request.department_id;
+        let (outcome, reason) = match outcome {
+            VerificationOutcome::Verified => {
+                (ProofOutcome::Verified, format!("verified by {department}"))
+            }
+            _ => (
+                ProofOutcome::NotVerified,
+                format!("{department} did not verify: {}", request.reason),
+            ),
+        };
+        proof.outcome = outcome as i32;
+        proof.reason = reason;
+        let result = proof.clone();
+        let status = overall_status(application.proofs.iter().map(|p| p.outcome()));
+        application.status = status as i32;
+        application.updated_unix_ms = now_unix_ms();
+        let event = Event::VerificationCompleted(VerificationCompleted {
+            application_id: application.application_id.clone(),
+            proof_id: ticket.proof_id.clone(),
+            ticket: request.ticket.clone(),
+            answer: Some(RecordedAnswer {
+                department_id: department.clone(),
+                verification: request.outcome,
+                signature: request.signature.clone(),
+                mode: ProofMode::DepartmentVerification as i32,
+                ticket: request.ticket.clone(),
+                ..Default::default()
+            }),
+            result: Some(result),
+            status: status as i32,
+        });
+        let receipt = self
+            .audit
+            .append(
+                event,
+                vec![
+                    Projection::Application(Box::new(application.clone())),
+                    Projection::Delete(ticket_key(department, &request.ticket)),
+                ],
+            )
+            .await?;
+        application.receipt = Some(receipt.to_pb());
+        info!(
+            application_id = %application.application_id,
+            proof = %ticket.proof_id,
+            status = status.as_str_name(),
+            index = receipt.index,
+            "verification completed"
+        );
+        self.watchers.publish(Arc::new(application.clone()));
+        Ok(CompleteVerificationResponse {
+            application_id: application.application_id,
+            audit_index: receipt.index,
+        })
+    }
+}
+
+fn outcome_summary(application: &Application) -> String {
+    application
+        .proofs
+        .iter()
+        .map(|p| format!("{}={}", p.proof_id, p.outcome().as_str_name()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether the application is still waiting on departments.
+pub fn is_pending(application: &Application) -> bool {
+    application.status() == ApplicationStatus::Pending
+}
+
+#[tonic::async_trait]
+impl CompletionHandler for Gateway {
+    async fn complete_verification(
+        &self,
+        request: CompleteVerificationRequest,
+    ) -> Result<CompleteVerificationResponse, tonic::Status> {
+        self.complete(request).await.map_err(Into::into)
+    }
+}

@@ -1,0 +1,167 @@
+//! ApplicationService over gRPC: a thin layer over [`Gateway`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::watch::{is_final, receipt_index};
+use super::{Gateway, GatewayError};
+use crate::pb::application_service_server::ApplicationService;
+use crate::pb::{
+    Application, GetApplicationRequest, ListMattersRequest, ListMattersResponse, Matter,
+    MatterProof, ProofMode, SubmitApplicationRequest, SubmitApplicationResponse,
+    WatchApplicationRequest,
+};
+
+pub struct ApplicationApi {
+    gateway: Arc<Gateway>,
+}
+
+impl ApplicationApi {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+}
+
+/// The calling system. Until callers present client certificates this is
+/// the hall the officer works at; idempotency keys are scoped by it.
+fn caller_of(request: &SubmitApplicationRequest) -> String {
+    request
+        .officer
+        .as_ref()
+        .map(|o| format!("hall:{}", o.hall_id))
+        .unwrap_or_default()
+}
+
+fn application_id_of(id: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(Status::invalid_argument(
+            "application_id is required (at most 128 bytes)",
+        ));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl ApplicationService for ApplicationApi {
+    async fn submit_application(
+        &self,
+        request: Request<SubmitApplicationRequest>,
+    ) -> Result<Response<SubmitApplicationResponse>, Status> {
+        let request = request.into_inner();
+        let caller = caller_of(&request);
+        let (application, replayed) = self.gateway.submit(&caller, request).await?;
+        Ok(Response::new(SubmitApplicationResponse {
+            application: Some(application),
+            replayed,
+        }))
+    }
+
+    async fn get_application(
+        &self,
+        request: Request<GetApplicationRequest>,
+    ) -> Result<Response<Application>, Status> {
+        let id = request.into_inner().application_id;
+        application_id_of(&id)?;
+        Ok(Response::new(self.gateway.application(&id)?))
+    }
+
+    type WatchApplicationStream = Pin<Box<dyn Stream<Item = Result<Application, Status>> + Send>>;
+
+    async fn watch_application(
+        &self,
+        request: Request<WatchApplicationRequest>,
+    ) -> Result<Response<Self::WatchApplicationStream>, Status> {
+        let id = request.into_inner().application_id;
+        application_id_of(&id)?;
+        let current = Arc::new(self.gateway.application(&id)?);
+        let (tx, rx) = mpsc::channel(4);
+        if is_final(&current) {
+            let _ = tx.send(Ok(current.as_ref().clone())).await;
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
+        let mut changes = self.gateway.watchers().subscribe(Arc::clone(&current));
+        // The store may have moved on between the read and the subscription.
+        let current = match self.gateway.application(&id) {
+            Ok(latest) => Arc::new(latest),
+            Err(GatewayError::UnknownApplication(_)) | Err(_) => current,
+        };
+        tokio::spawn(async move {
+            let mut sent = None;
+            let mut next = current;
+            loop {
+                if sent.is_none_or(|index| receipt_index(&next) > index) {
+                    sent = Some(receipt_index(&next));
+                    if tx.send(Ok(next.as_ref().clone())).await.is_err() {
+                        return; // the follower left
+                    }
+                }
+                if is_final(&next) {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+                next = Arc::clone(&changes.borrow_and_update());
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_matters(
+        &self,
+        _request: Request<ListMattersRequest>,
+    ) -> Result<Response<ListMattersResponse>, Status> {
+        let policy = self.gateway.policy();
+        let matters = policy
+            .matters
+            .values()
+            .map(|m| Matter {
+                matter_id: m.id.clone(),
+                name: m.name.clone(),
+                proofs: m
+                    .proofs
+                    .iter()
+                    .map(|r| {
+                        let p = &r.proof;
+                        MatterProof {
+                            proof_id: p.id.clone(),
+                            proof_name: p.name.clone(),
+                            mode: p.mode.as_pb() as i32,
+                            department_id: p.department.clone().unwrap_or_default(),
+                            legal_basis: p.legal_basis.clone(),
+                            required_when: r
+                                .when
+                                .as_ref()
+                                .map(|c| c.source().to_owned())
+                                .unwrap_or_default(),
+                            commitment_text: p
+                                .commitment
+                                .as_ref()
+                                .map(|c| c.text.clone())
+                                .unwrap_or_default(),
+                            commitment_version: p
+                                .commitment
+                                .as_ref()
+                                .map(|c| c.version.clone())
+                                .unwrap_or_default(),
+                            fallback_mode: p
+                                .fallback
+                                .map(|f| f.as_pb())
+                                .unwrap_or(ProofMode::Unspecified)
+                                as i32,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(ListMattersResponse {
+            policy_version: policy.version.clone(),
+            matters,
+        }))
+    }
+}

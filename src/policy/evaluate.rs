@@ -1,0 +1,376 @@
+//! Deciding one proof from the evidence gathered for it, and the overall
+//! status from the proofs. The gateway gathers evidence (I/O); this decides.
+
+use std::collections::HashMap;
+
+use cel::Value;
+
+use super::condition::ConditionInputs;
+use super::model::{Matter, Mode, PolicySet, Proof, RequiredProof};
+use crate::pb::{
+    ApplicationStatus, Commitment, FieldValue, IdType, ProofOutcome, VerificationOutcome,
+};
+use crate::subject::check_resident_id;
+
+/// What a condition may know about the applicant, derived from the ID number
+/// and the decision date alone (no other personal data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplicantFacts {
+    pub id_type: IdType,
+    pub age: Option<i64>,
+    pub male: Option<bool>,
+    pub region: Option<u32>,
+}
+
+impl ApplicantFacts {
+    /// `decision_date` is (year, month, day).
+    pub fn derive(id_type: IdType, id_number: &str, decision_date: (u16, u8, u8)) -> Self {
+        let resident = (id_type == IdType::ResidentId)
+            .then(|| check_resident_id(id_number).ok())
+            .flatten();
+        Self {
+            id_type,
+            age: resident.map(|r| r.age_on(decision_date.0, decision_date.1, decision_date.2)),
+            male: resident.map(|r| r.male),
+            region: resident.map(|r| r.region),
+        }
+    }
+
+    fn as_value(&self) -> Value {
+        let mut map: HashMap<String, Value> = HashMap::new();
+        let id_type = match self.id_type {
+            IdType::ResidentId => "resident_id",
+            IdType::UnifiedSocialCreditCode => "unified_social_credit_code",
+            IdType::Unspecified => "unspecified",
+        };
+        map.insert("id_type".into(), Value::from(id_type.to_owned()));
+        if let Some(age) = self.age {
+            map.insert("age".into(), Value::Int(age));
+        }
+        if let Some(male) = self.male {
+            let sex = if male { "male" } else { "female" };
+            map.insert("sex".into(), Value::from(sex.to_owned()));
+        }
+        if let Some(region) = self.region {
+            map.insert("region".into(), Value::Int(i64::from(region)));
+        }
+        Value::from(map)
+    }
+}
+
+/// What was gathered for one proof in one mode.
+#[derive(Debug, Clone)]
+pub enum Evidence<'a> {
+    /// Abolished proofs need nothing.
+    Nothing,
+    /// The applicant's commitment for this proof, if any.
+    Commitment(Option<&'a Commitment>),
+    /// The applicant did not consent to department queries.
+    NoConsent,
+    /// A department answered a query; `fields` already trimmed to the policy's.
+    QueryAnswer {
+        found: bool,
+        fields: &'a [FieldValue],
+    },
+    /// A department answered a verification request.
+    VerifyAnswer {
+        outcome: VerificationOutcome,
+        reason: &'a str,
+    },
+    /// No usable answer: down, too slow, malformed, badly signed, unknown department.
+    Unavailable { why: &'a str },
+}
+
+/// The decision on one proof in one mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judgement {
+    pub outcome: ProofOutcome,
+    pub reason: String,
+}
+
+impl Judgement {
+    fn new(outcome: ProofOutcome, reason: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            reason: reason.into(),
+        }
+    }
+
+    /// Outcomes that mean "we could not check", for which a fallback mode applies.
+    pub fn allows_fallback(&self) -> bool {
+        matches!(
+            self.outcome,
+            ProofOutcome::Unavailable | ProofOutcome::ConsentMissing
+        )
+    }
+}
+
+impl PolicySet {
+    /// The proofs a matter needs for this applicant, in catalog order.
+    /// A `when` condition that cannot be evaluated requires the proof: asking
+    /// for too much is recoverable at the hall, skipping a check is not.
+    pub fn required_proofs<'m>(
+        &self,
+        matter: &'m Matter,
+        applicant: &ApplicantFacts,
+    ) -> Vec<&'m RequiredProof> {
+        let applicant_value = applicant.as_value();
+        matter
+            .proofs
+            .iter()
+            .filter(|required| match &required.when {
+                None => true,
+                Some(condition) => condition
+                    .evaluate(&ConditionInputs {
+                        applicant: Some(applicant_value.clone()),
+                        ..Default::default()
+                    })
+                    .unwrap_or(true),
+            })
+            .collect()
+    }
+}
+
+impl Proof {
+    /// Judges this proof in `mode` (its own or its fallback) from the evidence.
+    pub fn judge(
+        &self,
+        mode: Mode,
+        evidence: &Evidence<'_>,
+        applicant: &ApplicantFacts,
+    ) -> Judgement {
+        use ProofOutcome as O;
+        match (mode, evidence) {
+            (Mode::Abolished, _) => Judgement::new(
+                O::Waived,
+                format!("not required: abolished ({})", self.legal_basis),
+            ),
+            (Mode::Commitment, Evidence::Commitment(given)) => {
+                let Some(terms) = &self.commitment else {
+                    return Judgement::new(
+                        O::CommitmentMissing,
+                        "policy defines no commitment text",
+                    );
+                };
+                match given {
+                    Some(c) if c.text_version == terms.version => Judgement::new(
+                        O::CommitmentRecorded,
+                        format!("applicant committed to text {}", terms.version),
+                    ),
+                    Some(c) => Judgement::new(
+                        O::CommitmentMissing,
+                        format!(
+                            "commitment was given to text version `{}`, but version `{}` is current: have the applicant read and accept: {}",
+                            c.text_version, terms.version, terms.text
+                        ),
+                    ),
+                    None => Judgement::new(
+                        O::CommitmentMissing,
+                        format!(
+                            "the applicant must accept commitment text {}: {}",
+                            terms.version, terms.text
+                        ),
+                    ),
+                }
+            }
+            (_, Evidence::NoConsent) => Judgement::new(
+                O::ConsentMissing,
+                "the applicant has not consented to data queries for this application",
+            ),
+            (_, Evidence::Unavailable { why }) => Judgement::new(
+                O::Unavailable,
+                format!(
+                    "{} could not be checked: {why}",
+                    self.department.as_deref().unwrap_or("department")
+                ),
+            ),
+            (Mode::DataQuery, Evidence::QueryAnswer { found, fields }) => {
+                let Some(condition) = &self.condition else {
+                    return Judgement::new(O::Unavailable, "policy defines no condition");
+                };
+                if !found {
+                    return Judgement::new(
+                        O::RecordNotFound,
+                        format!(
+                            "{} holds no record of the applicant for query `{}`",
+                            self.department.as_deref().unwrap_or("department"),
+                            self.query.as_deref().unwrap_or("")
+                        ),
+                    );
+                }
+                let inputs = ConditionInputs {
+                    record: Some(fields),
+                    found: Some(*found),
+                    applicant: Some(applicant.as_value()),
+                };
+                match condition.evaluate(&inputs) {
+                    Ok(true) => Judgement::new(
+                        O::ConditionMet,
+                        format!("condition `{}` holds", condition.source()),
+                    ),
+                    Ok(false) => Judgement::new(
+                        O::ConditionNotMet,
+                        format!("condition `{}` does not hold", condition.source()),
+                    ),
+                    // The answer lacked a field or had the wrong type: the
+                    // department's answer is unusable, which is not a "no".
+                    Err(e) => Judgement::new(O::Unavailable, format!("unusable answer: {e}")),
+                }
+            }
+            (Mode::DepartmentVerification, Evidence::VerifyAnswer { outcome, reason }) => {
+                let department = self.department.as_deref().unwrap_or("department");
+                match outcome {
+                    VerificationOutcome::Verified => {
+                        Judgement::new(O::Verified, format!("verified by {department}"))
+                    }
+                    VerificationOutcome::NotVerified => Judgement::new(
+                        O::NotVerified,
+                        format!("{department} did not verify: {reason}"),
+                    ),
+                    VerificationOutcome::Pending => Judgement::new(
+                        O::Pending,
+                        format!(
+                            "{department} is verifying (deadline {} working days)",
+                            self.verification_deadline_working_days.unwrap_or(0)
+                        ),
+                    ),
+                    VerificationOutcome::Unspecified => Judgement::new(
+                        O::Unavailable,
+                        format!("{department} gave no verification outcome"),
+                    ),
+                }
+            }
+            (mode, evidence) => Judgement::new(
+                O::Unavailable,
+                format!(
+                    "internal mismatch: {} evidence for mode {}",
+                    evidence_kind(evidence),
+                    mode.policy_word()
+                ),
+            ),
+        }
+    }
+}
+
+fn evidence_kind(evidence: &Evidence<'_>) -> &'static str {
+    match evidence {
+        Evidence::Nothing => "no",
+        Evidence::Commitment(_) => "commitment",
+        Evidence::NoConsent => "no-consent",
+        Evidence::QueryAnswer { .. } => "query",
+        Evidence::VerifyAnswer { .. } => "verification",
+        Evidence::Unavailable { .. } => "unavailable",
+    }
+}
+
+/// The application's status from its proofs' outcomes. A failed check
+/// decides (rejected); then anything the applicant must do; then waiting.
+pub fn overall_status(outcomes: impl IntoIterator<Item = ProofOutcome>) -> ApplicationStatus {
+    use ProofOutcome as O;
+    let mut status = ApplicationStatus::Complete;
+    let rank = |s: ApplicationStatus| match s {
+        ApplicationStatus::Complete => 0,
+        ApplicationStatus::Pending => 1,
+        ApplicationStatus::NeedsApplicantAction => 2,
+        ApplicationStatus::Rejected => 3,
+        ApplicationStatus::Unspecified => 4,
+    };
+    for outcome in outcomes {
+        let this = match outcome {
+            O::Waived | O::CommitmentRecorded | O::ConditionMet | O::Verified => {
+                ApplicationStatus::Complete
+            }
+            O::Pending => ApplicationStatus::Pending,
+            O::CommitmentMissing | O::ConsentMissing | O::Unavailable | O::Overdue => {
+                ApplicationStatus::NeedsApplicantAction
+            }
+            O::ConditionNotMet | O::RecordNotFound | O::NotVerified => ApplicationStatus::Rejected,
+            // Never produced by a decision; refuse to call it complete.
+            O::Unspecified => ApplicationStatus::Unspecified,
+        };
+        if rank(this) > rank(status) {
+            status = this;
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ALL: [ProofOutcome; 12] = [
+        ProofOutcome::Waived,
+        ProofOutcome::CommitmentRecorded,
+        ProofOutcome::CommitmentMissing,
+        ProofOutcome::ConditionMet,
+        ProofOutcome::ConditionNotMet,
+        ProofOutcome::RecordNotFound,
+        ProofOutcome::Verified,
+        ProofOutcome::NotVerified,
+        ProofOutcome::Pending,
+        ProofOutcome::Unavailable,
+        ProofOutcome::ConsentMissing,
+        ProofOutcome::Overdue,
+    ];
+
+    fn is_good(o: ProofOutcome) -> bool {
+        matches!(
+            o,
+            ProofOutcome::Waived
+                | ProofOutcome::CommitmentRecorded
+                | ProofOutcome::ConditionMet
+                | ProofOutcome::Verified
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn complete_only_when_every_proof_is_settled_in_favour(
+            picks in proptest::collection::vec(0usize..ALL.len(), 0..12)
+        ) {
+            let outcomes: Vec<_> = picks.iter().map(|&i| ALL[i]).collect();
+            let status = overall_status(outcomes.iter().copied());
+            prop_assert_eq!(
+                status == ApplicationStatus::Complete,
+                outcomes.iter().all(|&o| is_good(o))
+            );
+            let any_failed = outcomes.iter().any(|o| matches!(
+                o,
+                ProofOutcome::ConditionNotMet | ProofOutcome::RecordNotFound | ProofOutcome::NotVerified
+            ));
+            prop_assert_eq!(status == ApplicationStatus::Rejected, any_failed);
+            if status == ApplicationStatus::Pending {
+                prop_assert!(outcomes.contains(&ProofOutcome::Pending));
+            }
+            // Order of proofs never changes the status.
+            let mut reversed = outcomes.clone();
+            reversed.reverse();
+            prop_assert_eq!(overall_status(reversed), status);
+        }
+    }
+
+    #[test]
+    fn unavailable_never_becomes_complete() {
+        assert_eq!(
+            overall_status([ProofOutcome::Verified, ProofOutcome::Unavailable]),
+            ApplicationStatus::NeedsApplicantAction
+        );
+    }
+
+    #[test]
+    fn applicant_facts_come_from_the_id_number_and_decision_date() {
+        let facts =
+            ApplicantFacts::derive(IdType::ResidentId, "11010519491231002X", (2026, 11, 26));
+        assert_eq!(facts.age, Some(76));
+        assert_eq!(facts.male, Some(false));
+        assert_eq!(facts.region, Some(110105));
+        let org = ApplicantFacts::derive(
+            IdType::UnifiedSocialCreditCode,
+            "91110000600037341L",
+            (2026, 1, 1),
+        );
+        assert_eq!(org.age, None);
+    }
+}

@@ -1,0 +1,16 @@
+//! The published catalog: parse, validate, compile and evaluate policies.
+//!
+//! Pure: no I/O beyond reading the policy files in [`load`], no clock (the
+//! decision date is an input), so an auditor replaying the log re-derives the
+//! same decisions from the same policy version.
+
+mod condition;
+mod evaluate;
+mod load;
+mod model;
+pub mod synthetic;
+
+pub use condition::{Condition, ConditionError, ConditionInputs};
+pub use evaluate::{overall_status, ApplicantFacts, Evidence, Judgement};
+pub use load::{load_dir, PolicyError, PolicyErrors};
+pub use model::{CommitmentTerms, Matter, Mode, PolicySet, Proof, RequiredProof};

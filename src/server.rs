@@ -1,0 +1,295 @@
+//! Assembling and running a gateway node: keys, store, audit writer, policy,
+//! department directory, the gRPC services (with health and reflection), and
+//! — on embedded defaults — the mock departments, which register themselves
+//! over gRPC like real ones.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::audit::{AuditApi, AuditLog, AuditStore, NoteSigner, Projection, WriterOptions};
+use crate::departments::mock::{builtin_fixture, RunningMock, BUILTIN_DEPARTMENTS};
+use crate::departments::{DepartmentDirectory, RegistryApi};
+use crate::gateway::{ApplicationApi, Gateway};
+use crate::pb;
+use crate::pb::application_service_server::ApplicationServiceServer;
+use crate::pb::audit_service_server::AuditServiceServer;
+use crate::pb::department_registry_server::DepartmentRegistryServer;
+use crate::policy::{load_dir, PolicyErrors, PolicySet};
+use crate::security::{load_or_generate_keys, KeyError};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_DATA_DIR: &str = "proofgate-data";
+pub const DEFAULT_POLICIES: &str = "policies";
+pub const DEFAULT_NODE_ID: &str = "node-1";
+/// Largest request a caller may send; a submission is a few hundred bytes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Longest a caller waits for one unary call before the server gives up.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const POLICY_VERSION_KEY: &[u8] = b"mpolicy-version";
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub policies: PathBuf,
+    pub node_id: String,
+    /// Start the built-in mock departments in-process on loopback ports.
+    pub mock_departments: bool,
+    pub writer: WriterOptions,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            policies: PathBuf::from(DEFAULT_POLICIES),
+            node_id: DEFAULT_NODE_ID.into(),
+            mock_departments: true,
+            writer: WriterOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("node id `{0}` must be 1–32 characters of a-z, 0-9 and '-'")]
+    NodeId(String),
+    #[error("policy set refused:\n{0}")]
+    Policy(#[from] PolicyErrors),
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("{0}")]
+    Store(#[from] crate::audit::StoreError),
+    #[error("{0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("{0}")]
+    Checkpoint(#[from] crate::audit::CheckpointError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mock department: {0}")]
+    Mock(#[from] crate::departments::mock::MockError),
+    #[error("mock department fixture: {0}")]
+    Fixture(#[from] crate::departments::mock::FixtureError),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+}
+
+/// A running gateway node.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub directory: Arc<DepartmentDirectory>,
+    pub mocks: Vec<RunningMock>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// `http://addr`, for clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn mock(&self, department: &str) -> Option<&RunningMock> {
+        self.mocks.iter().find(|m| m.department_id == department)
+    }
+
+    /// Stops accepting, lets in-flight calls finish, stops the mocks.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match (&mut self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "gateway server ended with an error"),
+            Err(e) => warn!(error = %e, "gateway server task failed"),
+        }
+        for mock in self.mocks.drain(..) {
+            mock.stop().await;
+        }
+        info!("gateway stopped");
+    }
+}
+
+fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The origin line of this node's checkpoints.
+pub fn log_origin(node_id: &str) -> String {
+    format!("proofgate/{node_id}")
+}
+
+/// Opens (or creates) the node's log and starts its writer.
+pub fn open_log(
+    data_dir: &std::path::Path,
+    node_id: &str,
+    writer: WriterOptions,
+) -> Result<(AuditLog, crate::subject::PseudonymKey), ServeError> {
+    let keys = load_or_generate_keys(&data_dir.join("keys"))?;
+    let store = AuditStore::open(&data_dir.join("log"))?;
+    let signer = NoteSigner::new(&log_origin(node_id), keys.signing)?;
+    let log = AuditLog::start(store, signer, node_id.to_owned(), writer)?;
+    let vkey_path = data_dir.join("log.vkey");
+    std::fs::write(&vkey_path, format!("{}\n", log.verifier_key())).map_err(|source| {
+        ServeError::Write {
+            path: vkey_path,
+            source,
+        }
+    })?;
+    Ok((log, keys.pseudonym))
+}
+
+/// Logs the policy set unless it is the version logged last.
+async fn record_policy(log: &AuditLog, policy: &PolicySet) -> Result<(), ServeError> {
+    let store = log.store();
+    if store.meta(POLICY_VERSION_KEY)?.as_deref() == Some(policy.version.as_bytes()) {
+        return Ok(());
+    }
+    log.append(
+        pb::audit_entry::Event::PolicySetLoaded(pb::PolicySetLoaded {
+            policy_version: policy.version.clone(),
+            proof_count: policy.proofs.len() as u32,
+            matter_count: policy.matters.len() as u32,
+            canonical: policy.canonical.clone().into_bytes(),
+        }),
+        vec![Projection::Put(
+            POLICY_VERSION_KEY.to_vec(),
+            policy.version.clone().into_bytes(),
+        )],
+    )
+    .await?;
+    info!(version = %policy.version, "policy set recorded in the log");
+    Ok(())
+}
+
+/// Starts a gateway node; returns once it serves (and its mocks are registered).
+pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
+    if !valid_node_id(&options.node_id) {
+        return Err(ServeError::NodeId(options.node_id));
+    }
+    let policy = Arc::new(load_dir(&options.policies)?);
+    info!(version = %policy.version, proofs = policy.proofs.len(), matters = policy.matters.len(), "policy set loaded");
+    std::fs::create_dir_all(&options.data_dir).map_err(|source| ServeError::Write {
+        path: options.data_dir.clone(),
+        source,
+    })?;
+    let (log, pseudonyms) = open_log(&options.data_dir, &options.node_id, options.writer)?;
+    record_policy(&log, &policy).await?;
+
+    let directory = Arc::new(DepartmentDirectory::default());
+    for source in log.store().data_sources()? {
+        let department = source.department_id.clone();
+        if let Err(e) = directory.upsert(source) {
+            warn!(%department, error = %e, "stored data source skipped");
+        }
+    }
+    let gateway = Arc::new(Gateway::new(
+        options.node_id.clone(),
+        Arc::clone(&policy),
+        Arc::clone(&directory),
+        log.clone(),
+        pseudonyms,
+    ));
+
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: options.listen,
+        source,
+    })?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let applications = ApplicationServiceServer::new(ApplicationApi::new(Arc::clone(&gateway)))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let registry = DepartmentRegistryServer::new(RegistryApi::new(
+        Arc::clone(&directory),
+        log.clone(),
+        Arc::clone(&gateway) as Arc<dyn crate::departments::CompletionHandler>,
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let audit = AuditServiceServer::new(AuditApi::new(log.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+
+    let (shutdown, on_shutdown) = oneshot::channel::<()>();
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(applications)
+            .add_service(registry)
+            .add_service(audit)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = on_shutdown.await;
+            }),
+    );
+    let endpoint = format!("http://{addr}");
+    let mut mocks = Vec::new();
+    if options.mock_departments {
+        for (name, _) in BUILTIN_DEPARTMENTS {
+            let mock = RunningMock::start(
+                builtin_fixture(name)?,
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                Some(endpoint.clone()),
+            )
+            .await?;
+            mock.register(&endpoint).await?;
+            mocks.push(mock);
+        }
+    }
+    health_reporter
+        .set_serving::<ApplicationServiceServer<ApplicationApi>>()
+        .await;
+    health_reporter
+        .set_serving::<DepartmentRegistryServer<RegistryApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AuditServiceServer<AuditApi>>()
+        .await;
+    info!(%addr, node = %options.node_id, mocks = mocks.len(), "gateway serving");
+    Ok(Running {
+        addr,
+        gateway,
+        directory,
+        mocks,
+        shutdown: Some(shutdown),
+        task,
+    })
+}
