@@ -236,7 +236,8 @@ impl DepartmentDirectory {
 
 fn status_failure(status: tonic::Status, deadline: Duration) -> CallFailure {
     match status.code() {
-        tonic::Code::DeadlineExceeded => CallFailure::Timeout(deadline),
+        // tonic reports its own client-side timeout as CANCELLED.
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => CallFailure::Timeout(deadline),
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
             CallFailure::Unreachable(format!("{:?}", status.code()))
         }

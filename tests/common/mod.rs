@@ -1,0 +1,158 @@
+//! Shared helpers of the end-to-end tests: a real gateway on an ephemeral
+//! loopback port with sled in a temp dir and the mock departments in-process.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+
+use proofgate::pb::application_service_client::ApplicationServiceClient;
+use proofgate::pb::audit_service_client::AuditServiceClient;
+use proofgate::pb::department_registry_client::DepartmentRegistryClient;
+use proofgate::pb::{
+    Application, ApplicationStatus, Commitment, IdType, Officer, ProofOutcome, ProofResult, Subject,
+    SubmitApplicationRequest,
+};
+use proofgate::server::{self, Running, ServeOptions};
+use tonic::transport::Channel;
+
+/// Passes every check of the mock departments.
+pub const PASSES_ALL: &str = "330702199001011237";
+/// Fails every check.
+pub const FAILS_ALL: &str = "330702197503120450";
+/// 86 years old, passes the elderly subsidy.
+pub const ELDERLY: &str = "330702194005050628";
+/// Verifications come back pending and are verified later.
+pub const PENDING_THEN_VERIFIED: &str = "330702198807080042";
+/// Verifications come back pending and are refused later.
+pub const PENDING_THEN_REFUSED: &str = "330702199512200072";
+/// Valid number, unknown to every department.
+pub const UNKNOWN_PERSON: &str = "330782196002140012";
+
+pub struct TestGateway {
+    pub running: Running,
+    pub data_dir: tempfile::TempDir,
+    pub channel: Channel,
+}
+
+pub fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+pub fn options(data_dir: &Path) -> ServeOptions {
+    ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        policies: policies_dir(),
+        node_id: "test-node".into(),
+        mock_departments: true,
+        ..ServeOptions::default()
+    }
+}
+
+pub async fn connect(endpoint: String) -> Channel {
+    Channel::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .expect("gateway reachable")
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let running = server::start(options(data_dir.path()))
+            .await
+            .expect("gateway starts");
+        let channel = connect(running.endpoint()).await;
+        Self {
+            running,
+            data_dir,
+            channel,
+        }
+    }
+
+    pub fn applications(&self) -> ApplicationServiceClient<Channel> {
+        ApplicationServiceClient::new(self.channel.clone())
+    }
+
+    pub fn audit(&self) -> AuditServiceClient<Channel> {
+        AuditServiceClient::new(self.channel.clone())
+    }
+
+    pub fn registry(&self) -> DepartmentRegistryClient<Channel> {
+        DepartmentRegistryClient::new(self.channel.clone())
+    }
+
+    pub fn tree_size(&self) -> u64 {
+        self.running.gateway.audit().store().tree_size().unwrap()
+    }
+
+    pub async fn submit(&self, request: SubmitApplicationRequest) -> Application {
+        self.applications()
+            .submit_application(request)
+            .await
+            .expect("submission accepted")
+            .into_inner()
+            .application
+            .expect("reply carries the application")
+    }
+}
+
+static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+pub fn request(matter: &str, id_number: &str) -> SubmitApplicationRequest {
+    let id_type = if id_number.starts_with('9') {
+        IdType::UnifiedSocialCreditCode
+    } else {
+        IdType::ResidentId
+    };
+    SubmitApplicationRequest {
+        request_id: format!(
+            "req-{}",
+            NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ),
+        matter_id: matter.into(),
+        officer: Some(Officer {
+            officer_id: "officer-007".into(),
+            hall_id: "hall-wucheng".into(),
+        }),
+        applicant: Some(Subject {
+            id_type: id_type as i32,
+            id_number: id_number.into(),
+            name: "测试申请人".into(),
+        }),
+        commitments: Vec::new(),
+        consent_to_data_queries: true,
+    }
+}
+
+pub fn with_commitments(
+    mut request: SubmitApplicationRequest,
+    commitments: &[(&str, &str)],
+) -> SubmitApplicationRequest {
+    request.commitments = commitments
+        .iter()
+        .map(|(proof, version)| Commitment {
+            proof_id: (*proof).into(),
+            text_version: (*version).into(),
+            accepted_at_unix_ms: proofgate::gateway::now_unix_ms() - 1000,
+        })
+        .collect();
+    request
+}
+
+pub fn proof<'a>(application: &'a Application, proof_id: &str) -> &'a ProofResult {
+    application
+        .proofs
+        .iter()
+        .find(|p| p.proof_id == proof_id)
+        .unwrap_or_else(|| panic!("application has no proof {proof_id}: {application:#?}"))
+}
+
+pub fn outcome(application: &Application, proof_id: &str) -> ProofOutcome {
+    proof(application, proof_id).outcome()
+}
+
+pub fn status(application: &Application) -> ApplicationStatus {
+    application.status()
+}
