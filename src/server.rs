@@ -12,7 +12,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::audit::{AuditApi, AuditLog, AuditStore, NoteSigner, Projection, WriterOptions};
@@ -250,15 +250,18 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(applications)
             .add_service(registry)
             .add_service(audit)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = on_shutdown.await;
-            }),
+            .serve_with_incoming_shutdown(
+                // Without nodelay, replies split over two writes wait on a delayed ACK (~40 ms).
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = on_shutdown.await;
+                },
+            ),
     );
     let endpoint = format!("http://{addr}");
     let mut mocks = Vec::new();

@@ -32,10 +32,16 @@ async fn given_commitments_are_recorded_and_missing_ones_name_their_text() {
     let committed = gw
         .submit(with_commitments(
             request("security-guard-licence", PASSES_ALL),
-            &[("education-level", "education-v1"), ("character-reference", "character-v2")],
+            &[
+                ("education-level", "education-v1"),
+                ("character-reference", "character-v2"),
+            ],
         ))
         .await;
-    assert_eq!(outcome(&committed, "education-level"), Outcome::CommitmentRecorded);
+    assert_eq!(
+        outcome(&committed, "education-level"),
+        Outcome::CommitmentRecorded
+    );
     assert_eq!(status(&committed), Status::Complete);
 
     let missing = gw
@@ -50,7 +56,11 @@ async fn given_commitments_are_recorded_and_missing_ones_name_their_text() {
     assert!(stale.reason.contains("education-v1"), "{}", stale.reason);
     let absent = proof(&missing, "character-reference");
     assert_eq!(absent.outcome(), Outcome::CommitmentMissing);
-    assert!(absent.reason.contains("本人承诺遵守宪法和法律"), "{}", absent.reason);
+    assert!(
+        absent.reason.contains("本人承诺遵守宪法和法律"),
+        "{}",
+        absent.reason
+    );
 }
 
 #[tokio::test]
@@ -62,24 +72,39 @@ async fn data_queries_pass_and_fail_on_the_policy_condition() {
     assert_eq!(status(&passes), Status::Complete);
 
     let fails = gw.submit(request("elderly-subsidy", FAILS_ALL)).await;
-    assert_eq!(outcome(&fails, "jinhua-household"), Outcome::ConditionNotMet);
-    assert!(proof(&fails, "jinhua-household").reason.contains("record.status"));
+    assert_eq!(
+        outcome(&fails, "jinhua-household"),
+        Outcome::ConditionNotMet
+    );
+    assert!(proof(&fails, "jinhua-household")
+        .reason
+        .contains("record.status"));
     assert_eq!(status(&fails), Status::Rejected);
 
     let unknown = gw.submit(request("elderly-subsidy", UNKNOWN_PERSON)).await;
-    assert_eq!(outcome(&unknown, "jinhua-household"), Outcome::RecordNotFound);
+    assert_eq!(
+        outcome(&unknown, "jinhua-household"),
+        Outcome::RecordNotFound
+    );
     assert_eq!(status(&unknown), Status::Rejected);
 }
 
 #[tokio::test]
 async fn department_verification_answers_at_once() {
     let gw = TestGateway::start().await;
-    let ok = gw.submit(request("coach-licence-renewal", PASSES_ALL)).await;
+    let ok = gw
+        .submit(request("coach-licence-renewal", PASSES_ALL))
+        .await;
     assert_eq!(outcome(&ok, "safe-driving-record"), Outcome::Verified);
     assert_eq!(status(&ok), Status::Complete);
     let refused = gw.submit(request("coach-licence-renewal", FAILS_ALL)).await;
-    assert_eq!(outcome(&refused, "safe-driving-record"), Outcome::NotVerified);
-    assert!(proof(&refused, "safe-driving-record").reason.contains("accident"));
+    assert_eq!(
+        outcome(&refused, "safe-driving-record"),
+        Outcome::NotVerified
+    );
+    assert!(proof(&refused, "safe-driving-record")
+        .reason
+        .contains("accident"));
     assert_eq!(status(&refused), Status::Rejected);
 }
 
@@ -96,7 +121,10 @@ async fn a_matter_mixing_all_four_modes_completes() {
     let modes: std::collections::BTreeSet<i32> = app.proofs.iter().map(|p| p.mode).collect();
     assert_eq!(modes.len(), 4, "all four modes: {modes:?}");
     assert_eq!(outcome(&app, "house-paid-off"), Outcome::Waived);
-    assert_eq!(outcome(&app, "income-statement"), Outcome::CommitmentRecorded);
+    assert_eq!(
+        outcome(&app, "income-statement"),
+        Outcome::CommitmentRecorded
+    );
     assert_eq!(outcome(&app, "hpf-deposit"), Outcome::ConditionMet);
     assert_eq!(outcome(&app, "commercial-loan-contract"), Outcome::Verified);
     let receipt = app.receipt.expect("reply names its audit entry");
@@ -107,7 +135,9 @@ async fn a_matter_mixing_all_four_modes_completes() {
 #[tokio::test]
 async fn a_pending_verification_completes_and_watch_sees_it() {
     let gw = TestGateway::start().await;
-    let app = gw.submit(request("coach-licence-renewal", PENDING_THEN_VERIFIED)).await;
+    let app = gw
+        .submit(request("coach-licence-renewal", PENDING_THEN_VERIFIED))
+        .await;
     assert_eq!(status(&app), Status::Pending);
     let pending = proof(&app, "safe-driving-record");
     assert_eq!(pending.outcome(), Outcome::Pending);
@@ -132,7 +162,10 @@ async fn a_pending_verification_completes_and_watch_sees_it() {
     assert_eq!(status(&last), Status::Complete);
     assert_eq!(outcome(&last, "safe-driving-record"), Outcome::Verified);
     assert!(last.receipt.as_ref().unwrap().index > app.receipt.as_ref().unwrap().index);
-    assert!(stream.next().await.is_none(), "stream ends at a final status");
+    assert!(
+        stream.next().await.is_none(),
+        "stream ends at a final status"
+    );
 
     let stored = gw
         .applications()
@@ -148,7 +181,9 @@ async fn a_pending_verification_completes_and_watch_sees_it() {
 #[tokio::test]
 async fn a_pending_verification_can_end_refused() {
     let gw = TestGateway::start().await;
-    let app = gw.submit(request("coach-licence-renewal", PENDING_THEN_REFUSED)).await;
+    let app = gw
+        .submit(request("coach-licence-renewal", PENDING_THEN_REFUSED))
+        .await;
     assert_eq!(status(&app), Status::Pending);
     let mut stream = gw
         .applications()
@@ -241,7 +276,11 @@ async fn list_matters_tells_a_hall_how_each_proof_is_handled() {
         .find(|p| p.proof_id == "social-insurance")
         .unwrap();
     assert!(conditional.required_when.contains("applicant.region"));
-    let guardianship = school.proofs.iter().find(|p| p.proof_id == "guardianship").unwrap();
+    let guardianship = school
+        .proofs
+        .iter()
+        .find(|p| p.proof_id == "guardianship")
+        .unwrap();
     assert_eq!(guardianship.mode(), ProofMode::Commitment);
     assert!(!guardianship.commitment_text.is_empty());
 }
@@ -251,9 +290,15 @@ async fn conditional_proofs_follow_the_applicant() {
     let gw = TestGateway::start().await;
     let commitments = [("guardianship", "guardian-v1")];
     let local = gw
-        .submit(with_commitments(request("school-enrolment", PASSES_ALL), &commitments))
+        .submit(with_commitments(
+            request("school-enrolment", PASSES_ALL),
+            &commitments,
+        ))
         .await;
-    assert!(local.proofs.iter().all(|p| p.proof_id != "social-insurance"));
+    assert!(local
+        .proofs
+        .iter()
+        .all(|p| p.proof_id != "social-insurance"));
     assert_eq!(status(&local), Status::Complete, "{local:#?}");
     let migrant = gw
         .submit(with_commitments(

@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use prost::Message;
 use proofgate::audit::{leaf_hash, root_of, NoteVerifier};
 use proofgate::pb::{audit_entry::Event, AuditEntry, GetCheckpointRequest, GetEntriesRequest};
+use prost::Message;
 use tokio_stream::StreamExt;
 
 async fn read_all(gw: &TestGateway) -> (Vec<Vec<u8>>, proofgate::pb::Checkpoint) {
@@ -61,7 +61,10 @@ async fn every_entry_reads_back_and_its_checkpoint_signature_verifies() {
     for receipt in receipts {
         let entry = AuditEntry::decode(entries[receipt.index as usize].as_slice()).unwrap();
         assert_eq!(entry.index, receipt.index);
-        assert_eq!(leaf_hash(&entries[receipt.index as usize]).to_vec(), receipt.leaf_hash);
+        assert_eq!(
+            leaf_hash(&entries[receipt.index as usize]).to_vec(),
+            receipt.leaf_hash
+        );
         let Some(Event::ApplicationDecided(decided)) = entry.event else {
             panic!("entry {} is not a decision", receipt.index);
         };
@@ -93,9 +96,12 @@ async fn id_numbers_and_names_never_enter_the_log() {
 #[tokio::test]
 async fn the_log_resumes_at_the_right_size_after_a_restart() {
     let data_dir = tempfile::tempdir().unwrap();
-    let first = proofgate::server::start(options(data_dir.path())).await.unwrap();
+    let first = proofgate::server::start(options(data_dir.path()))
+        .await
+        .unwrap();
     let channel = connect(first.endpoint()).await;
-    let mut client = proofgate::pb::application_service_client::ApplicationServiceClient::new(channel);
+    let mut client =
+        proofgate::pb::application_service_client::ApplicationServiceClient::new(channel);
     let req = request("elderly-subsidy", ELDERLY);
     let decided = client
         .submit_application(req.clone())
@@ -108,7 +114,9 @@ async fn the_log_resumes_at_the_right_size_after_a_restart() {
     let vkey_before = std::fs::read_to_string(data_dir.path().join("log.vkey")).unwrap();
     first.shutdown().await;
 
-    let second = proofgate::server::start(options(data_dir.path())).await.unwrap();
+    let second = proofgate::server::start(options(data_dir.path()))
+        .await
+        .unwrap();
     let store = second.gateway.audit().store().clone();
     // Same policy: no second PolicySetLoaded; the mocks re-register (one entry each).
     let mocks = second.mocks.len() as u64;
@@ -119,10 +127,14 @@ async fn the_log_resumes_at_the_right_size_after_a_restart() {
         "keys are kept across restarts"
     );
     let channel = connect(second.endpoint()).await;
-    let mut client = proofgate::pb::application_service_client::ApplicationServiceClient::new(channel);
+    let mut client =
+        proofgate::pb::application_service_client::ApplicationServiceClient::new(channel);
     let replay = client.submit_application(req).await.unwrap().into_inner();
     assert!(replay.replayed, "idempotency survives the restart");
-    assert_eq!(replay.application.unwrap().application_id, decided.application_id);
+    assert_eq!(
+        replay.application.unwrap().application_id,
+        decided.application_id
+    );
 
     let entries: Vec<Vec<u8>> = store
         .entries(0, store.tree_size().unwrap())

@@ -37,7 +37,11 @@ async fn malformed_and_wrong_checksum_id_numbers_are_invalid() {
     ] {
         let status = refused(&gw, request("elderly-subsidy", number)).await;
         assert_eq!(status.code(), Code::InvalidArgument, "{number}");
-        assert!(status.message().contains("applicant.id_number"), "{}", status.message());
+        assert!(
+            status.message().contains("applicant.id_number"),
+            "{}",
+            status.message()
+        );
         assert!(status.message().contains(expected), "{}", status.message());
         assert!(!status.message().contains(number), "personal data echoed");
     }
@@ -58,8 +62,17 @@ async fn empty_fields_are_named() {
     req.applicant.as_mut().unwrap().id_type = 0;
     let status = refused(&gw, req).await;
     assert_eq!(status.code(), Code::InvalidArgument);
-    for field in ["request_id", "officer", "applicant.name", "applicant.id_type"] {
-        assert!(status.message().contains(field), "{field}: {}", status.message());
+    for field in [
+        "request_id",
+        "officer",
+        "applicant.name",
+        "applicant.id_type",
+    ] {
+        assert!(
+            status.message().contains(field),
+            "{field}: {}",
+            status.message()
+        );
     }
 }
 
@@ -72,7 +85,10 @@ async fn unknown_enum_values_and_unknown_commitment_proofs_are_refused() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("unknown value 7"));
 
-    let req = with_commitments(request("elderly-subsidy", ELDERLY), &[("no-such-proof", "v1")]);
+    let req = with_commitments(
+        request("elderly-subsidy", ELDERLY),
+        &[("no-such-proof", "v1")],
+    );
     let status = refused(&gw, req).await;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("no-such-proof"));
@@ -104,7 +120,11 @@ async fn oversize_requests_are_refused() {
     req.applicant.as_mut().unwrap().name = "x".repeat(200 * 1024);
     let status = refused(&gw, req).await;
     assert_ne!(status.code(), Code::Ok);
-    assert!(status.message().contains("message length too large"), "{}", status.message());
+    assert!(
+        status.message().contains("message length too large"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]

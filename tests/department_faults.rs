@@ -26,11 +26,17 @@ async fn a_department_that_is_down_never_yields_verified() {
         .unwrap();
     gw.running.mocks.remove(index).stop().await;
 
-    let app = gw.submit(request("coach-licence-renewal", PASSES_ALL)).await;
+    let app = gw
+        .submit(request("coach-licence-renewal", PASSES_ALL))
+        .await;
     let driving = proof(&app, "safe-driving-record");
     never_positive(driving.outcome());
     assert_eq!(driving.outcome(), Outcome::Unavailable);
-    assert!(driving.reason.contains("public-security"), "{}", driving.reason);
+    assert!(
+        driving.reason.contains("public-security"),
+        "{}",
+        driving.reason
+    );
     assert_ne!(status(&app), Status::Complete);
 
     // Other departments still answer, at once.
@@ -54,7 +60,11 @@ async fn a_department_slower_than_the_deadline_is_unavailable() {
     let app = gw.submit(request("elderly-subsidy", ELDERLY)).await;
     let household = proof(&app, "jinhua-household");
     assert_eq!(household.outcome(), Outcome::Unavailable);
-    assert!(household.reason.contains("no answer within"), "{}", household.reason);
+    assert!(
+        household.reason.contains("no answer within"),
+        "{}",
+        household.reason
+    );
     assert_eq!(status(&app), Status::NeedsApplicantAction);
 }
 
@@ -94,12 +104,19 @@ async fn an_unavailable_query_falls_back_as_the_policy_says() {
     let app = gw
         .submit(with_commitments(
             request("hpf-withdrawal-mortgage", PASSES_ALL),
-            &[("income-statement", "income-v1"), ("marriage-record", "married-v1")],
+            &[
+                ("income-statement", "income-v1"),
+                ("marriage-record", "married-v1"),
+            ],
         ))
         .await;
     let marriage = proof(&app, "marriage-record");
     assert!(marriage.fallback_used);
     assert_eq!(marriage.outcome(), Outcome::CommitmentRecorded);
-    assert!(marriage.reason.contains("fell back to commitment"), "{}", marriage.reason);
+    assert!(
+        marriage.reason.contains("fell back to commitment"),
+        "{}",
+        marriage.reason
+    );
     assert_eq!(status(&app), Status::Complete);
 }

@@ -90,16 +90,28 @@ legal_basis = "b"
 "#;
     let p = problems(&[("e.toml", text)]);
     let joined = p.join("\n");
-    assert!(joined.contains("e.toml:1: proof `q`: `department` is required"), "{joined}");
-    assert!(joined.contains("e.toml:1: proof `q`: `condition` is required"), "{joined}");
-    assert!(joined.contains("e.toml:7: proof `c`: `commitment_text`"), "{joined}");
+    assert!(
+        joined.contains("e.toml:1: proof `q`: `department` is required"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("e.toml:1: proof `q`: `condition` is required"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("e.toml:7: proof `c`: `commitment_text`"),
+        "{joined}"
+    );
 }
 
 #[test]
 fn unknown_and_duplicate_references_name_both_places() {
     let matters = "[[matter]]\nid = \"m\"\nname = \"Matter\"\nproofs = [\"waived\", \"ghost\"]\n";
     let p = problems(&[("proofs.toml", GOOD_PROOF), ("matters.toml", matters)]);
-    assert_eq!(p, ["matters.toml:4: matter `m` needs unknown proof `ghost`"]);
+    assert_eq!(
+        p,
+        ["matters.toml:4: matter `m` needs unknown proof `ghost`"]
+    );
     let p = problems(&[("a.toml", GOOD_PROOF), ("b.toml", GOOD_PROOF)]);
     assert_eq!(p.len(), 1);
     assert!(p[0].starts_with("b.toml:2:"), "{p:?}");

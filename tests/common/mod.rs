@@ -9,8 +9,8 @@ use proofgate::pb::application_service_client::ApplicationServiceClient;
 use proofgate::pb::audit_service_client::AuditServiceClient;
 use proofgate::pb::department_registry_client::DepartmentRegistryClient;
 use proofgate::pb::{
-    Application, ApplicationStatus, Commitment, IdType, Officer, ProofOutcome, ProofResult, Subject,
-    SubmitApplicationRequest,
+    Application, ApplicationStatus, Commitment, IdType, Officer, ProofOutcome, ProofResult,
+    Subject, SubmitApplicationRequest,
 };
 use proofgate::server::{self, Running, ServeOptions};
 use tonic::transport::Channel;

@@ -15,7 +15,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -294,9 +294,13 @@ impl RunningMock {
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(DepartmentServiceServer::new(service))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = on_shutdown.await;
-                })
+                .serve_with_incoming_shutdown(
+                    // Without nodelay, replies split over two writes wait on a delayed ACK (~40 ms).
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async {
+                        let _ = on_shutdown.await;
+                    },
+                )
                 .await;
             if let Err(e) = result {
                 warn!(error = %e, "mock department stopped with an error");
