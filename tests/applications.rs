@@ -332,3 +332,47 @@ async fn without_consent_no_department_is_asked() {
         .sum();
     assert_eq!(calls_before, calls_after);
 }
+
+#[tokio::test]
+async fn off_the_shelf_tools_find_health_and_reflection() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let gw = TestGateway::start().await;
+    let health = HealthClient::new(gw.channel.clone())
+        .check(HealthCheckRequest {
+            service: "proofgate.v1.ApplicationService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+
+    let mut reflection = ServerReflectionClient::new(gw.channel.clone());
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::once(ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "proofgate.v1.ApplicationService",
+        "proofgate.v1.DepartmentRegistry",
+        "proofgate.v1.AuditService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == service), "{service} missing from {names:?}");
+    }
+}

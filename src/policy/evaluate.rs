@@ -351,6 +351,112 @@ mod tests {
         }
     }
 
+    fn query_proof(condition: &str) -> Proof {
+        let env = std::sync::Arc::new(cel::Env::stdlib());
+        Proof {
+            id: "hpf-deposit".into(),
+            name: "HPF".into(),
+            mode: Mode::DataQuery,
+            fallback: None,
+            department: Some("provident-fund".into()),
+            query: Some("hpf_account".into()),
+            fields: vec!["status".into(), "months_paid".into()],
+            condition: Some(
+                super::super::condition::Condition::compile(
+                    condition,
+                    &["record", "found", "applicant"],
+                    &env,
+                )
+                .unwrap(),
+            ),
+            claim: None,
+            legal_basis: "rule".into(),
+            commitment: None,
+            call_timeout: std::time::Duration::from_secs(1),
+            verification_deadline_working_days: Some(3),
+        }
+    }
+
+    fn field(name: &str, value: crate::pb::field_value::Value) -> FieldValue {
+        FieldValue {
+            name: name.into(),
+            value: Some(value),
+        }
+    }
+
+    fn facts() -> ApplicantFacts {
+        ApplicantFacts::derive(IdType::ResidentId, "330702199001011237", (2026, 11, 26))
+    }
+
+    proptest! {
+        #[test]
+        fn a_data_query_judgement_is_exactly_its_condition(
+            status in prop_oneof![Just("normal"), Just("frozen"), Just("closed")],
+            months in -50i64..500,
+        ) {
+            use crate::pb::field_value::Value as V;
+            let proof = query_proof(r#"record.status == "normal" && record.months_paid >= 6"#);
+            let record = [field("status", V::Text(status.into())), field("months_paid", V::Integer(months))];
+            let judged = proof.judge(
+                Mode::DataQuery,
+                &Evidence::QueryAnswer { found: true, fields: &record },
+                &facts(),
+            );
+            let expected = if status == "normal" && months >= 6 {
+                ProofOutcome::ConditionMet
+            } else {
+                ProofOutcome::ConditionNotMet
+            };
+            prop_assert_eq!(judged.outcome, expected);
+        }
+
+        #[test]
+        fn failures_never_judge_positive_in_any_mode(
+            mode in prop_oneof![
+                Just(Mode::DataQuery),
+                Just(Mode::DepartmentVerification),
+            ],
+            why in "\\PC{0,30}",
+            consent in any::<bool>(),
+        ) {
+            let proof = query_proof("true");
+            let evidence = if consent { Evidence::Unavailable { why: &why } } else { Evidence::NoConsent };
+            let judged = proof.judge(mode, &evidence, &facts());
+            prop_assert!(judged.allows_fallback());
+            prop_assert!(!is_good(judged.outcome));
+        }
+
+        #[test]
+        fn a_record_with_missing_or_mistyped_fields_is_unusable_not_false(
+            months_as_text in any::<bool>(),
+        ) {
+            use crate::pb::field_value::Value as V;
+            let proof = query_proof(r#"record.status == "normal" && record.months_paid >= 6"#);
+            let record = if months_as_text {
+                vec![field("status", V::Text("normal".into())), field("months_paid", V::Text("12".into()))]
+            } else {
+                vec![field("status", V::Text("normal".into()))]
+            };
+            let judged = proof.judge(
+                Mode::DataQuery,
+                &Evidence::QueryAnswer { found: true, fields: &record },
+                &facts(),
+            );
+            prop_assert_eq!(judged.outcome, ProofOutcome::Unavailable);
+        }
+    }
+
+    #[test]
+    fn a_record_not_found_is_a_rejection_whatever_the_condition() {
+        let proof = query_proof("true");
+        let judged = proof.judge(
+            Mode::DataQuery,
+            &Evidence::QueryAnswer { found: false, fields: &[] },
+            &facts(),
+        );
+        assert_eq!(judged.outcome, ProofOutcome::RecordNotFound);
+    }
+
     #[test]
     fn unavailable_never_becomes_complete() {
         assert_eq!(

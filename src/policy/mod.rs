@@ -12,5 +12,5 @@ pub mod synthetic;
 
 pub use condition::{Condition, ConditionError, ConditionInputs};
 pub use evaluate::{overall_status, ApplicantFacts, Evidence, Judgement};
-pub use load::{load_dir, PolicyError, PolicyErrors};
+pub use load::{load_dir, load_sources, PolicyError, PolicyErrors};
 pub use model::{CommitmentTerms, Matter, Mode, PolicySet, Proof, RequiredProof};
