@@ -129,6 +129,9 @@ impl Running {
         for mock in self.mocks.drain(..) {
             mock.stop().await;
         }
+        // In-flight applications have their replies, so their entries are
+        // durable; stopping the writer releases the store for a restart.
+        self.gateway.audit().stop().await;
         info!("gateway stopped");
     }
 }

@@ -373,6 +373,9 @@ async fn off_the_shelf_tools_find_health_and_reflection() {
         "proofgate.v1.AuditService",
         "grpc.health.v1.Health",
     ] {
-        assert!(names.iter().any(|n| n == service), "{service} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} missing from {names:?}"
+        );
     }
 }

@@ -36,7 +36,11 @@ fn check(files: Vec<(String, String)>) -> Result<(), TestCaseError> {
             let name = e.file.to_string_lossy().into_owned();
             let max = lines.get(&name).copied();
             prop_assert!(max.is_some(), "error names an unknown file {name}");
-            prop_assert!(e.line <= max.unwrap_or(0), "{name}:{} beyond the file", e.line);
+            prop_assert!(
+                e.line <= max.unwrap_or(0),
+                "{name}:{} beyond the file",
+                e.line
+            );
             prop_assert!(!e.problem.is_empty());
         }
     }

@@ -4,12 +4,17 @@
 
 mod checkpoint;
 mod merkle;
+mod proof;
 mod service;
 mod store;
 mod writer;
 
 pub use checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
 pub use merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
+pub use proof::{
+    consistency_proof, inclusion_proof, subtree_hash, verify_consistency, verify_inclusion,
+    ProofError, SubtreeSource,
+};
 pub use service::AuditApi;
 pub use store::{
     application_key, data_source_key, request_key, ticket_key, AuditStore, StoreError, TicketRecord,

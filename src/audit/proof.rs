@@ -31,7 +31,11 @@ fn split_point(n: u64) -> u64 {
 }
 
 /// MTH(D[start:end]).
-pub fn subtree_hash<S: SubtreeSource + ?Sized>(source: &S, start: u64, end: u64) -> Result<Hash, ProofError> {
+pub fn subtree_hash<S: SubtreeSource + ?Sized>(
+    source: &S,
+    start: u64,
+    end: u64,
+) -> Result<Hash, ProofError> {
     let n = end - start;
     if n == 0 {
         return Ok(EMPTY_ROOT);
@@ -152,7 +156,13 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root
 }
 
 /// RFC 9162 §2.1.4.2.
-pub fn verify_consistency(old: u64, new: u64, old_root: &Hash, new_root: &Hash, proof: &[Hash]) -> bool {
+pub fn verify_consistency(
+    old: u64,
+    new: u64,
+    old_root: &Hash,
+    new_root: &Hash,
+    proof: &[Hash],
+) -> bool {
     if old > new {
         return false;
     }
@@ -218,7 +228,11 @@ mod tests {
     }
 
     fn leaves(n: usize) -> Leaves {
-        Leaves((0..n).map(|i| leaf_hash(&(i as u64).to_be_bytes())).collect())
+        Leaves(
+            (0..n)
+                .map(|i| leaf_hash(&(i as u64).to_be_bytes()))
+                .collect(),
+        )
     }
 
     #[test]

@@ -82,10 +82,16 @@ struct AppendRequest {
     reply: oneshot::Sender<Result<Receipt, AuditError>>,
 }
 
+enum Command {
+    Append(AppendRequest),
+    /// Commit what came before, release the store, then answer.
+    Stop(oneshot::Sender<()>),
+}
+
 /// Handle to append to the log; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<AppendRequest>,
+    tx: mpsc::Sender<Command>,
     store: AuditStore,
     verifier_key: String,
 }
@@ -127,14 +133,24 @@ impl AuditLog {
     ) -> Result<Receipt, AuditError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(AppendRequest {
+            .send(Command::Append(AppendRequest {
                 event,
                 projections,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| AuditError::Stopped)?;
         answer.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Stops the writer after the appends queued before this call; later
+    /// appends fail with [`AuditError::Stopped`]. Returns once the writer has
+    /// released its handle on the store.
+    pub async fn stop(&self) {
+        let (done, stopped) = oneshot::channel();
+        if self.tx.send(Command::Stop(done)).await.is_ok() {
+            let _ = stopped.await;
+        }
     }
 
     pub fn store(&self) -> &AuditStore {
@@ -168,19 +184,46 @@ fn now_unix_ms() -> i64 {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<AppendRequest>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(self.max_batch);
+        let mut stop = None;
         while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append(request) => batch.push(request),
+                    Command::Stop(done) => {
+                        stop = Some(done);
+                        break;
+                    }
+                }
+                if batch.len() < self.max_batch {
+                    next = rx.try_recv().ok();
                 }
             }
-            self.commit(&mut batch);
+            if !batch.is_empty() {
+                self.commit(&mut batch);
+            }
+            if stop.is_some() {
+                break;
+            }
         }
-        debug!("audit writer stopped: every appender is gone");
+        rx.close();
+        // Appends that raced with the stop are refused, not lost silently.
+        let mut stops: Vec<_> = stop.into_iter().collect();
+        while let Ok(command) = rx.try_recv() {
+            match command {
+                Command::Append(request) => {
+                    let _ = request.reply.send(Err(AuditError::Stopped));
+                }
+                Command::Stop(done) => stops.push(done),
+            }
+        }
+        drop(self);
+        debug!("audit writer stopped");
+        for done in stops {
+            let _ = done.send(());
+        }
     }
 
     fn commit(&mut self, batch: &mut Vec<AppendRequest>) {

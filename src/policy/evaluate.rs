@@ -451,7 +451,10 @@ mod tests {
         let proof = query_proof("true");
         let judged = proof.judge(
             Mode::DataQuery,
-            &Evidence::QueryAnswer { found: false, fields: &[] },
+            &Evidence::QueryAnswer {
+                found: false,
+                fields: &[],
+            },
             &facts(),
         );
         assert_eq!(judged.outcome, ProofOutcome::RecordNotFound);
