@@ -40,7 +40,7 @@ pub fn subtree_hash<S: SubtreeSource + ?Sized>(
     if n == 0 {
         return Ok(EMPTY_ROOT);
     }
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start.is_multiple_of(n) {
         return source.perfect(n.trailing_zeros() as u8, start / n);
     }
     let k = split_point(n);

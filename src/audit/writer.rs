@@ -83,7 +83,7 @@ struct AppendRequest {
 }
 
 enum Command {
-    Append(AppendRequest),
+    Append(Box<AppendRequest>),
     /// Commit what came before, release the store, then answer.
     Stop(oneshot::Sender<()>),
 }
@@ -133,11 +133,11 @@ impl AuditLog {
     ) -> Result<Receipt, AuditError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Command::Append(AppendRequest {
+            .send(Command::Append(Box::new(AppendRequest {
                 event,
                 projections,
                 reply,
-            }))
+            })))
             .await
             .map_err(|_| AuditError::Stopped)?;
         answer.await.map_err(|_| AuditError::Stopped)?
@@ -191,7 +191,7 @@ impl Writer {
             let mut next = Some(first);
             while let Some(command) = next.take() {
                 match command {
-                    Command::Append(request) => batch.push(request),
+                    Command::Append(request) => batch.push(*request),
                     Command::Stop(done) => {
                         stop = Some(done);
                         break;
