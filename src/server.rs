@@ -218,7 +218,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         Arc::clone(&policy),
         Arc::clone(&directory),
         log.clone(),
-        pseudonyms,
+        pseudonyms.clone(),
     ));
 
     let listener = TcpListener::bind(options.listen)
@@ -246,7 +246,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         Arc::clone(&gateway) as Arc<dyn crate::departments::CompletionHandler>,
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let audit = AuditServiceServer::new(AuditApi::new(log.clone()))
+    let audit = AuditServiceServer::new(AuditApi::new(log.clone(), pseudonyms.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
 
     let (shutdown, on_shutdown) = oneshot::channel::<()>();

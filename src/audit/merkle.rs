@@ -52,7 +52,17 @@ impl Frontier {
     }
 
     pub fn push(&mut self, leaf: Hash) {
+        self.push_with_nodes(leaf, &mut Vec::new());
+    }
+
+    /// Appends a leaf and reports every perfect subtree it completes, as
+    /// (level, index at that level, hash) — the leaf itself first — so they
+    /// can be stored for proofs.
+    pub fn push_with_nodes(&mut self, leaf: Hash, completed: &mut Vec<(u8, u64, Hash)>) {
         let mut hash = leaf;
+        let mut index = self.size;
+        let mut level = 0u8;
+        completed.push((level, index, hash));
         // Each trailing one bit of the old size is a subtree of the height
         // the new one reaches: merge them as a binary counter carries.
         let mut carries = self.size.trailing_ones();
@@ -60,6 +70,9 @@ impl Frontier {
             // A set bit always has its subtree on the stack.
             let left = self.subtrees.pop().unwrap_or_default();
             hash = node_hash(&left, &hash);
+            level += 1;
+            index >>= 1;
+            completed.push((level, index, hash));
             carries -= 1;
         }
         self.subtrees.push(hash);
@@ -182,6 +195,26 @@ mod tests {
             }
             let restored = Frontier::from_bytes(&frontier.to_bytes()).unwrap();
             prop_assert_eq!(&restored, &frontier);
+        }
+
+        #[test]
+        fn completed_nodes_are_the_roots_of_their_perfect_ranges(n in 1usize..70) {
+            let leaves: Vec<Hash> = (0..n as u64).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+            let mut frontier = Frontier::default();
+            let mut nodes = Vec::new();
+            for leaf in &leaves {
+                frontier.push_with_nodes(*leaf, &mut nodes);
+            }
+            let mut per_level = [0usize; 8];
+            for (level, index, hash) in nodes {
+                let width = 1usize << level;
+                let start = index as usize * width;
+                prop_assert_eq!(hash, root_of(&leaves[start..start + width]));
+                per_level[level as usize] += 1;
+            }
+            for (level, count) in per_level.iter().enumerate() {
+                prop_assert_eq!(*count, n >> level, "every perfect subtree once");
+            }
         }
 
         #[test]

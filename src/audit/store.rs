@@ -11,13 +11,16 @@
 //! | `r`    | caller NUL request id       | request digest (32) + app id   |
 //! | `t`    | department NUL ticket       | encoded TicketRecord           |
 //! | `d`    | department id               | encoded DataSource             |
+//! | `n`    | level (u8), index (u64 BE)  | Merkle node: perfect subtree root (level 0 = leaf hash) |
+//! | `x`    | pseudonym (32), index       | empty: the entry touched this subject |
 
 use std::path::Path;
 
 use prost::Message;
 use thiserror::Error;
 
-use super::merkle::Frontier;
+use super::merkle::{Frontier, Hash};
+use super::proof::{ProofError, SubtreeSource};
 use crate::pb::{Application, DataSource};
 
 #[derive(Debug, Error)]
@@ -37,6 +40,9 @@ pub struct TicketRecord {
     pub proof_id: String,
     #[prost(int64, tag = "3")]
     pub due_unix_ms: i64,
+    /// The subject's pseudonym, so the completion is listed among its accesses.
+    #[prost(bytes = "vec", tag = "4")]
+    pub subject_pseudonym: Vec<u8>,
 }
 
 /// Read side of the store; cheap to clone (sled handles are shared).
@@ -59,6 +65,22 @@ fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[0] = prefix;
     key[1..].copy_from_slice(&n.to_be_bytes());
+    key
+}
+
+pub(super) fn node_key(level: u8, index: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[0] = b'n';
+    key[1] = level;
+    key[2..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+pub(super) fn access_key(pseudonym: &[u8; 32], index: u64) -> [u8; 41] {
+    let mut key = [0u8; 41];
+    key[0] = b'x';
+    key[1..33].copy_from_slice(pseudonym);
+    key[33..].copy_from_slice(&index.to_be_bytes());
     key
 }
 
@@ -231,5 +253,50 @@ impl AuditStore {
     /// A bookkeeping value written by a batch (prefix `m`).
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get(key)?.map(|v| v.to_vec()))
+    }
+}
+
+impl AuditStore {
+    /// The leaf hash recorded for entry `index` when it was written.
+    pub fn leaf_hash(&self, index: u64) -> Result<Option<Hash>, StoreError> {
+        Ok(self
+            .db
+            .get(node_key(0, index))?
+            .and_then(|v| v.as_ref().try_into().ok()))
+    }
+
+    /// Indexes of the entries that touched `pseudonym`, after `after` (exclusive).
+    pub fn accesses(
+        &self,
+        pseudonym: &[u8; 32],
+        after: Option<u64>,
+    ) -> impl Iterator<Item = Result<u64, StoreError>> + use<> {
+        let start = match after {
+            Some(i) => access_key(pseudonym, i.saturating_add(1)),
+            None => access_key(pseudonym, 0),
+        };
+        self.db
+            .range(start..=access_key(pseudonym, u64::MAX))
+            .map(|item| {
+                let (key, _) = item?;
+                key[33..]
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("access key is not 41 bytes".into()))
+            })
+    }
+}
+
+impl SubtreeSource for AuditStore {
+    fn perfect(&self, level: u8, index: u64) -> Result<Hash, ProofError> {
+        let value = self
+            .db
+            .get(node_key(level, index))
+            .map_err(|e| ProofError::Store(e.to_string()))?
+            .ok_or_else(|| ProofError::Store(format!("node {level}/{index} is missing")))?;
+        value
+            .as_ref()
+            .try_into()
+            .map_err(|_| ProofError::Store(format!("node {level}/{index} is not 32 bytes")))
     }
 }

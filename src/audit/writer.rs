@@ -14,7 +14,8 @@ use tracing::{debug, error};
 use super::checkpoint::NoteSigner;
 use super::merkle::{leaf_hash, Frontier, Hash};
 use super::store::{
-    application_key, checkpoint_key, entry_key, AuditStore, StoreError, FRONTIER_KEY,
+    access_key, application_key, checkpoint_key, entry_key, node_key, AuditStore, StoreError,
+    FRONTIER_KEY,
 };
 use crate::pb::{audit_entry::Event, Application, AuditEntry, AuditReceipt};
 
@@ -60,6 +61,8 @@ pub enum Projection {
     Application(Box<Application>),
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
+    /// The entry touched this subject (for ListAccesses).
+    Access([u8; 32]),
 }
 
 #[derive(Debug, Error, Clone)]
@@ -249,6 +252,7 @@ impl Writer {
         let logged_unix_ms = now_unix_ms();
         let mut sled_batch = sled::Batch::default();
         let mut receipts = Vec::with_capacity(batch.len());
+        let mut nodes = Vec::with_capacity(16);
         for request in batch {
             let index = self.frontier.size();
             let entry = AuditEntry {
@@ -259,7 +263,11 @@ impl Writer {
             };
             let bytes = entry.encode_to_vec();
             let leaf = leaf_hash(&bytes);
-            self.frontier.push(leaf);
+            nodes.clear();
+            self.frontier.push_with_nodes(leaf, &mut nodes);
+            for (level, node_index, hash) in &nodes {
+                sled_batch.insert(&node_key(*level, *node_index)[..], &hash[..]);
+            }
             sled_batch.insert(&entry_key(index), bytes);
             receipts.push(Receipt {
                 index,
@@ -281,6 +289,9 @@ impl Writer {
                         sled_batch.insert(key.as_slice(), value.as_slice())
                     }
                     Projection::Delete(key) => sled_batch.remove(key.as_slice()),
+                    Projection::Access(pseudonym) => {
+                        sled_batch.insert(&access_key(pseudonym, index)[..], &[][..])
+                    }
                 }
             }
         }

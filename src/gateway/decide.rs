@@ -1,6 +1,7 @@
 //! Gathering evidence for one proof: ask the department (or read the
 //! commitment), let the policy judge, and fall back as the policy says when
-//! the department could not be asked or gave no usable answer.
+//! the department could not be asked or gave no usable answer. Every answer is
+//! recorded as it came, so replay can judge it again.
 
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -8,9 +9,9 @@ use super::calendar::working_days_after;
 use crate::departments::{CallFailure, DepartmentDirectory};
 use crate::pb::{
     Commitment, ProofDecision, ProofOutcome, ProofResult, Purpose, QueryRequest, RecordedAnswer,
-    Subject, SubmitApplicationRequest, VerificationOutcome, VerifyRequest,
+    Subject, SubmitApplicationRequest, VerifyRequest,
 };
-use crate::policy::{ApplicantFacts, Evidence, Judgement, Mode, Proof};
+use crate::policy::{ApplicantFacts, Judgement, Mode, Proof};
 
 /// What every proof of one application shares.
 pub struct DecisionContext<'a> {
@@ -42,14 +43,6 @@ impl DecisionContext<'_> {
     }
 }
 
-/// The result of applying one mode.
-struct ModeOutcome {
-    judgement: Judgement,
-    answer: Option<RecordedAnswer>,
-    ticket: String,
-    due_unix_ms: i64,
-}
-
 fn nonce(rng: &SystemRandom) -> String {
     let mut bytes = [0u8; 16];
     // SystemRandom only fails if the OS has no entropy source at all.
@@ -57,12 +50,11 @@ fn nonce(rng: &SystemRandom) -> String {
     hex::encode(bytes)
 }
 
-fn failed_answer(
-    department: &str,
-    mode: Mode,
-    nonce: String,
-    failure: &CallFailure,
-) -> RecordedAnswer {
+fn millis(d: std::time::Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
+}
+
+fn failed(department: &str, mode: Mode, nonce: String, failure: &CallFailure) -> RecordedAnswer {
     RecordedAnswer {
         department_id: department.to_owned(),
         request_nonce: nonce,
@@ -72,82 +64,18 @@ fn failed_answer(
     }
 }
 
-pub async fn decide_proof(
-    ctx: &DecisionContext<'_>,
-    proof: &Proof,
-    departments: &DepartmentDirectory,
-    rng: &SystemRandom,
-) -> ProofDecision {
-    let planned = apply_mode(ctx, proof, proof.mode, departments, rng).await;
-    let mut answers: Vec<RecordedAnswer> = planned.answer.clone().into_iter().collect();
-    let (mode, outcome, fallback_used) = match proof.fallback {
-        Some(fallback) if planned.judgement.allows_fallback() => {
-            let second = apply_mode(ctx, proof, fallback, departments, rng).await;
-            answers.extend(second.answer.clone());
-            let reason = format!(
-                "{}; fell back to {}: {}",
-                planned.judgement.reason,
-                fallback.policy_word(),
-                second.judgement.reason
-            );
-            (
-                fallback,
-                ModeOutcome {
-                    judgement: Judgement {
-                        outcome: second.judgement.outcome,
-                        reason,
-                    },
-                    ..second
-                },
-                true,
-            )
-        }
-        _ => (proof.mode, planned, false),
-    };
-    let commitment = (mode == Mode::Commitment)
-        .then(|| ctx.commitment_for(&proof.id).cloned())
-        .flatten();
-    ProofDecision {
-        result: Some(ProofResult {
-            proof_id: proof.id.clone(),
-            proof_name: proof.name.clone(),
-            mode: mode.as_pb() as i32,
-            outcome: outcome.judgement.outcome as i32,
-            department_id: proof.department.clone().unwrap_or_default(),
-            legal_basis: proof.legal_basis.clone(),
-            reason: outcome.judgement.reason,
-            ticket: outcome.ticket,
-            due_unix_ms: outcome.due_unix_ms,
-            fallback_used,
-            planned_mode: proof.mode.as_pb() as i32,
-        }),
-        answers,
-        commitment,
-    }
-}
-
-async fn apply_mode(
+/// Asks the proof's department in `mode` and records the answer as it came.
+async fn ask(
     ctx: &DecisionContext<'_>,
     proof: &Proof,
     mode: Mode,
     departments: &DepartmentDirectory,
     rng: &SystemRandom,
-) -> ModeOutcome {
-    let judged = |evidence: Evidence<'_>, answer: Option<RecordedAnswer>| ModeOutcome {
-        judgement: proof.judge(mode, &evidence, ctx.facts),
-        answer,
-        ticket: String::new(),
-        due_unix_ms: 0,
-    };
-    if mode.asks_department() && !ctx.request.consent_to_data_queries {
-        return judged(Evidence::NoConsent, None);
-    }
+) -> RecordedAnswer {
     let department = proof.department.as_deref().unwrap_or_default();
+    let nonce = nonce(rng);
     match mode {
-        Mode::Abolished => judged(Evidence::Nothing, None),
-        Mode::Commitment => judged(Evidence::Commitment(ctx.commitment_for(&proof.id)), None),
         Mode::DataQuery => {
-            let nonce = nonce(rng);
             let request = QueryRequest {
                 request_nonce: nonce.clone(),
                 query: proof.query.clone().unwrap_or_default(),
@@ -161,34 +89,21 @@ async fn apply_mode(
             {
                 Ok(answered) => {
                     let a = answered.answer;
-                    let recorded = RecordedAnswer {
-                        department_id: a.department_id.clone(),
-                        request_nonce: a.request_nonce.clone(),
+                    RecordedAnswer {
+                        department_id: a.department_id,
+                        request_nonce: a.request_nonce,
                         found: a.found,
-                        fields: a.fields.clone(),
-                        signature: a.signature.clone(),
-                        latency_ms: answered.latency.as_millis().min(u32::MAX as u128) as u32,
+                        fields: a.fields,
+                        signature: a.signature,
+                        latency_ms: millis(answered.latency),
                         mode: mode.as_pb() as i32,
                         ..Default::default()
-                    };
-                    judged(
-                        Evidence::QueryAnswer {
-                            found: a.found,
-                            fields: &a.fields,
-                        },
-                        Some(recorded),
-                    )
+                    }
                 }
-                Err(failure) => judged(
-                    Evidence::Unavailable {
-                        why: &failure.to_string(),
-                    },
-                    Some(failed_answer(department, mode, nonce, &failure)),
-                ),
+                Err(failure) => failed(department, mode, nonce, &failure),
             }
         }
         Mode::DepartmentVerification => {
-            let nonce = nonce(rng);
             let request = VerifyRequest {
                 request_nonce: nonce.clone(),
                 proof_id: proof.id.clone(),
@@ -202,50 +117,91 @@ async fn apply_mode(
             {
                 Ok(answered) => {
                     let a = answered.answer;
-                    let outcome = VerificationOutcome::try_from(a.outcome)
-                        .unwrap_or(VerificationOutcome::Unspecified);
-                    let recorded = RecordedAnswer {
-                        department_id: a.department_id.clone(),
-                        request_nonce: a.request_nonce.clone(),
-                        verification: outcome as i32,
-                        signature: a.signature.clone(),
-                        latency_ms: answered.latency.as_millis().min(u32::MAX as u128) as u32,
+                    RecordedAnswer {
+                        department_id: a.department_id,
+                        request_nonce: a.request_nonce,
+                        verification: a.outcome,
+                        signature: a.signature,
+                        latency_ms: millis(answered.latency),
                         mode: mode.as_pb() as i32,
-                        ticket: a.ticket.clone(),
+                        ticket: a.ticket,
+                        reason: a.reason,
+                        expected_completion_unix_ms: a.expected_completion_unix_ms,
                         ..Default::default()
-                    };
-                    if outcome == VerificationOutcome::Pending && a.ticket.is_empty() {
-                        let failure = CallFailure::BadAnswer("pending without a ticket".into());
-                        return judged(
-                            Evidence::Unavailable {
-                                why: &failure.to_string(),
-                            },
-                            Some(recorded),
-                        );
                     }
-                    let mut result = judged(
-                        Evidence::VerifyAnswer {
-                            outcome,
-                            reason: &a.reason,
-                        },
-                        Some(recorded),
-                    );
-                    if result.judgement.outcome == ProofOutcome::Pending {
-                        result.ticket = a.ticket;
-                        result.due_unix_ms = working_days_after(
-                            ctx.now_unix_ms,
-                            proof.verification_deadline_working_days.unwrap_or(0),
-                        );
-                    }
-                    result
                 }
-                Err(failure) => judged(
-                    Evidence::Unavailable {
-                        why: &failure.to_string(),
-                    },
-                    Some(failed_answer(department, mode, nonce, &failure)),
-                ),
+                Err(failure) => failed(department, mode, nonce, &failure),
             }
         }
+        Mode::Abolished | Mode::Commitment => RecordedAnswer::default(),
+    }
+}
+
+/// Applies one mode: asks when the mode needs a department (and consent was
+/// given), then judges.
+async fn apply(
+    ctx: &DecisionContext<'_>,
+    proof: &Proof,
+    mode: Mode,
+    departments: &DepartmentDirectory,
+    rng: &SystemRandom,
+) -> (Judgement, Option<RecordedAnswer>) {
+    let consent = ctx.request.consent_to_data_queries;
+    let answer = if mode.asks_department() && consent {
+        Some(ask(ctx, proof, mode, departments, rng).await)
+    } else {
+        None
+    };
+    let commitment = ctx.commitment_for(&proof.id);
+    let evidence = proof.evidence(mode, consent, commitment, answer.as_ref());
+    (proof.judge(mode, &evidence, ctx.facts), answer)
+}
+
+pub async fn decide_proof(
+    ctx: &DecisionContext<'_>,
+    proof: &Proof,
+    departments: &DepartmentDirectory,
+    rng: &SystemRandom,
+) -> ProofDecision {
+    let (planned, first_answer) = apply(ctx, proof, proof.mode, departments, rng).await;
+    let mut answers: Vec<RecordedAnswer> = first_answer.into_iter().collect();
+    let fallback = match proof.fallback_after(&planned) {
+        Some(mode) => {
+            let (judgement, answer) = apply(ctx, proof, mode, departments, rng).await;
+            answers.extend(answer);
+            Some((mode, judgement))
+        }
+        None => None,
+    };
+    let (mode, judgement, fallback_used) = proof.settle(planned, fallback);
+    let (ticket, due_unix_ms) = if judgement.outcome == ProofOutcome::Pending {
+        let ticket = answers.last().map(|a| a.ticket.clone()).unwrap_or_default();
+        let due = working_days_after(
+            ctx.now_unix_ms,
+            proof.verification_deadline_working_days.unwrap_or(0),
+        );
+        (ticket, due)
+    } else {
+        (String::new(), 0)
+    };
+    let commitment = (mode == Mode::Commitment)
+        .then(|| ctx.commitment_for(&proof.id).cloned())
+        .flatten();
+    ProofDecision {
+        result: Some(ProofResult {
+            proof_id: proof.id.clone(),
+            proof_name: proof.name.clone(),
+            mode: mode.as_pb() as i32,
+            outcome: judgement.outcome as i32,
+            department_id: proof.department.clone().unwrap_or_default(),
+            legal_basis: proof.legal_basis.clone(),
+            reason: judgement.reason,
+            ticket,
+            due_unix_ms,
+            fallback_used,
+            planned_mode: proof.mode.as_pb() as i32,
+        }),
+        answers,
+        commitment,
     }
 }

@@ -255,6 +255,8 @@ impl Gateway {
                     [&request_digest[..], application_id.as_bytes()].concat(),
                 ),
             ];
+            let pseudonym = self.pseudonyms.pseudonym(id_type, &subject.id_number);
+            projections.push(Projection::Access(pseudonym));
             for r in results
                 .iter()
                 .filter(|r| r.outcome() == ProofOutcome::Pending)
@@ -263,6 +265,7 @@ impl Gateway {
                     application_id: application_id.clone(),
                     proof_id: r.proof_id.clone(),
                     due_unix_ms: r.due_unix_ms,
+                    subject_pseudonym: pseudonym.to_vec(),
                 };
                 projections.push(Projection::Put(
                     ticket_key(&r.department_id, &r.ticket),
@@ -275,10 +278,7 @@ impl Gateway {
                 caller: caller.to_owned(),
                 matter_id: request.matter_id.clone(),
                 policy_version: policy.version.clone(),
-                subject_pseudonym: self
-                    .pseudonyms
-                    .pseudonym(id_type, &subject.id_number)
-                    .to_vec(),
+                subject_pseudonym: pseudonym.to_vec(),
                 subject_id_type: id_type as i32,
                 officer_id: officer.officer_id,
                 hall_id: officer.hall_id,
@@ -286,6 +286,7 @@ impl Gateway {
                 decision_date: format_date(decision_date),
                 proofs: decisions,
                 status: status as i32,
+                applicant_facts: Some(facts.to_pb()),
             });
             let receipt = self.audit.append(event, projections).await?;
             let mut application = application;
@@ -392,21 +393,20 @@ impl Gateway {
                 signature: request.signature.clone(),
                 mode: ProofMode::DepartmentVerification as i32,
                 ticket: request.ticket.clone(),
+                reason: request.reason.clone(),
                 ..Default::default()
             }),
             result: Some(result),
             status: status as i32,
         });
-        let receipt = self
-            .audit
-            .append(
-                event,
-                vec![
-                    Projection::Application(Box::new(application.clone())),
-                    Projection::Delete(ticket_key(department, &request.ticket)),
-                ],
-            )
-            .await?;
+        let mut projections = vec![
+            Projection::Application(Box::new(application.clone())),
+            Projection::Delete(ticket_key(department, &request.ticket)),
+        ];
+        if let Ok(pseudonym) = <[u8; 32]>::try_from(ticket.subject_pseudonym.as_slice()) {
+            projections.push(Projection::Access(pseudonym));
+        }
+        let receipt = self.audit.append(event, projections).await?;
         application.receipt = Some(receipt.to_pb());
         info!(
             application_id = %application.application_id,

@@ -8,7 +8,8 @@ use cel::Value;
 use super::condition::ConditionInputs;
 use super::model::{Matter, Mode, PolicySet, Proof, RequiredProof};
 use crate::pb::{
-    ApplicationStatus, Commitment, FieldValue, IdType, ProofOutcome, VerificationOutcome,
+    ApplicationStatus, Commitment, FieldValue, IdType, ProofOutcome, RecordedAnswer,
+    VerificationOutcome,
 };
 use crate::subject::check_resident_id;
 
@@ -33,6 +34,24 @@ impl ApplicantFacts {
             age: resident.map(|r| r.age_on(decision_date.0, decision_date.1, decision_date.2)),
             male: resident.map(|r| r.male),
             region: resident.map(|r| r.region),
+        }
+    }
+
+    pub fn to_pb(&self) -> crate::pb::ApplicantFacts {
+        crate::pb::ApplicantFacts {
+            id_type: self.id_type as i32,
+            age: self.age,
+            male: self.male,
+            region: self.region,
+        }
+    }
+
+    pub fn from_pb(facts: &crate::pb::ApplicantFacts) -> Self {
+        Self {
+            id_type: IdType::try_from(facts.id_type).unwrap_or_default(),
+            age: facts.age,
+            male: facts.male,
+            region: facts.region,
         }
     }
 
@@ -79,6 +98,41 @@ pub enum Evidence<'a> {
     },
     /// No usable answer: down, too slow, malformed, badly signed, unknown department.
     Unavailable { why: &'a str },
+}
+
+impl<'a> Evidence<'a> {
+    /// What a recorded department answer says for `mode` — the one reading
+    /// both live decisions and replay use.
+    pub fn from_answer(mode: Mode, answer: &'a RecordedAnswer) -> Self {
+        if !answer.failure.is_empty() {
+            return Evidence::Unavailable {
+                why: &answer.failure,
+            };
+        }
+        match mode {
+            Mode::DataQuery => Evidence::QueryAnswer {
+                found: answer.found,
+                fields: &answer.fields,
+            },
+            Mode::DepartmentVerification => {
+                let outcome =
+                    VerificationOutcome::try_from(answer.verification).unwrap_or_default();
+                if outcome == VerificationOutcome::Pending && answer.ticket.is_empty() {
+                    Evidence::Unavailable {
+                        why: "answered pending without a ticket",
+                    }
+                } else {
+                    Evidence::VerifyAnswer {
+                        outcome,
+                        reason: &answer.reason,
+                    }
+                }
+            }
+            Mode::Abolished | Mode::Commitment => Evidence::Unavailable {
+                why: "a department answer was recorded for a mode that asks no department",
+            },
+        }
+    }
 }
 
 /// The decision on one proof in one mode.
@@ -132,6 +186,57 @@ impl PolicySet {
 }
 
 impl Proof {
+    /// The evidence for `mode` from what the applicant gave and, for modes
+    /// that ask a department, its answer (None: nobody was asked).
+    pub fn evidence<'a>(
+        &self,
+        mode: Mode,
+        consent: bool,
+        commitment: Option<&'a Commitment>,
+        answer: Option<&'a RecordedAnswer>,
+    ) -> Evidence<'a> {
+        match mode {
+            Mode::Abolished => Evidence::Nothing,
+            Mode::Commitment => Evidence::Commitment(commitment),
+            _ if !consent => Evidence::NoConsent,
+            _ => match answer {
+                Some(answer) => Evidence::from_answer(mode, answer),
+                None => Evidence::Unavailable {
+                    why: "no department answer was recorded",
+                },
+            },
+        }
+    }
+
+    /// The mode to fall back to after `planned`, if the policy says so.
+    pub fn fallback_after(&self, planned: &Judgement) -> Option<Mode> {
+        self.fallback.filter(|_| planned.allows_fallback())
+    }
+
+    /// The final mode and judgement, and whether the fallback was used.
+    pub fn settle(
+        &self,
+        planned: Judgement,
+        fallback: Option<(Mode, Judgement)>,
+    ) -> (Mode, Judgement, bool) {
+        match fallback {
+            None => (self.mode, planned, false),
+            Some((mode, second)) => (
+                mode,
+                Judgement {
+                    outcome: second.outcome,
+                    reason: format!(
+                        "{}; fell back to {}: {}",
+                        planned.reason,
+                        mode.policy_word(),
+                        second.reason
+                    ),
+                },
+                true,
+            ),
+        }
+    }
+
     /// Judges this proof in `mode` (its own or its fallback) from the evidence.
     pub fn judge(
         &self,
