@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Offline audit tools: work on a data folder (server stopped) or an exported file.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Create the node's signing and pseudonym keys in DATA_DIR/keys.
     Keygen {
         #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
@@ -79,6 +84,53 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value = "hpf-withdrawal-mortgage")]
         matter: String,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct LogSource {
+    /// A node's data folder (its server must be stopped).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A file written by `proofgate audit export`.
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Write every entry and checkpoint, with the verifier key, to one file.
+    Export {
+        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Recompute every leaf and root; check every checkpoint signature; report the first bad index.
+    Verify {
+        #[command(flatten)]
+        source: LogSource,
+        /// The verifier key you trust (C2SP vkey text, or a file holding it).
+        /// Without it, the key carried by the log is used.
+        #[arg(long)]
+        vkey: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-derive every decision from the logged policy and signed answers; report differences.
+    Replay {
+        #[command(flatten)]
+        source: LogSource,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the checkpoint key; the change is logged and signed by the old key.
+    RotateKey {
+        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = server::DEFAULT_NODE_ID)]
+        node_id: String,
     },
 }
 
@@ -216,6 +268,7 @@ async fn run(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Audit { command } => audit(command).await,
         Command::Keygen { data_dir } => {
             match proofgate::security::generate_keys(&data_dir.join("keys")) {
                 Ok(()) => {
@@ -249,6 +302,110 @@ async fn run(command: Command) -> ExitCode {
                     for r in reports {
                         println!("{r}");
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("proofgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+type Records =
+    Box<dyn Iterator<Item = Result<proofgate::audit::LogRecord, proofgate::audit::RecordError>>>;
+
+fn open_records(source: &LogSource) -> Result<Records, proofgate::audit::RecordError> {
+    match (&source.data_dir, &source.file) {
+        (Some(dir), _) => proofgate::audit::data_dir_records(dir),
+        (None, Some(file)) => Ok(Box::new(proofgate::audit::file_records(file)?)),
+        (None, None) => unreachable!("clap requires one source"),
+    }
+}
+
+fn progress(what: &'static str) -> impl FnMut(u64) {
+    let started = std::time::Instant::now();
+    move |n| {
+        eprintln!(
+            "{what}: {n} entries ({:.0}/s)",
+            n as f64 / started.elapsed().as_secs_f64().max(1e-9)
+        )
+    }
+}
+
+async fn audit(command: AuditCommand) -> ExitCode {
+    use proofgate::audit::{replay_records, report, verify_records};
+    let started = std::time::Instant::now();
+    match command {
+        AuditCommand::Export { data_dir, out } => {
+            let written = proofgate::audit::data_dir_records(&data_dir)
+                .and_then(|records| proofgate::audit::export(records, &out));
+            match written {
+                Ok((entries, checkpoints)) => {
+                    println!(
+                        "exported {entries} entries and {checkpoints} checkpoints to {}",
+                        out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("proofgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        AuditCommand::Verify { source, vkey, json } => {
+            let vkey = vkey.map(|v| std::fs::read_to_string(&v).unwrap_or(v).trim().to_owned());
+            let result = open_records(&source)
+                .and_then(|records| verify_records(records, vkey.as_deref(), progress("verified")));
+            let seconds = started.elapsed().as_secs_f64();
+            match result {
+                Ok(r) => {
+                    if json {
+                        println!("{}", report::verify_json(&r, seconds));
+                    } else {
+                        print!("{}", report::verify_table(&r, seconds));
+                    }
+                    if r.ok() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(EXIT_DATA)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("proofgate: {e}");
+                    ExitCode::from(EXIT_DATA)
+                }
+            }
+        }
+        AuditCommand::Replay { source, json } => {
+            let result = open_records(&source)
+                .and_then(|records| replay_records(records, progress("replayed")));
+            let seconds = started.elapsed().as_secs_f64();
+            match result {
+                Ok(r) => {
+                    if json {
+                        println!("{}", report::replay_json(&r, seconds));
+                    } else {
+                        print!("{}", report::replay_table(&r, seconds));
+                    }
+                    if r.discrepancies.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(EXIT_DATA)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("proofgate: {e}");
+                    ExitCode::from(EXIT_DATA)
+                }
+            }
+        }
+        AuditCommand::RotateKey { data_dir, node_id } => {
+            match server::rotate_log_key(&data_dir, &node_id).await {
+                Ok(vkey) => {
+                    println!("new checkpoint key: {vkey}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -131,7 +131,18 @@ impl Running {
         }
         // In-flight applications have their replies, so their entries are
         // durable; stopping the writer releases the store for a restart.
-        self.gateway.audit().stop().await;
+        let log = self.gateway.audit().clone();
+        log.stop().await;
+        drop(self.gateway);
+        drop(self.directory);
+        // Connection tasks drop their service handles shortly after the server
+        // future ends; the store's file lock goes with the last of them.
+        for _ in 0..200 {
+            if log.handles() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         info!("gateway stopped");
     }
 }
@@ -298,4 +309,73 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         shutdown: Some(shutdown),
         task,
     })
+}
+
+/// Rotates the node's checkpoint key, offline (no server on this data folder):
+/// appends a KeyRotated entry signed by the current key — alone in its batch,
+/// so the checkpoint covering it is still the old key's — then makes the new
+/// key current. `log.vkeys` keeps every key, oldest first, for verifiers.
+/// Returns the new verifier key.
+pub async fn rotate_log_key(
+    data_dir: &std::path::Path,
+    node_id: &str,
+) -> Result<String, ServeError> {
+    use ring::rand::SystemRandom;
+    use ring::signature::Ed25519KeyPair;
+
+    let keys_dir = data_dir.join("keys");
+    let current = keys_dir.join("log-signing-key.pk8");
+    if !current.exists() {
+        return Err(ServeError::Keys(KeyError::Io {
+            path: current,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no key to rotate"),
+        }));
+    }
+    let (log, _) = open_log(data_dir, node_id, WriterOptions::default())?;
+    let previous = log.verifier_key().to_owned();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+        .map_err(|_| ServeError::Keys(KeyError::Random))?;
+    let new_pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|_| ServeError::Keys(KeyError::Random))?;
+    let new_signer = NoteSigner::new(&log_origin(node_id), new_pair)?;
+    let new_vkey = new_signer.verifier_key();
+    let old_pair = load_or_generate_keys(&keys_dir)?.signing;
+    let old_signer = NoteSigner::new(&log_origin(node_id), old_pair)?;
+    let signature = old_signer.sign(&crate::audit::rotation_message(&new_vkey));
+    log.append(
+        pb::audit_entry::Event::KeyRotated(pb::KeyRotated {
+            previous_verifier_key: previous.clone(),
+            new_verifier_key: new_vkey.clone(),
+            signature,
+        }),
+        Vec::new(),
+    )
+    .await?;
+    log.stop().await;
+    drop(log);
+    let write = |path: PathBuf, bytes: &[u8]| {
+        std::fs::write(&path, bytes).map_err(|source| ServeError::Write { path, source })
+    };
+    let retired = keys_dir.join(format!("retired-{}.pk8", crate::gateway::now_unix_ms()));
+    std::fs::rename(&current, &retired).map_err(|source| ServeError::Write {
+        path: retired.clone(),
+        source,
+    })?;
+    write(current.clone(), pkcs8.as_ref())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&current, std::fs::Permissions::from_mode(0o600));
+    }
+    let history = data_dir.join("log.vkeys");
+    let mut keys = std::fs::read_to_string(&history).unwrap_or_else(|_| format!("{previous}\n"));
+    keys.push_str(&new_vkey);
+    keys.push('\n');
+    write(history, keys.as_bytes())?;
+    write(
+        data_dir.join("log.vkey"),
+        format!("{new_vkey}\n").as_bytes(),
+    )?;
+    info!(%new_vkey, "checkpoint key rotated");
+    Ok(new_vkey)
 }

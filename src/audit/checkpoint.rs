@@ -96,6 +96,11 @@ impl NoteSigner {
         )
     }
 
+    /// Signs arbitrary bytes (key rotation statements).
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.key_pair.sign(message).as_ref().to_vec()
+    }
+
     /// The signed note of a checkpoint with this signer's name as origin.
     pub fn sign_checkpoint(&self, size: u64, root: &Hash) -> String {
         let body = format!("{}\n{}\n{}\n", self.name, size, B64.encode(root));
@@ -157,6 +162,11 @@ impl NoteVerifier {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The raw 32-byte Ed25519 public key.
+    pub fn public_key(&self) -> &[u8] {
+        &self.public_key
     }
 
     /// Verifies the note's signature by this key and parses the checkpoint body.

@@ -5,8 +5,12 @@
 mod checkpoint;
 mod merkle;
 mod proof;
+mod records;
+mod replay;
+pub mod report;
 mod service;
 mod store;
+mod verify;
 mod writer;
 
 pub use checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
@@ -15,8 +19,11 @@ pub use proof::{
     consistency_proof, inclusion_proof, subtree_hash, verify_consistency, verify_inclusion,
     ProofError, SubtreeSource,
 };
+pub use records::{data_dir_records, export, file_records, LogRecord, RecordError};
+pub use replay::{replay_records, Discrepancy, ReplayReport};
 pub use service::AuditApi;
 pub use store::{
     application_key, data_source_key, request_key, ticket_key, AuditStore, StoreError, TicketRecord,
 };
+pub use verify::{rotation_message, verify_records, Problem, VerifyReport};
 pub use writer::{AuditError, AuditLog, Projection, Receipt, WriterOptions};

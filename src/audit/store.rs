@@ -300,3 +300,16 @@ impl SubtreeSource for AuditStore {
             .map_err(|_| ProofError::Store(format!("node {level}/{index} is not 32 bytes")))
     }
 }
+
+impl AuditStore {
+    /// The checkpoint note stored for `size`, if any.
+    pub fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
+        self.db
+            .get(checkpoint_key(size))?
+            .map(|v| {
+                String::from_utf8(v.to_vec())
+                    .map_err(|_| StoreError::Corrupt("checkpoint is not UTF-8".into()))
+            })
+            .transpose()
+    }
+}

@@ -97,6 +97,9 @@ pub struct AuditLog {
     tx: mpsc::Sender<Command>,
     store: AuditStore,
     verifier_key: String,
+    /// Counts the handles alive, so a shutdown can wait for the last one
+    /// (and with it the store's file lock) to go.
+    lease: std::sync::Arc<()>,
 }
 
 impl AuditLog {
@@ -125,6 +128,7 @@ impl AuditLog {
             tx,
             store,
             verifier_key,
+            lease: std::sync::Arc::new(()),
         })
     }
 
@@ -154,6 +158,11 @@ impl AuditLog {
         if self.tx.send(Command::Stop(done)).await.is_ok() {
             let _ = stopped.await;
         }
+    }
+
+    /// Handles of this log alive, this one included.
+    pub fn handles(&self) -> usize {
+        std::sync::Arc::strong_count(&self.lease)
     }
 
     pub fn store(&self) -> &AuditStore {

@@ -33,7 +33,7 @@ use crate::pb::{
     CompleteVerificationRequest, CompleteVerificationResponse, IdType, ProofMode, ProofOutcome,
     RecordedAnswer, SubmitApplicationRequest, VerificationCompleted, VerificationOutcome,
 };
-use crate::policy::{overall_status, ApplicantFacts, PolicySet};
+use crate::policy::{completed_verification, overall_status, ApplicantFacts, PolicySet};
 use crate::subject::PseudonymKey;
 
 /// Shards of the per-application lock that serialises completions.
@@ -368,15 +368,8 @@ impl Gateway {
             return Err(unknown_ticket());
         };
         let department = &request.department_id;
-        let (outcome, reason) = match outcome {
-            VerificationOutcome::Verified => {
-                (ProofOutcome::Verified, format!("verified by {department}"))
-            }
-            _ => (
-                ProofOutcome::NotVerified,
-                format!("{department} did not verify: {}", request.reason),
-            ),
-        };
+        let judgement = completed_verification(department, outcome, &request.reason);
+        let (outcome, reason) = (judgement.outcome, judgement.reason);
         proof.outcome = outcome as i32;
         proof.reason = reason;
         let result = proof.clone();

@@ -368,6 +368,23 @@ fn evidence_kind(evidence: &Evidence<'_>) -> &'static str {
     }
 }
 
+/// The judgement on a pending verification the department has finished.
+pub fn completed_verification(
+    department: &str,
+    outcome: VerificationOutcome,
+    reason: &str,
+) -> Judgement {
+    match outcome {
+        VerificationOutcome::Verified => {
+            Judgement::new(ProofOutcome::Verified, format!("verified by {department}"))
+        }
+        _ => Judgement::new(
+            ProofOutcome::NotVerified,
+            format!("{department} did not verify: {reason}"),
+        ),
+    }
+}
+
 /// The application's status from its proofs' outcomes. A failed check
 /// decides (rejected); then anything the applicant must do; then waiting.
 pub fn overall_status(outcomes: impl IntoIterator<Item = ProofOutcome>) -> ApplicationStatus {

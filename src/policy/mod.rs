@@ -11,6 +11,6 @@ mod model;
 pub mod synthetic;
 
 pub use condition::{Condition, ConditionError, ConditionInputs};
-pub use evaluate::{overall_status, ApplicantFacts, Evidence, Judgement};
+pub use evaluate::{completed_verification, overall_status, ApplicantFacts, Evidence, Judgement};
 pub use load::{load_dir, load_sources, PolicyError, PolicyErrors};
 pub use model::{CommitmentTerms, Matter, Mode, PolicySet, Proof, RequiredProof};

@@ -1,0 +1,252 @@
+//! The log as a stream of records — verifier key, entries, checkpoints —
+//! read from a data folder or from an exported file, so offline verification
+//! and replay work the same on both and need no running server.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use prost::Message;
+use thiserror::Error;
+
+use super::merkle::Hash;
+use super::store::{AuditStore, StoreError};
+use crate::pb::{export_record, ExportRecord, StoredEntry};
+
+/// Largest record an export file may hold; a corrupt length cannot make the
+/// reader allocate more.
+const MAX_RECORD_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogRecord {
+    VerifierKey(String),
+    Entry {
+        index: u64,
+        bytes: Vec<u8>,
+        /// The leaf hash recorded at write time, when the source has one.
+        recorded_leaf: Option<Hash>,
+    },
+    Checkpoint(String),
+}
+
+#[derive(Debug, Error)]
+pub enum RecordError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("reading the export file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("export file is corrupt at byte {offset}: {what}")]
+    Corrupt { offset: u64, what: String },
+}
+
+impl LogRecord {
+    fn to_export(&self) -> ExportRecord {
+        let record = match self {
+            LogRecord::VerifierKey(k) => export_record::Record::VerifierKey(k.clone()),
+            LogRecord::Entry {
+                index,
+                bytes,
+                recorded_leaf,
+            } => export_record::Record::Entry(StoredEntry {
+                index: *index,
+                entry: bytes.clone(),
+                leaf_hash: recorded_leaf.map(|h| h.to_vec()).unwrap_or_default(),
+            }),
+            LogRecord::Checkpoint(note) => export_record::Record::Checkpoint(note.clone()),
+        };
+        ExportRecord {
+            record: Some(record),
+        }
+    }
+
+    fn from_export(record: ExportRecord, offset: u64) -> Result<Self, RecordError> {
+        match record.record {
+            Some(export_record::Record::VerifierKey(k)) => Ok(LogRecord::VerifierKey(k)),
+            Some(export_record::Record::Entry(e)) => Ok(LogRecord::Entry {
+                index: e.index,
+                recorded_leaf: e.leaf_hash.as_slice().try_into().ok(),
+                bytes: e.entry,
+            }),
+            Some(export_record::Record::Checkpoint(note)) => Ok(LogRecord::Checkpoint(note)),
+            None => Err(RecordError::Corrupt {
+                offset,
+                what: "record of unknown kind".into(),
+            }),
+        }
+    }
+}
+
+/// The records of a data folder: its verifier key, every stored entry in
+/// index order, each checkpoint after the entry that completes its size.
+/// Entries and checkpoints are read as stored, so damage is reported, not hidden.
+pub fn data_dir_records(
+    data_dir: &Path,
+) -> Result<Box<dyn Iterator<Item = Result<LogRecord, RecordError>>>, RecordError> {
+    // After rotations `log.vkeys` lists every key, oldest first: verification
+    // starts from the first and follows the chain in the log.
+    let vkey = match std::fs::read_to_string(data_dir.join("log.vkeys")) {
+        Ok(all) => all.lines().next().unwrap_or_default().to_owned(),
+        Err(_) => std::fs::read_to_string(data_dir.join("log.vkey"))?,
+    };
+    let store = AuditStore::open(&data_dir.join("log"))?;
+    let mut sizes: Vec<u64> = store
+        .checkpoints()
+        .map(|c| c.map(|(size, _)| size))
+        .collect::<Result<_, _>>()?;
+    sizes.reverse();
+    let entries: EntryIter = Box::new(store.entries(0, u64::MAX));
+    let mut state = DirMerge {
+        store,
+        sizes,
+        entries: entries.peekable(),
+    };
+    let first = std::iter::once(Ok(LogRecord::VerifierKey(vkey.trim().to_owned())));
+    Ok(Box::new(
+        first.chain(std::iter::from_fn(move || state.next())),
+    ))
+}
+
+type EntryIter = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>>>;
+
+struct DirMerge {
+    store: AuditStore,
+    /// Checkpoint sizes still to emit, largest first.
+    sizes: Vec<u64>,
+    entries: std::iter::Peekable<EntryIter>,
+}
+
+impl DirMerge {
+    fn checkpoint(&mut self, size: u64) -> Result<LogRecord, RecordError> {
+        let note = self
+            .store
+            .checkpoint(size)?
+            .ok_or_else(|| StoreError::Corrupt(format!("checkpoint {size} vanished")))?;
+        Ok(LogRecord::Checkpoint(note))
+    }
+
+    fn next(&mut self) -> Option<Result<LogRecord, RecordError>> {
+        // A checkpoint goes before the first entry at or past its size.
+        let checkpoint_due = match (self.sizes.last(), self.entries.peek()) {
+            (Some(&size), Some(Ok((index, _)))) => size <= *index,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if checkpoint_due {
+            let size = self.sizes.pop()?;
+            return Some(self.checkpoint(size));
+        }
+        let (index, bytes) = match self.entries.next()? {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let recorded_leaf = match self.store.leaf_hash(index) {
+            Ok(leaf) => leaf,
+            Err(e) => return Some(Err(e.into())),
+        };
+        Some(Ok(LogRecord::Entry {
+            index,
+            bytes,
+            recorded_leaf,
+        }))
+    }
+}
+
+/// Writes every record of `records` to `out` (length-delimited ExportRecord);
+/// returns (entries, checkpoints) written.
+pub fn export(
+    records: impl Iterator<Item = Result<LogRecord, RecordError>>,
+    out: &Path,
+) -> Result<(u64, u64), RecordError> {
+    let mut file = BufWriter::new(File::create(out)?);
+    let (mut entries, mut checkpoints) = (0, 0);
+    for record in records {
+        let record = record?;
+        match record {
+            LogRecord::Entry { .. } => entries += 1,
+            LogRecord::Checkpoint(_) => checkpoints += 1,
+            LogRecord::VerifierKey(_) => {}
+        }
+        file.write_all(&record.to_export().encode_length_delimited_to_vec())?;
+    }
+    file.flush()?;
+    file.into_inner()
+        .map_err(|e| RecordError::Io(e.into_error()))?
+        .sync_all()?;
+    Ok((entries, checkpoints))
+}
+
+/// Reads an exported file record by record.
+pub fn file_records(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<LogRecord, RecordError>> + use<>, RecordError> {
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut offset = 0u64;
+    let mut failed = false;
+    Ok(std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let result = read_one(&mut reader, &mut offset);
+        if !matches!(result, Some(Ok(_))) {
+            failed = true;
+        }
+        result
+    }))
+}
+
+fn read_one(reader: &mut impl Read, offset: &mut u64) -> Option<Result<LogRecord, RecordError>> {
+    let start = *offset;
+    // A varint of at most 10 bytes.
+    let mut length = 0u64;
+    let mut shift = 0;
+    loop {
+        let mut byte = [0u8; 1];
+        match reader.read(&mut byte) {
+            Ok(0) if shift == 0 => return None,
+            Ok(0) => {
+                return Some(Err(RecordError::Corrupt {
+                    offset: start,
+                    what: "file ends inside a record length".into(),
+                }))
+            }
+            Ok(_) => {}
+            Err(e) => return Some(Err(e.into())),
+        }
+        *offset += 1;
+        length |= u64::from(byte[0] & 0x7f) << shift;
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift >= 64 {
+            return Some(Err(RecordError::Corrupt {
+                offset: start,
+                what: "record length is not a varint".into(),
+            }));
+        }
+    }
+    if length > MAX_RECORD_BYTES {
+        return Some(Err(RecordError::Corrupt {
+            offset: start,
+            what: format!("record length {length} exceeds {MAX_RECORD_BYTES}"),
+        }));
+    }
+    let mut buffer = vec![0u8; length as usize];
+    if let Err(e) = reader.read_exact(&mut buffer) {
+        return Some(Err(RecordError::Corrupt {
+            offset: start,
+            what: format!("record truncated: {e}"),
+        }));
+    }
+    *offset += length;
+    let record = match ExportRecord::decode(buffer.as_slice()) {
+        Ok(r) => r,
+        Err(e) => {
+            return Some(Err(RecordError::Corrupt {
+                offset: start,
+                what: format!("record does not decode: {e}"),
+            }))
+        }
+    };
+    Some(LogRecord::from_export(record, start))
+}

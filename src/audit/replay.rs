@@ -1,0 +1,381 @@
+//! Decision replay: re-derive every logged decision from what the log itself
+//! holds — the policy set of the recorded version (logged, content-addressed),
+//! the applicant facts, the commitments, and the department answers checked
+//! against the departments' registered keys — and report every entry whose
+//! recorded decision differs. A log can verify (nothing changed since it was
+//! signed) and still fail replay (a decision that does not follow from policy
+//! and answers, e.g. one written by a tampered gateway).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prost::Message;
+
+use super::records::{LogRecord, RecordError};
+use crate::departments::signing::verify as signature_ok;
+use crate::pb::{
+    audit_entry::Event, ApplicationDecided, AuditEntry, CompleteVerificationRequest, ProofDecision,
+    ProofMode, ProofResult, QueryResponse, RecordedAnswer, VerificationCompleted,
+    VerificationOutcome, VerifyResponse,
+};
+use crate::policy::{
+    completed_verification, overall_status, ApplicantFacts, Mode, PolicySet, Proof,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discrepancy {
+    pub index: u64,
+    pub application_id: String,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub entries: u64,
+    pub decisions: u64,
+    pub completions: u64,
+    pub policy_versions: u64,
+    pub answers_checked: u64,
+    pub discrepancies: Vec<Discrepancy>,
+}
+
+#[derive(Default)]
+struct Replayer {
+    policies: HashMap<String, Arc<PolicySet>>,
+    department_keys: HashMap<String, Vec<u8>>,
+    /// Proof results of applications still pending, by application id.
+    pending: HashMap<String, Vec<ProofResult>>,
+    report: ReplayReport,
+}
+
+fn mode_of(mode: i32) -> Option<Mode> {
+    match ProofMode::try_from(mode).ok()? {
+        ProofMode::Abolished => Some(Mode::Abolished),
+        ProofMode::Commitment => Some(Mode::Commitment),
+        ProofMode::DataQuery => Some(Mode::DataQuery),
+        ProofMode::DepartmentVerification => Some(Mode::DepartmentVerification),
+        ProofMode::Unspecified => None,
+    }
+}
+
+impl Replayer {
+    fn differs(&mut self, index: u64, application_id: &str, what: String) {
+        self.report.discrepancies.push(Discrepancy {
+            index,
+            application_id: application_id.to_owned(),
+            what,
+        });
+    }
+
+    fn entry(&mut self, index: u64, bytes: &[u8]) {
+        self.report.entries += 1;
+        let entry = match AuditEntry::decode(bytes) {
+            Ok(e) => e,
+            Err(e) => return self.differs(index, "", format!("entry does not decode: {e}")),
+        };
+        match entry.event {
+            Some(Event::PolicySetLoaded(loaded)) => {
+                let canonical = String::from_utf8_lossy(&loaded.canonical);
+                match PolicySet::from_canonical(&canonical) {
+                    Ok(set) if set.version == loaded.policy_version => {
+                        self.report.policy_versions += 1;
+                        self.policies.insert(set.version.clone(), Arc::new(set));
+                    }
+                    Ok(set) => self.differs(
+                        index,
+                        "",
+                        format!(
+                            "policy set recorded as {} digests to {}",
+                            loaded.policy_version, set.version
+                        ),
+                    ),
+                    Err(e) => {
+                        self.differs(index, "", format!("recorded policy set does not load: {e}"))
+                    }
+                }
+            }
+            Some(Event::DataSourceChanged(changed)) => {
+                if let Some(source) = changed.source {
+                    if changed.removed {
+                        self.department_keys.remove(&source.department_id);
+                    } else {
+                        self.department_keys
+                            .insert(source.department_id, source.answer_public_key);
+                    }
+                }
+            }
+            Some(Event::ApplicationDecided(decided)) => self.decided(index, decided),
+            Some(Event::VerificationCompleted(completed)) => self.completed(index, completed),
+            Some(Event::KeyRotated(_)) | None => {}
+        }
+    }
+
+    /// Whether a recorded department answer carries that department's signature.
+    fn answer_signed(&mut self, mode: Mode, answer: &RecordedAnswer) -> bool {
+        if !answer.failure.is_empty() {
+            return true; // nothing was used from it
+        }
+        self.report.answers_checked += 1;
+        let Some(key) = self.department_keys.get(&answer.department_id) else {
+            return false;
+        };
+        match mode {
+            Mode::DataQuery => signature_ok(
+                key,
+                &QueryResponse {
+                    request_nonce: answer.request_nonce.clone(),
+                    department_id: answer.department_id.clone(),
+                    found: answer.found,
+                    fields: answer.fields.clone(),
+                    signature: answer.signature.clone(),
+                },
+            ),
+            Mode::DepartmentVerification => signature_ok(
+                key,
+                &VerifyResponse {
+                    request_nonce: answer.request_nonce.clone(),
+                    department_id: answer.department_id.clone(),
+                    outcome: answer.verification,
+                    ticket: answer.ticket.clone(),
+                    expected_completion_unix_ms: answer.expected_completion_unix_ms,
+                    reason: answer.reason.clone(),
+                    signature: answer.signature.clone(),
+                },
+            ),
+            Mode::Abolished | Mode::Commitment => false,
+        }
+    }
+
+    fn decided(&mut self, index: u64, decided: ApplicationDecided) {
+        self.report.decisions += 1;
+        let app = decided.application_id.clone();
+        let Some(policy) = self.policies.get(&decided.policy_version).cloned() else {
+            return self.differs(
+                index,
+                &app,
+                format!(
+                    "policy version {} is not in the log",
+                    decided.policy_version
+                ),
+            );
+        };
+        let Some(matter) = policy.matter(&decided.matter_id) else {
+            return self.differs(
+                index,
+                &app,
+                format!("matter {} is not in its policy set", decided.matter_id),
+            );
+        };
+        let facts = ApplicantFacts::from_pb(&decided.applicant_facts.unwrap_or_default());
+        let required: Vec<&str> = policy
+            .required_proofs(matter, &facts)
+            .iter()
+            .map(|r| r.proof.id.as_str())
+            .collect();
+        let recorded: Vec<&str> = decided
+            .proofs
+            .iter()
+            .filter_map(|p| p.result.as_ref().map(|r| r.proof_id.as_str()))
+            .collect();
+        if required != recorded {
+            return self.differs(
+                index,
+                &app,
+                format!("proofs required {required:?}, recorded {recorded:?}"),
+            );
+        }
+        let mut results = Vec::with_capacity(decided.proofs.len());
+        for decision in &decided.proofs {
+            let Some(result) = &decision.result else {
+                continue;
+            };
+            let Some(proof) = policy.proof(&result.proof_id).cloned() else {
+                continue;
+            };
+            match self.redecide(&proof, decision, decided.consent_to_data_queries, &facts) {
+                Err(what) => self.differs(index, &app, format!("{}: {what}", result.proof_id)),
+                Ok(rederived) => {
+                    let same = rederived.outcome == result.outcome
+                        && rederived.mode == result.mode
+                        && rederived.fallback_used == result.fallback_used
+                        && rederived.reason == result.reason;
+                    if !same {
+                        self.differs(
+                            index,
+                            &app,
+                            format!(
+                                "{}: recorded {:?} ({}) but policy and answers give {:?} ({})",
+                                result.proof_id,
+                                result.outcome(),
+                                result.reason,
+                                rederived.outcome(),
+                                rederived.reason
+                            ),
+                        );
+                    }
+                }
+            }
+            results.push(result.clone());
+        }
+        let status = overall_status(results.iter().map(|r| r.outcome()));
+        if status as i32 != decided.status {
+            self.differs(
+                index,
+                &app,
+                format!(
+                    "recorded status {:?}, proofs give {status:?}",
+                    decided.status()
+                ),
+            );
+        }
+        if status == crate::pb::ApplicationStatus::Pending {
+            self.pending.insert(app, results);
+        }
+    }
+
+    fn redecide(
+        &mut self,
+        proof: &Proof,
+        decision: &ProofDecision,
+        consent: bool,
+        facts: &ApplicantFacts,
+    ) -> Result<ProofResult, String> {
+        let mut answers = decision.answers.iter();
+        let mut judge = |this: &mut Self, mode: Mode| -> Result<_, String> {
+            let answer = if mode.asks_department() && consent {
+                let a = answers
+                    .next()
+                    .ok_or_else(|| format!("no answer recorded for {}", mode.policy_word()))?;
+                if mode_of(a.mode) != Some(mode) {
+                    return Err("answers recorded out of order".into());
+                }
+                if !this.answer_signed(mode, a) {
+                    return Err(format!(
+                        "answer of {} does not carry its registered signature",
+                        a.department_id
+                    ));
+                }
+                Some(a)
+            } else {
+                None
+            };
+            let evidence = proof.evidence(mode, consent, decision.commitment.as_ref(), answer);
+            Ok(proof.judge(mode, &evidence, facts))
+        };
+        let planned = judge(self, proof.mode)?;
+        let fallback = match proof.fallback_after(&planned) {
+            Some(mode) => Some((mode, judge(self, mode)?)),
+            None => None,
+        };
+        if answers.next().is_some() {
+            return Err("more answers recorded than the policy asks for".into());
+        }
+        let (mode, judgement, fallback_used) = proof.settle(planned, fallback);
+        Ok(ProofResult {
+            proof_id: proof.id.clone(),
+            mode: mode.as_pb() as i32,
+            outcome: judgement.outcome as i32,
+            reason: judgement.reason,
+            fallback_used,
+            ..Default::default()
+        })
+    }
+
+    fn completed(&mut self, index: u64, completed: VerificationCompleted) {
+        self.report.completions += 1;
+        let app = completed.application_id.clone();
+        let Some(answer) = completed.answer.as_ref() else {
+            return self.differs(index, &app, "completion records no answer".into());
+        };
+        let request = CompleteVerificationRequest {
+            department_id: answer.department_id.clone(),
+            ticket: completed.ticket.clone(),
+            outcome: answer.verification,
+            reason: answer.reason.clone(),
+            signature: answer.signature.clone(),
+        };
+        self.report.answers_checked += 1;
+        let signed = self
+            .department_keys
+            .get(&answer.department_id)
+            .is_some_and(|key| signature_ok(key, &request));
+        if !signed {
+            self.differs(
+                index,
+                &app,
+                format!(
+                    "completion by {} is not signed by its registered key",
+                    answer.department_id
+                ),
+            );
+        }
+        let Some(mut results) = self.pending.remove(&app) else {
+            return self.differs(
+                index,
+                &app,
+                "completes an application that is not pending".into(),
+            );
+        };
+        let Some(result) = results
+            .iter_mut()
+            .find(|r| r.proof_id == completed.proof_id && r.ticket == completed.ticket)
+        else {
+            return self.differs(
+                index,
+                &app,
+                format!("no pending proof {} with that ticket", completed.proof_id),
+            );
+        };
+        let outcome = VerificationOutcome::try_from(answer.verification).unwrap_or_default();
+        let judgement = completed_verification(&answer.department_id, outcome, &answer.reason);
+        result.outcome = judgement.outcome as i32;
+        result.reason = judgement.reason;
+        if completed
+            .result
+            .as_ref()
+            .map(|r| (r.outcome, r.reason.as_str()))
+            != Some((result.outcome, result.reason.as_str()))
+        {
+            self.differs(
+                index,
+                &app,
+                format!(
+                    "{}: recorded result differs from the department's answer",
+                    completed.proof_id
+                ),
+            );
+        }
+        let status = overall_status(results.iter().map(|r| r.outcome()));
+        if status as i32 != completed.status {
+            self.differs(
+                index,
+                &app,
+                format!(
+                    "recorded status {:?}, proofs give {status:?}",
+                    completed.status()
+                ),
+            );
+        }
+        if status == crate::pb::ApplicationStatus::Pending {
+            self.pending.insert(app, results);
+        }
+    }
+}
+
+/// Replays every decision of a log. `progress` gets the entries replayed so
+/// far, every 100,000.
+pub fn replay_records(
+    records: impl Iterator<Item = Result<LogRecord, RecordError>>,
+    mut progress: impl FnMut(u64),
+) -> Result<ReplayReport, RecordError> {
+    let mut replayer = Replayer::default();
+    for record in records {
+        if let LogRecord::Entry { index, bytes, .. } = record? {
+            replayer.entry(index, &bytes);
+            if replayer.report.entries.is_multiple_of(100_000) {
+                progress(replayer.report.entries);
+            }
+        }
+    }
+    Ok(replayer.report)
+}

@@ -1,0 +1,110 @@
+//! Human tables and JSON for the offline audit commands.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::replay::ReplayReport;
+use super::verify::{Problem, VerifyReport};
+
+fn row(out: &mut String, key: &str, value: impl std::fmt::Display) {
+    out.push_str(&format!("  {key:<22} {value}\n"));
+}
+
+pub fn verify_table(report: &VerifyReport, seconds: f64) -> String {
+    let mut out = String::from("audit verify\n");
+    row(
+        &mut out,
+        "result",
+        if report.ok() { "OK" } else { "FAILED" },
+    );
+    row(&mut out, "origin", &report.origin);
+    row(&mut out, "entries", report.entries);
+    row(&mut out, "checkpoints checked", report.checkpoints);
+    row(&mut out, "tree size", report.tree_size);
+    row(&mut out, "root (base64)", B64.encode(report.root));
+    row(&mut out, "keys in the chain", report.keys.len());
+    row(
+        &mut out,
+        "speed",
+        format!(
+            "{:.0} entries/s ({seconds:.2} s)",
+            report.entries as f64 / seconds.max(1e-9)
+        ),
+    );
+    if let Some(problem) = &report.problem {
+        row(&mut out, "first problem", problem);
+    }
+    out
+}
+
+pub fn verify_json(report: &VerifyReport, seconds: f64) -> Value {
+    let problem = report.problem.as_ref().map(|p| match p {
+        Problem::Entry { index, reason } => {
+            json!({"kind": "entry", "index": index, "reason": reason})
+        }
+        Problem::Checkpoint { size, reason } => {
+            json!({"kind": "checkpoint", "size": size, "reason": reason})
+        }
+        Problem::Log { reason } => json!({"kind": "log", "reason": reason}),
+    });
+    json!({
+        "ok": report.ok(),
+        "origin": report.origin,
+        "entries": report.entries,
+        "checkpoints": report.checkpoints,
+        "tree_size": report.tree_size,
+        "root": B64.encode(report.root),
+        "keys": report.keys,
+        "seconds": seconds,
+        "problem": problem,
+    })
+}
+
+pub fn replay_table(report: &ReplayReport, seconds: f64) -> String {
+    let mut out = String::from("audit replay\n");
+    row(
+        &mut out,
+        "result",
+        if report.discrepancies.is_empty() {
+            "OK: every decision follows from policy and answers"
+        } else {
+            "DIFFERENCES FOUND"
+        },
+    );
+    row(&mut out, "entries", report.entries);
+    row(&mut out, "decisions replayed", report.decisions);
+    row(&mut out, "completions replayed", report.completions);
+    row(&mut out, "policy versions", report.policy_versions);
+    row(&mut out, "signatures checked", report.answers_checked);
+    row(&mut out, "discrepancies", report.discrepancies.len());
+    row(&mut out, "time", format!("{seconds:.2} s"));
+    for d in report.discrepancies.iter().take(50) {
+        out.push_str(&format!(
+            "  entry {:>8}  {:<40}  {}\n",
+            d.index, d.application_id, d.what
+        ));
+    }
+    if report.discrepancies.len() > 50 {
+        out.push_str(&format!(
+            "  … and {} more (use --json for all)\n",
+            report.discrepancies.len() - 50
+        ));
+    }
+    out
+}
+
+pub fn replay_json(report: &ReplayReport, seconds: f64) -> Value {
+    json!({
+        "ok": report.discrepancies.is_empty(),
+        "entries": report.entries,
+        "decisions": report.decisions,
+        "completions": report.completions,
+        "policy_versions": report.policy_versions,
+        "signatures_checked": report.answers_checked,
+        "seconds": seconds,
+        "discrepancies": report.discrepancies.iter().map(|d| json!({
+            "index": d.index, "application_id": d.application_id, "what": d.what,
+        })).collect::<Vec<_>>(),
+    })
+}

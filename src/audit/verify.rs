@@ -1,0 +1,339 @@
+//! Offline verification of a whole log: recompute every leaf and the tree,
+//! check every checkpoint's signature (following key rotations) and that its
+//! root is the root of the entries before it — which also makes successive
+//! checkpoints consistent — and report the first problem with its index.
+
+use std::fmt;
+
+use prost::Message;
+use ring::signature::{UnparsedPublicKey, ED25519};
+
+use super::checkpoint::NoteVerifier;
+use super::merkle::{leaf_hash, Frontier, Hash};
+use super::records::{LogRecord, RecordError};
+use crate::pb::{audit_entry::Event, AuditEntry, KeyRotated};
+
+/// What is signed when a log's checkpoint key is rotated.
+pub fn rotation_message(new_verifier_key: &str) -> Vec<u8> {
+    [
+        b"proofgate key rotation\n".as_slice(),
+        new_verifier_key.as_bytes(),
+    ]
+    .concat()
+}
+
+/// The first thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    Entry { index: u64, reason: String },
+    Checkpoint { size: u64, reason: String },
+    Log { reason: String },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Entry { index, reason } => write!(f, "entry {index}: {reason}"),
+            Problem::Checkpoint { size, reason } => {
+                write!(f, "checkpoint at size {size}: {reason}")
+            }
+            Problem::Log { reason } => f.write_str(reason),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub checkpoints: u64,
+    pub tree_size: u64,
+    pub root: Hash,
+    pub origin: String,
+    /// Keys that signed checkpoints, in order (more than one after rotations).
+    pub keys: Vec<String>,
+    pub problem: Option<Problem>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// The index field (1) of an encoded AuditEntry and whether its event is a
+/// key rotation (field 14), read without decoding the whole entry: the hot
+/// path of verification is hashing, not parsing.
+fn scan_entry(bytes: &[u8]) -> Option<(u64, bool)> {
+    let mut buf = bytes;
+    let mut index = 0;
+    let mut rotation = false;
+    while !buf.is_empty() {
+        let key = prost::encoding::decode_varint(&mut buf).ok()?;
+        let (field, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => {
+                let v = prost::encoding::decode_varint(&mut buf).ok()?;
+                if field == 1 {
+                    index = v;
+                }
+            }
+            1 => buf = buf.get(8..)?,
+            2 => {
+                let len = prost::encoding::decode_varint(&mut buf).ok()? as usize;
+                buf = buf.get(len..)?;
+                if field == 14 {
+                    rotation = true;
+                }
+            }
+            5 => buf = buf.get(4..)?,
+            _ => return None,
+        }
+    }
+    Some((index, rotation))
+}
+
+/// Size stated by a note, before its signature is checked (to pick the key).
+fn stated_size(note: &str) -> Option<u64> {
+    note.lines().nth(1)?.parse().ok()
+}
+
+struct Verifier {
+    key: Option<NoteVerifier>,
+    key_text: String,
+    /// A rotation seen in entry `index` takes effect after checkpoint `index + 1`.
+    rotation: Option<(u64, NoteVerifier, String)>,
+    frontier: Frontier,
+    report: VerifyReport,
+    last_checkpoint: u64,
+}
+
+impl Verifier {
+    fn fail(&mut self, problem: Problem) {
+        if self.report.problem.is_none() {
+            self.report.problem = Some(problem);
+        }
+    }
+
+    fn entry(&mut self, index: u64, bytes: &[u8], recorded_leaf: Option<Hash>) {
+        let expected = self.frontier.size();
+        if index != expected {
+            let reason = if index > expected {
+                format!("missing (the next stored entry is {index})")
+            } else {
+                format!(
+                    "entry {index} appears again after entry {} (reordered or duplicated)",
+                    expected - 1
+                )
+            };
+            let at = index.min(expected);
+            return self.fail(Problem::Entry { index: at, reason });
+        }
+        let Some((stated, rotation)) = scan_entry(bytes) else {
+            return self.fail(Problem::Entry {
+                index,
+                reason: "does not decode as an AuditEntry".into(),
+            });
+        };
+        if stated != index {
+            return self.fail(Problem::Entry {
+                index,
+                reason: format!("says it is entry {stated}: moved from its place"),
+            });
+        }
+        let leaf = leaf_hash(bytes);
+        if recorded_leaf.is_some_and(|recorded| recorded != leaf) {
+            return self.fail(Problem::Entry {
+                index,
+                reason: "content changed after it was logged (its leaf hash differs from the one recorded at write time)".into(),
+            });
+        }
+        if rotation {
+            if let Err(reason) = self.rotation(index, bytes) {
+                return self.fail(Problem::Entry { index, reason });
+            }
+        }
+        self.frontier.push(leaf);
+        self.report.entries += 1;
+    }
+
+    fn rotation(&mut self, index: u64, bytes: &[u8]) -> Result<(), String> {
+        let entry = AuditEntry::decode(bytes).map_err(|e| format!("does not decode: {e}"))?;
+        let Some(Event::KeyRotated(KeyRotated {
+            previous_verifier_key,
+            new_verifier_key,
+            signature,
+        })) = entry.event
+        else {
+            return Err("field 14 is not a key rotation".into());
+        };
+        let Some(current) = &self.key else {
+            return Err("key rotation before any key is known".into());
+        };
+        if previous_verifier_key != self.key_text {
+            return Err("key rotation names a previous key that is not the one in force".into());
+        }
+        let new_key = NoteVerifier::from_vkey(&new_verifier_key)
+            .map_err(|e| format!("new key of the rotation: {e}"))?;
+        UnparsedPublicKey::new(&ED25519, current.public_key())
+            .verify(&rotation_message(&new_verifier_key), &signature)
+            .map_err(|_| "key rotation is not signed by the key in force".to_owned())?;
+        self.rotation = Some((index + 1, new_key, new_verifier_key));
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, note: &str) {
+        let size = stated_size(note).unwrap_or(0);
+        if let Some((effective_after, _, _)) = &self.rotation {
+            if size > *effective_after {
+                if let Some((_, key, text)) = self.rotation.take() {
+                    self.key = Some(key);
+                    self.key_text = text.clone();
+                    self.report.keys.push(text);
+                }
+            }
+        }
+        let Some(key) = &self.key else {
+            return self.fail(Problem::Log {
+                reason: "no verifier key: pass --vkey or export with the key".into(),
+            });
+        };
+        let checkpoint = match key.verify_checkpoint(note) {
+            Ok(c) => c,
+            Err(e) => {
+                return self.fail(Problem::Checkpoint {
+                    size,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if self.report.origin.is_empty() {
+            self.report.origin = checkpoint.origin.clone();
+        } else if self.report.origin != checkpoint.origin {
+            return self.fail(Problem::Checkpoint {
+                size,
+                reason: format!(
+                    "origin `{}` is not this log's `{}`",
+                    checkpoint.origin, self.report.origin
+                ),
+            });
+        }
+        let present = self.frontier.size();
+        if checkpoint.size > present {
+            return self.fail(Problem::Checkpoint {
+                size,
+                reason: format!(
+                    "covers {} entries but only {present} precede it: entry {present}..{} missing, or this checkpoint was moved or swapped",
+                    checkpoint.size,
+                    checkpoint.size - 1
+                ),
+            });
+        }
+        if checkpoint.size < present {
+            return self.fail(Problem::Checkpoint {
+                size,
+                reason: format!(
+                    "stands after entry {} but covers only {} entries (moved or swapped)",
+                    present - 1,
+                    checkpoint.size
+                ),
+            });
+        }
+        if checkpoint.root != self.frontier.root() {
+            return self.fail(Problem::Checkpoint {
+                size,
+                reason: format!(
+                    "root does not match entries {}..{}: one of them changed after it was signed",
+                    self.last_checkpoint,
+                    size.saturating_sub(1)
+                ),
+            });
+        }
+        self.last_checkpoint = size;
+        self.report.checkpoints += 1;
+    }
+}
+
+/// Verifies a whole log. `trusted_vkey` is the key the auditor trusts; without
+/// one the key carried by the records is used (and the report says which).
+/// `progress` is called with the entries verified so far, every 100,000.
+pub fn verify_records(
+    records: impl Iterator<Item = Result<LogRecord, RecordError>>,
+    trusted_vkey: Option<&str>,
+    mut progress: impl FnMut(u64),
+) -> Result<VerifyReport, RecordError> {
+    let mut v = Verifier {
+        key: None,
+        key_text: String::new(),
+        rotation: None,
+        frontier: Frontier::default(),
+        report: VerifyReport {
+            entries: 0,
+            checkpoints: 0,
+            tree_size: 0,
+            root: [0; 32],
+            origin: String::new(),
+            keys: Vec::new(),
+            problem: None,
+        },
+        last_checkpoint: 0,
+    };
+    if let Some(vkey) = trusted_vkey {
+        match NoteVerifier::from_vkey(vkey) {
+            Ok(key) => {
+                v.key = Some(key);
+                v.key_text = vkey.trim().to_owned();
+                v.report.keys.push(v.key_text.clone());
+            }
+            Err(e) => v.fail(Problem::Log {
+                reason: format!("the trusted key is unusable: {e}"),
+            }),
+        }
+    }
+    for record in records {
+        if v.report.problem.is_some() {
+            break;
+        }
+        match record? {
+            LogRecord::VerifierKey(key) => {
+                if v.key.is_none() {
+                    match NoteVerifier::from_vkey(&key) {
+                        Ok(parsed) => {
+                            v.key = Some(parsed);
+                            v.key_text = key.trim().to_owned();
+                            v.report.keys.push(v.key_text.clone());
+                        }
+                        Err(e) => v.fail(Problem::Log {
+                            reason: format!("the log's verifier key is unusable: {e}"),
+                        }),
+                    }
+                }
+            }
+            LogRecord::Entry {
+                index,
+                bytes,
+                recorded_leaf,
+            } => {
+                v.entry(index, &bytes, recorded_leaf);
+                if v.report.entries.is_multiple_of(100_000) {
+                    progress(v.report.entries);
+                }
+            }
+            LogRecord::Checkpoint(note) => v.checkpoint(&note),
+        }
+    }
+    if v.report.problem.is_none() && v.frontier.size() > v.last_checkpoint {
+        let reason = if v.last_checkpoint == 0 && v.report.checkpoints == 0 {
+            format!("{} entries and no checkpoint signs them", v.frontier.size())
+        } else {
+            format!(
+                "entries {}..{} are signed by no checkpoint (appended afterwards?)",
+                v.last_checkpoint,
+                v.frontier.size() - 1
+            )
+        };
+        v.fail(Problem::Log { reason });
+    }
+    v.report.tree_size = v.frontier.size();
+    v.report.root = v.frontier.root();
+    Ok(v.report)
+}
