@@ -313,13 +313,12 @@ async fn run(command: Command) -> ExitCode {
     }
 }
 
-type Records =
-    Box<dyn Iterator<Item = Result<proofgate::audit::LogRecord, proofgate::audit::RecordError>>>;
-
-fn open_records(source: &LogSource) -> Result<Records, proofgate::audit::RecordError> {
+fn open_records(
+    source: &LogSource,
+) -> Result<proofgate::audit::Records, proofgate::audit::RecordError> {
     match (&source.data_dir, &source.file) {
         (Some(dir), _) => proofgate::audit::data_dir_records(dir),
-        (None, Some(file)) => Ok(Box::new(proofgate::audit::file_records(file)?)),
+        (None, Some(file)) => proofgate::audit::file_records(file),
         (None, None) => unreachable!("clap requires one source"),
     }
 }

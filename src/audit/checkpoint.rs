@@ -171,6 +171,12 @@ impl NoteVerifier {
 
     /// Verifies the note's signature by this key and parses the checkpoint body.
     pub fn verify_checkpoint(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
+        self.verify_signature(note)?;
+        parse_checkpoint(note)
+    }
+
+    /// Checks that the note carries a valid signature by this key.
+    pub fn verify_signature(&self, note: &str) -> Result<(), CheckpointError> {
         let split = note.find("\n\n").ok_or(CheckpointError::Malformed(
             "no blank line before signatures",
         ))?;
@@ -209,31 +215,42 @@ impl NoteVerifier {
         if !found {
             return Err(CheckpointError::NoSignature(self.name.clone()));
         }
-        let mut lines = body.lines();
-        let origin = lines
-            .next()
-            .filter(|o| !o.is_empty())
-            .ok_or(CheckpointError::Malformed("missing origin line"))?;
-        let size =
-            lines
-                .next()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(CheckpointError::Malformed(
-                    "tree size is not a decimal number",
-                ))?;
-        let root: Hash = lines
-            .next()
-            .and_then(|r| B64.decode(r).ok())
-            .and_then(|r| r.try_into().ok())
-            .ok_or(CheckpointError::Malformed(
-                "root hash is not 32 bytes of base64",
-            ))?;
-        Ok(Checkpoint {
-            origin: origin.to_owned(),
-            size,
-            root,
-        })
+        Ok(())
     }
+}
+
+/// Parses a checkpoint note's body WITHOUT checking its signature.
+pub fn parse_checkpoint(note: &str) -> Result<Checkpoint, CheckpointError> {
+    let body = note
+        .split_once("\n\n")
+        .map(|(body, _)| body)
+        .ok_or(CheckpointError::Malformed(
+            "no blank line before signatures",
+        ))?;
+    let mut lines = body.lines();
+    let origin = lines
+        .next()
+        .filter(|o| !o.is_empty())
+        .ok_or(CheckpointError::Malformed("missing origin line"))?;
+    let size =
+        lines
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or(CheckpointError::Malformed(
+                "tree size is not a decimal number",
+            ))?;
+    let root: Hash = lines
+        .next()
+        .and_then(|r| B64.decode(r).ok())
+        .and_then(|r| r.try_into().ok())
+        .ok_or(CheckpointError::Malformed(
+            "root hash is not 32 bytes of base64",
+        ))?;
+    Ok(Checkpoint {
+        origin: origin.to_owned(),
+        size,
+        root,
+    })
 }
 
 #[cfg(test)]

@@ -13,13 +13,13 @@ mod store;
 mod verify;
 mod writer;
 
-pub use checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
+pub use checkpoint::{parse_checkpoint, Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
 pub use merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
 pub use proof::{
     consistency_proof, inclusion_proof, subtree_hash, verify_consistency, verify_inclusion,
     ProofError, SubtreeSource,
 };
-pub use records::{data_dir_records, export, file_records, LogRecord, RecordError};
+pub use records::{data_dir_records, export, file_records, LogRecord, RecordError, Records};
 pub use replay::{replay_records, Discrepancy, ReplayReport};
 pub use service::AuditApi;
 pub use store::{

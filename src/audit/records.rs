@@ -79,9 +79,7 @@ impl LogRecord {
 /// The records of a data folder: its verifier key, every stored entry in
 /// index order, each checkpoint after the entry that completes its size.
 /// Entries and checkpoints are read as stored, so damage is reported, not hidden.
-pub fn data_dir_records(
-    data_dir: &Path,
-) -> Result<Box<dyn Iterator<Item = Result<LogRecord, RecordError>>>, RecordError> {
+pub fn data_dir_records(data_dir: &Path) -> Result<Records, RecordError> {
     // After rotations `log.vkeys` lists every key, oldest first: verification
     // starts from the first and follows the chain in the log.
     let vkey = match std::fs::read_to_string(data_dir.join("log.vkeys")) {
@@ -94,19 +92,46 @@ pub fn data_dir_records(
         .map(|c| c.map(|(size, _)| size))
         .collect::<Result<_, _>>()?;
     sizes.reverse();
-    let entries: EntryIter = Box::new(store.entries(0, u64::MAX));
+    let entries: EntryIter = Box::new(store.entries_with_leaves(0, u64::MAX));
     let mut state = DirMerge {
         store,
         sizes,
         entries: entries.peekable(),
     };
     let first = std::iter::once(Ok(LogRecord::VerifierKey(vkey.trim().to_owned())));
-    Ok(Box::new(
+    Ok(read_ahead(
         first.chain(std::iter::from_fn(move || state.next())),
     ))
 }
 
-type EntryIter = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>>>;
+/// A stream of log records.
+pub type Records = Box<dyn Iterator<Item = Result<LogRecord, RecordError>> + Send>;
+
+/// Records come in chunks from a reader thread, so reading (sled, file) and
+/// hashing overlap on two cores; bounded, so memory stays flat.
+fn read_ahead(
+    records: impl Iterator<Item = Result<LogRecord, RecordError>> + Send + 'static,
+) -> Records {
+    const CHUNK: usize = 2048;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<LogRecord, RecordError>>>(4);
+    std::thread::spawn(move || {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for record in records {
+            let failed = record.is_err();
+            chunk.push(record);
+            if chunk.len() == CHUNK || failed {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                if tx.send(full).is_err() || failed {
+                    return; // the consumer stopped early, or the source failed
+                }
+            }
+        }
+        let _ = tx.send(chunk);
+    });
+    Box::new(rx.into_iter().flatten())
+}
+
+type EntryIter = Box<dyn Iterator<Item = Result<(u64, Hash, Vec<u8>), StoreError>> + Send>;
 
 struct DirMerge {
     store: AuditStore,
@@ -127,7 +152,7 @@ impl DirMerge {
     fn next(&mut self) -> Option<Result<LogRecord, RecordError>> {
         // A checkpoint goes before the first entry at or past its size.
         let checkpoint_due = match (self.sizes.last(), self.entries.peek()) {
-            (Some(&size), Some(Ok((index, _)))) => size <= *index,
+            (Some(&size), Some(Ok((index, _, _)))) => size <= *index,
             (Some(_), None) => true,
             _ => false,
         };
@@ -135,18 +160,14 @@ impl DirMerge {
             let size = self.sizes.pop()?;
             return Some(self.checkpoint(size));
         }
-        let (index, bytes) = match self.entries.next()? {
+        let (index, leaf, bytes) = match self.entries.next()? {
             Ok(entry) => entry,
-            Err(e) => return Some(Err(e.into())),
-        };
-        let recorded_leaf = match self.store.leaf_hash(index) {
-            Ok(leaf) => leaf,
             Err(e) => return Some(Err(e.into())),
         };
         Some(Ok(LogRecord::Entry {
             index,
             bytes,
-            recorded_leaf,
+            recorded_leaf: Some(leaf),
         }))
     }
 }
@@ -176,13 +197,11 @@ pub fn export(
 }
 
 /// Reads an exported file record by record.
-pub fn file_records(
-    path: &Path,
-) -> Result<impl Iterator<Item = Result<LogRecord, RecordError>> + use<>, RecordError> {
+pub fn file_records(path: &Path) -> Result<Records, RecordError> {
     let mut reader = BufReader::new(File::open(path)?);
     let mut offset = 0u64;
     let mut failed = false;
-    Ok(std::iter::from_fn(move || {
+    Ok(read_ahead(std::iter::from_fn(move || {
         if failed {
             return None;
         }
@@ -191,7 +210,7 @@ pub fn file_records(
             failed = true;
         }
         result
-    }))
+    })))
 }
 
 fn read_one(reader: &mut impl Read, offset: &mut u64) -> Option<Result<LogRecord, RecordError>> {

@@ -4,14 +4,14 @@
 //!
 //! | prefix | key                         | value                          |
 //! |--------|-----------------------------|--------------------------------|
-//! | `e`    | index (u64 BE)              | encoded AuditEntry             |
+//! | `e`    | index (u64 BE)              | leaf hash (32) then the encoded AuditEntry |
 //! | `c`    | tree size (u64 BE)          | signed checkpoint note         |
 //! | `m`    | `frontier`                  | Merkle frontier                |
 //! | `a`    | application id              | encoded Application (latest)   |
 //! | `r`    | caller NUL request id       | request digest (32) + app id   |
 //! | `t`    | department NUL ticket       | encoded TicketRecord           |
 //! | `d`    | department id               | encoded DataSource             |
-//! | `n`    | level (u8), index (u64 BE)  | Merkle node: perfect subtree root (level 0 = leaf hash) |
+//! | `n`    | level (u8), index (u64 BE)  | Merkle node: perfect subtree root, levels ≥ 4 only |
 //! | `x`    | pseudonym (32), index       | empty: the entry touched this subject |
 
 use std::path::Path;
@@ -66,6 +66,26 @@ fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
     key[0] = prefix;
     key[1..].copy_from_slice(&n.to_be_bytes());
     key
+}
+
+/// Subtrees below this level are recomputed from the entries' recorded leaf
+/// hashes (at most 2^4 = 16 reads); storing them too would triple the
+/// inserts per append.
+pub(super) const LOWEST_STORED_NODE_LEVEL: u8 = 4;
+
+/// The value stored for an entry: its leaf hash, then its bytes.
+pub(super) fn entry_value(leaf: &Hash, bytes: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(32 + bytes.len());
+    value.extend_from_slice(leaf);
+    value.extend_from_slice(bytes);
+    value
+}
+
+fn split_entry(index: u64, value: &[u8]) -> Result<(Hash, &[u8]), StoreError> {
+    let (leaf, bytes) = value.split_first_chunk::<32>().ok_or_else(|| {
+        StoreError::Corrupt(format!("entry {index} is shorter than its leaf hash"))
+    })?;
+    Ok((*leaf, bytes))
 }
 
 pub(super) fn node_key(level: u8, index: u64) -> [u8; 10] {
@@ -142,7 +162,10 @@ impl AuditStore {
     }
 
     pub fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(entry_key(index))?.map(|v| v.to_vec()))
+        self.db
+            .get(entry_key(index))?
+            .map(|v| split_entry(index, &v).map(|(_, bytes)| bytes.to_vec()))
+            .transpose()
     }
 
     /// Entries `[start, end)` in order.
@@ -150,7 +173,18 @@ impl AuditStore {
         &self,
         start: u64,
         end: u64,
-    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + use<> {
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + Send + use<> {
+        self.entries_with_leaves(start, end)
+            .map(|item| item.map(|(index, _, bytes)| (index, bytes)))
+    }
+
+    /// Entries `[start, end)` in order, each with the leaf hash recorded when
+    /// it was written.
+    pub fn entries_with_leaves(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = Result<(u64, Hash, Vec<u8>), StoreError>> + Send + use<> {
         self.db
             .range(entry_key(start)..entry_key(end.max(start)))
             .map(|item| {
@@ -160,7 +194,8 @@ impl AuditStore {
                         .try_into()
                         .map_err(|_| StoreError::Corrupt("entry key is not 9 bytes".into()))?,
                 );
-                Ok((index, value.to_vec()))
+                let (leaf, bytes) = split_entry(index, &value)?;
+                Ok((index, leaf, bytes.to_vec()))
             })
     }
 
@@ -259,10 +294,10 @@ impl AuditStore {
 impl AuditStore {
     /// The leaf hash recorded for entry `index` when it was written.
     pub fn leaf_hash(&self, index: u64) -> Result<Option<Hash>, StoreError> {
-        Ok(self
-            .db
-            .get(node_key(0, index))?
-            .and_then(|v| v.as_ref().try_into().ok()))
+        self.db
+            .get(entry_key(index))?
+            .map(|v| split_entry(index, &v).map(|(leaf, _)| leaf))
+            .transpose()
     }
 
     /// Indexes of the entries that touched `pseudonym`, after `after` (exclusive).
@@ -289,6 +324,23 @@ impl AuditStore {
 
 impl SubtreeSource for AuditStore {
     fn perfect(&self, level: u8, index: u64) -> Result<Hash, ProofError> {
+        let store_error = |e: StoreError| ProofError::Store(e.to_string());
+        if level < LOWEST_STORED_NODE_LEVEL {
+            let width = 1u64 << level;
+            let start = index << level;
+            let leaves: Vec<Hash> = self
+                .entries_with_leaves(start, start + width)
+                .map(|e| e.map(|(_, leaf, _)| leaf))
+                .collect::<Result<_, _>>()
+                .map_err(store_error)?;
+            if leaves.len() as u64 != width {
+                return Err(ProofError::Store(format!(
+                    "entries {start}..{} are missing",
+                    start + width
+                )));
+            }
+            return Ok(super::merkle::root_of(&leaves));
+        }
         let value = self
             .db
             .get(node_key(level, index))

@@ -8,7 +8,10 @@ use std::fmt;
 use prost::Message;
 use ring::signature::{UnparsedPublicKey, ED25519};
 
-use super::checkpoint::NoteVerifier;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
+
+use super::checkpoint::{parse_checkpoint, NoteVerifier};
 use super::merkle::{leaf_hash, Frontier, Hash};
 use super::records::{LogRecord, RecordError};
 use crate::pb::{audit_entry::Event, AuditEntry, KeyRotated};
@@ -97,20 +100,29 @@ fn stated_size(note: &str) -> Option<u64> {
     note.lines().nth(1)?.parse().ok()
 }
 
+/// A checkpoint signature to check: (record number, size, note, key).
+type SignatureJob = (u64, u64, String, Arc<NoteVerifier>);
+
 struct Verifier {
-    key: Option<NoteVerifier>,
+    key: Option<Arc<NoteVerifier>>,
     key_text: String,
     /// A rotation seen in entry `index` takes effect after checkpoint `index + 1`.
     rotation: Option<(u64, NoteVerifier, String)>,
     frontier: Frontier,
     report: VerifyReport,
     last_checkpoint: u64,
+    /// Records seen so far; orders problems found on different threads.
+    seq: u64,
+    problem_seq: u64,
+    /// Signatures are checked on a second thread, off the hashing path.
+    signatures: Option<SyncSender<SignatureJob>>,
 }
 
 impl Verifier {
     fn fail(&mut self, problem: Problem) {
         if self.report.problem.is_none() {
             self.report.problem = Some(problem);
+            self.problem_seq = self.seq;
         }
     }
 
@@ -186,7 +198,7 @@ impl Verifier {
         if let Some((effective_after, _, _)) = &self.rotation {
             if size > *effective_after {
                 if let Some((_, key, text)) = self.rotation.take() {
-                    self.key = Some(key);
+                    self.key = Some(Arc::new(key));
                     self.key_text = text.clone();
                     self.report.keys.push(text);
                 }
@@ -197,7 +209,8 @@ impl Verifier {
                 reason: "no verifier key: pass --vkey or export with the key".into(),
             });
         };
-        let checkpoint = match key.verify_checkpoint(note) {
+        let key = Arc::clone(key);
+        let checkpoint = match parse_checkpoint(note) {
             Ok(c) => c,
             Err(e) => {
                 return self.fail(Problem::Checkpoint {
@@ -206,6 +219,9 @@ impl Verifier {
                 })
             }
         };
+        if let Some(signatures) = &self.signatures {
+            let _ = signatures.send((self.seq, size, note.to_owned(), key));
+        }
         if self.report.origin.is_empty() {
             self.report.origin = checkpoint.origin.clone();
         } else if self.report.origin != checkpoint.origin {
@@ -261,7 +277,25 @@ pub fn verify_records(
     trusted_vkey: Option<&str>,
     mut progress: impl FnMut(u64),
 ) -> Result<VerifyReport, RecordError> {
+    let (signatures, jobs) = sync_channel::<SignatureJob>(1024);
+    let signature_checker = std::thread::spawn(move || {
+        for (seq, size, note, key) in jobs {
+            if let Err(e) = key.verify_signature(&note) {
+                return Some((
+                    seq,
+                    Problem::Checkpoint {
+                        size,
+                        reason: e.to_string(),
+                    },
+                ));
+            }
+        }
+        None
+    });
     let mut v = Verifier {
+        seq: 0,
+        problem_seq: u64::MAX,
+        signatures: Some(signatures),
         key: None,
         key_text: String::new(),
         rotation: None,
@@ -280,7 +314,7 @@ pub fn verify_records(
     if let Some(vkey) = trusted_vkey {
         match NoteVerifier::from_vkey(vkey) {
             Ok(key) => {
-                v.key = Some(key);
+                v.key = Some(Arc::new(key));
                 v.key_text = vkey.trim().to_owned();
                 v.report.keys.push(v.key_text.clone());
             }
@@ -293,12 +327,13 @@ pub fn verify_records(
         if v.report.problem.is_some() {
             break;
         }
+        v.seq += 1;
         match record? {
             LogRecord::VerifierKey(key) => {
                 if v.key.is_none() {
                     match NoteVerifier::from_vkey(&key) {
                         Ok(parsed) => {
-                            v.key = Some(parsed);
+                            v.key = Some(Arc::new(parsed));
                             v.key_text = key.trim().to_owned();
                             v.report.keys.push(v.key_text.clone());
                         }
@@ -332,6 +367,13 @@ pub fn verify_records(
             )
         };
         v.fail(Problem::Log { reason });
+    }
+    drop(v.signatures.take());
+    if let Ok(Some((seq, problem))) = signature_checker.join() {
+        // On the same record the signature is the first thing checked.
+        if seq <= v.problem_seq {
+            v.report.problem = Some(problem);
+        }
     }
     v.report.tree_size = v.frontier.size();
     v.report.root = v.frontier.root();

@@ -14,8 +14,8 @@ use tracing::{debug, error};
 use super::checkpoint::NoteSigner;
 use super::merkle::{leaf_hash, Frontier, Hash};
 use super::store::{
-    access_key, application_key, checkpoint_key, entry_key, node_key, AuditStore, StoreError,
-    FRONTIER_KEY,
+    access_key, application_key, checkpoint_key, entry_key, entry_value, node_key, AuditStore,
+    StoreError, FRONTIER_KEY, LOWEST_STORED_NODE_LEVEL,
 };
 use crate::pb::{audit_entry::Event, Application, AuditEntry, AuditReceipt};
 
@@ -80,7 +80,8 @@ impl From<StoreError> for AuditError {
 }
 
 struct AppendRequest {
-    event: Event,
+    /// Taken by the writer when it encodes the entry.
+    event: Option<Event>,
     projections: Vec<Projection>,
     reply: oneshot::Sender<Result<Receipt, AuditError>>,
 }
@@ -141,7 +142,7 @@ impl AuditLog {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Command::Append(Box::new(AppendRequest {
-                event,
+                event: Some(event),
                 projections,
                 reply,
             })))
@@ -257,27 +258,29 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batch: &[AppendRequest]) -> Result<Vec<Receipt>, StoreError> {
+    fn write(&mut self, batch: &mut [AppendRequest]) -> Result<Vec<Receipt>, StoreError> {
         let logged_unix_ms = now_unix_ms();
         let mut sled_batch = sled::Batch::default();
         let mut receipts = Vec::with_capacity(batch.len());
         let mut nodes = Vec::with_capacity(16);
-        for request in batch {
+        for request in batch.iter_mut() {
             let index = self.frontier.size();
             let entry = AuditEntry {
                 index,
                 logged_unix_ms,
                 node_id: self.node_id.clone(),
-                event: Some(request.event.clone()),
+                event: request.event.take(),
             };
             let bytes = entry.encode_to_vec();
             let leaf = leaf_hash(&bytes);
             nodes.clear();
             self.frontier.push_with_nodes(leaf, &mut nodes);
             for (level, node_index, hash) in &nodes {
-                sled_batch.insert(&node_key(*level, *node_index)[..], &hash[..]);
+                if *level >= LOWEST_STORED_NODE_LEVEL {
+                    sled_batch.insert(&node_key(*level, *node_index)[..], &hash[..]);
+                }
             }
-            sled_batch.insert(&entry_key(index), bytes);
+            sled_batch.insert(&entry_key(index), entry_value(&leaf, &bytes));
             receipts.push(Receipt {
                 index,
                 leaf_hash: leaf,
