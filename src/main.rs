@@ -136,8 +136,15 @@ enum AuditCommand {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Validate a policy directory and print its version digest.
-    Check { dir: PathBuf },
+    /// Validate a policy directory and print its version digest; also report
+    /// departments, queries and verifications nobody serves.
+    Check {
+        dir: PathBuf,
+        /// Compare with the data sources registered in this (stopped) node's
+        /// data folder; without it, with the built-in mock departments.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Write a Jinhua-scale synthetic catalogue (4,052 proofs, ~1,000 matters) for load tests.
     GenerateJinhua {
         out_dir: PathBuf,
@@ -224,7 +231,7 @@ async fn run(command: Command) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Policy {
-            command: PolicyCommand::Check { dir },
+            command: PolicyCommand::Check { dir, data_dir },
         } => {
             let started = std::time::Instant::now();
             match proofgate::policy::load_dir(&dir) {
@@ -237,6 +244,31 @@ async fn run(command: Command) -> ExitCode {
                         set.version,
                         started.elapsed().as_secs_f64() * 1000.0
                     );
+                    let (sources, against) = match &data_dir {
+                        Some(d) => match proofgate::audit::AuditStore::open(&d.join("log"))
+                            .and_then(|s| s.data_sources())
+                        {
+                            Ok(sources) => (
+                                sources,
+                                format!("data sources registered in {}", d.display()),
+                            ),
+                            Err(e) => {
+                                eprintln!("proofgate: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        },
+                        None => (
+                            proofgate::departments::mock::builtin_sources(),
+                            "the built-in mock departments".to_owned(),
+                        ),
+                    };
+                    let unserved = set.unserved(&sources);
+                    for problem in &unserved {
+                        eprintln!("warning: {problem}");
+                    }
+                    if !unserved.is_empty() {
+                        eprintln!("{} item(s) not served by {against}", unserved.len());
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(errors) => {

@@ -34,6 +34,8 @@ pub const DEFAULT_NODE_ID: &str = "node-1";
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Longest a caller waits for one unary call before the server gives up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often pending verifications are checked against their deadlines.
+pub const OVERDUE_SWEEP_EVERY: Duration = Duration::from_secs(60);
 const POLICY_VERSION_KEY: &[u8] = b"mpolicy-version";
 
 #[derive(Debug, Clone)]
@@ -104,6 +106,7 @@ pub struct Running {
     pub mocks: Vec<RunningMock>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    sweeper: JoinHandle<()>,
 }
 
 impl Running {
@@ -121,6 +124,8 @@ impl Running {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        self.sweeper.abort();
+        let _ = (&mut self.sweeper).await;
         match (&mut self.task).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "gateway server ended with an error"),
@@ -291,6 +296,9 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             mocks.push(mock);
         }
     }
+    for problem in policy.unserved(&directory.list()) {
+        warn!(%problem, "policy names something no registered data source serves");
+    }
     health_reporter
         .set_serving::<ApplicationServiceServer<ApplicationApi>>()
         .await;
@@ -300,8 +308,19 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     health_reporter
         .set_serving::<AuditServiceServer<AuditApi>>()
         .await;
+    let sweeping = Arc::clone(&gateway);
+    let sweeper = tokio::spawn(async move {
+        let mut every = tokio::time::interval(OVERDUE_SWEEP_EVERY);
+        loop {
+            every.tick().await;
+            if let Err(e) = sweeping.sweep_overdue(crate::gateway::now_unix_ms()).await {
+                warn!(error = %e, "overdue sweep failed; retrying next round");
+            }
+        }
+    });
     info!(%addr, node = %options.node_id, mocks = mocks.len(), "gateway serving");
     Ok(Running {
+        sweeper,
         addr,
         gateway,
         directory,

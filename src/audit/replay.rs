@@ -12,7 +12,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::records::{LogRecord, RecordError};
-use crate::departments::signing::verify as signature_ok;
+use crate::departments::signing::{verify_completion, AnswerVerifier};
 use crate::pb::{
     audit_entry::Event, ApplicationDecided, AuditEntry, CompleteVerificationRequest, ProofDecision,
     ProofMode, ProofResult, QueryResponse, RecordedAnswer, VerificationCompleted,
@@ -45,6 +45,7 @@ struct Replayer {
     department_keys: HashMap<String, Vec<u8>>,
     /// Proof results of applications still pending, by application id.
     pending: HashMap<String, Vec<ProofResult>>,
+    answers: AnswerVerifier,
     report: ReplayReport,
 }
 
@@ -106,6 +107,7 @@ impl Replayer {
             }
             Some(Event::ApplicationDecided(decided)) => self.decided(index, decided),
             Some(Event::VerificationCompleted(completed)) => self.completed(index, completed),
+            Some(Event::VerificationOverdue(overdue)) => self.overdue(index, overdue),
             Some(Event::KeyRotated(_)) | None => {}
         }
     }
@@ -120,7 +122,7 @@ impl Replayer {
             return false;
         };
         match mode {
-            Mode::DataQuery => signature_ok(
+            Mode::DataQuery => self.answers.verify(
                 key,
                 &QueryResponse {
                     request_nonce: answer.request_nonce.clone(),
@@ -128,9 +130,10 @@ impl Replayer {
                     found: answer.found,
                     fields: answer.fields.clone(),
                     signature: answer.signature.clone(),
+                    batch: answer.batch.clone(),
                 },
             ),
-            Mode::DepartmentVerification => signature_ok(
+            Mode::DepartmentVerification => self.answers.verify(
                 key,
                 &VerifyResponse {
                     request_nonce: answer.request_nonce.clone(),
@@ -140,6 +143,7 @@ impl Replayer {
                     expected_completion_unix_ms: answer.expected_completion_unix_ms,
                     reason: answer.reason.clone(),
                     signature: answer.signature.clone(),
+                    batch: answer.batch.clone(),
                 },
             ),
             Mode::Abolished | Mode::Commitment => false,
@@ -228,9 +232,75 @@ impl Replayer {
                 ),
             );
         }
-        if status == crate::pb::ApplicationStatus::Pending {
+        self.keep_if_waiting(app, results);
+    }
+
+    /// Remembers an application while any verification may still arrive.
+    fn keep_if_waiting(&mut self, app: String, results: Vec<ProofResult>) {
+        let waiting = results.iter().any(|r| {
+            matches!(
+                r.outcome(),
+                crate::pb::ProofOutcome::Pending | crate::pb::ProofOutcome::Overdue
+            )
+        });
+        if waiting {
             self.pending.insert(app, results);
         }
+    }
+
+    fn overdue(&mut self, index: u64, overdue: crate::pb::VerificationOverdue) {
+        let app = overdue.application_id.clone();
+        let Some(mut results) = self.pending.remove(&app) else {
+            return self.differs(
+                index,
+                &app,
+                "marks overdue an application with nothing pending".into(),
+            );
+        };
+        let Some(result) = results.iter_mut().find(|r| {
+            r.proof_id == overdue.proof_id
+                && r.ticket == overdue.ticket
+                && r.outcome() == crate::pb::ProofOutcome::Pending
+        }) else {
+            return self.differs(
+                index,
+                &app,
+                format!("no pending proof {} with that ticket", overdue.proof_id),
+            );
+        };
+        if result.due_unix_ms > overdue.as_of_unix_ms {
+            self.differs(
+                index,
+                &app,
+                format!("{} marked overdue before its deadline", overdue.proof_id),
+            );
+        }
+        result.outcome = crate::pb::ProofOutcome::Overdue as i32;
+        result.reason = crate::gateway::overdue_reason(&result.department_id, result.due_unix_ms);
+        if overdue
+            .result
+            .as_ref()
+            .map(|r| (r.outcome, r.reason.as_str()))
+            != Some((result.outcome, result.reason.as_str()))
+        {
+            self.differs(
+                index,
+                &app,
+                format!("{}: recorded overdue result differs", overdue.proof_id),
+            );
+        }
+        let status = overall_status(results.iter().map(|r| r.outcome()));
+        if status as i32 != overdue.status {
+            self.differs(
+                index,
+                &app,
+                format!(
+                    "recorded status {:?}, proofs give {status:?}",
+                    overdue.status()
+                ),
+            );
+        }
+        self.keep_if_waiting(app, results);
     }
 
     fn redecide(
@@ -298,7 +368,7 @@ impl Replayer {
         let signed = self
             .department_keys
             .get(&answer.department_id)
-            .is_some_and(|key| signature_ok(key, &request));
+            .is_some_and(|key| verify_completion(key, &request));
         if !signed {
             self.differs(
                 index,
@@ -316,10 +386,14 @@ impl Replayer {
                 "completes an application that is not pending".into(),
             );
         };
-        let Some(result) = results
-            .iter_mut()
-            .find(|r| r.proof_id == completed.proof_id && r.ticket == completed.ticket)
-        else {
+        let Some(result) = results.iter_mut().find(|r| {
+            r.proof_id == completed.proof_id
+                && r.ticket == completed.ticket
+                && matches!(
+                    r.outcome(),
+                    crate::pb::ProofOutcome::Pending | crate::pb::ProofOutcome::Overdue
+                )
+        }) else {
             return self.differs(
                 index,
                 &app,
@@ -356,9 +430,7 @@ impl Replayer {
                 ),
             );
         }
-        if status == crate::pb::ApplicationStatus::Pending {
-            self.pending.insert(app, results);
-        }
+        self.keep_if_waiting(app, results);
     }
 }
 

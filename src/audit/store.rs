@@ -43,6 +43,9 @@ pub struct TicketRecord {
     /// The subject's pseudonym, so the completion is listed among its accesses.
     #[prost(bytes = "vec", tag = "4")]
     pub subject_pseudonym: Vec<u8>,
+    /// Already reported overdue; the department may still complete it.
+    #[prost(bool, tag = "5")]
+    pub overdue: bool,
 }
 
 /// Read side of the store; cheap to clone (sled handles are shared).
@@ -363,5 +366,27 @@ impl AuditStore {
                     .map_err(|_| StoreError::Corrupt("checkpoint is not UTF-8".into()))
             })
             .transpose()
+    }
+}
+
+impl AuditStore {
+    /// Every open ticket: (department, ticket, record).
+    pub fn tickets(&self) -> Result<Vec<(String, String, TicketRecord)>, StoreError> {
+        self.db
+            .scan_prefix(b"t")
+            .map(|item| {
+                let (key, value) = item?;
+                let rest = &key[1..];
+                let split = rest
+                    .iter()
+                    .position(|&b| b == 0)
+                    .ok_or_else(|| StoreError::Corrupt("ticket key without separator".into()))?;
+                let department = String::from_utf8_lossy(&rest[..split]).into_owned();
+                let ticket = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
+                let record = TicketRecord::decode(value.as_ref())
+                    .map_err(|e| StoreError::Corrupt(format!("ticket record: {e}")))?;
+                Ok((department, ticket, record))
+            })
+            .collect()
     }
 }

@@ -11,9 +11,18 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
-use super::signing::{self, Signed};
+use governor::DefaultDirectRateLimiter;
+use ring::rand::SystemRandom;
+
+use super::resilience::{
+    acquire, backoff, rate_limiter, CircuitBreaker, CircuitState, MAX_QUERY_ATTEMPTS, MAX_RATE_WAIT,
+};
+use super::signing::{verify_completion, AnswerVerifier, BatchSigned};
 use crate::pb::department_service_client::DepartmentServiceClient;
-use crate::pb::{DataSource, QueryRequest, QueryResponse, VerifyRequest, VerifyResponse};
+use crate::pb::{
+    CompleteVerificationRequest, DataSource, QueryRequest, QueryResponse, VerifyRequest,
+    VerifyResponse,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_ID_LEN: usize = 64;
@@ -47,11 +56,36 @@ pub enum CallFailure {
     BadAnswer(String),
     #[error("answer signature does not verify against the registered key")]
     BadSignature,
+    #[error("circuit open: the department failed repeatedly; not asked, probing again shortly")]
+    CircuitOpen,
+    #[error("department at its declared capacity; no slot within {0:?}")]
+    RateLimited(Duration),
+}
+
+impl CallFailure {
+    /// Failures of the department's health (they count for its circuit);
+    /// a refusal or a "not served" is an answer from a working department.
+    fn is_health_failure(&self) -> bool {
+        matches!(
+            self,
+            CallFailure::Timeout(_)
+                | CallFailure::Unreachable(_)
+                | CallFailure::BadAnswer(_)
+                | CallFailure::BadSignature
+        )
+    }
+
+    /// Whether an idempotent query may be sent again.
+    fn is_retryable(&self) -> bool {
+        matches!(self, CallFailure::Unreachable(_))
+    }
 }
 
 struct Source {
     info: DataSource,
     client: DepartmentServiceClient<Channel>,
+    breaker: CircuitBreaker,
+    limiter: DefaultDirectRateLimiter,
 }
 
 /// A checked answer and how long it took.
@@ -60,9 +94,20 @@ pub struct Answered<T> {
     pub latency: Duration,
 }
 
-#[derive(Default)]
 pub struct DepartmentDirectory {
     sources: RwLock<HashMap<String, Arc<Source>>>,
+    answers: AnswerVerifier,
+    rng: SystemRandom,
+}
+
+impl Default for DepartmentDirectory {
+    fn default() -> Self {
+        Self {
+            sources: RwLock::default(),
+            answers: AnswerVerifier::default(),
+            rng: SystemRandom::new(),
+        }
+    }
 }
 
 fn valid_id(id: &str) -> bool {
@@ -100,7 +145,12 @@ impl DepartmentDirectory {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         let client = DepartmentServiceClient::new(endpoint.connect_lazy());
-        let source = Arc::new(Source { info, client });
+        let source = Arc::new(Source {
+            limiter: rate_limiter(info.capacity_per_second),
+            breaker: CircuitBreaker::default(),
+            info,
+            client,
+        });
         self.write()
             .insert(source.info.department_id.clone(), source);
         Ok(())
@@ -139,7 +189,36 @@ impl DepartmentDirectory {
             .ok_or_else(|| CallFailure::NotRegistered(department.to_owned()))
     }
 
-    /// Queries a department, trimming the answer to the requested fields.
+    /// The circuit state of a department's source, if registered.
+    pub fn circuit(&self, department_id: &str) -> Option<CircuitState> {
+        self.read().get(department_id).map(|s| s.breaker.state())
+    }
+
+    /// Admits one call to `source`: circuit closed (or probing) and a
+    /// rate-limit slot within the bounded wait.
+    async fn admit(&self, source: &Source, remaining: Duration) -> Result<(), CallFailure> {
+        if !source.breaker.admit(Instant::now()) {
+            return Err(CallFailure::CircuitOpen);
+        }
+        let wait = MAX_RATE_WAIT.min(remaining);
+        if !acquire(&source.limiter, wait).await {
+            // Not the department's fault: give the probe slot back unused.
+            source.breaker.record(true, Instant::now());
+            return Err(CallFailure::RateLimited(wait));
+        }
+        Ok(())
+    }
+
+    fn settle<T>(source: &Source, result: &Result<T, CallFailure>) {
+        let healthy = match result {
+            Ok(_) => true,
+            Err(failure) => !failure.is_health_failure(),
+        };
+        source.breaker.record(healthy, Instant::now());
+    }
+
+    /// Queries a department: idempotent, so unreachable attempts are retried
+    /// with jittered backoff while the deadline allows.
     pub async fn query(
         &self,
         department: &str,
@@ -153,9 +232,52 @@ impl DepartmentDirectory {
                 what: format!("query {}", request.query),
             });
         }
+        let started = Instant::now();
+        let give_up = started + deadline;
+        let mut attempt = 1;
+        loop {
+            let remaining = give_up.saturating_duration_since(Instant::now());
+            let result = self.query_once(&source, request.clone(), remaining).await;
+            match result {
+                Err(failure) if failure.is_retryable() && attempt < MAX_QUERY_ATTEMPTS => {
+                    let pause = backoff(attempt, &self.rng);
+                    // Never past the deadline: a retry needs time to answer too.
+                    if Instant::now() + pause * 2 >= give_up {
+                        return Err(failure);
+                    }
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                other => {
+                    return other.map(|answer| Answered {
+                        answer,
+                        latency: started.elapsed(),
+                    })
+                }
+            }
+        }
+    }
+
+    async fn query_once(
+        &self,
+        source: &Source,
+        request: QueryRequest,
+        deadline: Duration,
+    ) -> Result<QueryResponse, CallFailure> {
+        self.admit(source, deadline).await?;
+        let result = self.query_unguarded(source, request, deadline).await;
+        Self::settle(source, &result);
+        result
+    }
+
+    async fn query_unguarded(
+        &self,
+        source: &Source,
+        request: QueryRequest,
+        deadline: Duration,
+    ) -> Result<QueryResponse, CallFailure> {
         let nonce = request.request_nonce.clone();
         let wanted = request.fields.clone();
-        let started = Instant::now();
         let mut client = source.client.clone();
         let mut call = tonic::Request::new(request);
         call.set_timeout(deadline);
@@ -164,8 +286,7 @@ impl DepartmentDirectory {
             .map_err(|_| CallFailure::Timeout(deadline))?
             .map_err(|status| status_failure(status, deadline))?
             .into_inner();
-        let latency = started.elapsed();
-        check_envelope(
+        self.check_envelope(
             &source.info,
             &nonce,
             &answer.request_nonce,
@@ -189,9 +310,11 @@ impl DepartmentDirectory {
                 }
             }
         }
-        Ok(Answered { answer, latency })
+        Ok(answer)
     }
 
+    /// Asks a department to verify. Not idempotent (it may open a ticket),
+    /// so never retried.
     pub async fn verify(
         &self,
         department: &str,
@@ -205,8 +328,23 @@ impl DepartmentDirectory {
                 what: format!("verification of {}", request.proof_id),
             });
         }
-        let nonce = request.request_nonce.clone();
         let started = Instant::now();
+        self.admit(&source, deadline).await?;
+        let result = self.verify_unguarded(&source, request, deadline).await;
+        Self::settle(&source, &result);
+        result.map(|answer| Answered {
+            answer,
+            latency: started.elapsed(),
+        })
+    }
+
+    async fn verify_unguarded(
+        &self,
+        source: &Source,
+        request: VerifyRequest,
+        deadline: Duration,
+    ) -> Result<VerifyResponse, CallFailure> {
+        let nonce = request.request_nonce.clone();
         let mut client = source.client.clone();
         let mut call = tonic::Request::new(request);
         call.set_timeout(deadline);
@@ -215,22 +353,50 @@ impl DepartmentDirectory {
             .map_err(|_| CallFailure::Timeout(deadline))?
             .map_err(|status| status_failure(status, deadline))?
             .into_inner();
-        let latency = started.elapsed();
-        check_envelope(
+        self.check_envelope(
             &source.info,
             &nonce,
             &answer.request_nonce,
             &answer.department_id,
             &answer,
         )?;
-        Ok(Answered { answer, latency })
+        Ok(answer)
     }
 
-    /// Whether `message` is signed by the registered key of `department`.
-    pub fn verify_signature<M: Signed>(&self, department: &str, message: &M) -> bool {
+    /// Whether a completion is signed by the registered key of `department`.
+    pub fn verify_completion(
+        &self,
+        department: &str,
+        request: &CompleteVerificationRequest,
+    ) -> bool {
         self.read()
             .get(department)
-            .is_some_and(|s| signing::verify(&s.info.answer_public_key, message))
+            .is_some_and(|s| verify_completion(&s.info.answer_public_key, request))
+    }
+
+    fn check_envelope<M: BatchSigned>(
+        &self,
+        source: &DataSource,
+        sent_nonce: &str,
+        nonce: &str,
+        department: &str,
+        answer: &M,
+    ) -> Result<(), CallFailure> {
+        if nonce != sent_nonce {
+            return Err(CallFailure::BadAnswer(
+                "answer does not echo the request nonce".into(),
+            ));
+        }
+        if department != source.department_id {
+            return Err(CallFailure::BadAnswer(format!(
+                "answer claims to come from `{department}`, not `{}`",
+                source.department_id
+            )));
+        }
+        if !self.answers.verify(&source.answer_public_key, answer) {
+            return Err(CallFailure::BadSignature);
+        }
+        Ok(())
     }
 }
 
@@ -243,28 +409,4 @@ fn status_failure(status: tonic::Status, deadline: Duration) -> CallFailure {
         }
         code => CallFailure::Refused(format!("{code:?}: {}", status.message())),
     }
-}
-
-fn check_envelope<M: Signed>(
-    source: &DataSource,
-    sent_nonce: &str,
-    nonce: &str,
-    department: &str,
-    answer: &M,
-) -> Result<(), CallFailure> {
-    if nonce != sent_nonce {
-        return Err(CallFailure::BadAnswer(
-            "answer does not echo the request nonce".into(),
-        ));
-    }
-    if department != source.department_id {
-        return Err(CallFailure::BadAnswer(format!(
-            "answer claims to come from `{department}`, not `{}`",
-            source.department_id
-        )));
-    }
-    if !signing::verify(&source.answer_public_key, answer) {
-        return Err(CallFailure::BadSignature);
-    }
-    Ok(())
 }

@@ -5,6 +5,7 @@
 mod directory;
 pub mod mock;
 mod registry;
+pub mod resilience;
 pub mod signing;
 
 pub use directory::{CallFailure, DepartmentDirectory, DirectoryError};

@@ -95,6 +95,7 @@ async fn ask(
                         found: a.found,
                         fields: a.fields,
                         signature: a.signature,
+                        batch: a.batch,
                         latency_ms: millis(answered.latency),
                         mode: mode.as_pb() as i32,
                         ..Default::default()
@@ -122,6 +123,7 @@ async fn ask(
                         request_nonce: a.request_nonce,
                         verification: a.outcome,
                         signature: a.signature,
+                        batch: a.batch,
                         latency_ms: millis(answered.latency),
                         mode: mode.as_pb() as i32,
                         ticket: a.ticket,

@@ -266,6 +266,7 @@ impl Gateway {
                     proof_id: r.proof_id.clone(),
                     due_unix_ms: r.due_unix_ms,
                     subject_pseudonym: pseudonym.to_vec(),
+                    overdue: false,
                 };
                 projections.push(Projection::Put(
                     ticket_key(&r.department_id, &r.ticket),
@@ -354,7 +355,7 @@ impl Gateway {
             .ok_or_else(unknown_ticket)?;
         if !self
             .departments
-            .verify_signature(&request.department_id, &request)
+            .verify_completion(&request.department_id, &request)
         {
             return Err(GatewayError::BadSignature(request.department_id.clone()));
         }
@@ -363,7 +364,7 @@ impl Gateway {
         let Some(proof) = application.proofs.iter_mut().find(|p| {
             p.proof_id == ticket.proof_id
                 && p.ticket == request.ticket
-                && p.outcome() == ProofOutcome::Pending
+                && matches!(p.outcome(), ProofOutcome::Pending | ProofOutcome::Overdue)
         }) else {
             return Err(unknown_ticket());
         };
@@ -414,6 +415,70 @@ impl Gateway {
             audit_index: receipt.index,
         })
     }
+}
+
+impl Gateway {
+    /// Marks every pending verification whose deadline has passed at `now`
+    /// as overdue (logged; the department may still complete it). Returns
+    /// how many were marked. Runs periodically; tests call it with a clock.
+    pub async fn sweep_overdue(&self, now: i64) -> Result<usize, GatewayError> {
+        let mut marked = 0;
+        for (department, ticket, record) in self.audit.store().tickets()? {
+            if record.overdue || record.due_unix_ms == 0 || record.due_unix_ms > now {
+                continue;
+            }
+            let _guard = self.lock_for(&record.application_id).lock().await;
+            let mut application = self.application(&record.application_id)?;
+            let Some(proof) = application.proofs.iter_mut().find(|p| {
+                p.proof_id == record.proof_id
+                    && p.ticket == ticket
+                    && p.outcome() == ProofOutcome::Pending
+            }) else {
+                continue;
+            };
+            proof.outcome = ProofOutcome::Overdue as i32;
+            proof.reason = overdue_reason(&department, proof.due_unix_ms);
+            let result = proof.clone();
+            let status = overall_status(application.proofs.iter().map(|p| p.outcome()));
+            application.status = status as i32;
+            application.updated_unix_ms = now;
+            let event = Event::VerificationOverdue(crate::pb::VerificationOverdue {
+                application_id: application.application_id.clone(),
+                proof_id: record.proof_id.clone(),
+                ticket: ticket.clone(),
+                as_of_unix_ms: now,
+                result: Some(result),
+                status: status as i32,
+            });
+            let updated = TicketRecord {
+                overdue: true,
+                ..record.clone()
+            };
+            let receipt = self
+                .audit
+                .append(
+                    event,
+                    vec![
+                        Projection::Application(Box::new(application.clone())),
+                        Projection::Put(ticket_key(&department, &ticket), updated.encode_to_vec()),
+                    ],
+                )
+                .await?;
+            application.receipt = Some(receipt.to_pb());
+            info!(application_id = %application.application_id, proof = %record.proof_id, "verification overdue");
+            self.watchers.publish(Arc::new(application));
+            marked += 1;
+        }
+        Ok(marked)
+    }
+}
+
+/// The reason an overdue proof gives; replay derives the same text.
+pub fn overdue_reason(department: &str, due_unix_ms: i64) -> String {
+    format!(
+        "{department} did not finish the verification by its deadline ({} 24:00 CST); the department may still complete it",
+        format_date(civil_date_cst(due_unix_ms - 1))
+    )
 }
 
 fn outcome_summary(application: &Application) -> String {

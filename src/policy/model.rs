@@ -110,3 +110,44 @@ impl PolicySet {
         self.proofs.get(id)
     }
 }
+
+impl PolicySet {
+    /// Every (proof, department, query or verification) of the set that none
+    /// of `sources` serves, as sentences for a person; empty when all are served.
+    pub fn unserved(&self, sources: &[crate::pb::DataSource]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for proof in self.proofs.values() {
+            let Some(department) = proof.department.as_deref() else {
+                continue;
+            };
+            let source = sources.iter().find(|s| s.department_id == department);
+            let modes = std::iter::once(proof.mode).chain(proof.fallback);
+            for mode in modes {
+                let (kind, name) = match mode {
+                    Mode::DataQuery => ("query", proof.query.clone().unwrap_or_default()),
+                    Mode::DepartmentVerification => ("verification", proof.id.clone()),
+                    Mode::Abolished | Mode::Commitment => continue,
+                };
+                let served = source.is_some_and(|s| match mode {
+                    Mode::DataQuery => s.queries.contains(&name),
+                    _ => s.verifications.contains(&name),
+                });
+                if !served {
+                    problems.push(match source {
+                        None => format!(
+                            "proof `{}`: no data source is registered for department `{department}`",
+                            proof.id
+                        ),
+                        Some(_) => format!(
+                            "proof `{}`: department `{department}` does not serve {kind} `{name}`",
+                            proof.id
+                        ),
+                    });
+                }
+            }
+        }
+        problems.sort();
+        problems.dedup();
+        problems
+    }
+}

@@ -23,7 +23,7 @@ pub use fixture::{
     builtin_fixture, Fixture, FixtureError, VerificationFixture, BUILTIN_DEPARTMENTS,
 };
 
-use super::signing::sign;
+use super::signing::{sign_completion, BatchSigner};
 use crate::pb::department_registry_client::DepartmentRegistryClient;
 use crate::pb::department_service_server::{DepartmentService, DepartmentServiceServer};
 use crate::pb::{
@@ -44,6 +44,8 @@ pub struct MockControls {
     pub impersonate: AtomicBool,
     /// Refuse every call with UNAVAILABLE.
     pub refuse: AtomicBool,
+    /// Refuse every other call with UNAVAILABLE (a flapping department).
+    pub flap: AtomicBool,
     /// Calls answered, for tests that check a department was (not) asked.
     pub calls: AtomicU64,
 }
@@ -51,7 +53,8 @@ pub struct MockControls {
 struct MockDepartment {
     fixture: Arc<Fixture>,
     key: Arc<Ed25519KeyPair>,
-    impostor_key: Arc<Ed25519KeyPair>,
+    signer: BatchSigner,
+    impostor: BatchSigner,
     controls: Arc<MockControls>,
     gateway: Option<String>,
     tickets: AtomicU64,
@@ -78,12 +81,14 @@ pub enum MockError {
 
 impl MockDepartment {
     async fn before_answer(&self) -> Result<(), Status> {
-        self.controls.calls.fetch_add(1, Ordering::Relaxed);
+        let call = self.controls.calls.fetch_add(1, Ordering::Relaxed);
         let latency = self.controls.latency_ms.load(Ordering::Relaxed);
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
-        if self.controls.refuse.load(Ordering::Relaxed) {
+        if self.controls.refuse.load(Ordering::Relaxed)
+            || (self.controls.flap.load(Ordering::Relaxed) && call.is_multiple_of(2))
+        {
             return Err(Status::unavailable("department maintenance"));
         }
         Ok(())
@@ -105,11 +110,11 @@ impl MockDepartment {
         }
     }
 
-    fn signing_key(&self) -> &Ed25519KeyPair {
+    fn signer(&self) -> &BatchSigner {
         if self.controls.wrong_key.load(Ordering::Relaxed) {
-            &self.impostor_key
+            &self.impostor
         } else {
-            &self.key
+            &self.signer
         }
     }
 }
@@ -153,9 +158,12 @@ impl DepartmentService for Arc<MockDepartment> {
                         .collect()
                 })
                 .unwrap_or_default(),
-            signature: Vec::new(),
+            ..Default::default()
         };
-        sign(self.signing_key(), &mut answer);
+        self.signer()
+            .sign(&mut answer)
+            .await
+            .map_err(Status::internal)?;
         Ok(Response::new(answer))
     }
 
@@ -199,7 +207,10 @@ impl DepartmentService for Arc<MockDepartment> {
                 }
             }
         }
-        sign(self.signing_key(), &mut answer);
+        self.signer()
+            .sign(&mut answer)
+            .await
+            .map_err(Status::internal)?;
         Ok(Response::new(answer))
     }
 }
@@ -228,7 +239,7 @@ impl MockDepartment {
                 reason,
                 signature: Vec::new(),
             };
-            sign(&key, &mut request);
+            sign_completion(&key, &mut request);
             // The gateway may be restarting: keep trying for a while.
             for attempt in 0..20u32 {
                 match DepartmentRegistryClient::connect(gateway.clone()).await {
@@ -246,6 +257,23 @@ impl MockDepartment {
             }
         });
     }
+}
+
+/// The data sources the built-in mock departments would register (with no
+/// endpoint or key): what `policy check` compares a policy set against when
+/// no data folder is given.
+pub fn builtin_sources() -> Vec<DataSource> {
+    BUILTIN_DEPARTMENTS
+        .iter()
+        .filter_map(|(name, _)| builtin_fixture(name).ok())
+        .map(|f| DataSource {
+            department_id: f.department,
+            queries: f.queries,
+            verifications: f.verifications,
+            capacity_per_second: f.capacity_per_second,
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// A mock department serving on a loopback port.
@@ -281,10 +309,12 @@ impl RunningMock {
         let key = new_key()?;
         let public_key = key.public_key().as_ref().to_vec();
         let controls = Arc::new(MockControls::default());
+        let key = Arc::new(key);
         let service = Arc::new(MockDepartment {
             fixture: Arc::clone(&fixture),
-            key: Arc::new(key),
-            impostor_key: Arc::new(new_key()?),
+            signer: BatchSigner::start(Arc::clone(&key)),
+            impostor: BatchSigner::start(Arc::new(new_key()?)),
+            key,
             controls: Arc::clone(&controls),
             gateway,
             tickets: AtomicU64::new(1),
