@@ -10,7 +10,8 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::pb::application_service_client::ApplicationServiceClient;
-use crate::pb::{Commitment, IdType, Officer, Subject, SubmitApplicationRequest};
+use crate::pb::department_service_client::DepartmentServiceClient;
+use crate::pb::{Commitment, IdType, Officer, QueryRequest, Subject, SubmitApplicationRequest};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -18,6 +19,25 @@ pub struct BenchOptions {
     pub concurrency: usize,
     pub duration: Duration,
     pub matter: String,
+    /// (department, endpoint) of departments to call directly as the
+    /// baseline: one plain Query to each, concurrently, per "application" —
+    /// the fan-out the gateway does, without policy, signatures or log.
+    /// Empty: the baseline is a gRPC health check.
+    pub fanout: Vec<(String, String)>,
+}
+
+/// The query each built-in department answers in a plain fan-out.
+fn fanout_query(department: &str) -> (&'static str, &'static [&'static str]) {
+    match department {
+        "public-security" => ("household_registration", &["status", "registered_region"]),
+        "natural-resources" => ("property_ownership", &["properties"]),
+        "human-resources" => ("social_insurance", &["months_paid", "status"]),
+        "civil-affairs" => ("marriage_record", &["status"]),
+        "provident-fund" => ("hpf_account", &["status", "months_paid"]),
+        "market-regulation" => ("business_registration", &["status"]),
+        "health" => ("birth_record", &["has_birth_record"]),
+        _ => ("enrolment", &["enrolled"]),
+    }
 }
 
 /// Figures of one phase.
@@ -153,24 +173,70 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", options.endpoint))?;
-    let health = HealthClient::new(channel.clone());
-    let baseline = run_phase(
-        "baseline: health check",
-        options.concurrency,
-        options.duration,
-        move |_, _| {
-            let mut client = health.clone();
-            async move {
-                client
-                    .check(HealthCheckRequest {
-                        service: String::new(),
+    let baseline = if options.fanout.is_empty() {
+        let health = HealthClient::new(channel.clone());
+        run_phase(
+            "baseline: health check",
+            options.concurrency,
+            options.duration,
+            move |_, _| {
+                let mut client = health.clone();
+                async move {
+                    client
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .is_ok()
+                }
+            },
+        )
+        .await
+    } else {
+        let mut departments = Vec::new();
+        for (department, endpoint) in &options.fanout {
+            let channel = Channel::from_shared(endpoint.clone())
+                .map_err(|e| format!("bad endpoint {endpoint}: {e}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to {department} at {endpoint}: {e}"))?;
+            departments.push((department.clone(), DepartmentServiceClient::new(channel)));
+        }
+        run_phase(
+            "baseline: plain fan-out",
+            options.concurrency,
+            options.duration,
+            move |_, n| {
+                let calls: Vec<_> = departments
+                    .iter()
+                    .map(|(department, client)| {
+                        let (query, fields) = fanout_query(department);
+                        let mut client = client.clone();
+                        let request = QueryRequest {
+                            request_nonce: format!("fanout-{n}"),
+                            query: query.into(),
+                            subject: Some(Subject {
+                                id_type: IdType::ResidentId as i32,
+                                id_number: "330702199001011237".into(),
+                                name: "王伟".into(),
+                            }),
+                            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+                            purpose: None,
+                        };
+                        async move { client.query(request).await.is_ok() }
                     })
-                    .await
-                    .is_ok()
-            }
-        },
-    )
-    .await;
+                    .collect();
+                async move {
+                    futures_util::future::join_all(calls)
+                        .await
+                        .into_iter()
+                        .all(|ok| ok)
+                }
+            },
+        )
+        .await
+    };
     let applications = ApplicationServiceClient::new(channel);
     let run_id = crate::gateway::now_unix_ms();
     let matter = options.matter.clone();

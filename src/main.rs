@@ -84,6 +84,10 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value = "hpf-withdrawal-mortgage")]
         matter: String,
+        /// Baseline of plain Query calls straight to these departments, all at
+        /// once per application: NAME=URI,NAME=URI,... (default: health checks).
+        #[arg(long, value_delimiter = ',')]
+        fanout: Vec<String>,
     },
 }
 
@@ -318,12 +322,22 @@ async fn run(command: Command) -> ExitCode {
             concurrency,
             seconds,
             matter,
+            fanout,
         } => {
+            let mut departments = Vec::new();
+            for item in fanout {
+                let Some((name, uri)) = item.split_once('=') else {
+                    eprintln!("proofgate: --fanout takes NAME=URI items, got `{item}`");
+                    return ExitCode::from(EXIT_CONFIG);
+                };
+                departments.push((name.to_owned(), uri.to_owned()));
+            }
             let options = proofgate::bench::BenchOptions {
                 endpoint,
                 concurrency,
                 duration: Duration::from_secs(seconds),
                 matter,
+                fanout: departments,
             };
             println!(
                 "bench: {} for {}s per phase at concurrency {}",
