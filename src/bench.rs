@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use crate::security::{connect, IdentityHeader, TlsFiles, GATEWAY_IDENTITY};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
@@ -24,6 +24,8 @@ pub struct BenchOptions {
     /// the fan-out the gateway does, without policy, signatures or log.
     /// Empty: the baseline is a gRPC health check.
     pub fanout: Vec<(String, String)>,
+    /// Certificates folder (mutual TLS); None for a plaintext gateway.
+    pub certs: Option<std::path::PathBuf>,
 }
 
 /// The query each built-in department answers in a plain fan-out.
@@ -39,6 +41,10 @@ fn fanout_query(department: &str) -> (&'static str, &'static [&'static str]) {
         _ => ("enrolment", &["enrolled"]),
     }
 }
+
+/// The hall the load generator submits as (its certificate's identity is
+/// `hall-wucheng.hall.proofgate`).
+pub const BENCH_HALL: &str = "hall-wucheng";
 
 /// Figures of one phase.
 #[derive(Debug, Clone)]
@@ -148,7 +154,7 @@ pub fn sample_submission(matter: &str, request_id: String) -> SubmitApplicationR
         matter_id: matter.into(),
         officer: Some(Officer {
             officer_id: "bench-officer".into(),
-            hall_id: "bench-hall".into(),
+            hall_id: BENCH_HALL.into(),
         }),
         applicant: Some(Subject {
             id_type: id_type as i32,
@@ -167,10 +173,16 @@ pub fn sample_submission(matter: &str, request_id: String) -> SubmitApplicationR
 
 /// Runs the baseline and the submission phase; returns both reports.
 pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
-    let channel = Channel::from_shared(options.endpoint.clone())
-        .map_err(|e| format!("bad endpoint {}: {e}", options.endpoint))?
-        .tcp_nodelay(true)
-        .connect()
+    let load = |identity: &str| -> Result<Option<TlsFiles>, String> {
+        options
+            .certs
+            .as_ref()
+            .map(|dir| TlsFiles::load(dir, identity).map_err(|e| e.to_string()))
+            .transpose()
+    };
+    let hall_identity = format!("{BENCH_HALL}.hall.proofgate");
+    let hall_tls = load(&hall_identity)?;
+    let channel = connect(&options.endpoint, hall_tls.as_ref(), GATEWAY_IDENTITY)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", options.endpoint))?;
     let baseline = if options.fanout.is_empty() {
@@ -193,14 +205,17 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
         )
         .await
     } else {
+        // Departments answer only the gateway: the baseline calls as the gateway.
+        let gateway_tls = load(GATEWAY_IDENTITY)?;
         let mut departments = Vec::new();
         for (department, endpoint) in &options.fanout {
-            let channel = Channel::from_shared(endpoint.clone())
-                .map_err(|e| format!("bad endpoint {endpoint}: {e}"))?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .map_err(|e| format!("cannot connect to {department} at {endpoint}: {e}"))?;
+            let channel = connect(
+                endpoint,
+                gateway_tls.as_ref(),
+                &crate::departments::department_identity(department),
+            )
+            .await
+            .map_err(|e| format!("cannot connect to {department} at {endpoint}: {e}"))?;
             departments.push((department.clone(), DepartmentServiceClient::new(channel)));
         }
         run_phase(
@@ -237,7 +252,8 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
         )
         .await
     };
-    let applications = ApplicationServiceClient::new(channel);
+    let applications =
+        ApplicationServiceClient::with_interceptor(channel, IdentityHeader::new(&hall_identity));
     let run_id = crate::gateway::now_unix_ms();
     let matter = options.matter.clone();
     let submissions = run_phase(

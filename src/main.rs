@@ -46,6 +46,20 @@ enum Command {
         /// Do not start the built-in mock departments; real ones register over gRPC.
         #[arg(long)]
         no_mock_departments: bool,
+        /// No TLS (loopback only; callers name themselves in a header). For development.
+        #[arg(long)]
+        insecure_plaintext: bool,
+    },
+    /// Create a development CA and certificates for the gateway, halls, every
+    /// mock department, an auditor, a citizen portal and an admin; or issue one more.
+    DevCerts {
+        /// Folder of the CA and certificates.
+        #[arg(long, default_value = "proofgate-data/certs")]
+        dir: PathBuf,
+        /// Issue a certificate for this identity (<name>.<role>.proofgate, role one of
+        /// hall, department, auditor, citizen-portal, admin) with the existing CA.
+        #[arg(long)]
+        issue: Option<String>,
     },
     /// Run one built-in mock department standalone.
     MockDepartment {
@@ -55,8 +69,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
         /// Gateway to register with and report finished verifications to.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, default_value = "https://127.0.0.1:50051")]
         gateway: String,
+        /// Certificates folder holding <name>.department.proofgate.pem/.key and ca.pem.
+        #[arg(long, default_value = "proofgate-data/certs")]
+        certs: PathBuf,
+        /// No TLS (the gateway must run plaintext too). For development.
+        #[arg(long)]
+        insecure_plaintext: bool,
     },
     /// Work with policy sets.
     Policy {
@@ -75,8 +95,14 @@ enum Command {
     },
     /// Drive SubmitApplication against a running gateway and report applications/s and latency.
     Bench {
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, default_value = "https://127.0.0.1:50051")]
         endpoint: String,
+        /// Certificates folder (the load generator is hall-wucheng.hall.proofgate).
+        #[arg(long, default_value = "proofgate-data/certs")]
+        certs: PathBuf,
+        /// Talk plaintext to a gateway started with --insecure-plaintext.
+        #[arg(long)]
+        insecure_plaintext: bool,
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
         /// Seconds per phase (baseline, then submissions).
@@ -180,6 +206,7 @@ async fn run(command: Command) -> ExitCode {
             policies,
             node_id,
             no_mock_departments,
+            insecure_plaintext,
         } => {
             let options = ServeOptions {
                 listen,
@@ -187,6 +214,7 @@ async fn run(command: Command) -> ExitCode {
                 policies,
                 node_id,
                 mock_departments: !no_mock_departments,
+                tls: !insecure_plaintext,
                 ..ServeOptions::default()
             };
             let running = match server::start(options).await {
@@ -209,7 +237,25 @@ async fn run(command: Command) -> ExitCode {
             name,
             listen,
             gateway,
+            certs,
+            insecure_plaintext,
         } => {
+            let tls = if insecure_plaintext {
+                None
+            } else {
+                match proofgate::security::TlsFiles::load(
+                    &certs,
+                    &proofgate::departments::department_identity(&name),
+                ) {
+                    Ok(files) => Some(files),
+                    Err(e) => {
+                        eprintln!(
+                            "proofgate: {e} (run `proofgate dev-certs` or start the gateway once)"
+                        );
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+            };
             let fixture = match builtin_fixture(&name) {
                 Ok(f) => f,
                 Err(e) => {
@@ -217,7 +263,7 @@ async fn run(command: Command) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let mock = match RunningMock::start(fixture, listen, Some(gateway.clone())).await {
+            let mock = match RunningMock::start(fixture, listen, Some(gateway.clone()), tls).await {
                 Ok(m) => m,
                 Err(e) => {
                     eprintln!("proofgate: {e}");
@@ -305,6 +351,39 @@ async fn run(command: Command) -> ExitCode {
             }
         }
         Command::Audit { command } => audit(command).await,
+        Command::DevCerts { dir, issue } => {
+            let result = match issue {
+                None => proofgate::security::ensure_dev_certs(&dir).map(|made| {
+                    if made {
+                        format!(
+                            "development CA and certificates written to {}",
+                            dir.display()
+                        )
+                    } else {
+                        format!(
+                            "{} already has a CA; pass --issue NAME to add a certificate",
+                            dir.display()
+                        )
+                    }
+                }),
+                Some(identity) => proofgate::security::issue(
+                    &dir,
+                    &identity,
+                    proofgate::security::Validity::Normal,
+                )
+                .map(|path| format!("issued {}", path.display())),
+            };
+            match result {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("proofgate: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::Keygen { data_dir } => {
             match proofgate::security::generate_keys(&data_dir.join("keys")) {
                 Ok(()) => {
@@ -319,6 +398,8 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::Bench {
             endpoint,
+            certs,
+            insecure_plaintext,
             concurrency,
             seconds,
             matter,
@@ -338,6 +419,7 @@ async fn run(command: Command) -> ExitCode {
                 duration: Duration::from_secs(seconds),
                 matter,
                 fanout: departments,
+                certs: (!insecure_plaintext).then_some(certs),
             };
             println!(
                 "bench: {} for {}s per phase at concurrency {}",

@@ -24,7 +24,11 @@ use crate::pb::application_service_server::ApplicationServiceServer;
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::department_registry_server::DepartmentRegistryServer;
 use crate::policy::{load_dir, PolicyErrors, PolicySet};
-use crate::security::{load_or_generate_keys, KeyError};
+use crate::security::{
+    ensure_dev_certs, load_or_generate_keys, CertError, Guard, KeyError, RateLimits, RoleMap,
+    TlsFiles, GATEWAY_IDENTITY,
+};
+use tonic::service::interceptor::InterceptedService;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "proofgate-data";
@@ -36,6 +40,9 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often pending verifications are checked against their deadlines.
 pub const OVERDUE_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Calls in progress at once, over all connections; past it calls are shed
+/// with RESOURCE_EXHAUSTED instead of queueing without bound.
+pub const MAX_IN_FLIGHT: usize = 4096;
 const POLICY_VERSION_KEY: &[u8] = b"mpolicy-version";
 
 #[derive(Debug, Clone)]
@@ -47,6 +54,13 @@ pub struct ServeOptions {
     /// Start the built-in mock departments in-process on loopback ports.
     pub mock_departments: bool,
     pub writer: WriterOptions,
+    /// Mutual TLS on every listener and outgoing call (certificates from
+    /// DATA_DIR/certs, a dev CA made on first start). Off only on explicit
+    /// request, and then only on loopback.
+    pub tls: bool,
+    pub roles: RoleMap,
+    pub rate_limits: RateLimits,
+    pub max_in_flight: usize,
 }
 
 impl Default for ServeOptions {
@@ -60,6 +74,10 @@ impl Default for ServeOptions {
             node_id: DEFAULT_NODE_ID.into(),
             mock_departments: true,
             writer: WriterOptions::default(),
+            tls: true,
+            roles: RoleMap::default(),
+            rate_limits: RateLimits::default(),
+            max_in_flight: MAX_IN_FLIGHT,
         }
     }
 }
@@ -96,11 +114,19 @@ pub enum ServeError {
     Fixture(#[from] crate::departments::mock::FixtureError),
     #[error("reflection service: {0}")]
     Reflection(String),
+    #[error("certificates: {0}")]
+    Certs(#[from] CertError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tonic::transport::Error),
+    #[error("--insecure-plaintext is allowed only on a loopback address, not {0}")]
+    PlaintextOffLoopback(SocketAddr),
 }
 
 /// A running gateway node.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where the node's certificates are (None in plaintext mode).
+    pub certs_dir: Option<PathBuf>,
     pub gateway: Arc<Gateway>,
     pub directory: Arc<DepartmentDirectory>,
     pub mocks: Vec<RunningMock>,
@@ -110,9 +136,14 @@ pub struct Running {
 }
 
 impl Running {
-    /// `http://addr`, for clients.
+    /// `https://addr` (`http://` in plaintext mode), for clients.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.certs_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn mock(&self, department: &str) -> Option<&RunningMock> {
@@ -222,7 +253,20 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     let (log, pseudonyms) = open_log(&options.data_dir, &options.node_id, options.writer)?;
     record_policy(&log, &policy).await?;
 
-    let directory = Arc::new(DepartmentDirectory::default());
+    let certs_dir = options.data_dir.join("certs");
+    let tls = if options.tls {
+        if ensure_dev_certs(&certs_dir)? {
+            info!(dir = %certs_dir.display(), "development CA and certificates created");
+        }
+        Some(TlsFiles::load(&certs_dir, GATEWAY_IDENTITY)?)
+    } else {
+        if !options.listen.ip().is_loopback() {
+            return Err(ServeError::PlaintextOffLoopback(options.listen));
+        }
+        warn!("PLAINTEXT: no TLS, callers name themselves in a header; for local development only");
+        None
+    };
+    let directory = Arc::new(DepartmentDirectory::new(tls.clone()));
     for source in log.store().data_sources()? {
         let department = source.department_id.clone();
         if let Err(e) = directory.upsert(source) {
@@ -254,21 +298,49 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let applications = ApplicationServiceServer::new(ApplicationApi::new(Arc::clone(&gateway)))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let registry = DepartmentRegistryServer::new(RegistryApi::new(
-        Arc::clone(&directory),
-        log.clone(),
-        Arc::clone(&gateway) as Arc<dyn crate::departments::CompletionHandler>,
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let audit = AuditServiceServer::new(AuditApi::new(log.clone(), pseudonyms.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let guard = Guard::new(
+        tls.is_some(),
+        options.roles.clone(),
+        options.rate_limits.clone(),
+    );
+    let applications = InterceptedService::new(
+        ApplicationServiceServer::new(ApplicationApi::new(Arc::clone(&gateway)))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        guard.for_service("proofgate.v1.ApplicationService", &["hall", "admin"]),
+    );
+    let registry = InterceptedService::new(
+        DepartmentRegistryServer::new(RegistryApi::new(
+            Arc::clone(&directory),
+            log.clone(),
+            Arc::clone(&gateway) as Arc<dyn crate::departments::CompletionHandler>,
+        ))
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
+        guard.for_service(
+            "proofgate.v1.DepartmentRegistry",
+            &["department", "admin", "auditor"],
+        ),
+    );
+    let audit = InterceptedService::new(
+        AuditServiceServer::new(AuditApi::new(log.clone(), pseudonyms.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        guard.for_service(
+            "proofgate.v1.AuditService",
+            &["auditor", "admin", "citizen-portal"],
+        ),
+    );
 
     let (shutdown, on_shutdown) = oneshot::channel::<()>();
+    // Outermost first: shed load once MAX_IN_FLIGHT calls are in progress.
+    let limits = tower::ServiceBuilder::new().load_shed().layer(
+        tower::limit::GlobalConcurrencyLimitLayer::new(options.max_in_flight.max(1)),
+    );
+    let mut builder = tonic::transport::Server::builder().timeout(REQUEST_TIMEOUT);
+    if let Some(files) = &tls {
+        builder = builder.tls_config(files.server_config())?;
+    }
     let task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .timeout(REQUEST_TIMEOUT)
+        builder
+            .layer(limits)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(applications)
@@ -282,14 +354,22 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
                 },
             ),
     );
-    let endpoint = format!("http://{addr}");
+    let endpoint = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
     let mut mocks = Vec::new();
     if options.mock_departments {
         for (name, _) in BUILTIN_DEPARTMENTS {
+            let mock_tls = match &tls {
+                Some(_) => Some(TlsFiles::load(
+                    &certs_dir,
+                    &crate::departments::department_identity(name),
+                )?),
+                None => None,
+            };
             let mock = RunningMock::start(
                 builtin_fixture(name)?,
                 SocketAddr::from(([127, 0, 0, 1], 0)),
                 Some(endpoint.clone()),
+                mock_tls,
             )
             .await?;
             mock.register(&endpoint).await?;
@@ -320,6 +400,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     });
     info!(%addr, node = %options.node_id, mocks = mocks.len(), "gateway serving");
     Ok(Running {
+        certs_dir: tls.is_some().then_some(certs_dir),
         sweeper,
         addr,
         gateway,

@@ -99,7 +99,7 @@ async fn the_log_resumes_at_the_right_size_after_a_restart() {
     let first = proofgate::server::start(options(data_dir.path()))
         .await
         .unwrap();
-    let channel = connect(first.endpoint()).await;
+    let channel = connect(&first).await;
     let mut client =
         proofgate::pb::application_service_client::ApplicationServiceClient::new(channel);
     let req = request("elderly-subsidy", ELDERLY);
@@ -126,7 +126,7 @@ async fn the_log_resumes_at_the_right_size_after_a_restart() {
         vkey_before,
         "keys are kept across restarts"
     );
-    let channel = connect(second.endpoint()).await;
+    let channel = connect(&second).await;
     let mut client =
         proofgate::pb::application_service_client::ApplicationServiceClient::new(channel);
     let replay = client.submit_application(req).await.unwrap().into_inner();

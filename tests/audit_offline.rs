@@ -511,7 +511,7 @@ async fn a_rotated_key_is_followed_from_the_first_key() {
     assert_ne!(first_key.trim(), new_key);
     // The node goes on under the new key.
     let running = proofgate::server::start(options(dir.path())).await.unwrap();
-    let channel = connect(running.endpoint()).await;
+    let channel = connect(&running).await;
     proofgate::pb::application_service_client::ApplicationServiceClient::new(channel)
         .submit_application(request("elderly-subsidy", ELDERLY))
         .await

@@ -54,9 +54,10 @@ async fn every_acknowledged_application_survives_repeated_sigkill() {
     let mut max_size_seen = 0u64;
     for round in 0..KILLS {
         let (mut child, endpoint) = spawn(dir.path());
-        let channel = connect(endpoint.clone()).await;
+        let channel = connect_with(&endpoint, &dir.path().join("certs"), HALL).await;
         // The tree resumes where the acknowledged entries left it.
-        let size = AuditServiceClient::new(channel.clone())
+        let auditor = connect_with(&endpoint, &dir.path().join("certs"), AUDITOR).await;
+        let size = AuditServiceClient::new(auditor)
             .get_checkpoint(GetCheckpointRequest {})
             .await
             .unwrap()
@@ -110,7 +111,9 @@ async fn every_acknowledged_application_survives_repeated_sigkill() {
     );
 
     let (mut child, endpoint) = spawn(dir.path());
-    let mut client = ApplicationServiceClient::new(connect(endpoint).await);
+    let mut client = ApplicationServiceClient::new(
+        connect_with(&endpoint, &dir.path().join("certs"), HALL).await,
+    );
     for (id, index) in &acknowledged {
         let stored = client
             .get_application(GetApplicationRequest {

@@ -154,7 +154,7 @@ async fn departments_register_list_and_deregister_over_grpc_and_it_persists() {
         .await
         .unwrap();
     let mut registry = proofgate::pb::department_registry_client::DepartmentRegistryClient::new(
-        connect(running.endpoint()).await,
+        connect_as(&running, ADMIN).await,
     );
     let listed = registry
         .list_data_sources(ListDataSourcesRequest {})
@@ -180,7 +180,7 @@ async fn departments_register_list_and_deregister_over_grpc_and_it_persists() {
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     let mut apps = proofgate::pb::application_service_client::ApplicationServiceClient::new(
-        connect(running.endpoint()).await,
+        connect(&running).await,
     );
     let app = apps
         .submit_application(with_commitments(
@@ -220,7 +220,7 @@ async fn a_verification_past_its_deadline_becomes_overdue_and_survives_a_restart
         .await
         .unwrap();
     let mut apps = proofgate::pb::application_service_client::ApplicationServiceClient::new(
-        connect(running.endpoint()).await,
+        connect(&running).await,
     );
     let app = apps
         .submit_application(with_commitments(
@@ -249,7 +249,7 @@ async fn a_verification_past_its_deadline_becomes_overdue_and_survives_a_restart
         "once"
     );
     let mut apps = proofgate::pb::application_service_client::ApplicationServiceClient::new(
-        connect(running.endpoint()).await,
+        connect(&running).await,
     );
     let stored = apps
         .get_application(GetApplicationRequest {

@@ -18,7 +18,18 @@ use crate::pb::{
     GetCheckpointRequest, GetConsistencyProofRequest, GetEntriesRequest, GetInclusionProofRequest,
     IdType, InclusionProof, ListAccessesRequest, ListAccessesResponse, StoredEntry,
 };
+use crate::security::{caller, denied, Role};
 use crate::subject::{check_resident_id, check_unified_social_credit_code, PseudonymKey};
+
+/// The log itself is for auditors (and admins); citizen portals see only
+/// the accesses of the subject they ask about.
+fn log_reader<T>(request: &Request<T>) -> Result<(), Status> {
+    let caller = caller(request)?;
+    match caller.role {
+        Role::Auditor | Role::Admin => Ok(()),
+        _ => Err(denied(&caller, "read the audit log")),
+    }
+}
 
 /// Entries sent per stream before the client must ask again; bounds one call.
 const MAX_ENTRIES_PER_CALL: u64 = 100_000;
@@ -109,8 +120,9 @@ fn internal(e: impl std::fmt::Display) -> Status {
 impl AuditService for AuditApi {
     async fn get_checkpoint(
         &self,
-        _request: Request<GetCheckpointRequest>,
+        request: Request<GetCheckpointRequest>,
     ) -> Result<Response<Checkpoint>, Status> {
+        log_reader(&request)?;
         let store = self.log.store();
         let Some((size, note)) = store.latest_checkpoint().map_err(internal)? else {
             return Err(Status::not_found("the log has no checkpoint yet"));
@@ -134,6 +146,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<GetEntriesRequest>,
     ) -> Result<Response<Self::GetEntriesStream>, Status> {
+        log_reader(&request)?;
         let GetEntriesRequest { start, end } = request.into_inner();
         let size = self.log.store().tree_size().map_err(internal)?;
         let end = if end == 0 { size } else { end };
@@ -164,6 +177,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<GetInclusionProofRequest>,
     ) -> Result<Response<InclusionProof>, Status> {
+        log_reader(&request)?;
         let GetInclusionProofRequest { index, tree_size } = request.into_inner();
         let tree_size = self.tree_size(tree_size)?;
         let store = self.log.store();
@@ -184,6 +198,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<GetConsistencyProofRequest>,
     ) -> Result<Response<ConsistencyProof>, Status> {
+        log_reader(&request)?;
         let GetConsistencyProofRequest { old_size, new_size } = request.into_inner();
         let new_size = self.tree_size(new_size)?;
         let hashes =

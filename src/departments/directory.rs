@@ -23,6 +23,7 @@ use crate::pb::{
     CompleteVerificationRequest, DataSource, QueryRequest, QueryResponse, VerifyRequest,
     VerifyResponse,
 };
+use crate::security::TlsFiles;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_ID_LEN: usize = 64;
@@ -37,6 +38,8 @@ pub enum DirectoryError {
     BadPublicKey(usize),
     #[error("a data source must serve at least one query or verification")]
     ServesNothing,
+    #[error("endpoint `{0}` must be https:// (mutual TLS is on)")]
+    PlaintextEndpoint(String),
 }
 
 /// Why a department gave no usable answer. Messages carry no personal data.
@@ -98,16 +101,20 @@ pub struct DepartmentDirectory {
     sources: RwLock<HashMap<String, Arc<Source>>>,
     answers: AnswerVerifier,
     rng: SystemRandom,
+    /// The gateway's client identity for mutual TLS to departments; None in
+    /// plaintext dev mode.
+    client_tls: Option<TlsFiles>,
 }
 
 impl Default for DepartmentDirectory {
     fn default() -> Self {
-        Self {
-            sources: RwLock::default(),
-            answers: AnswerVerifier::default(),
-            rng: SystemRandom::new(),
-        }
+        Self::new(None)
     }
+}
+
+/// The certificate name a department's server must present.
+pub fn department_identity(department_id: &str) -> String {
+    format!("{department_id}.department.proofgate")
 }
 
 fn valid_id(id: &str) -> bool {
@@ -119,6 +126,15 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl DepartmentDirectory {
+    pub fn new(client_tls: Option<TlsFiles>) -> Self {
+        Self {
+            sources: RwLock::default(),
+            answers: AnswerVerifier::default(),
+            rng: SystemRandom::new(),
+            client_tls,
+        }
+    }
+
     /// Checks a registration without applying it.
     pub fn validate(info: &DataSource) -> Result<Endpoint, DirectoryError> {
         if !valid_id(&info.department_id) {
@@ -141,9 +157,19 @@ impl DepartmentDirectory {
     /// lazily and reconnects by itself, so a department that starts later
     /// or restarts is picked up without re-registering.
     pub fn upsert(&self, info: DataSource) -> Result<(), DirectoryError> {
-        let endpoint = Self::validate(&info)?
+        let mut endpoint = Self::validate(&info)?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.client_tls {
+            if !info.endpoint.starts_with("https://") {
+                return Err(DirectoryError::PlaintextEndpoint(info.endpoint.clone()));
+            }
+            // The department must present its own certificate: an answer
+            // over this channel comes from that department.
+            endpoint = endpoint
+                .tls_config(tls.client_config(&department_identity(&info.department_id)))
+                .map_err(|_| DirectoryError::BadEndpoint(info.endpoint.clone()))?;
+        }
         let client = DepartmentServiceClient::new(endpoint.connect_lazy());
         let source = Arc::new(Source {
             limiter: rate_limiter(info.capacity_per_second),

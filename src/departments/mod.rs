@@ -8,5 +8,5 @@ mod registry;
 pub mod resilience;
 pub mod signing;
 
-pub use directory::{CallFailure, DepartmentDirectory, DirectoryError};
+pub use directory::{department_identity, CallFailure, DepartmentDirectory, DirectoryError};
 pub use registry::{CompletionHandler, RegistryApi};

@@ -15,6 +15,7 @@ use crate::pb::{
     DataSourceChanged, DeregisterDataSourceRequest, DeregisterDataSourceResponse,
     ListDataSourcesRequest, ListDataSourcesResponse, RegisterDataSourceRequest,
 };
+use crate::security::{caller, denied, Caller, Role};
 
 /// Where finished verifications go (the gateway, which owns applications).
 #[tonic::async_trait]
@@ -48,11 +49,16 @@ impl RegistryApi {
     }
 }
 
-fn caller_of<T>(request: &Request<T>) -> String {
-    request
-        .remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "unknown".into())
+/// A department acts only for itself; an admin for any department.
+fn may_act_for(caller: &Caller, department_id: &str, what: &str) -> Result<(), Status> {
+    match &caller.role {
+        Role::Admin => Ok(()),
+        Role::Department { department_id: own } if own == department_id => Ok(()),
+        _ => Err(denied(
+            caller,
+            format!("{what} for department `{department_id}`"),
+        )),
+    }
 }
 
 fn audit_unavailable(e: impl std::fmt::Display) -> Status {
@@ -66,11 +72,13 @@ impl DepartmentRegistry for RegistryApi {
         &self,
         request: Request<RegisterDataSourceRequest>,
     ) -> Result<Response<DataSource>, Status> {
-        let changed_by = caller_of(&request);
+        let caller = caller(&request)?;
+        let changed_by = caller.identity.clone();
         let source = request
             .into_inner()
             .source
             .ok_or_else(|| Status::invalid_argument("source is required"))?;
+        may_act_for(&caller, &source.department_id, "register a data source")?;
         DepartmentDirectory::validate(&source)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if source.queries.len() + source.verifications.len() > MAX_NAMES
@@ -121,8 +129,10 @@ impl DepartmentRegistry for RegistryApi {
         &self,
         request: Request<DeregisterDataSourceRequest>,
     ) -> Result<Response<DeregisterDataSourceResponse>, Status> {
-        let changed_by = caller_of(&request);
+        let caller = caller(&request)?;
+        let changed_by = caller.identity.clone();
         let department_id = request.into_inner().department_id;
+        may_act_for(&caller, &department_id, "deregister a data source")?;
         let Some(source) = self.directory.get(&department_id) else {
             return Err(Status::not_found(format!(
                 "no data source is registered for department `{department_id}`"
@@ -150,8 +160,11 @@ impl DepartmentRegistry for RegistryApi {
         &self,
         request: Request<CompleteVerificationRequest>,
     ) -> Result<Response<CompleteVerificationResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        may_act_for(&caller, &request.department_id, "complete a verification")?;
         self.completions
-            .complete_verification(request.into_inner())
+            .complete_verification(request)
             .await
             .map(Response::new)
     }

@@ -247,6 +247,7 @@ impl Gateway {
                 receipt: None,
                 officer_id: officer.officer_id.clone(),
                 hall_id: officer.hall_id.clone(),
+                caller: caller.to_owned(),
             };
             let mut projections = vec![
                 Projection::Application(Box::new(application.clone())),

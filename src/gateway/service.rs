@@ -16,6 +16,7 @@ use crate::pb::{
     MatterProof, ProofMode, SubmitApplicationRequest, SubmitApplicationResponse,
     WatchApplicationRequest,
 };
+use crate::security::{caller, denied, Caller, Role};
 
 pub struct ApplicationApi {
     gateway: Arc<Gateway>,
@@ -27,14 +28,19 @@ impl ApplicationApi {
     }
 }
 
-/// The calling system. Until callers present client certificates this is
-/// the hall the officer works at; idempotency keys are scoped by it.
-fn caller_of(request: &SubmitApplicationRequest) -> String {
-    request
-        .officer
-        .as_ref()
-        .map(|o| format!("hall:{}", o.hall_id))
-        .unwrap_or_default()
+/// A hall may read only the applications it submitted; admins read all.
+fn may_read(caller: &Caller, application: &Application) -> Result<(), Status> {
+    if caller.role.is_admin() || application.caller == caller.identity {
+        Ok(())
+    } else {
+        Err(denied(
+            caller,
+            format!(
+                "read application {}, submitted by another hall",
+                application.application_id
+            ),
+        ))
+    }
 }
 
 fn application_id_of(id: &str) -> Result<(), Status> {
@@ -52,9 +58,23 @@ impl ApplicationService for ApplicationApi {
         &self,
         request: Request<SubmitApplicationRequest>,
     ) -> Result<Response<SubmitApplicationResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let caller = caller_of(&request);
-        let (application, replayed) = self.gateway.submit(&caller, request).await?;
+        let Role::ServiceHall { hall_id } = &caller.role else {
+            return Err(denied(&caller, "submit applications (service halls only)"));
+        };
+        if let Some(officer) = &request.officer {
+            if &officer.hall_id != hall_id {
+                return Err(denied(
+                    &caller,
+                    format!(
+                        "submit for hall `{}` (its certificate is for `{hall_id}`)",
+                        officer.hall_id
+                    ),
+                ));
+            }
+        }
+        let (application, replayed) = self.gateway.submit(&caller.identity, request).await?;
         Ok(Response::new(SubmitApplicationResponse {
             application: Some(application),
             replayed,
@@ -65,9 +85,12 @@ impl ApplicationService for ApplicationApi {
         &self,
         request: Request<GetApplicationRequest>,
     ) -> Result<Response<Application>, Status> {
+        let caller = caller(&request)?;
         let id = request.into_inner().application_id;
         application_id_of(&id)?;
-        Ok(Response::new(self.gateway.application(&id)?))
+        let application = self.gateway.application(&id)?;
+        may_read(&caller, &application)?;
+        Ok(Response::new(application))
     }
 
     type WatchApplicationStream = Pin<Box<dyn Stream<Item = Result<Application, Status>> + Send>>;
@@ -76,9 +99,11 @@ impl ApplicationService for ApplicationApi {
         &self,
         request: Request<WatchApplicationRequest>,
     ) -> Result<Response<Self::WatchApplicationStream>, Status> {
+        let caller = caller(&request)?;
         let id = request.into_inner().application_id;
         application_id_of(&id)?;
         let current = Arc::new(self.gateway.application(&id)?);
+        may_read(&caller, &current)?;
         let (tx, rx) = mpsc::channel(4);
         if is_final(&current) {
             let _ = tx.send(Ok(current.as_ref().clone())).await;

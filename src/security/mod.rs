@@ -1,6 +1,16 @@
-//! Secrets and, later, caller identity: the node's signing and pseudonym
-//! keys live here; mutual TLS and roles build on it.
+//! Security: the node's keys on disk; mutual TLS certificates (dev CA with
+//! rcgen); caller identity from the client certificate and its role; the
+//! per-service gate with per-caller rate limits.
 
+pub mod authz;
+pub mod certs;
+pub mod identity;
 mod keys;
 
+pub use authz::{
+    caller, connect, denied, Guard, IdentityHeader, RateLimits, ServiceGate,
+    PLAINTEXT_IDENTITY_HEADER,
+};
+pub use certs::{ensure_dev_certs, issue, CertError, TlsFiles, Validity, GATEWAY_IDENTITY};
+pub use identity::{Caller, Role, RoleMap};
 pub use keys::{generate_keys, load_or_generate_keys, KeyError, NodeKeys};

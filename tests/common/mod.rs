@@ -31,7 +31,10 @@ pub const UNKNOWN_PERSON: &str = "330782196002140012";
 pub struct TestGateway {
     pub running: Running,
     pub data_dir: tempfile::TempDir,
+    /// As the test hall.
     pub channel: Channel,
+    pub auditor: Channel,
+    pub admin: Channel,
 }
 
 pub fn policies_dir() -> PathBuf {
@@ -49,12 +52,35 @@ pub fn options(data_dir: &Path) -> ServeOptions {
     }
 }
 
-pub async fn connect(endpoint: String) -> Channel {
-    Channel::from_shared(endpoint)
-        .unwrap()
-        .connect()
-        .await
-        .expect("gateway reachable")
+/// The hall most tests submit as.
+pub const HALL: &str = "hall-wucheng.hall.proofgate";
+pub const OTHER_HALL: &str = "hall-jindong.hall.proofgate";
+pub const AUDITOR: &str = "auditor.auditor.proofgate";
+pub const ADMIN: &str = "admin.admin.proofgate";
+pub const PORTAL: &str = "portal.citizen-portal.proofgate";
+
+/// A mutual-TLS channel to the gateway at `endpoint` as `identity`, with the
+/// certificates of `certs_dir`.
+pub async fn connect_with(endpoint: &str, certs_dir: &Path, identity: &str) -> Channel {
+    let files =
+        proofgate::security::TlsFiles::load(certs_dir, identity).expect("certificates exist");
+    proofgate::security::connect(
+        endpoint,
+        Some(&files),
+        proofgate::security::GATEWAY_IDENTITY,
+    )
+    .await
+    .expect("gateway reachable")
+}
+
+/// A channel to a running gateway as the test hall.
+pub async fn connect(running: &Running) -> Channel {
+    connect_as(running, HALL).await
+}
+
+pub async fn connect_as(running: &Running, identity: &str) -> Channel {
+    let certs = running.certs_dir.as_ref().expect("TLS is on");
+    connect_with(&running.endpoint(), certs, identity).await
 }
 
 impl TestGateway {
@@ -63,12 +89,20 @@ impl TestGateway {
         let running = server::start(options(data_dir.path()))
             .await
             .expect("gateway starts");
-        let channel = connect(running.endpoint()).await;
+        let channel = connect(&running).await;
+        let auditor = connect_as(&running, AUDITOR).await;
+        let admin = connect_as(&running, ADMIN).await;
         Self {
             running,
             data_dir,
             channel,
+            auditor,
+            admin,
         }
+    }
+
+    pub async fn channel_as(&self, identity: &str) -> Channel {
+        connect_as(&self.running, identity).await
     }
 
     pub fn applications(&self) -> ApplicationServiceClient<Channel> {
@@ -76,11 +110,11 @@ impl TestGateway {
     }
 
     pub fn audit(&self) -> AuditServiceClient<Channel> {
-        AuditServiceClient::new(self.channel.clone())
+        AuditServiceClient::new(self.auditor.clone())
     }
 
     pub fn registry(&self) -> DepartmentRegistryClient<Channel> {
-        DepartmentRegistryClient::new(self.channel.clone())
+        DepartmentRegistryClient::new(self.admin.clone())
     }
 
     pub fn tree_size(&self) -> u64 {

@@ -24,11 +24,15 @@ pub use fixture::{
 };
 
 use super::signing::{sign_completion, BatchSigner};
+use crate::departments::department_identity;
 use crate::pb::department_registry_client::DepartmentRegistryClient;
 use crate::pb::department_service_server::{DepartmentService, DepartmentServiceServer};
 use crate::pb::{
     CompleteVerificationRequest, DataSource, QueryRequest, QueryResponse,
     RegisterDataSourceRequest, VerificationOutcome, VerifyRequest, VerifyResponse,
+};
+use crate::security::{
+    connect, Guard, IdentityHeader, RateLimits, RoleMap, TlsFiles, GATEWAY_IDENTITY,
 };
 
 /// Faults a test can switch on while the mock runs.
@@ -57,6 +61,7 @@ struct MockDepartment {
     impostor: BatchSigner,
     controls: Arc<MockControls>,
     gateway: Option<String>,
+    tls: Option<TlsFiles>,
     tickets: AtomicU64,
 }
 
@@ -230,6 +235,8 @@ impl MockDepartment {
         };
         let key = Arc::clone(&self.key);
         let department_id = self.fixture.department.clone();
+        let identity = department_identity(&department_id);
+        let tls = self.tls.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(after_ms)).await;
             let mut request = CompleteVerificationRequest {
@@ -242,8 +249,14 @@ impl MockDepartment {
             sign_completion(&key, &mut request);
             // The gateway may be restarting: keep trying for a while.
             for attempt in 0..20u32 {
-                match DepartmentRegistryClient::connect(gateway.clone()).await {
-                    Ok(mut client) => match client.complete_verification(request.clone()).await {
+                match connect(&gateway, tls.as_ref(), GATEWAY_IDENTITY).await {
+                    Ok(channel) => match DepartmentRegistryClient::with_interceptor(
+                        channel,
+                        IdentityHeader::new(&identity),
+                    )
+                    .complete_verification(request.clone())
+                    .await
+                    {
                         Ok(_) => return,
                         Err(status) if status.code() == tonic::Code::Unavailable => {}
                         Err(status) => {
@@ -283,17 +296,20 @@ pub struct RunningMock {
     pub controls: Arc<MockControls>,
     fixture: Arc<Fixture>,
     public_key: Vec<u8>,
+    tls: Option<TlsFiles>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl RunningMock {
     /// Starts `fixture` on `listen` (port 0 for any); pending verifications are
-    /// reported to the registry at `gateway` (an http:// URI).
+    /// reported to the registry at `gateway`. With `tls` (the department's own
+    /// certificate) it serves mutual TLS and answers only the gateway.
     pub async fn start(
         fixture: Fixture,
         listen: SocketAddr,
         gateway: Option<String>,
+        tls: Option<TlsFiles>,
     ) -> Result<Self, MockError> {
         let listener = TcpListener::bind(listen)
             .await
@@ -317,21 +333,44 @@ impl RunningMock {
             key,
             controls: Arc::clone(&controls),
             gateway,
+            tls: tls.clone(),
             tickets: AtomicU64::new(1),
         });
         let (shutdown, on_shutdown) = oneshot::channel::<()>();
         let department_id = fixture.department.clone();
+        let server_tls = tls.clone();
         let task = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .add_service(DepartmentServiceServer::new(service))
-                .serve_with_incoming_shutdown(
-                    // Without nodelay, replies split over two writes wait on a delayed ACK (~40 ms).
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    async {
-                        let _ = on_shutdown.await;
-                    },
-                )
-                .await;
+            let incoming =
+                // Without nodelay, replies split over two writes wait on a delayed ACK (~40 ms).
+                TcpIncoming::from(listener).with_nodelay(Some(true));
+            let shutdown = async {
+                let _ = on_shutdown.await;
+            };
+            let result = match server_tls {
+                Some(files) => {
+                    // Only the gateway may ask a department.
+                    let gate = Guard::new(true, RoleMap::default(), RateLimits::default())
+                        .for_service("DepartmentService", &["gateway"]);
+                    match tonic::transport::Server::builder().tls_config(files.server_config()) {
+                        Ok(mut builder) => {
+                            builder
+                                .add_service(tonic::service::interceptor::InterceptedService::new(
+                                    DepartmentServiceServer::new(service),
+                                    gate,
+                                ))
+                                .serve_with_incoming_shutdown(incoming, shutdown)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                None => {
+                    tonic::transport::Server::builder()
+                        .add_service(DepartmentServiceServer::new(service))
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                }
+            };
             if let Err(e) = result {
                 warn!(error = %e, "mock department stopped with an error");
             }
@@ -343,6 +382,7 @@ impl RunningMock {
             controls,
             fixture,
             public_key,
+            tls,
             shutdown: Some(shutdown),
             task,
         })
@@ -352,7 +392,11 @@ impl RunningMock {
     pub fn data_source(&self) -> DataSource {
         DataSource {
             department_id: self.department_id.clone(),
-            endpoint: format!("http://{}", self.addr),
+            endpoint: format!(
+                "{}://{}",
+                if self.tls.is_some() { "https" } else { "http" },
+                self.addr
+            ),
             queries: self.fixture.queries.clone(),
             verifications: self.fixture.verifications.clone(),
             capacity_per_second: self.fixture.capacity_per_second,
@@ -366,9 +410,13 @@ impl RunningMock {
             gateway: gateway.to_owned(),
             message,
         };
-        let mut client = DepartmentRegistryClient::connect(gateway.to_owned())
+        let channel = connect(gateway, self.tls.as_ref(), GATEWAY_IDENTITY)
             .await
             .map_err(|e| fail(e.to_string()))?;
+        let mut client = DepartmentRegistryClient::with_interceptor(
+            channel,
+            IdentityHeader::new(&department_identity(&self.department_id)),
+        );
         client
             .register_data_source(RegisterDataSourceRequest {
                 source: Some(self.data_source()),

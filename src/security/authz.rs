@@ -1,0 +1,244 @@
+//! The gate every call passes, as a tonic interceptor in front of each
+//! service: authenticate (client certificate; in explicit plaintext dev mode
+//! a header), map the identity to a role, check the role may use the service,
+//! and hold the caller to its rate. The handlers then check what depends on
+//! the request (a hall reads only its own applications, a department
+//! registers only itself).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+use tracing::warn;
+
+use super::identity::{identity_of, Caller, Role, RoleMap};
+
+/// Header naming the caller in `--insecure-plaintext` mode only.
+pub const PLAINTEXT_IDENTITY_HEADER: &str = "x-proofgate-identity";
+
+/// Calls per second per caller, by role and by identity.
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    pub per_role: HashMap<String, u32>,
+    pub per_identity: HashMap<String, u32>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        let per_role = [
+            ("hall", 5000),
+            ("department", 5000),
+            ("auditor", 200),
+            ("citizen-portal", 50),
+            ("admin", 100),
+            ("gateway", 5000),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Self {
+            per_role,
+            per_identity: HashMap::new(),
+        }
+    }
+}
+
+impl RateLimits {
+    fn rate_for(&self, caller: &Caller) -> u32 {
+        self.per_identity
+            .get(&caller.identity)
+            .or_else(|| self.per_role.get(caller.role.kind()))
+            .copied()
+            .unwrap_or(100)
+    }
+}
+
+struct GuardState {
+    tls: bool,
+    roles: RoleMap,
+    limits: RateLimits,
+    limiters: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
+}
+
+/// Shared by every service's interceptor.
+#[derive(Clone)]
+pub struct Guard {
+    state: Arc<GuardState>,
+}
+
+impl Guard {
+    pub fn new(tls: bool, roles: RoleMap, limits: RateLimits) -> Self {
+        Self {
+            state: Arc::new(GuardState {
+                tls,
+                roles,
+                limits,
+                limiters: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The interceptor of one service, admitting the given role kinds.
+    pub fn for_service(
+        &self,
+        service: &'static str,
+        allowed: &'static [&'static str],
+    ) -> ServiceGate {
+        ServiceGate {
+            guard: self.clone(),
+            service,
+            allowed,
+        }
+    }
+
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let identity = if self.state.tls {
+            request
+                .peer_certs()
+                .and_then(|certs| identity_of(&certs))
+                .ok_or_else(|| {
+                    Status::unauthenticated(
+                        "a client certificate issued by the gateway's CA, naming a .proofgate identity, is required",
+                    )
+                })?
+        } else {
+            request
+                .metadata()
+                .get(PLAINTEXT_IDENTITY_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    Status::unauthenticated(format!(
+                        "plaintext mode: name yourself in the `{PLAINTEXT_IDENTITY_HEADER}` header"
+                    ))
+                })?
+        };
+        let role = self.state.roles.role_of(&identity).ok_or_else(|| {
+            warn!(%identity, "refused: identity has no role");
+            Status::permission_denied(format!("identity `{identity}` has no role at this gateway"))
+        })?;
+        Ok(Caller { identity, role })
+    }
+
+    fn limit(&self, caller: &Caller) -> Result<(), Status> {
+        let limiter = {
+            let mut limiters = self
+                .state
+                .limiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            Arc::clone(limiters.entry(caller.identity.clone()).or_insert_with(|| {
+                let rate = self.state.limits.rate_for(caller).max(1);
+                let per_second = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+                let burst = NonZeroU32::new((rate / 10).max(1)).unwrap_or(NonZeroU32::MIN);
+                Arc::new(RateLimiter::direct(
+                    Quota::per_second(per_second).allow_burst(burst),
+                ))
+            }))
+        };
+        limiter.check().map_err(|not_until| {
+            let wait: Duration = not_until.wait_time_from(DefaultClock::default().now());
+            let millis = wait.as_millis().max(1);
+            let mut status = Status::resource_exhausted(format!(
+                "rate limit of {} calls/s for `{}` reached; retry in {millis} ms",
+                self.state.limits.rate_for(caller),
+                caller.identity
+            ));
+            if let Ok(value) = millis.to_string().parse() {
+                status.metadata_mut().insert("retry-after-ms", value);
+            }
+            status
+        })
+    }
+}
+
+/// One service's gate.
+#[derive(Clone)]
+pub struct ServiceGate {
+    guard: Guard,
+    service: &'static str,
+    allowed: &'static [&'static str],
+}
+
+impl Interceptor for ServiceGate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let caller = self.guard.authenticate(&request)?;
+        if !self.allowed.contains(&caller.role.kind()) {
+            warn!(caller = %caller, service = self.service, "refused: role may not use this service");
+            return Err(Status::permission_denied(format!(
+                "{caller} may not use {}",
+                self.service
+            )));
+        }
+        self.guard.limit(&caller)?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+/// The caller the gate put on a request; absent only if a service was
+/// mounted without its gate, which is refused rather than trusted.
+pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("caller not authenticated"))
+}
+
+/// Refusal for a caller acting outside its own scope.
+pub fn denied(caller: &Caller, what: impl std::fmt::Display) -> Status {
+    warn!(caller = %caller, %what, "refused");
+    Status::permission_denied(format!("{caller} may not {what}"))
+}
+
+impl Role {
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Role::Admin)
+    }
+}
+
+/// Client side of plaintext dev mode: names the caller in a header (ignored
+/// by a TLS gateway, which reads the certificate).
+#[derive(Clone)]
+pub struct IdentityHeader(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl IdentityHeader {
+    pub fn new(identity: &str) -> Self {
+        Self(
+            identity
+                .parse()
+                .unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("invalid")),
+        )
+    }
+}
+
+impl Interceptor for IdentityHeader {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert(PLAINTEXT_IDENTITY_HEADER, self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel to `uri`: mutual TLS as `tls`'s identity expecting the server
+/// to be `server_identity`, or plaintext when `tls` is None.
+pub async fn connect(
+    uri: &str,
+    tls: Option<&super::TlsFiles>,
+    server_identity: &str,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(uri.to_owned())?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.client_config(server_identity))?;
+    }
+    endpoint.connect().await
+}
