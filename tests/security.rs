@@ -1,0 +1,395 @@
+//! Mutual TLS, roles and per-caller limits: every RPC refuses a caller
+//! without a certificate and a caller of the wrong role; certificates from
+//! another CA or expired ones are refused; halls and departments stay within
+//! their own scope; rate limits hold within 10%.
+
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use common::*;
+use proofgate::pb::application_service_client::ApplicationServiceClient;
+use proofgate::pb::audit_service_client::AuditServiceClient;
+use proofgate::pb::department_registry_client::DepartmentRegistryClient;
+use proofgate::pb::*;
+use proofgate::security::{issue, TlsFiles, Validity, GATEWAY_IDENTITY};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::Code;
+
+type Call = fn(Channel) -> Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>;
+
+macro_rules! rpc {
+    ($client:ident, $method:ident, $request:expr) => {
+        (|channel: Channel| {
+            Box::pin(async move { $client::new(channel).$method($request).await.map(|_| ()) })
+                as Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>
+        }) as Call
+    };
+}
+
+/// Every RPC of the three services, and an identity whose role may not call it.
+fn every_rpc() -> Vec<(&'static str, Call, &'static str)> {
+    vec![
+        (
+            "SubmitApplication",
+            rpc!(
+                ApplicationServiceClient,
+                submit_application,
+                request("elderly-subsidy", ELDERLY)
+            ),
+            AUDITOR,
+        ),
+        (
+            "GetApplication",
+            rpc!(
+                ApplicationServiceClient,
+                get_application,
+                GetApplicationRequest {
+                    application_id: "x".into()
+                }
+            ),
+            PORTAL,
+        ),
+        (
+            "WatchApplication",
+            rpc!(
+                ApplicationServiceClient,
+                watch_application,
+                WatchApplicationRequest {
+                    application_id: "x".into()
+                }
+            ),
+            "civil-affairs.department.proofgate",
+        ),
+        (
+            "ListMatters",
+            rpc!(
+                ApplicationServiceClient,
+                list_matters,
+                ListMattersRequest {}
+            ),
+            AUDITOR,
+        ),
+        (
+            "RegisterDataSource",
+            rpc!(
+                DepartmentRegistryClient,
+                register_data_source,
+                RegisterDataSourceRequest { source: None }
+            ),
+            HALL,
+        ),
+        (
+            "ListDataSources",
+            rpc!(
+                DepartmentRegistryClient,
+                list_data_sources,
+                ListDataSourcesRequest {}
+            ),
+            PORTAL,
+        ),
+        (
+            "DeregisterDataSource",
+            rpc!(
+                DepartmentRegistryClient,
+                deregister_data_source,
+                DeregisterDataSourceRequest {
+                    department_id: "health".into()
+                }
+            ),
+            AUDITOR,
+        ),
+        (
+            "CompleteVerification",
+            rpc!(
+                DepartmentRegistryClient,
+                complete_verification,
+                CompleteVerificationRequest {
+                    department_id: "health".into(),
+                    ..Default::default()
+                }
+            ),
+            HALL,
+        ),
+        (
+            "GetCheckpoint",
+            rpc!(AuditServiceClient, get_checkpoint, GetCheckpointRequest {}),
+            PORTAL,
+        ),
+        (
+            "GetEntries",
+            rpc!(
+                AuditServiceClient,
+                get_entries,
+                GetEntriesRequest { start: 0, end: 0 }
+            ),
+            HALL,
+        ),
+        (
+            "GetInclusionProof",
+            rpc!(
+                AuditServiceClient,
+                get_inclusion_proof,
+                GetInclusionProofRequest {
+                    index: 0,
+                    tree_size: 0
+                }
+            ),
+            PORTAL,
+        ),
+        (
+            "GetConsistencyProof",
+            rpc!(
+                AuditServiceClient,
+                get_consistency_proof,
+                GetConsistencyProofRequest {
+                    old_size: 0,
+                    new_size: 0
+                }
+            ),
+            "civil-affairs.department.proofgate",
+        ),
+        (
+            "ListAccesses",
+            rpc!(
+                AuditServiceClient,
+                list_accesses,
+                ListAccessesRequest::default()
+            ),
+            HALL,
+        ),
+    ]
+}
+
+/// TLS that trusts the gateway but presents no client certificate.
+async fn without_certificate(gw: &TestGateway) -> Channel {
+    let certs = gw.running.certs_dir.clone().unwrap();
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    Endpoint::from_shared(gw.running.endpoint())
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name(GATEWAY_IDENTITY),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_rpc_refuses_callers_without_a_certificate_or_of_the_wrong_role() {
+    let gw = TestGateway::start().await;
+    let anonymous = without_certificate(&gw).await;
+    for (name, call, wrong_role) in every_rpc() {
+        let status = call(anonymous.clone()).await.expect_err(name);
+        assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
+        assert!(status.message().contains("client certificate"), "{name}");
+        let status = call(gw.channel_as(wrong_role).await).await.expect_err(name);
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{name} as {wrong_role}: {status:?}"
+        );
+        assert!(
+            status.message().contains(wrong_role),
+            "{name}: the denial names the caller"
+        );
+    }
+}
+
+async fn handshake_with(gw: &TestGateway, cert: &[u8], key: &[u8]) -> Result<(), String> {
+    let certs = gw.running.certs_dir.clone().unwrap();
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let channel = Endpoint::from_shared(gw.running.endpoint())
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .identity(tonic::transport::Identity::from_pem(cert, key))
+                .domain_name(GATEWAY_IDENTITY),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    ApplicationServiceClient::new(channel)
+        .list_matters(ListMattersRequest {})
+        .await
+        .map(|_| ())
+        .map_err(|s| s.to_string())
+}
+
+#[tokio::test]
+async fn certificates_of_another_ca_or_expired_ones_are_refused() {
+    let gw = TestGateway::start().await;
+    let certs = gw.running.certs_dir.clone().unwrap();
+    let good = TlsFiles::load(&certs, HALL).unwrap();
+    assert!(handshake_with(&gw, &good.cert, &good.key).await.is_ok());
+
+    let other_ca = tempfile::tempdir().unwrap();
+    proofgate::security::ensure_dev_certs(other_ca.path()).unwrap();
+    let foreign = TlsFiles::load(other_ca.path(), HALL).unwrap();
+    assert!(
+        handshake_with(&gw, &foreign.cert, &foreign.key)
+            .await
+            .is_err(),
+        "another CA"
+    );
+
+    issue(&certs, "old-hall.hall.proofgate", Validity::Expired).unwrap();
+    let expired = TlsFiles::load(&certs, "old-hall.hall.proofgate").unwrap();
+    assert!(
+        handshake_with(&gw, &expired.cert, &expired.key)
+            .await
+            .is_err(),
+        "expired"
+    );
+}
+
+#[tokio::test]
+async fn a_hall_sees_only_its_own_applications_and_submits_only_for_itself() {
+    let gw = TestGateway::start().await;
+    let app = gw.submit(request("elderly-subsidy", ELDERLY)).await;
+    let other = gw.channel_as(OTHER_HALL).await;
+    let status = ApplicationServiceClient::new(other.clone())
+        .get_application(GetApplicationRequest {
+            application_id: app.application_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = ApplicationServiceClient::new(other.clone())
+        .watch_application(WatchApplicationRequest {
+            application_id: app.application_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // Submitting in the name of another hall.
+    let status = ApplicationServiceClient::new(other)
+        .submit_application(request("elderly-subsidy", ELDERLY))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("hall-wucheng"),
+        "{}",
+        status.message()
+    );
+    // An admin may read any application.
+    let read = ApplicationServiceClient::new(gw.admin.clone())
+        .get_application(GetApplicationRequest {
+            application_id: app.application_id,
+        })
+        .await;
+    assert!(read.is_ok());
+}
+
+#[tokio::test]
+async fn a_department_acts_only_for_itself() {
+    let gw = TestGateway::start().await;
+    let civil = gw.channel_as("civil-affairs.department.proofgate").await;
+    let status = DepartmentRegistryClient::new(civil.clone())
+        .complete_verification(CompleteVerificationRequest {
+            department_id: "public-security".into(),
+            ticket: "public-security-1-1".into(),
+            outcome: VerificationOutcome::Verified as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let mut source = gw.running.mock("public-security").unwrap().data_source();
+    source.endpoint = "https://127.0.0.1:1".into();
+    let status = DepartmentRegistryClient::new(civil.clone())
+        .register_data_source(RegisterDataSourceRequest {
+            source: Some(source),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = DepartmentRegistryClient::new(civil)
+        .deregister_data_source(DeregisterDataSourceRequest {
+            department_id: "public-security".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // Auditors read but never write.
+    let status = DepartmentRegistryClient::new(gw.auditor.clone())
+        .deregister_data_source(DeregisterDataSourceRequest {
+            department_id: "health".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(DepartmentRegistryClient::new(gw.auditor.clone())
+        .list_data_sources(ListDataSourcesRequest {})
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn a_callers_rate_limit_holds_within_ten_percent() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut options = options(data_dir.path());
+    let rate = 20u32;
+    options.rate_limits.per_identity.insert(HALL.into(), rate);
+    let running = proofgate::server::start(options).await.unwrap();
+    let channel = connect(&running).await;
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut client = ApplicationServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut limited, mut hint) = (0u32, 0u32, false);
+            while started.elapsed() < window {
+                match client.list_matters(ListMattersRequest {}).await {
+                    Ok(_) => ok += 1,
+                    Err(s) if s.code() == Code::ResourceExhausted => {
+                        limited += 1;
+                        hint |= s.metadata().get("retry-after-ms").is_some();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(s) => panic!("{s:?}"),
+                }
+            }
+            (ok, limited, hint)
+        }));
+    }
+    let (mut ok, mut limited, mut hint) = (0, 0, false);
+    for t in tasks {
+        let (o, l, h) = t.await.unwrap();
+        ok += o;
+        limited += l;
+        hint |= h;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // The bucket starts full: one tenth of a second's worth of burst.
+    let expected = f64::from(rate) * seconds + f64::from((rate / 10).max(1));
+    let got = f64::from(ok);
+    assert!(
+        (got - expected).abs() <= expected * 0.10,
+        "{ok} calls let through in {seconds:.2} s, expected {expected:.0} ± 10%"
+    );
+    assert!(limited > 0 && hint, "refusals carry a retry hint");
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn plaintext_is_refused_off_loopback() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut options = options(data_dir.path());
+    options.tls = false;
+    options.listen = "0.0.0.0:0".parse().unwrap();
+    let result = proofgate::server::start(options).await;
+    assert!(matches!(
+        result,
+        Err(proofgate::server::ServeError::PlaintextOffLoopback(_))
+    ));
+}
