@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proofgate/v1/application.proto",
     "proofgate/v1/registry.proto",
     "proofgate/v1/audit.proto",
+    "proofgate/v1/operations.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -12,7 +12,8 @@
 //! | [`gateway`]     | ApplicationService: one application from request to log     |
 //! | [`departments`] | data-source directory, registry, signed answers, mocks      |
 //! | [`audit`]       | entries, Merkle tree, checkpoints, sled store, writer       |
-//! | [`security`]    | node keys (and later mutual TLS, roles, limits)             |
+//! | [`security`]    | keys, mutual TLS certificates, caller roles, rate limits    |
+//! | [`operations`]  | spot checks, dishonesty records, statistics, policy reload  |
 //! | [`subject`]     | ID-number checksums and keyed pseudonyms                    |
 //! | [`server`]      | assembling and running a node                               |
 //! | [`bench`]       | the load generator                                          |
@@ -24,6 +25,7 @@ pub mod audit;
 pub mod bench;
 pub mod departments;
 pub mod gateway;
+pub mod operations;
 pub mod pb;
 pub mod policy;
 pub mod security;

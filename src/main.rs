@@ -88,6 +88,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The reform's figures, computed from a (stopped) node's log.
+    Stats {
+        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Create the node's signing and pseudonym keys in DATA_DIR/keys.
     Keygen {
         #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
@@ -229,7 +236,7 @@ async fn run(command: Command) -> ExitCode {
                 running.endpoint(),
                 running.mocks.len()
             );
-            wait_for_signal().await;
+            serve_until_signal(&running).await;
             running.shutdown().await;
             ExitCode::SUCCESS
         }
@@ -351,6 +358,27 @@ async fn run(command: Command) -> ExitCode {
             }
         }
         Command::Audit { command } => audit(command).await,
+        Command::Stats { data_dir, json } => {
+            let today = proofgate::gateway::format_date(proofgate::gateway::civil_date_cst(
+                proofgate::gateway::now_unix_ms(),
+            ));
+            match proofgate::audit::data_dir_records(&data_dir)
+                .and_then(|records| proofgate::operations::stats::statistics(records, &today))
+            {
+                Ok(stats) => {
+                    if json {
+                        println!("{}", proofgate::operations::stats::to_json(&stats));
+                    } else {
+                        print!("{}", proofgate::operations::stats::to_table(&stats));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("proofgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::DevCerts { dir, issue } => {
             let result = match issue {
                 None => proofgate::security::ensure_dev_certs(&dir).map(|made| {
@@ -542,6 +570,28 @@ async fn audit(command: AuditCommand) -> ExitCode {
             }
         }
     }
+}
+
+/// Serves until SIGINT or SIGTERM; SIGHUP reloads the policy folder.
+async fn serve_until_signal(running: &server::Running) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            let stop = wait_for_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = hangup.recv() => {
+                        // A refused set is logged and the old one keeps serving.
+                        let _ = running.reload_policies().await;
+                    }
+                }
+            }
+        }
+    }
+    wait_for_signal().await;
 }
 
 /// SIGINT or SIGTERM.

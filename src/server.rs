@@ -23,6 +23,7 @@ use crate::pb;
 use crate::pb::application_service_server::ApplicationServiceServer;
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::department_registry_server::DepartmentRegistryServer;
+use crate::pb::operations_service_server::OperationsServiceServer;
 use crate::policy::{load_dir, PolicyErrors, PolicySet};
 use crate::security::{
     ensure_dev_certs, load_or_generate_keys, CertError, Guard, KeyError, RateLimits, RoleMap,
@@ -43,6 +44,26 @@ pub const OVERDUE_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Calls in progress at once, over all connections; past it calls are shed
 /// with RESOURCE_EXHAUSTED instead of queueing without bound.
 pub const MAX_IN_FLIGHT: usize = 4096;
+/// How often the policy folder is checked for changes.
+pub const POLICY_POLL_EVERY: Duration = Duration::from_secs(2);
+
+/// Names, sizes and modification times of the policy files: a change to any
+/// of them is a reason to reload.
+fn policy_stamp(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut stamp: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    Some((e.path(), meta.len(), meta.modified().ok()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    stamp.sort();
+    stamp
+}
 const POLICY_VERSION_KEY: &[u8] = b"mpolicy-version";
 
 #[derive(Debug, Clone)]
@@ -125,6 +146,8 @@ pub enum ServeError {
 /// A running gateway node.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The policy folder reloads read.
+    pub policies: PathBuf,
     /// Where the node's certificates are (None in plaintext mode).
     pub certs_dir: Option<PathBuf>,
     pub gateway: Arc<Gateway>,
@@ -133,6 +156,7 @@ pub struct Running {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
+    policy_watcher: JoinHandle<()>,
 }
 
 impl Running {
@@ -146,6 +170,13 @@ impl Running {
         format!("{scheme}://{}", self.addr)
     }
 
+    /// Loads the policy folder again; a valid set replaces the serving one
+    /// and is recorded in the log, an invalid one is refused and the old
+    /// version keeps serving. Returns the version now serving.
+    pub async fn reload_policies(&self) -> Result<String, ServeError> {
+        reload_policies(&self.gateway, &self.policies).await
+    }
+
     pub fn mock(&self, department: &str) -> Option<&RunningMock> {
         self.mocks.iter().find(|m| m.department_id == department)
     }
@@ -157,6 +188,8 @@ impl Running {
         }
         self.sweeper.abort();
         let _ = (&mut self.sweeper).await;
+        self.policy_watcher.abort();
+        let _ = (&mut self.policy_watcher).await;
         match (&mut self.task).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "gateway server ended with an error"),
@@ -214,6 +247,31 @@ pub fn open_log(
         }
     })?;
     Ok((log, keys.pseudonym))
+}
+
+/// See [`Running::reload_policies`].
+pub async fn reload_policies(
+    gateway: &Gateway,
+    dir: &std::path::Path,
+) -> Result<String, ServeError> {
+    let current = gateway.policy();
+    let loaded = match load_dir(dir) {
+        Ok(set) => Arc::new(set),
+        Err(errors) => {
+            warn!(version = %current.version, "policy reload refused; the old version keeps serving:\n{errors}");
+            return Err(ServeError::Policy(errors));
+        }
+    };
+    if loaded.version == current.version {
+        return Ok(current.version.clone());
+    }
+    record_policy(gateway.audit(), &loaded).await?;
+    for problem in loaded.unserved(&gateway.departments().list()) {
+        warn!(%problem, "policy names something no registered data source serves");
+    }
+    gateway.replace_policy(Arc::clone(&loaded));
+    info!(from = %current.version, to = %loaded.version, "policy set reloaded");
+    Ok(loaded.version.clone())
 }
 
 /// Logs the policy set unless it is the version logged last.
@@ -329,6 +387,12 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         ),
     );
 
+    let operations = InterceptedService::new(
+        OperationsServiceServer::new(crate::operations::OperationsApi::new(Arc::clone(&gateway)))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        guard.for_service("proofgate.v1.OperationsService", &["admin"]),
+    );
+
     let (shutdown, on_shutdown) = oneshot::channel::<()>();
     // Outermost first: shed load once MAX_IN_FLIGHT calls are in progress.
     let limits = tower::ServiceBuilder::new().load_shed().layer(
@@ -346,6 +410,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             .add_service(applications)
             .add_service(registry)
             .add_service(audit)
+            .add_service(operations)
             .serve_with_incoming_shutdown(
                 // Without nodelay, replies split over two writes wait on a delayed ACK (~40 ms).
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -388,6 +453,21 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     health_reporter
         .set_serving::<AuditServiceServer<AuditApi>>()
         .await;
+    let watching = Arc::clone(&gateway);
+    let watched = options.policies.clone();
+    let policy_watcher = tokio::spawn(async move {
+        let mut last = policy_stamp(&watched);
+        let mut every = tokio::time::interval(POLICY_POLL_EVERY);
+        loop {
+            every.tick().await;
+            let now = policy_stamp(&watched);
+            if now != last {
+                last = now;
+                // A refused set is logged by reload_policies; keep watching.
+                let _ = reload_policies(&watching, &watched).await;
+            }
+        }
+    });
     let sweeping = Arc::clone(&gateway);
     let sweeper = tokio::spawn(async move {
         let mut every = tokio::time::interval(OVERDUE_SWEEP_EVERY);
@@ -400,6 +480,8 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     });
     info!(%addr, node = %options.node_id, mocks = mocks.len(), "gateway serving");
     Ok(Running {
+        policy_watcher,
+        policies: options.policies.clone(),
         certs_dir: tls.is_some().then_some(certs_dir),
         sweeper,
         addr,

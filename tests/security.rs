@@ -393,3 +393,39 @@ async fn plaintext_is_refused_off_loopback() {
         Err(proofgate::server::ServeError::PlaintextOffLoopback(_))
     ));
 }
+
+#[tokio::test]
+async fn overload_is_shed_with_resource_exhausted_instead_of_queueing() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut options = options(data_dir.path());
+    options.max_in_flight = 2;
+    let running = proofgate::server::start(options).await.unwrap();
+    running
+        .mock("public-security")
+        .unwrap()
+        .controls
+        .latency_ms
+        .store(400, std::sync::atomic::Ordering::Relaxed);
+    let channel = connect(&running).await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let mut client = ApplicationServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            client
+                .submit_application(request("elderly-subsidy", ELDERLY))
+                .await
+        }));
+    }
+    let mut shed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => {}
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                shed += 1;
+            }
+        }
+    }
+    assert!(shed >= 3, "{shed} of 6 shed with 2 allowed in flight");
+    running.shutdown().await;
+}

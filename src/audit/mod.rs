@@ -23,7 +23,8 @@ pub use records::{data_dir_records, export, file_records, LogRecord, RecordError
 pub use replay::{replay_records, Discrepancy, ReplayReport};
 pub use service::AuditApi;
 pub use store::{
-    application_key, data_source_key, request_key, ticket_key, AuditStore, StoreError, TicketRecord,
+    application_key, data_source_key, dishonesty_key, request_key, spot_check_key, ticket_key,
+    AuditStore, DishonestyRecord, SpotCheckRecord, StoreError, TicketRecord,
 };
 pub use verify::{rotation_message, verify_records, Problem, VerifyReport};
 pub use writer::{AuditError, AuditLog, Projection, Receipt, WriterOptions};

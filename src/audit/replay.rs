@@ -46,6 +46,8 @@ struct Replayer {
     /// Proof results of applications still pending, by application id.
     pending: HashMap<String, Vec<ProofResult>>,
     answers: AnswerVerifier,
+    /// Live dishonesty records by pseudonym: their end date.
+    dishonest: HashMap<Vec<u8>, String>,
     report: ReplayReport,
 }
 
@@ -108,6 +110,15 @@ impl Replayer {
             Some(Event::ApplicationDecided(decided)) => self.decided(index, decided),
             Some(Event::VerificationCompleted(completed)) => self.completed(index, completed),
             Some(Event::VerificationOverdue(overdue)) => self.overdue(index, overdue),
+            Some(Event::SpotCheckRecorded(check)) => {
+                if !check.truthful {
+                    self.dishonest
+                        .insert(check.subject_pseudonym, check.dishonest_until);
+                }
+            }
+            Some(Event::DishonestyRevoked(revoked)) => {
+                self.dishonest.remove(&revoked.subject_pseudonym);
+            }
             Some(Event::KeyRotated(_)) | None => {}
         }
     }
@@ -171,6 +182,24 @@ impl Replayer {
             );
         };
         let facts = ApplicantFacts::from_pb(&decided.applicant_facts.unwrap_or_default());
+        let derived_dishonesty = self
+            .dishonest
+            .get(&decided.subject_pseudonym)
+            .filter(|until| until.as_str() > decided.decision_date.as_str())
+            .cloned()
+            .unwrap_or_default();
+        if derived_dishonesty != decided.dishonest_until {
+            self.differs(
+                index,
+                &app,
+                format!(
+                    "dishonesty record used: `{}`, but the log's spot checks give `{derived_dishonesty}`",
+                    decided.dishonest_until
+                ),
+            );
+        }
+        let dishonest_until =
+            (!decided.dishonest_until.is_empty()).then_some(decided.dishonest_until.as_str());
         let required: Vec<&str> = policy
             .required_proofs(matter, &facts)
             .iter()
@@ -196,7 +225,27 @@ impl Replayer {
             let Some(proof) = policy.proof(&result.proof_id).cloned() else {
                 continue;
             };
-            match self.redecide(&proof, decision, decided.consent_to_data_queries, &facts) {
+            let sampled = result.outcome() == crate::pb::ProofOutcome::CommitmentRecorded
+                && proof.commitment.as_ref().is_some_and(|t| {
+                    crate::policy::spot_check_selected(&app, &proof.id, t.spot_check_rate)
+                });
+            if sampled != result.spot_check {
+                self.differs(
+                    index,
+                    &app,
+                    format!(
+                        "{}: spot-check sampling recorded {}, the rule gives {sampled}",
+                        result.proof_id, result.spot_check
+                    ),
+                );
+            }
+            match self.redecide(
+                &proof,
+                decision,
+                decided.consent_to_data_queries,
+                &facts,
+                dishonest_until,
+            ) {
                 Err(what) => self.differs(index, &app, format!("{}: {what}", result.proof_id)),
                 Ok(rederived) => {
                     let same = rederived.outcome == result.outcome
@@ -309,6 +358,7 @@ impl Replayer {
         decision: &ProofDecision,
         consent: bool,
         facts: &ApplicantFacts,
+        dishonest_until: Option<&str>,
     ) -> Result<ProofResult, String> {
         let mut answers = decision.answers.iter();
         let mut judge = |this: &mut Self, mode: Mode| -> Result<_, String> {
@@ -329,7 +379,13 @@ impl Replayer {
             } else {
                 None
             };
-            let evidence = proof.evidence(mode, consent, decision.commitment.as_ref(), answer);
+            let evidence = proof.evidence(
+                mode,
+                consent,
+                decision.commitment.as_ref(),
+                answer,
+                dishonest_until,
+            );
             Ok(proof.judge(mode, &evidence, facts))
         };
         let planned = judge(self, proof.mode)?;

@@ -13,6 +13,8 @@
 //! | `d`    | department id               | encoded DataSource             |
 //! | `n`    | level (u8), index (u64 BE)  | Merkle node: perfect subtree root, levels ≥ 4 only |
 //! | `x`    | pseudonym (32), index       | empty: the entry touched this subject |
+//! | `s`    | application NUL proof       | encoded SpotCheckRecord: a sampled commitment awaiting its check |
+//! | `h`    | pseudonym (32)              | encoded DishonestyRecord       |
 
 use std::path::Path;
 
@@ -46,6 +48,39 @@ pub struct TicketRecord {
     /// Already reported overdue; the department may still complete it.
     #[prost(bool, tag = "5")]
     pub overdue: bool,
+}
+
+/// A commitment sampled for a spot check, not yet checked.
+#[derive(Clone, PartialEq, Message)]
+pub struct SpotCheckRecord {
+    #[prost(string, tag = "1")]
+    pub matter_id: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub subject_pseudonym: Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    pub dishonesty_days: u32,
+    #[prost(int64, tag = "4")]
+    pub committed_unix_ms: i64,
+}
+
+/// A false commitment on record for a subject.
+#[derive(Clone, PartialEq, Message)]
+pub struct DishonestyRecord {
+    /// Exclusive end date, YYYY-MM-DD (China Standard Time).
+    #[prost(string, tag = "1")]
+    pub until: String,
+    #[prost(string, tag = "2")]
+    pub application_id: String,
+    #[prost(string, tag = "3")]
+    pub proof_id: String,
+}
+
+pub fn spot_check_key(application_id: &str, proof_id: &str) -> Vec<u8> {
+    [b"s", application_id.as_bytes(), b"\0", proof_id.as_bytes()].concat()
+}
+
+pub fn dishonesty_key(pseudonym: &[u8]) -> Vec<u8> {
+    [b"h", pseudonym].concat()
 }
 
 /// Read side of the store; cheap to clone (sled handles are shared).
@@ -386,6 +421,41 @@ impl AuditStore {
                 let record = TicketRecord::decode(value.as_ref())
                     .map_err(|e| StoreError::Corrupt(format!("ticket record: {e}")))?;
                 Ok((department, ticket, record))
+            })
+            .collect()
+    }
+}
+
+impl AuditStore {
+    pub fn dishonesty(&self, pseudonym: &[u8]) -> Result<Option<DishonestyRecord>, StoreError> {
+        self.decode(&dishonesty_key(pseudonym))
+    }
+
+    pub fn spot_check(
+        &self,
+        application_id: &str,
+        proof_id: &str,
+    ) -> Result<Option<SpotCheckRecord>, StoreError> {
+        self.decode(&spot_check_key(application_id, proof_id))
+    }
+
+    /// Open spot checks: (application id, proof id, record).
+    pub fn spot_checks(&self) -> Result<Vec<(String, String, SpotCheckRecord)>, StoreError> {
+        self.db
+            .scan_prefix(b"s")
+            .map(|item| {
+                let (key, value) = item?;
+                let rest = &key[1..];
+                let split = rest.iter().position(|&b| b == 0).ok_or_else(|| {
+                    StoreError::Corrupt("spot check key without separator".into())
+                })?;
+                let record = SpotCheckRecord::decode(value.as_ref())
+                    .map_err(|e| StoreError::Corrupt(format!("spot check record: {e}")))?;
+                Ok((
+                    String::from_utf8_lossy(&rest[..split]).into_owned(),
+                    String::from_utf8_lossy(&rest[split + 1..]).into_owned(),
+                    record,
+                ))
             })
             .collect()
     }

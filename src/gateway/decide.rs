@@ -11,7 +11,7 @@ use crate::pb::{
     Commitment, ProofDecision, ProofOutcome, ProofResult, Purpose, QueryRequest, RecordedAnswer,
     Subject, SubmitApplicationRequest, VerifyRequest,
 };
-use crate::policy::{ApplicantFacts, Judgement, Mode, Proof};
+use crate::policy::{spot_check_selected, ApplicantFacts, Judgement, Mode, Proof};
 
 /// What every proof of one application shares.
 pub struct DecisionContext<'a> {
@@ -20,6 +20,8 @@ pub struct DecisionContext<'a> {
     pub subject: &'a Subject,
     pub facts: &'a ApplicantFacts,
     pub now_unix_ms: i64,
+    /// The end date of a live dishonesty record of the applicant, if any.
+    pub dishonest_until: Option<&'a str>,
 }
 
 impl DecisionContext<'_> {
@@ -155,7 +157,13 @@ async fn apply(
         None
     };
     let commitment = ctx.commitment_for(&proof.id);
-    let evidence = proof.evidence(mode, consent, commitment, answer.as_ref());
+    let evidence = proof.evidence(
+        mode,
+        consent,
+        commitment,
+        answer.as_ref(),
+        ctx.dishonest_until,
+    );
     (proof.judge(mode, &evidence, ctx.facts), answer)
 }
 
@@ -189,6 +197,10 @@ pub async fn decide_proof(
     let commitment = (mode == Mode::Commitment)
         .then(|| ctx.commitment_for(&proof.id).cloned())
         .flatten();
+    let spot_check = judgement.outcome == ProofOutcome::CommitmentRecorded
+        && proof.commitment.as_ref().is_some_and(|terms| {
+            spot_check_selected(ctx.application_id, &proof.id, terms.spot_check_rate)
+        });
     ProofDecision {
         result: Some(ProofResult {
             proof_id: proof.id.clone(),
@@ -202,6 +214,7 @@ pub async fn decide_proof(
             due_unix_ms,
             fallback_used,
             planned_mode: proof.mode.as_pb() as i32,
+            spot_check,
         }),
         answers,
         commitment,

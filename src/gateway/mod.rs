@@ -26,7 +26,9 @@ pub use service::ApplicationApi;
 pub use validate::{check_submission, FieldViolation};
 pub use watch::{is_final, WatchHub};
 
-use crate::audit::{request_key, ticket_key, AuditLog, Projection, TicketRecord};
+use crate::audit::{
+    request_key, spot_check_key, ticket_key, AuditLog, Projection, SpotCheckRecord, TicketRecord,
+};
 use crate::departments::{CompletionHandler, DepartmentDirectory};
 use crate::pb::{
     audit_entry::Event, Application, ApplicationDecided, ApplicationStatus,
@@ -89,6 +91,20 @@ impl Gateway {
 
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    pub fn departments(&self) -> &DepartmentDirectory {
+        &self.departments
+    }
+
+    /// The subject's pseudonym under this node's key.
+    pub fn pseudonym(&self, id_type: IdType, id_number: &str) -> [u8; 32] {
+        self.pseudonyms.pseudonym(id_type, id_number)
+    }
+
+    /// Replaces the policy set (already validated by loading it).
+    pub fn replace_policy(&self, policy: Arc<PolicySet>) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
     }
 
     pub fn watchers(&self) -> &WatchHub {
@@ -219,12 +235,22 @@ impl Gateway {
                 .matter(&request.matter_id)
                 .ok_or_else(|| GatewayError::UnknownMatter(request.matter_id.clone()))?;
             let required = policy.required_proofs(matter, &facts);
+            let pseudonym = self.pseudonyms.pseudonym(id_type, &subject.id_number);
+            let decision_day = format_date(decision_date);
+            // A record counts until its end date, exclusive.
+            let dishonest_until = self
+                .audit
+                .store()
+                .dishonesty(&pseudonym)?
+                .map(|record| record.until)
+                .filter(|until| until.as_str() > decision_day.as_str());
             let ctx = decide::DecisionContext {
                 application_id: &application_id,
                 request,
                 subject: &subject,
                 facts: &facts,
                 now_unix_ms: now,
+                dishonest_until: dishonest_until.as_deref(),
             };
             let decisions = join_all(
                 required
@@ -256,8 +282,22 @@ impl Gateway {
                     [&request_digest[..], application_id.as_bytes()].concat(),
                 ),
             ];
-            let pseudonym = self.pseudonyms.pseudonym(id_type, &subject.id_number);
             projections.push(Projection::Access(pseudonym));
+            for r in results.iter().filter(|r| r.spot_check) {
+                let terms = policy
+                    .proof(&r.proof_id)
+                    .and_then(|p| p.commitment.as_ref());
+                let record = SpotCheckRecord {
+                    matter_id: request.matter_id.clone(),
+                    subject_pseudonym: pseudonym.to_vec(),
+                    dishonesty_days: terms.map(|t| t.dishonesty_days).unwrap_or(365),
+                    committed_unix_ms: now,
+                };
+                projections.push(Projection::Put(
+                    spot_check_key(&application_id, &r.proof_id),
+                    record.encode_to_vec(),
+                ));
+            }
             for r in results
                 .iter()
                 .filter(|r| r.outcome() == ProofOutcome::Pending)
@@ -285,10 +325,11 @@ impl Gateway {
                 officer_id: officer.officer_id,
                 hall_id: officer.hall_id,
                 consent_to_data_queries: request.consent_to_data_queries,
-                decision_date: format_date(decision_date),
+                decision_date: decision_day.clone(),
                 proofs: decisions,
                 status: status as i32,
                 applicant_facts: Some(facts.to_pb()),
+                dishonest_until: dishonest_until.clone().unwrap_or_default(),
             });
             let receipt = self.audit.append(event, projections).await?;
             let mut application = application;

@@ -84,6 +84,8 @@ pub enum Evidence<'a> {
     Nothing,
     /// The applicant's commitment for this proof, if any.
     Commitment(Option<&'a Commitment>),
+    /// The applicant has a live dishonesty record until this date (YYYY-MM-DD).
+    Dishonest { until: &'a str },
     /// The applicant did not consent to department queries.
     NoConsent,
     /// A department answered a query; `fields` already trimmed to the policy's.
@@ -154,7 +156,9 @@ impl Judgement {
     pub fn allows_fallback(&self) -> bool {
         matches!(
             self.outcome,
-            ProofOutcome::Unavailable | ProofOutcome::ConsentMissing
+            ProofOutcome::Unavailable
+                | ProofOutcome::ConsentMissing
+                | ProofOutcome::CommitmentRefused
         )
     }
 }
@@ -194,10 +198,18 @@ impl Proof {
         consent: bool,
         commitment: Option<&'a Commitment>,
         answer: Option<&'a RecordedAnswer>,
+        dishonest_until: Option<&'a str>,
     ) -> Evidence<'a> {
+        let refuses = self
+            .commitment
+            .as_ref()
+            .is_some_and(|c| c.refuse_if_dishonest);
         match mode {
             Mode::Abolished => Evidence::Nothing,
-            Mode::Commitment => Evidence::Commitment(commitment),
+            Mode::Commitment => match dishonest_until {
+                Some(until) if refuses => Evidence::Dishonest { until },
+                _ => Evidence::Commitment(commitment),
+            },
             _ if !consent => Evidence::NoConsent,
             _ => match answer {
                 Some(answer) => Evidence::from_answer(mode, answer),
@@ -278,6 +290,12 @@ impl Proof {
                     ),
                 }
             }
+            (_, Evidence::Dishonest { until }) => Judgement::new(
+                O::CommitmentRefused,
+                format!(
+                    "a commitment is not accepted from this applicant: a false commitment is on record until {until}"
+                ),
+            ),
             (_, Evidence::NoConsent) => Judgement::new(
                 O::ConsentMissing,
                 "the applicant has not consented to data queries for this application",
@@ -361,11 +379,31 @@ fn evidence_kind(evidence: &Evidence<'_>) -> &'static str {
     match evidence {
         Evidence::Nothing => "no",
         Evidence::Commitment(_) => "commitment",
+        Evidence::Dishonest { .. } => "dishonesty",
         Evidence::NoConsent => "no-consent",
         Evidence::QueryAnswer { .. } => "query",
         Evidence::VerifyAnswer { .. } => "verification",
         Evidence::Unavailable { .. } => "unavailable",
     }
+}
+
+/// Whether a recorded commitment is sampled for a later spot check: a hash
+/// of the application and proof ids against the rate. The application id is
+/// random and unknown before the decision, so nobody chooses whom to check,
+/// and anyone can recompute the choice from the log.
+pub fn spot_check_selected(application_id: &str, proof_id: &str, rate: f64) -> bool {
+    if rate <= 0.0 {
+        return false;
+    }
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("proofgate spot check\n{application_id}\n{proof_id}").as_bytes(),
+    );
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    // Uniform in [0, 1).
+    let draw = (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64;
+    draw < rate
 }
 
 /// The judgement on a pending verification the department has finished.
@@ -403,9 +441,11 @@ pub fn overall_status(outcomes: impl IntoIterator<Item = ProofOutcome>) -> Appli
                 ApplicationStatus::Complete
             }
             O::Pending => ApplicationStatus::Pending,
-            O::CommitmentMissing | O::ConsentMissing | O::Unavailable | O::Overdue => {
-                ApplicationStatus::NeedsApplicantAction
-            }
+            O::CommitmentMissing
+            | O::ConsentMissing
+            | O::Unavailable
+            | O::Overdue
+            | O::CommitmentRefused => ApplicationStatus::NeedsApplicantAction,
             O::ConditionNotMet | O::RecordNotFound | O::NotVerified => ApplicationStatus::Rejected,
             // Never produced by a decision; refuse to call it complete.
             O::Unspecified => ApplicationStatus::Unspecified,

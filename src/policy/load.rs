@@ -19,6 +19,7 @@ use super::condition::Condition;
 use super::model::{CommitmentTerms, Matter, Mode, PolicySet, Proof, RequiredProof};
 
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_DISHONESTY_DAYS: u32 = 365;
 const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_ID_LEN: usize = 64;
 
@@ -93,6 +94,13 @@ struct RawProof {
     commitment_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     spot_check_rate: Option<f64>,
+    /// Refuse this commitment from an applicant with a live dishonesty
+    /// record; the fallback applies instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    refuse_if_dishonest: bool,
+    /// How long a false commitment bars the applicant (days; default 365).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dishonesty_days: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -339,13 +347,16 @@ impl Compiler {
                         .into(),
                 );
             }
-            if !raw.mode.asks_department() {
+            if raw.mode == Mode::Abolished {
                 problem(
                     self,
-                    format!(
-                        "fallback is only for modes that ask a department, not `{}`",
-                        raw.mode.policy_word()
-                    ),
+                    "an abolished proof has nothing to fall back from".into(),
+                );
+            }
+            if raw.mode == Mode::Commitment && !raw.refuse_if_dishonest {
+                problem(
+                    self,
+                    "a commitment falls back only when `refuse_if_dishonest = true`".into(),
                 );
             }
         }
@@ -413,6 +424,8 @@ impl Compiler {
                         text: text.clone(),
                         version: version.clone(),
                         spot_check_rate: rate,
+                        refuse_if_dishonest: raw.refuse_if_dishonest,
+                        dishonesty_days: raw.dishonesty_days.unwrap_or(DEFAULT_DISHONESTY_DAYS),
                     });
                 }
                 _ => problem(

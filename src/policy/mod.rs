@@ -11,6 +11,9 @@ mod model;
 pub mod synthetic;
 
 pub use condition::{Condition, ConditionError, ConditionInputs};
-pub use evaluate::{completed_verification, overall_status, ApplicantFacts, Evidence, Judgement};
+pub use evaluate::{
+    completed_verification, overall_status, spot_check_selected, ApplicantFacts, Evidence,
+    Judgement,
+};
 pub use load::{load_dir, load_sources, PolicyError, PolicyErrors};
 pub use model::{CommitmentTerms, Matter, Mode, PolicySet, Proof, RequiredProof};

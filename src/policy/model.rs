@@ -51,6 +51,11 @@ pub struct CommitmentTerms {
     pub version: String,
     /// Share of commitments sampled for a later spot check, 0.0–1.0.
     pub spot_check_rate: f64,
+    /// Refused (and the fallback used) while the applicant has a live
+    /// dishonesty record.
+    pub refuse_if_dishonest: bool,
+    /// How long a false commitment bars the applicant, in days.
+    pub dishonesty_days: u32,
 }
 
 /// One proof item of the catalog.
