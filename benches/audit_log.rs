@@ -66,6 +66,7 @@ fn decision(n: u64) -> Event {
         ],
         status: 1,
         applicant_facts: None,
+        dishonest_until: String::new(),
     })
 }
 
