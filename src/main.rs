@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use proofgate::departments::mock::{builtin_fixture, RunningMock};
-use proofgate::server::{self, ServeOptions};
+use proofgate::server;
 use proofgate::telemetry::{self, LogFormat};
 
 /// Exit code for bad configuration or input (sysexits EX_USAGE / EX_DATAERR family).
@@ -34,21 +34,36 @@ enum Command {
     /// Run a gateway node. With no arguments: sled in ./proofgate-data, policies
     /// from ./policies, mock departments started in-process on loopback ports.
     Serve {
-        #[arg(long, default_value = server::DEFAULT_LISTEN)]
-        listen: SocketAddr,
-        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-        #[arg(long, default_value = server::DEFAULT_POLICIES)]
-        policies: PathBuf,
-        /// Names this node in application ids and its log's checkpoints.
-        #[arg(long, default_value = server::DEFAULT_NODE_ID)]
-        node_id: String,
+        /// A node configuration file (TOML); PROOFGATE_* variables override it,
+        /// flags override both. `proofgate config check FILE` validates one.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// [default: 127.0.0.1:50051]
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// [default: proofgate-data]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// [default: policies]
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// Names this node in application ids and its log's checkpoints [default: node-1].
+        #[arg(long)]
+        node_id: Option<String>,
+        /// Prometheus metrics over HTTP on this address (GET /metrics).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         /// Do not start the built-in mock departments; real ones register over gRPC.
         #[arg(long)]
         no_mock_departments: bool,
         /// No TLS (loopback only; callers name themselves in a header). For development.
         #[arg(long)]
         insecure_plaintext: bool,
+    },
+    /// Validate a node configuration file (with the PROOFGATE_* environment) and print the result.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Create a development CA and certificates for the gateway, halls, every
     /// mock department, an auditor, a citizen portal and an admin; or issue one more.
@@ -172,6 +187,12 @@ enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file; exit 64 naming file and line when it is wrong.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Validate a policy directory and print its version digest; also report
     /// departments, queries and verifications nobody serves.
@@ -208,22 +229,44 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> ExitCode {
     match command {
         Command::Serve {
+            config,
             listen,
             data_dir,
             policies,
             node_id,
+            metrics_listen,
             no_mock_departments,
             insecure_plaintext,
         } => {
-            let options = ServeOptions {
-                listen,
-                data_dir,
-                policies,
-                node_id,
-                mock_departments: !no_mock_departments,
-                tls: !insecure_plaintext,
-                ..ServeOptions::default()
-            };
+            let node =
+                match proofgate::config::load(config.as_deref(), &proofgate::config::process_env())
+                {
+                    Ok(node) => node,
+                    Err(e) => {
+                        eprintln!("proofgate: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                };
+            let mut options = node.serve;
+            options.metrics_listen = metrics_listen.or(node.metrics_listen);
+            if let Some(v) = listen {
+                options.listen = v;
+            }
+            if let Some(v) = data_dir {
+                options.data_dir = v;
+            }
+            if let Some(v) = policies {
+                options.policies = v;
+            }
+            if let Some(v) = node_id {
+                options.node_id = v;
+            }
+            if no_mock_departments {
+                options.mock_departments = false;
+            }
+            if insecure_plaintext {
+                options.tls = false;
+            }
             let running = match server::start(options).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -236,6 +279,9 @@ async fn run(command: Command) -> ExitCode {
                 running.endpoint(),
                 running.mocks.len()
             );
+            if let Some(addr) = running.metrics_addr {
+                println!("metrics on http://{addr}/metrics");
+            }
             serve_until_signal(&running).await;
             running.shutdown().await;
             ExitCode::SUCCESS
@@ -358,6 +404,32 @@ async fn run(command: Command) -> ExitCode {
             }
         }
         Command::Audit { command } => audit(command).await,
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match proofgate::config::load(Some(&file), &proofgate::config::process_env()) {
+            Ok(node) => {
+                let o = &node.serve;
+                println!("{}: valid", file.display());
+                println!("  listen           {}", o.listen);
+                println!("  data_dir         {}", o.data_dir.display());
+                println!("  policies         {}", o.policies.display());
+                println!("  node_id          {}", o.node_id);
+                println!("  mutual TLS       {}", o.tls);
+                println!("  mock departments {}", o.mock_departments);
+                println!("  max in flight    {}", o.max_in_flight);
+                println!(
+                    "  metrics          {}",
+                    node.metrics_listen
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "off".into())
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("proofgate: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Stats { data_dir, json } => {
             let today = proofgate::gateway::format_date(proofgate::gateway::civil_date_cst(
                 proofgate::gateway::now_unix_ms(),

@@ -82,6 +82,8 @@ pub struct ServeOptions {
     pub roles: RoleMap,
     pub rate_limits: RateLimits,
     pub max_in_flight: usize,
+    /// Prometheus metrics over HTTP (GET /metrics); None: no listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServeOptions {
@@ -99,6 +101,7 @@ impl Default for ServeOptions {
             roles: RoleMap::default(),
             rate_limits: RateLimits::default(),
             max_in_flight: MAX_IN_FLIGHT,
+            metrics_listen: None,
         }
     }
 }
@@ -146,6 +149,8 @@ pub enum ServeError {
 /// A running gateway node.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where GET /metrics answers, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// The policy folder reloads read.
     pub policies: PathBuf,
     /// Where the node's certificates are (None in plaintext mode).
@@ -157,6 +162,7 @@ pub struct Running {
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
     policy_watcher: JoinHandle<()>,
+    metrics_task: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -190,6 +196,10 @@ impl Running {
         let _ = (&mut self.sweeper).await;
         self.policy_watcher.abort();
         let _ = (&mut self.policy_watcher).await;
+        if let Some(mut task) = self.metrics_task.take() {
+            task.abort();
+            let _ = (&mut task).await;
+        }
         match (&mut self.task).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "gateway server ended with an error"),
@@ -453,6 +463,26 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     health_reporter
         .set_serving::<AuditServiceServer<AuditApi>>()
         .await;
+    let (metrics_addr, metrics_task) = match options.metrics_listen {
+        Some(listen) => {
+            let listener = crate::operations::metrics::bind(listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: listen,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+                addr: listen,
+                source,
+            })?;
+            let task = tokio::spawn(crate::operations::metrics::serve_metrics(
+                listener,
+                Arc::clone(&gateway),
+            ));
+            (Some(addr), Some(task))
+        }
+        None => (None, None),
+    };
     let watching = Arc::clone(&gateway);
     let watched = options.policies.clone();
     let policy_watcher = tokio::spawn(async move {
@@ -480,6 +510,8 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     });
     info!(%addr, node = %options.node_id, mocks = mocks.len(), "gateway serving");
     Ok(Running {
+        metrics_addr,
+        metrics_task,
         policy_watcher,
         policies: options.policies.clone(),
         certs_dir: tls.is_some().then_some(certs_dir),

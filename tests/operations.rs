@@ -285,3 +285,41 @@ async fn a_bad_policy_reload_keeps_the_old_version_serving() {
     assert_eq!(app.policy_version, after);
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn prometheus_metrics_report_requests_departments_and_the_log() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut options = options(data_dir.path());
+    options.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let running = proofgate::server::start(options).await.unwrap();
+    let channel = connect(&running).await;
+    proofgate::pb::application_service_client::ApplicationServiceClient::new(channel)
+        .submit_application(request("elderly-subsidy", ELDERLY))
+        .await
+        .unwrap();
+    let addr = running.metrics_addr.unwrap();
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body
+    })
+    .await
+    .unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for needle in [
+        "proofgate_requests_total{service=\"proofgate.v1.ApplicationService\",verdict=\"admitted\"}",
+        "proofgate_applications_total{status=\"APPLICATION_STATUS_COMPLETE\"}",
+        "proofgate_department_calls_total{department=\"public-security\",result=\"ok\"}",
+        "proofgate_circuit_state{department=\"civil-affairs\"} 0",
+        "proofgate_audit_entries",
+        "proofgate_submit_seconds_bucket",
+    ] {
+        assert!(body.contains(needle), "missing {needle}");
+    }
+    running.shutdown().await;
+}

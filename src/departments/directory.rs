@@ -235,12 +235,25 @@ impl DepartmentDirectory {
         Ok(())
     }
 
-    fn settle<T>(source: &Source, result: &Result<T, CallFailure>) {
+    fn settle<T>(source: &Source, result: &Result<T, CallFailure>, started: Instant) {
         let healthy = match result {
             Ok(_) => true,
             Err(failure) => !failure.is_health_failure(),
         };
         source.breaker.record(healthy, Instant::now());
+        let kind = match result {
+            Ok(_) => "ok",
+            Err(CallFailure::Timeout(_)) => "timeout",
+            Err(CallFailure::Unreachable(_)) => "unreachable",
+            Err(CallFailure::BadAnswer(_)) => "bad_answer",
+            Err(CallFailure::BadSignature) => "bad_signature",
+            Err(_) => "refused",
+        };
+        crate::operations::metrics::metrics().department_call(
+            &source.info.department_id,
+            kind,
+            started.elapsed(),
+        );
     }
 
     /// Queries a department: idempotent, so unreachable attempts are retried
@@ -291,8 +304,9 @@ impl DepartmentDirectory {
         deadline: Duration,
     ) -> Result<QueryResponse, CallFailure> {
         self.admit(source, deadline).await?;
+        let started = Instant::now();
         let result = self.query_unguarded(source, request, deadline).await;
-        Self::settle(source, &result);
+        Self::settle(source, &result, started);
         result
     }
 
@@ -356,8 +370,9 @@ impl DepartmentDirectory {
         }
         let started = Instant::now();
         self.admit(&source, deadline).await?;
+        let call_started = Instant::now();
         let result = self.verify_unguarded(&source, request, deadline).await;
-        Self::settle(&source, &result);
+        Self::settle(&source, &result, call_started);
         result.map(|answer| Answered {
             answer,
             latency: started.elapsed(),

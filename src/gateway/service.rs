@@ -74,7 +74,12 @@ impl ApplicationService for ApplicationApi {
                 ));
             }
         }
+        let started = std::time::Instant::now();
         let (application, replayed) = self.gateway.submit(&caller.identity, request).await?;
+        if !replayed {
+            crate::operations::metrics::metrics()
+                .application(application.status().as_str_name(), started.elapsed());
+        }
         Ok(Response::new(SubmitApplicationResponse {
             application: Some(application),
             replayed,

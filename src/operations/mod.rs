@@ -2,6 +2,7 @@
 //! dishonesty records, statistics) and what running the node needs beyond
 //! serving (policy reload).
 
+pub mod metrics;
 pub mod stats;
 
 use std::sync::Arc;

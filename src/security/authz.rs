@@ -167,7 +167,21 @@ pub struct ServiceGate {
 
 impl Interceptor for ServiceGate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.guard.authenticate(&request)?;
+        let result = self.admit(&mut request);
+        let verdict = match &result {
+            Ok(()) => "admitted",
+            Err(s) if s.code() == tonic::Code::Unauthenticated => "unauthenticated",
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => "limited",
+            Err(_) => "denied",
+        };
+        crate::operations::metrics::metrics().request(self.service, verdict);
+        result.map(|()| request)
+    }
+}
+
+impl ServiceGate {
+    fn admit(&self, request: &mut Request<()>) -> Result<(), Status> {
+        let caller = self.guard.authenticate(request)?;
         if !self.allowed.contains(&caller.role.kind()) {
             warn!(caller = %caller, service = self.service, "refused: role may not use this service");
             return Err(Status::permission_denied(format!(
@@ -177,7 +191,7 @@ impl Interceptor for ServiceGate {
         }
         self.guard.limit(&caller)?;
         request.extensions_mut().insert(caller);
-        Ok(request)
+        Ok(())
     }
 }
 

@@ -1,0 +1,280 @@
+//! One TOML file for a node, with environment overrides, validated at start.
+//! Precedence: command-line flags, then `PROOFGATE_*` environment variables,
+//! then the file, then the defaults. Loaded from a map so tests never touch
+//! the process environment.
+//!
+//! ```toml
+//! listen = "127.0.0.1:50051"
+//! data_dir = "proofgate-data"
+//! policies = "policies"
+//! node_id = "node-1"
+//! mock_departments = true
+//! tls = true
+//! metrics_listen = "127.0.0.1:9464"
+//! max_in_flight = 4096
+//!
+//! [rate_limits.per_role]        # calls per second
+//! hall = 5000
+//! [rate_limits.per_identity]
+//! "hall-wucheng.hall.proofgate" = 800
+//!
+//! [roles]                       # identities outside the naming convention
+//! "ops-console.example.proofgate" = "admin"
+//! "jinhua-tax.example.proofgate" = "department:tax"
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::security::{RateLimits, Role, RoleMap};
+use crate::server::ServeOptions;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{file}: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {problem}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        problem: String,
+    },
+    #[error("environment variable {name}: {problem}")]
+    Env { name: String, problem: String },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    policies: Option<PathBuf>,
+    node_id: Option<String>,
+    mock_departments: Option<bool>,
+    tls: Option<bool>,
+    metrics_listen: Option<SocketAddr>,
+    max_in_flight: Option<usize>,
+    #[serde(default)]
+    rate_limits: FileRateLimits,
+    #[serde(default)]
+    roles: HashMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRateLimits {
+    #[serde(default)]
+    per_role: HashMap<String, u32>,
+    #[serde(default)]
+    per_identity: HashMap<String, u32>,
+}
+
+/// A node's configuration: serve options plus what lives outside them.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub serve: ServeOptions,
+    /// Prometheus metrics over HTTP; None: no metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+fn parse_role(text: &str) -> Option<Role> {
+    match text.split_once(':') {
+        Some(("hall", id)) if !id.is_empty() => Some(Role::ServiceHall {
+            hall_id: id.to_owned(),
+        }),
+        Some(("department", id)) if !id.is_empty() => Some(Role::Department {
+            department_id: id.to_owned(),
+        }),
+        None => match text {
+            "auditor" => Some(Role::Auditor),
+            "citizen-portal" => Some(Role::CitizenPortal),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+const ROLE_KINDS: &[&str] = &[
+    "hall",
+    "department",
+    "auditor",
+    "citizen-portal",
+    "admin",
+    "gateway",
+];
+
+/// Reads `file` (if any) and applies `env` overrides.
+pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeConfig, ConfigError> {
+    let (path, parsed) = match file {
+        None => (PathBuf::from("<defaults>"), FileConfig::default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                file: path.to_path_buf(),
+                source,
+            })?;
+            let parsed = toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Invalid {
+                file: path.to_path_buf(),
+                line: e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                    .unwrap_or(0),
+                problem: e.message().trim().to_owned(),
+            })?;
+            (path.to_path_buf(), parsed)
+        }
+    };
+    let invalid = |problem: String| ConfigError::Invalid {
+        file: path.clone(),
+        line: 0,
+        problem,
+    };
+    let mut serve = ServeOptions::default();
+    let mut metrics_listen = parsed.metrics_listen;
+    if let Some(v) = parsed.listen {
+        serve.listen = v;
+    }
+    if let Some(v) = parsed.data_dir {
+        serve.data_dir = v;
+    }
+    if let Some(v) = parsed.policies {
+        serve.policies = v;
+    }
+    if let Some(v) = parsed.node_id {
+        serve.node_id = v;
+    }
+    if let Some(v) = parsed.mock_departments {
+        serve.mock_departments = v;
+    }
+    if let Some(v) = parsed.tls {
+        serve.tls = v;
+    }
+    if let Some(v) = parsed.max_in_flight {
+        if v == 0 {
+            return Err(invalid("max_in_flight must be at least 1".into()));
+        }
+        serve.max_in_flight = v;
+    }
+    let mut limits = RateLimits::default();
+    for (role, rate) in parsed.rate_limits.per_role {
+        if !ROLE_KINDS.contains(&role.as_str()) {
+            return Err(invalid(format!(
+                "rate_limits.per_role: unknown role `{role}` (one of {})",
+                ROLE_KINDS.join(", ")
+            )));
+        }
+        if rate == 0 {
+            return Err(invalid(format!(
+                "rate_limits.per_role.{role} must be at least 1"
+            )));
+        }
+        limits.per_role.insert(role, rate);
+    }
+    for (identity, rate) in parsed.rate_limits.per_identity {
+        if rate == 0 {
+            return Err(invalid(format!(
+                "rate_limits.per_identity.\"{identity}\" must be at least 1"
+            )));
+        }
+        limits.per_identity.insert(identity, rate);
+    }
+    serve.rate_limits = limits;
+    let mut roles = RoleMap::default();
+    for (identity, role) in parsed.roles {
+        let parsed_role = parse_role(&role).ok_or_else(|| {
+            invalid(format!(
+                "roles.\"{identity}\": `{role}` is not a role (hall:ID, department:ID, auditor, citizen-portal, admin)"
+            ))
+        })?;
+        roles = roles.with(&identity, parsed_role);
+    }
+    serve.roles = roles;
+
+    let env_error = |name: &str, problem: String| ConfigError::Env {
+        name: name.to_owned(),
+        problem,
+    };
+    if let Some(v) = env.get("PROOFGATE_LISTEN") {
+        serve.listen = v
+            .parse()
+            .map_err(|e| env_error("PROOFGATE_LISTEN", format!("{e}")))?;
+    }
+    if let Some(v) = env.get("PROOFGATE_DATA_DIR") {
+        serve.data_dir = PathBuf::from(v);
+    }
+    if let Some(v) = env.get("PROOFGATE_POLICIES") {
+        serve.policies = PathBuf::from(v);
+    }
+    if let Some(v) = env.get("PROOFGATE_NODE_ID") {
+        serve.node_id = v.clone();
+    }
+    if let Some(v) = env.get("PROOFGATE_METRICS_LISTEN") {
+        metrics_listen = Some(
+            v.parse()
+                .map_err(|e| env_error("PROOFGATE_METRICS_LISTEN", format!("{e}")))?,
+        );
+    }
+    Ok(NodeConfig {
+        serve,
+        metrics_listen,
+    })
+}
+
+/// The `PROOFGATE_*` variables of the process environment.
+pub fn process_env() -> HashMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("PROOFGATE_"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn file_values_then_environment_overrides() {
+        let file = write(
+            "listen = \"127.0.0.1:6000\"\nnode_id = \"node-7\"\n[rate_limits.per_role]\nhall = 42\n[roles]\n\"ops.example.proofgate\" = \"admin\"\n",
+        );
+        let env = HashMap::from([("PROOFGATE_NODE_ID".to_owned(), "node-9".to_owned())]);
+        let config = load(Some(file.path()), &env).unwrap();
+        assert_eq!(config.serve.listen.port(), 6000);
+        assert_eq!(config.serve.node_id, "node-9");
+        assert_eq!(config.serve.rate_limits.per_role["hall"], 42);
+        assert_eq!(
+            config.serve.roles.role_of("ops.example.proofgate"),
+            Some(Role::Admin)
+        );
+    }
+
+    #[test]
+    fn mistakes_name_the_line_or_the_variable() {
+        let file = write("listen = \"127.0.0.1:6000\"\ncolour = \"red\"\n");
+        let err = load(Some(file.path()), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":2:") && err.contains("colour"), "{err}");
+        let file = write("[rate_limits.per_role]\nwizard = 3\n");
+        let err = load(Some(file.path()), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wizard"), "{err}");
+        let env = HashMap::from([("PROOFGATE_LISTEN".to_owned(), "nowhere".to_owned())]);
+        let err = load(None, &env).unwrap_err().to_string();
+        assert!(err.contains("PROOFGATE_LISTEN"), "{err}");
+    }
+}
