@@ -49,7 +49,9 @@ impl AuditApi {
 
     /// `requested` or, for 0, the latest checkpoint's size; never past the log.
     fn tree_size(&self, requested: u64) -> Result<u64, Status> {
-        let size = self.log.store().tree_size().map_err(internal)?;
+        // Only what is durable: a checkpoint a crash could still take back is
+        // never shown.
+        let size = self.log.durable_size();
         if requested > size {
             return Err(Status::out_of_range(format!(
                 "tree size {requested} is past the log's {size}"
@@ -124,7 +126,8 @@ impl AuditService for AuditApi {
     ) -> Result<Response<Checkpoint>, Status> {
         log_reader(&request)?;
         let store = self.log.store();
-        let Some((size, note)) = store.latest_checkpoint().map_err(internal)? else {
+        let durable = self.log.durable_size();
+        let Some((size, note)) = store.checkpoint_at_or_below(durable).map_err(internal)? else {
             return Err(Status::not_found("the log has no checkpoint yet"));
         };
         let root = note
@@ -148,7 +151,7 @@ impl AuditService for AuditApi {
     ) -> Result<Response<Self::GetEntriesStream>, Status> {
         log_reader(&request)?;
         let GetEntriesRequest { start, end } = request.into_inner();
-        let size = self.log.store().tree_size().map_err(internal)?;
+        let size = self.log.durable_size();
         let end = if end == 0 { size } else { end };
         if end > size {
             return Err(Status::out_of_range(format!(

@@ -460,3 +460,21 @@ impl AuditStore {
             .collect()
     }
 }
+
+impl AuditStore {
+    /// The newest checkpoint whose size is at most `size`.
+    pub fn checkpoint_at_or_below(&self, size: u64) -> Result<Option<(u64, String)>, StoreError> {
+        let last = self
+            .db
+            .range(checkpoint_key(0)..=checkpoint_key(size))
+            .next_back()
+            .transpose()?;
+        last.map(|(key, value)| {
+            let size = u64::from_be_bytes(key[1..].try_into().unwrap_or_default());
+            let note = String::from_utf8(value.to_vec())
+                .map_err(|_| StoreError::Corrupt("checkpoint is not UTF-8".into()))?;
+            Ok((size, note))
+        })
+        .transpose()
+    }
+}

@@ -98,6 +98,9 @@ pub struct AuditLog {
     tx: mpsc::Sender<Command>,
     store: AuditStore,
     verifier_key: String,
+    /// Tree size of the last flushed batch: readers serve nothing beyond it,
+    /// so no one sees a checkpoint a crash could still take back.
+    durable: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Counts the handles alive, so a shutdown can wait for the last one
     /// (and with it the store's file lock) to go.
     lease: std::sync::Arc<()>,
@@ -114,7 +117,9 @@ impl AuditLog {
         let frontier = store.frontier()?;
         let verifier_key = signer.verifier_key();
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
+        let durable = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(frontier.size()));
         let writer = Writer {
+            durable: std::sync::Arc::clone(&durable),
             store: store.clone(),
             signer,
             node_id,
@@ -129,6 +134,7 @@ impl AuditLog {
             tx,
             store,
             verifier_key,
+            durable,
             lease: std::sync::Arc::new(()),
         })
     }
@@ -161,6 +167,11 @@ impl AuditLog {
         }
     }
 
+    /// Entries durably committed (and checkpointed).
+    pub fn durable_size(&self) -> u64 {
+        self.durable.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Handles of this log alive, this one included.
     pub fn handles(&self) -> usize {
         std::sync::Arc::strong_count(&self.lease)
@@ -181,7 +192,14 @@ impl AuditLog {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteStage {
+    Apply,
+    Flush,
+}
+
 struct Writer {
+    durable: std::sync::Arc<std::sync::atomic::AtomicU64>,
     store: AuditStore,
     signer: NoteSigner,
     node_id: String,
@@ -248,9 +266,14 @@ impl Writer {
                     let _ = request.reply.send(Ok(receipt));
                 }
             }
-            Err(e) => {
-                error!(error = %e, entries = batch.len(), "audit batch failed; nothing of it was acknowledged");
-                self.frontier = before;
+            Err((stage, e)) => {
+                error!(error = %e, entries = batch.len(), ?stage, "audit batch failed; nothing of it was acknowledged");
+                // Roll back only if the batch never reached the store: after
+                // a failed flush sled holds it, and reusing its indices would
+                // fork the log.
+                if stage == WriteStage::Apply {
+                    self.frontier = before;
+                }
                 for request in batch.drain(..) {
                     let _ = request.reply.send(Err(AuditError::Storage(e.to_string())));
                 }
@@ -258,7 +281,10 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batch: &mut [AppendRequest]) -> Result<Vec<Receipt>, StoreError> {
+    fn write(
+        &mut self,
+        batch: &mut [AppendRequest],
+    ) -> Result<Vec<Receipt>, (WriteStage, StoreError)> {
         let logged_unix_ms = now_unix_ms();
         let mut sled_batch = sled::Batch::default();
         let mut receipts = Vec::with_capacity(batch.len());
@@ -312,8 +338,11 @@ impl Writer {
         sled_batch.insert(&checkpoint_key(size), note.as_bytes());
         sled_batch.insert(FRONTIER_KEY, self.frontier.to_bytes());
         let db = self.store.db();
-        db.apply_batch(sled_batch)?;
-        db.flush()?;
+        db.apply_batch(sled_batch)
+            .map_err(|e| (WriteStage::Apply, e.into()))?;
+        db.flush().map_err(|e| (WriteStage::Flush, e.into()))?;
+        self.durable
+            .store(size, std::sync::atomic::Ordering::Release);
         for receipt in &mut receipts {
             receipt.tree_size = size;
         }

@@ -153,6 +153,15 @@ impl DepartmentDirectory {
             .map_err(|_| DirectoryError::BadEndpoint(info.endpoint.clone()))
     }
 
+    /// Everything [`Self::upsert`] would refuse, without applying it.
+    pub fn check(&self, info: &DataSource) -> Result<(), DirectoryError> {
+        Self::validate(info)?;
+        if self.client_tls.is_some() && !info.endpoint.starts_with("https://") {
+            return Err(DirectoryError::PlaintextEndpoint(info.endpoint.clone()));
+        }
+        Ok(())
+    }
+
     /// Adds or replaces a department's data source. The channel connects
     /// lazily and reconnects by itself, so a department that starts later
     /// or restarts is picked up without re-registering.
@@ -228,8 +237,9 @@ impl DepartmentDirectory {
         }
         let wait = MAX_RATE_WAIT.min(remaining);
         if !acquire(&source.limiter, wait).await {
-            // Not the department's fault: give the probe slot back unused.
-            source.breaker.record(true, Instant::now());
+            // Not the department's fault: give the probe slot back unused,
+            // neither a success nor a failure.
+            source.breaker.release(Instant::now());
             return Err(CallFailure::RateLimited(wait));
         }
         Ok(())
@@ -448,6 +458,8 @@ fn status_failure(status: tonic::Status, deadline: Duration) -> CallFailure {
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
             CallFailure::Unreachable(format!("{:?}", status.code()))
         }
-        code => CallFailure::Refused(format!("{code:?}: {}", status.message())),
+        // Only the code: a department's message text could carry personal
+        // data, and this reason goes into the log and back to the hall.
+        code => CallFailure::Refused(format!("{code:?}")),
     }
 }

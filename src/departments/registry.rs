@@ -79,7 +79,9 @@ impl DepartmentRegistry for RegistryApi {
             .source
             .ok_or_else(|| Status::invalid_argument("source is required"))?;
         may_act_for(&caller, &source.department_id, "register a data source")?;
-        DepartmentDirectory::validate(&source)
+        // Everything the directory would refuse is refused before logging.
+        self.directory
+            .check(&source)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if source.queries.len() + source.verifications.len() > MAX_NAMES
             || source

@@ -35,8 +35,12 @@ enum State {
     Open {
         until: Instant,
     },
-    /// One probe is out; everyone else is refused until it reports.
-    HalfOpen,
+    /// One probe is out since then; everyone else is refused until it
+    /// reports — or until its lease runs out, in case the probing call was
+    /// cancelled and never reports.
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 /// A circuit breaker over a clock the caller passes in (tests drive it).
@@ -73,10 +77,14 @@ impl CircuitBreaker {
         match *state {
             State::Closed { .. } => true,
             State::Open { until } if now >= until => {
-                *state = State::HalfOpen;
+                *state = State::HalfOpen { since: now };
                 true
             }
-            State::Open { .. } | State::HalfOpen => false,
+            State::HalfOpen { since } if now >= since + self.open_for => {
+                *state = State::HalfOpen { since: now };
+                true
+            }
+            State::Open { .. } | State::HalfOpen { .. } => false,
         }
     }
 
@@ -93,11 +101,20 @@ impl CircuitBreaker {
         };
     }
 
+    /// An admitted call that never reached the department (e.g. rate
+    /// limited) gives its probe slot back without counting as a success.
+    pub fn release(&self, now: Instant) {
+        let mut state = self.lock();
+        if let State::HalfOpen { .. } = *state {
+            *state = State::Open { until: now };
+        }
+    }
+
     pub fn state(&self) -> CircuitState {
         match *self.lock() {
             State::Closed { .. } => CircuitState::Closed,
             State::Open { .. } => CircuitState::Open,
-            State::HalfOpen => CircuitState::HalfOpen,
+            State::HalfOpen { .. } => CircuitState::HalfOpen,
         }
     }
 }
@@ -149,6 +166,13 @@ mod tests {
         let later = t0 + Duration::from_secs(3);
         assert!(breaker.admit(later));
         assert!(!breaker.admit(later));
+        // A probe that never reports loses its lease after the open period.
+        let stuck = later + Duration::from_secs(3);
+        assert!(breaker.admit(stuck), "a lost probe does not block forever");
+        // A released slot lets the next caller probe, without closing.
+        breaker.release(stuck);
+        assert_eq!(breaker.state(), CircuitState::Open);
+        assert!(breaker.admit(stuck));
         // A failed probe opens it again; a good one closes it.
         breaker.record(false, later);
         assert_eq!(breaker.state(), CircuitState::Open);

@@ -22,6 +22,9 @@ pub struct DecisionContext<'a> {
     pub now_unix_ms: i64,
     /// The end date of a live dishonesty record of the applicant, if any.
     pub dishonest_until: Option<&'a str>,
+    /// Tickets handed out but not yet in the log: a department that
+    /// completes one this early is told to retry, not that it is unknown.
+    pub issued_tickets: &'a std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 impl DecisionContext<'_> {
@@ -167,6 +170,19 @@ async fn apply(
     (proof.judge(mode, &evidence, ctx.facts), answer)
 }
 
+fn note_ticket(ctx: &DecisionContext<'_>, proof: &Proof, answer: Option<&RecordedAnswer>) {
+    if let Some(answer) = answer.filter(|a| !a.ticket.is_empty()) {
+        let key = crate::audit::ticket_key(
+            proof.department.as_deref().unwrap_or_default(),
+            &answer.ticket,
+        );
+        ctx.issued_tickets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
+    }
+}
+
 pub async fn decide_proof(
     ctx: &DecisionContext<'_>,
     proof: &Proof,
@@ -174,10 +190,12 @@ pub async fn decide_proof(
     rng: &SystemRandom,
 ) -> ProofDecision {
     let (planned, first_answer) = apply(ctx, proof, proof.mode, departments, rng).await;
+    note_ticket(ctx, proof, first_answer.as_ref());
     let mut answers: Vec<RecordedAnswer> = first_answer.into_iter().collect();
     let fallback = match proof.fallback_after(&planned) {
         Some(mode) => {
             let (judgement, answer) = apply(ctx, proof, mode, departments, rng).await;
+            note_ticket(ctx, proof, answer.as_ref());
             answers.extend(answer);
             Some((mode, judgement))
         }

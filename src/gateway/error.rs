@@ -19,6 +19,10 @@ pub enum GatewayError {
     RequestIdReused(String),
     #[error("department `{department}` holds no pending ticket `{ticket}`")]
     UnknownTicket { department: String, ticket: String },
+    #[error(
+        "the ticket was just issued and its decision is still being logged; retry in a moment"
+    )]
+    TicketNotYetRecorded,
     #[error("the completion is not signed by the registered key of department `{0}`")]
     BadSignature(String),
     #[error("the audit log cannot take the decision: {0}")]
@@ -44,6 +48,7 @@ impl From<GatewayError> for Status {
             | GatewayError::UnknownTicket { .. } => Code::NotFound,
             GatewayError::RequestIdReused(_) => Code::AlreadyExists,
             GatewayError::BadSignature(_) => Code::Unauthenticated,
+            GatewayError::TicketNotYetRecorded => Code::Unavailable,
             GatewayError::Audit(_) => {
                 warn!(error = %e, "decision not logged");
                 return Status::unavailable(

@@ -58,6 +58,7 @@ pub struct Gateway {
     pseudonyms: PseudonymKey,
     watchers: WatchHub,
     in_flight: Mutex<HashMap<Vec<u8>, InFlight>>,
+    issued_tickets: Mutex<std::collections::HashSet<Vec<u8>>>,
     application_locks: Vec<tokio::sync::Mutex<()>>,
     rng: SystemRandom,
 }
@@ -78,6 +79,7 @@ impl Gateway {
             pseudonyms,
             watchers: WatchHub::default(),
             in_flight: Mutex::new(HashMap::new()),
+            issued_tickets: Mutex::new(std::collections::HashSet::new()),
             application_locks: (0..APPLICATION_LOCK_SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -251,6 +253,7 @@ impl Gateway {
                 facts: &facts,
                 now_unix_ms: now,
                 dishonest_until: dishonest_until.as_deref(),
+                issued_tickets: &self.issued_tickets,
             };
             let decisions = join_all(
                 required
@@ -331,7 +334,35 @@ impl Gateway {
                 applicant_facts: Some(facts.to_pb()),
                 dishonest_until: dishonest_until.clone().unwrap_or_default(),
             });
-            let receipt = self.audit.append(event, projections).await?;
+            let issued: Vec<Vec<u8>> = match &event {
+                Event::ApplicationDecided(d) => d
+                    .proofs
+                    .iter()
+                    .flat_map(|p| {
+                        let department = p
+                            .result
+                            .as_ref()
+                            .map(|r| r.department_id.clone())
+                            .unwrap_or_default();
+                        p.answers
+                            .iter()
+                            .filter(|a| !a.ticket.is_empty())
+                            .map(move |a| ticket_key(&department, &a.ticket))
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let appended = self.audit.append(event, projections).await;
+            {
+                let mut tickets = self
+                    .issued_tickets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                for key in &issued {
+                    tickets.remove(key);
+                }
+            }
+            let receipt = appended?;
             let mut application = application;
             application.receipt = Some(receipt.to_pb());
             let span = tracing::Span::current();
@@ -392,9 +423,19 @@ impl Gateway {
             ticket: request.ticket.clone(),
         };
         let store = self.audit.store();
-        let ticket = store
-            .ticket(&request.department_id, &request.ticket)?
-            .ok_or_else(unknown_ticket)?;
+        let Some(ticket) = store.ticket(&request.department_id, &request.ticket)? else {
+            let key = ticket_key(&request.department_id, &request.ticket);
+            let issued = self
+                .issued_tickets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&key);
+            return Err(if issued {
+                GatewayError::TicketNotYetRecorded
+            } else {
+                unknown_ticket()
+            });
+        };
         if !self
             .departments
             .verify_completion(&request.department_id, &request)
@@ -470,7 +511,14 @@ impl Gateway {
                 continue;
             }
             let _guard = self.lock_for(&record.application_id).lock().await;
-            let mut application = self.application(&record.application_id)?;
+            let mut application = match self.application(&record.application_id) {
+                Ok(app) => app,
+                Err(e) => {
+                    // One broken record must not stop the others' deadlines.
+                    tracing::warn!(error = %e, %ticket, "overdue sweep skipped a ticket");
+                    continue;
+                }
+            };
             let Some(proof) = application.proofs.iter_mut().find(|p| {
                 p.proof_id == record.proof_id
                     && p.ticket == ticket

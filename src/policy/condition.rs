@@ -90,7 +90,7 @@ impl Condition {
             }),
             Err(e) => Err(ConditionError::Execution {
                 expression: self.source.clone(),
-                message: e.to_string(),
+                message: describe(&e),
             }),
         }
     }
@@ -99,6 +99,23 @@ impl Condition {
 impl std::fmt::Debug for Condition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Condition({})", self.source)
+    }
+}
+
+/// What went wrong, without the values involved: they come from a
+/// department's record and the text goes into the log and back to the hall.
+fn describe(error: &cel::ExecutionError) -> String {
+    use cel::ExecutionError as E;
+    match error {
+        E::NoSuchKey(key) => format!("the answer has no field `{key}`"),
+        E::UndeclaredReference(name) => format!("`{name}` is not available here"),
+        E::ValuesNotComparable(..) | E::UnexpectedType { .. } | E::NoSuchOverload(_) => {
+            "a field has the wrong type for this comparison".into()
+        }
+        E::DivisionByZero(_) | E::RemainderByZero(_) | E::Overflow(..) => {
+            "arithmetic on the answer failed".into()
+        }
+        _ => "the condition cannot be evaluated on this answer".into(),
     }
 }
 
@@ -173,6 +190,15 @@ mod tests {
             c.evaluate(&inputs),
             Err(ConditionError::Execution { .. })
         ));
+        // A mistyped value is not echoed: it may be personal data.
+        let c = Condition::compile("record.name > 3", &["record"], &env()).unwrap();
+        let record = [text("name", "张三丰")];
+        let inputs = ConditionInputs {
+            record: Some(&record),
+            ..Default::default()
+        };
+        let err = c.evaluate(&inputs).unwrap_err().to_string();
+        assert!(!err.contains("张三丰"), "{err}");
     }
 
     #[test]

@@ -77,6 +77,9 @@ impl ApplicantFacts {
     }
 }
 
+/// Longest ticket a department may hand out (it must be able to complete it).
+pub const MAX_TICKET_LEN: usize = 128;
+
 /// What was gathered for one proof in one mode.
 #[derive(Debug, Clone)]
 pub enum Evidence<'a> {
@@ -122,6 +125,13 @@ impl<'a> Evidence<'a> {
                 if outcome == VerificationOutcome::Pending && answer.ticket.is_empty() {
                     Evidence::Unavailable {
                         why: "answered pending without a ticket",
+                    }
+                } else if outcome == VerificationOutcome::Pending
+                    && (answer.ticket.len() > MAX_TICKET_LEN
+                        || answer.ticket.chars().any(char::is_control))
+                {
+                    Evidence::Unavailable {
+                        why: "answered pending with a malformed ticket",
                     }
                 } else {
                     Evidence::VerifyAnswer {

@@ -20,6 +20,7 @@ use super::model::{CommitmentTerms, Matter, Mode, PolicySet, Proof, RequiredProo
 
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_DISHONESTY_DAYS: u32 = 365;
+const MAX_DEADLINE_WORKING_DAYS: u32 = 260;
 const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_ID_LEN: usize = 64;
 
@@ -399,6 +400,15 @@ impl Compiler {
             }
         } else if raw.condition.is_some() {
             problem(self, "`condition` applies only to data_query".into());
+        }
+        if raw
+            .verification_deadline_working_days
+            .is_some_and(|days| days == 0 || days > MAX_DEADLINE_WORKING_DAYS)
+        {
+            problem(
+                self,
+                format!("verification_deadline_working_days must be 1–{MAX_DEADLINE_WORKING_DAYS}"),
+            );
         }
         if uses(Mode::DepartmentVerification) && raw.verification_deadline_working_days.is_none() {
             problem(
