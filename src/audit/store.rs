@@ -83,6 +83,17 @@ pub fn dishonesty_key(pseudonym: &[u8]) -> Vec<u8> {
     [b"h", pseudonym].concat()
 }
 
+fn decode_checkpoint((key, value): (sled::IVec, sled::IVec)) -> Result<(u64, String), StoreError> {
+    let size = key
+        .get(1..)
+        .and_then(|k| <[u8; 8]>::try_from(k).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt("checkpoint key is not 9 bytes".into()))?;
+    let note = String::from_utf8(value.to_vec())
+        .map_err(|_| StoreError::Corrupt("checkpoint is not UTF-8".into()))?;
+    Ok((size, note))
+}
+
 /// Read side of the store; cheap to clone (sled handles are shared).
 #[derive(Clone)]
 pub struct AuditStore {
@@ -239,31 +250,14 @@ impl AuditStore {
 
     /// The latest checkpoint note, if any batch was committed.
     pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
-        let last = self
-            .db
-            .range(checkpoint_key(0)..=checkpoint_key(u64::MAX))
-            .next_back()
-            .transpose()?;
-        last.map(|(key, value)| {
-            let size = u64::from_be_bytes(key[1..].try_into().unwrap_or_default());
-            let note = String::from_utf8(value.to_vec())
-                .map_err(|_| StoreError::Corrupt("checkpoint is not UTF-8".into()))?;
-            Ok((size, note))
-        })
-        .transpose()
+        self.checkpoint_at_or_below(u64::MAX)
     }
 
     /// Every stored checkpoint, oldest first.
     pub fn checkpoints(&self) -> impl Iterator<Item = Result<(u64, String), StoreError>> + use<> {
         self.db
             .range(checkpoint_key(0)..=checkpoint_key(u64::MAX))
-            .map(|item| {
-                let (key, value) = item?;
-                let size = u64::from_be_bytes(key[1..].try_into().unwrap_or_default());
-                let note = String::from_utf8(value.to_vec())
-                    .map_err(|_| StoreError::Corrupt("checkpoint is not UTF-8".into()))?;
-                Ok((size, note))
-            })
+            .map(|item| decode_checkpoint(item?))
     }
 
     pub fn application(&self, id: &str) -> Result<Option<Application>, StoreError> {
@@ -464,17 +458,10 @@ impl AuditStore {
 impl AuditStore {
     /// The newest checkpoint whose size is at most `size`.
     pub fn checkpoint_at_or_below(&self, size: u64) -> Result<Option<(u64, String)>, StoreError> {
-        let last = self
-            .db
+        self.db
             .range(checkpoint_key(0)..=checkpoint_key(size))
             .next_back()
-            .transpose()?;
-        last.map(|(key, value)| {
-            let size = u64::from_be_bytes(key[1..].try_into().unwrap_or_default());
-            let note = String::from_utf8(value.to_vec())
-                .map_err(|_| StoreError::Corrupt("checkpoint is not UTF-8".into()))?;
-            Ok((size, note))
-        })
-        .transpose()
+            .map(|item| decode_checkpoint(item?))
+            .transpose()
     }
 }
