@@ -17,7 +17,7 @@ use super::store::{
     access_key, application_key, checkpoint_key, entry_key, entry_value, node_key, AuditStore,
     StoreError, FRONTIER_KEY, LOWEST_STORED_NODE_LEVEL,
 };
-use crate::pb::{audit_entry::Event, Application, AuditEntry, AuditReceipt};
+use crate::pb::{audit_entry::Event, Application, AuditReceipt};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterOptions {
@@ -63,6 +63,31 @@ pub enum Projection {
     Delete(Vec<u8>),
     /// The entry touched this subject (for ListAccesses).
     Access([u8; 32]),
+    /// An application projection already encoded (without its receipt).
+    #[doc(hidden)]
+    EncodedApplication {
+        id: String,
+        bytes: Vec<u8>,
+    },
+}
+
+/// The encoding of `AuditEntry { index, logged_unix_ms, node_id, event }`
+/// with `event` already encoded: byte for byte what prost writes for the
+/// whole message (fields in number order, defaults omitted).
+fn entry_bytes(index: u64, logged_unix_ms: i64, node_id: &str, event: &[u8]) -> Vec<u8> {
+    use prost::encoding::{int64, string, uint64};
+    let mut out = Vec::with_capacity(event.len() + node_id.len() + 24);
+    if index != 0 {
+        uint64::encode(1, &index, &mut out);
+    }
+    if logged_unix_ms != 0 {
+        int64::encode(2, &logged_unix_ms, &mut out);
+    }
+    if !node_id.is_empty() {
+        string::encode(3, &node_id.to_owned(), &mut out);
+    }
+    out.extend_from_slice(event);
+    out
 }
 
 #[derive(Debug, Error, Clone)]
@@ -80,8 +105,9 @@ impl From<StoreError> for AuditError {
 }
 
 struct AppendRequest {
-    /// Taken by the writer when it encodes the entry.
-    event: Option<Event>,
+    /// The entry's event, encoded by the appender (with its oneof tag), so
+    /// the single writer thread only prefixes index, time and node.
+    event: Vec<u8>,
     projections: Vec<Projection>,
     reply: oneshot::Sender<Result<Receipt, AuditError>>,
 }
@@ -146,9 +172,23 @@ impl AuditLog {
         projections: Vec<Projection>,
     ) -> Result<Receipt, AuditError> {
         let (reply, answer) = oneshot::channel();
+        let mut encoded = Vec::with_capacity(event.encoded_len() + 4);
+        event.encode(&mut encoded);
+        // Application projections are encoded here too; the writer appends
+        // the receipt field, which decoders accept in any position.
+        let projections = projections
+            .into_iter()
+            .map(|p| match p {
+                Projection::Application(app) => Projection::EncodedApplication {
+                    id: app.application_id.clone(),
+                    bytes: app.encode_to_vec(),
+                },
+                other => other,
+            })
+            .collect();
         self.tx
             .send(Command::Append(Box::new(AppendRequest {
-                event: Some(event),
+                event: encoded,
                 projections,
                 reply,
             })))
@@ -281,23 +321,14 @@ impl Writer {
         }
     }
 
-    fn write(
-        &mut self,
-        batch: &mut [AppendRequest],
-    ) -> Result<Vec<Receipt>, (WriteStage, StoreError)> {
+    fn write(&mut self, batch: &[AppendRequest]) -> Result<Vec<Receipt>, (WriteStage, StoreError)> {
         let logged_unix_ms = now_unix_ms();
         let mut sled_batch = sled::Batch::default();
         let mut receipts = Vec::with_capacity(batch.len());
         let mut nodes = Vec::with_capacity(16);
-        for request in batch.iter_mut() {
+        for request in batch.iter() {
             let index = self.frontier.size();
-            let entry = AuditEntry {
-                index,
-                logged_unix_ms,
-                node_id: self.node_id.clone(),
-                event: request.event.take(),
-            };
-            let bytes = entry.encode_to_vec();
+            let bytes = entry_bytes(index, logged_unix_ms, &self.node_id, &request.event);
             let leaf = leaf_hash(&bytes);
             nodes.clear();
             self.frontier.push_with_nodes(leaf, &mut nodes);
@@ -323,6 +354,19 @@ impl Writer {
                         sled_batch
                             .insert(application_key(&app.application_id), app.encode_to_vec());
                     }
+                    Projection::EncodedApplication { id, bytes } => {
+                        let mut value = Vec::with_capacity(bytes.len() + 48);
+                        value.extend_from_slice(bytes);
+                        prost::encoding::message::encode(
+                            9,
+                            &AuditReceipt {
+                                index,
+                                leaf_hash: leaf.to_vec(),
+                            },
+                            &mut value,
+                        );
+                        sled_batch.insert(application_key(id), value);
+                    }
                     Projection::Put(key, value) => {
                         sled_batch.insert(key.as_slice(), value.as_slice())
                     }
@@ -347,5 +391,52 @@ impl Writer {
             receipt.tree_size = size;
         }
         Ok(receipts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::{Application, AuditEntry, PolicySetLoaded};
+
+    #[test]
+    fn prefixed_entries_are_byte_for_byte_what_prost_writes() {
+        let event = Event::PolicySetLoaded(PolicySetLoaded {
+            policy_version: "sha256:ab".into(),
+            proof_count: 3,
+            matter_count: 1,
+            canonical: b"[[proof]]".to_vec(),
+        });
+        let mut encoded = Vec::new();
+        event.encode(&mut encoded);
+        for (index, time, node) in [(0, 0, ""), (1, 5, "n"), (u64::MAX, -1, "node-1")] {
+            let whole = AuditEntry {
+                index,
+                logged_unix_ms: time,
+                node_id: node.into(),
+                event: Some(event.clone()),
+            }
+            .encode_to_vec();
+            assert_eq!(entry_bytes(index, time, node, &encoded), whole);
+        }
+    }
+
+    #[test]
+    fn an_appended_receipt_decodes_as_the_receipt_field() {
+        let app = Application {
+            application_id: "n.1".into(),
+            status: 1,
+            caller: "hall".into(),
+            ..Default::default()
+        };
+        let mut bytes = app.encode_to_vec();
+        let receipt = AuditReceipt {
+            index: 7,
+            leaf_hash: vec![1; 32],
+        };
+        prost::encoding::message::encode(9, &receipt, &mut bytes);
+        let decoded = Application::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded.receipt, Some(receipt));
+        assert_eq!(decoded.caller, "hall");
     }
 }
