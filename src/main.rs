@@ -561,6 +561,24 @@ fn progress(what: &'static str) -> impl FnMut(u64) {
     }
 }
 
+/// Prints an offline audit report; exit 65 when it found a problem or failed.
+fn finish_report(result: Result<(String, bool), proofgate::audit::RecordError>) -> ExitCode {
+    match result {
+        Ok((text, ok)) => {
+            print!("{text}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_DATA)
+            }
+        }
+        Err(e) => {
+            eprintln!("proofgate: {e}");
+            ExitCode::from(EXIT_DATA)
+        }
+    }
+}
+
 async fn audit(command: AuditCommand) -> ExitCode {
     use proofgate::audit::{replay_records, report, verify_records};
     let started = std::time::Instant::now();
@@ -587,47 +605,27 @@ async fn audit(command: AuditCommand) -> ExitCode {
             let result = open_records(&source)
                 .and_then(|records| verify_records(records, vkey.as_deref(), progress("verified")));
             let seconds = started.elapsed().as_secs_f64();
-            match result {
-                Ok(r) => {
-                    if json {
-                        println!("{}", report::verify_json(&r, seconds));
-                    } else {
-                        print!("{}", report::verify_table(&r, seconds));
-                    }
-                    if r.ok() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(EXIT_DATA)
-                    }
-                }
-                Err(e) => {
-                    eprintln!("proofgate: {e}");
-                    ExitCode::from(EXIT_DATA)
-                }
-            }
+            finish_report(result.map(|r| {
+                let text = if json {
+                    format!("{}\n", report::verify_json(&r, seconds))
+                } else {
+                    report::verify_table(&r, seconds)
+                };
+                (text, r.ok())
+            }))
         }
         AuditCommand::Replay { source, json } => {
             let result = open_records(&source)
                 .and_then(|records| replay_records(records, progress("replayed")));
             let seconds = started.elapsed().as_secs_f64();
-            match result {
-                Ok(r) => {
-                    if json {
-                        println!("{}", report::replay_json(&r, seconds));
-                    } else {
-                        print!("{}", report::replay_table(&r, seconds));
-                    }
-                    if r.discrepancies.is_empty() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(EXIT_DATA)
-                    }
-                }
-                Err(e) => {
-                    eprintln!("proofgate: {e}");
-                    ExitCode::from(EXIT_DATA)
-                }
-            }
+            finish_report(result.map(|r| {
+                let text = if json {
+                    format!("{}\n", report::replay_json(&r, seconds))
+                } else {
+                    report::replay_table(&r, seconds)
+                };
+                (text, r.discrepancies.is_empty())
+            }))
         }
         AuditCommand::RotateKey { data_dir, node_id } => {
             match server::rotate_log_key(&data_dir, &node_id).await {

@@ -15,7 +15,7 @@ use super::records::{LogRecord, RecordError};
 use crate::departments::signing::{verify_completion, AnswerVerifier};
 use crate::pb::{
     audit_entry::Event, ApplicationDecided, AuditEntry, CompleteVerificationRequest, ProofDecision,
-    ProofMode, ProofResult, QueryResponse, RecordedAnswer, VerificationCompleted,
+    ProofMode, ProofOutcome, ProofResult, QueryResponse, RecordedAnswer, VerificationCompleted,
     VerificationOutcome, VerifyResponse,
 };
 use crate::policy::{
@@ -37,6 +37,17 @@ pub struct ReplayReport {
     pub policy_versions: u64,
     pub answers_checked: u64,
     pub discrepancies: Vec<Discrepancy>,
+}
+
+/// A later event about one waiting proof.
+struct LaterChange<'a> {
+    application_id: &'a str,
+    proof_id: &'a str,
+    ticket: &'a str,
+    /// Outcomes the proof may have before the change.
+    from: &'a [ProofOutcome],
+    recorded: Option<&'a ProofResult>,
+    recorded_status: i32,
 }
 
 #[derive(Default)]
@@ -298,57 +309,78 @@ impl Replayer {
     }
 
     fn overdue(&mut self, index: u64, overdue: crate::pb::VerificationOverdue) {
-        let app = overdue.application_id.clone();
+        let as_of = overdue.as_of_unix_ms;
+        let change = LaterChange {
+            application_id: &overdue.application_id,
+            proof_id: &overdue.proof_id,
+            ticket: &overdue.ticket,
+            from: &[ProofOutcome::Pending],
+            recorded: overdue.result.as_ref(),
+            recorded_status: overdue.status,
+        };
+        self.settle_waiting(index, change, |result| {
+            let early = (result.due_unix_ms > as_of)
+                .then(|| "marked overdue before its deadline".to_owned());
+            result.outcome = ProofOutcome::Overdue as i32;
+            result.reason =
+                crate::gateway::overdue_reason(&result.department_id, result.due_unix_ms);
+            early
+        });
+    }
+
+    /// Applies a later event to a waiting proof — a completion or an overdue
+    /// mark — and checks the recorded result and status against it.
+    fn settle_waiting(
+        &mut self,
+        index: u64,
+        change: LaterChange<'_>,
+        apply: impl FnOnce(&mut ProofResult) -> Option<String>,
+    ) {
+        let app = change.application_id.to_owned();
         let Some(mut results) = self.pending.remove(&app) else {
             return self.differs(
                 index,
                 &app,
-                "marks overdue an application with nothing pending".into(),
+                "changes an application with nothing waiting".into(),
             );
         };
-        let Some(result) = results.iter_mut().find(|r| {
-            r.proof_id == overdue.proof_id
-                && r.ticket == overdue.ticket
-                && r.outcome() == crate::pb::ProofOutcome::Pending
-        }) else {
-            return self.differs(
+        let found = results.iter_mut().find(|r| {
+            r.proof_id == change.proof_id
+                && r.ticket == change.ticket
+                && change.from.contains(&r.outcome())
+        });
+        match found {
+            None => self.differs(
                 index,
                 &app,
-                format!("no pending proof {} with that ticket", overdue.proof_id),
-            );
-        };
-        if result.due_unix_ms > overdue.as_of_unix_ms {
-            self.differs(
-                index,
-                &app,
-                format!("{} marked overdue before its deadline", overdue.proof_id),
-            );
+                format!("no waiting proof {} with that ticket", change.proof_id),
+            ),
+            Some(result) => {
+                if let Some(problem) = apply(result) {
+                    self.differs(index, &app, format!("{}: {problem}", change.proof_id));
+                }
+                let rederived = (result.outcome, result.reason.clone());
+                if change.recorded.map(|r| (r.outcome, r.reason.clone())) != Some(rederived) {
+                    self.differs(
+                        index,
+                        &app,
+                        format!("{}: recorded result differs", change.proof_id),
+                    );
+                }
+                let status = overall_status(results.iter().map(|r| r.outcome()));
+                if status as i32 != change.recorded_status {
+                    self.differs(
+                        index,
+                        &app,
+                        format!(
+                            "recorded status {}, proofs give {status:?}",
+                            change.recorded_status
+                        ),
+                    );
+                }
+            }
         }
-        result.outcome = crate::pb::ProofOutcome::Overdue as i32;
-        result.reason = crate::gateway::overdue_reason(&result.department_id, result.due_unix_ms);
-        if overdue
-            .result
-            .as_ref()
-            .map(|r| (r.outcome, r.reason.as_str()))
-            != Some((result.outcome, result.reason.as_str()))
-        {
-            self.differs(
-                index,
-                &app,
-                format!("{}: recorded overdue result differs", overdue.proof_id),
-            );
-        }
-        let status = overall_status(results.iter().map(|r| r.outcome()));
-        if status as i32 != overdue.status {
-            self.differs(
-                index,
-                &app,
-                format!(
-                    "recorded status {:?}, proofs give {status:?}",
-                    overdue.status()
-                ),
-            );
-        }
+        // Kept whatever happened, so later events of the application still replay.
         self.keep_if_waiting(app, results);
     }
 
@@ -435,58 +467,21 @@ impl Replayer {
                 ),
             );
         }
-        let Some(mut results) = self.pending.remove(&app) else {
-            return self.differs(
-                index,
-                &app,
-                "completes an application that is not pending".into(),
-            );
-        };
-        let Some(result) = results.iter_mut().find(|r| {
-            r.proof_id == completed.proof_id
-                && r.ticket == completed.ticket
-                && matches!(
-                    r.outcome(),
-                    crate::pb::ProofOutcome::Pending | crate::pb::ProofOutcome::Overdue
-                )
-        }) else {
-            return self.differs(
-                index,
-                &app,
-                format!("no pending proof {} with that ticket", completed.proof_id),
-            );
-        };
         let outcome = VerificationOutcome::try_from(answer.verification).unwrap_or_default();
         let judgement = completed_verification(&answer.department_id, outcome, &answer.reason);
-        result.outcome = judgement.outcome as i32;
-        result.reason = judgement.reason;
-        if completed
-            .result
-            .as_ref()
-            .map(|r| (r.outcome, r.reason.as_str()))
-            != Some((result.outcome, result.reason.as_str()))
-        {
-            self.differs(
-                index,
-                &app,
-                format!(
-                    "{}: recorded result differs from the department's answer",
-                    completed.proof_id
-                ),
-            );
-        }
-        let status = overall_status(results.iter().map(|r| r.outcome()));
-        if status as i32 != completed.status {
-            self.differs(
-                index,
-                &app,
-                format!(
-                    "recorded status {:?}, proofs give {status:?}",
-                    completed.status()
-                ),
-            );
-        }
-        self.keep_if_waiting(app, results);
+        let change = LaterChange {
+            application_id: &completed.application_id,
+            proof_id: &completed.proof_id,
+            ticket: &completed.ticket,
+            from: &[ProofOutcome::Pending, ProofOutcome::Overdue],
+            recorded: completed.result.as_ref(),
+            recorded_status: completed.status,
+        };
+        self.settle_waiting(index, change, |result| {
+            result.outcome = judgement.outcome as i32;
+            result.reason = judgement.reason;
+            None
+        });
     }
 }
 

@@ -19,7 +19,7 @@ use crate::pb::{
     IdType, InclusionProof, ListAccessesRequest, ListAccessesResponse, StoredEntry,
 };
 use crate::security::{caller, denied, Role};
-use crate::subject::{check_resident_id, check_unified_social_credit_code, PseudonymKey};
+use crate::subject::{check_id, PseudonymKey};
 
 /// The log itself is for auditors (and admins); citizen portals see only
 /// the accesses of the subject they ask about.
@@ -227,13 +227,10 @@ impl AuditService for AuditApi {
                 subject.id_type
             ))
         })?;
-        let checked = match id_type {
-            IdType::ResidentId => check_resident_id(&subject.id_number).map(|_| ()),
-            IdType::UnifiedSocialCreditCode => check_unified_social_credit_code(&subject.id_number),
-            IdType::Unspecified => {
-                return Err(Status::invalid_argument("subject.id_type is required"))
-            }
-        };
+        if id_type == IdType::Unspecified {
+            return Err(Status::invalid_argument("subject.id_type is required"));
+        }
+        let checked = check_id(id_type, &subject.id_number);
         checked.map_err(|e| Status::invalid_argument(format!("subject.id_number: {e}")))?;
         let limit = match request.limit {
             0 => MAX_ACCESSES,

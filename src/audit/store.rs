@@ -29,6 +29,8 @@ use crate::pb::{Application, DataSource};
 pub enum StoreError {
     #[error("audit store: {0}")]
     Sled(#[from] sled::Error),
+    #[error("the audit store at {0} is in use by another process (is its server still running? stop it first)")]
+    InUse(String),
     #[error("audit store is corrupt: {0}")]
     Corrupt(String),
 }
@@ -176,7 +178,16 @@ impl AuditStore {
             // The writer flushes each batch itself; sled's own timer would
             // only add flushes outside the group commit.
             .flush_every_ms(None)
-            .open()?;
+            .open()
+            .map_err(|e| match &e {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::Other
+                        && io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::InUse(path.display().to_string())
+                }
+                _ => StoreError::Sled(e),
+            })?;
         Ok(Self { db })
     }
 

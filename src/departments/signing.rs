@@ -46,33 +46,26 @@ pub trait BatchSigned: Message + Clone {
     }
 }
 
-impl BatchSigned for QueryResponse {
-    const DOMAIN: &'static [u8] = b"proofgate.v1.QueryResponse\0";
-    fn signature(&self) -> &[u8] {
-        &self.signature
-    }
-    fn batch(&self) -> Option<&AnswerBatchProof> {
-        self.batch.as_ref()
-    }
-    fn set_proof(&mut self, signature: Vec<u8>, batch: AnswerBatchProof) {
-        self.signature = signature;
-        self.batch = (batch != AnswerBatchProof::default()).then_some(batch);
-    }
+macro_rules! batch_signed {
+    ($answer:ty, $domain:literal) => {
+        impl BatchSigned for $answer {
+            const DOMAIN: &'static [u8] = $domain;
+            fn signature(&self) -> &[u8] {
+                &self.signature
+            }
+            fn batch(&self) -> Option<&AnswerBatchProof> {
+                self.batch.as_ref()
+            }
+            fn set_proof(&mut self, signature: Vec<u8>, batch: AnswerBatchProof) {
+                self.signature = signature;
+                self.batch = (batch != AnswerBatchProof::default()).then_some(batch);
+            }
+        }
+    };
 }
 
-impl BatchSigned for VerifyResponse {
-    const DOMAIN: &'static [u8] = b"proofgate.v1.VerifyResponse\0";
-    fn signature(&self) -> &[u8] {
-        &self.signature
-    }
-    fn batch(&self) -> Option<&AnswerBatchProof> {
-        self.batch.as_ref()
-    }
-    fn set_proof(&mut self, signature: Vec<u8>, batch: AnswerBatchProof) {
-        self.signature = signature;
-        self.batch = (batch != AnswerBatchProof::default()).then_some(batch);
-    }
-}
+batch_signed!(QueryResponse, b"proofgate.v1.QueryResponse\0");
+batch_signed!(VerifyResponse, b"proofgate.v1.VerifyResponse\0");
 
 fn root_message(root: &[u8]) -> Vec<u8> {
     [BATCH_DOMAIN, root].concat()

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::pb::{IdType, SubmitApplicationRequest};
-use crate::subject::{check_resident_id, check_unified_social_credit_code};
+use crate::subject::check_id;
 
 pub const MAX_ID_LEN: usize = 64;
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -86,11 +86,7 @@ pub fn check_submission(
                 ),
             }
             let number = &applicant.id_number;
-            let checked = match id_type {
-                IdType::ResidentId => check_resident_id(number).map(|_| ()),
-                IdType::UnifiedSocialCreditCode => check_unified_social_credit_code(number),
-                IdType::Unspecified => Ok(()),
-            };
+            let checked = check_id(id_type, number);
             if number.is_empty() {
                 v.add("applicant.id_number", "is required");
             } else if let Err(e) = checked {

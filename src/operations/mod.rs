@@ -20,7 +20,7 @@ use crate::pb::{
     RevokeDishonestyRequest, RevokeDishonestyResponse, SpotCheck, SpotCheckRecorded, Statistics,
 };
 use crate::security::{caller, denied, Role};
-use crate::subject::{check_resident_id, check_unified_social_credit_code};
+use crate::subject::check_id;
 
 const MS_PER_DAY: i64 = 86_400_000;
 
@@ -158,13 +158,10 @@ impl OperationsService for OperationsApi {
             .subject
             .ok_or_else(|| Status::invalid_argument("subject is required"))?;
         let id_type = IdType::try_from(subject.id_type).unwrap_or_default();
-        let checked = match id_type {
-            IdType::ResidentId => check_resident_id(&subject.id_number).map(|_| ()),
-            IdType::UnifiedSocialCreditCode => check_unified_social_credit_code(&subject.id_number),
-            IdType::Unspecified => {
-                return Err(Status::invalid_argument("subject.id_type is required"))
-            }
-        };
+        if id_type == IdType::Unspecified {
+            return Err(Status::invalid_argument("subject.id_type is required"));
+        }
+        let checked = check_id(id_type, &subject.id_number);
         checked.map_err(|e| Status::invalid_argument(format!("subject.id_number: {e}")))?;
         let pseudonym = self.gateway.pseudonym(id_type, &subject.id_number);
         let store = self.gateway.audit().store();

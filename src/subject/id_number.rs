@@ -102,6 +102,17 @@ fn is_real_date(year: u32, month: u32, day: u32) -> bool {
     (1..=days_in_month).contains(&day)
 }
 
+/// Checks an ID number by the standard its type names. An unspecified type
+/// has no standard to check against and is the caller's to refuse.
+pub fn check_id(id_type: crate::pb::IdType, number: &str) -> Result<(), IdNumberError> {
+    use crate::pb::IdType;
+    match id_type {
+        IdType::ResidentId => check_resident_id(number).map(|_| ()),
+        IdType::UnifiedSocialCreditCode => check_unified_social_credit_code(number),
+        IdType::Unspecified => Ok(()),
+    }
+}
+
 /// GB 32100-2015 alphabet: digits and capitals without I, O, S, V, Z.
 const USCC_ALPHABET: &[u8; 31] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
 /// 3^(i-1) mod 31.

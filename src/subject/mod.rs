@@ -6,6 +6,6 @@ mod id_number;
 mod pseudonym;
 
 pub use id_number::{
-    check_resident_id, check_unified_social_credit_code, IdNumberError, ResidentId,
+    check_id, check_resident_id, check_unified_social_credit_code, IdNumberError, ResidentId,
 };
 pub use pseudonym::{PseudonymKey, PSEUDONYM_KEY_LEN};
