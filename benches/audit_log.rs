@@ -67,6 +67,7 @@ fn decision(n: u64) -> Event {
         status: 1,
         applicant_facts: None,
         dishonest_until: String::new(),
+        decided_unix_ms: 0,
     })
 }
 

@@ -143,7 +143,7 @@ pub fn sample_submission(matter: &str, request_id: String) -> SubmitApplicationR
         "elderly-subsidy" => (IdType::ResidentId, "330702194005050628", "陈秀英"),
         _ => (IdType::ResidentId, "330702199001011237", "王伟"),
     };
-    let now = crate::gateway::now_unix_ms();
+    let now = crate::clock::system_now_unix_ms();
     let commit = |proof: &str, version: &str| Commitment {
         proof_id: proof.into(),
         text_version: version.into(),
@@ -254,7 +254,7 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
     };
     let applications =
         ApplicationServiceClient::with_interceptor(channel, IdentityHeader::new(&hall_identity));
-    let run_id = crate::gateway::now_unix_ms();
+    let run_id = crate::clock::system_now_unix_ms();
     let matter = options.matter.clone();
     let submissions = run_phase(
         "SubmitApplication",

@@ -23,6 +23,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod departments;
 pub mod gateway;

@@ -431,9 +431,9 @@ async fn run(command: Command) -> ExitCode {
             }
         },
         Command::Stats { data_dir, json } => {
-            let today = proofgate::gateway::format_date(proofgate::gateway::civil_date_cst(
-                proofgate::gateway::now_unix_ms(),
-            ));
+            let today = proofgate::policy::calendar::format_date(
+                proofgate::policy::calendar::civil_date_cst(proofgate::clock::system_now_unix_ms()),
+            );
             match proofgate::audit::data_dir_records(&data_dir)
                 .and_then(|records| proofgate::operations::stats::statistics(records, &today))
             {

@@ -503,7 +503,10 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         let mut every = tokio::time::interval(OVERDUE_SWEEP_EVERY);
         loop {
             every.tick().await;
-            if let Err(e) = sweeping.sweep_overdue(crate::gateway::now_unix_ms()).await {
+            if let Err(e) = sweeping
+                .sweep_overdue(crate::clock::system_now_unix_ms())
+                .await
+            {
                 warn!(error = %e, "overdue sweep failed; retrying next round");
             }
         }
@@ -570,7 +573,10 @@ pub async fn rotate_log_key(
     let write = |path: PathBuf, bytes: &[u8]| {
         std::fs::write(&path, bytes).map_err(|source| ServeError::Write { path, source })
     };
-    let retired = keys_dir.join(format!("retired-{}.pk8", crate::gateway::now_unix_ms()));
+    let retired = keys_dir.join(format!(
+        "retired-{}.pk8",
+        crate::clock::system_now_unix_ms()
+    ));
     std::fs::rename(&current, &retired).map_err(|source| ServeError::Write {
         path: retired.clone(),
         source,

@@ -19,7 +19,8 @@ use crate::pb::{
     VerificationOutcome, VerifyResponse,
 };
 use crate::policy::{
-    completed_verification, overall_status, ApplicantFacts, Mode, PolicySet, Proof,
+    completed_verification, overall_status, overdue_verification, ApplicantFacts, Mode, PolicySet,
+    Proof,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,9 +322,9 @@ impl Replayer {
         self.settle_waiting(index, change, |result| {
             let early = (result.due_unix_ms > as_of)
                 .then(|| "marked overdue before its deadline".to_owned());
-            result.outcome = ProofOutcome::Overdue as i32;
-            result.reason =
-                crate::gateway::overdue_reason(&result.department_id, result.due_unix_ms);
+            let judgement = overdue_verification(&result.department_id, result.due_unix_ms);
+            result.outcome = judgement.outcome as i32;
+            result.reason = judgement.reason;
             early
         });
     }

@@ -5,12 +5,12 @@
 
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::calendar::working_days_after;
 use crate::departments::{CallFailure, DepartmentDirectory};
 use crate::pb::{
     Commitment, ProofDecision, ProofOutcome, ProofResult, Purpose, QueryRequest, RecordedAnswer,
     Subject, SubmitApplicationRequest, VerifyRequest,
 };
+use crate::policy::calendar::working_days_after;
 use crate::policy::{spot_check_selected, ApplicantFacts, Judgement, Mode, Proof};
 
 /// What every proof of one application shares.

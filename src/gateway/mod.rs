@@ -1,7 +1,6 @@
 //! The ApplicationService: orchestration of one application from request to
 //! logged decision, and of the later completion of pending verifications.
 
-mod calendar;
 mod decide;
 mod error;
 mod service;
@@ -11,7 +10,6 @@ mod watch;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use prost::Message;
@@ -20,7 +18,6 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::OnceCell;
 use tracing::{info, info_span, Instrument};
 
-pub use calendar::{civil_date_cst, format_date, working_days_after};
 pub use error::GatewayError;
 pub use service::ApplicationApi;
 pub use validate::{check_submission, FieldViolation};
@@ -29,24 +26,21 @@ pub use watch::{is_final, WatchHub};
 use crate::audit::{
     request_key, spot_check_key, ticket_key, AuditLog, Projection, SpotCheckRecord, TicketRecord,
 };
+use crate::clock::system_now_unix_ms as now_unix_ms;
 use crate::departments::{CompletionHandler, DepartmentDirectory};
 use crate::pb::{
     audit_entry::Event, Application, ApplicationDecided, ApplicationStatus,
     CompleteVerificationRequest, CompleteVerificationResponse, IdType, ProofMode, ProofOutcome,
     RecordedAnswer, SubmitApplicationRequest, VerificationCompleted, VerificationOutcome,
 };
-use crate::policy::{completed_verification, overall_status, ApplicantFacts, PolicySet};
+use crate::policy::calendar::{civil_date_cst, format_date};
+use crate::policy::{
+    completed_verification, overall_status, overdue_verification, ApplicantFacts, PolicySet,
+};
 use crate::subject::PseudonymKey;
 
 /// Shards of the per-application lock that serialises completions.
 const APPLICATION_LOCK_SHARDS: usize = 64;
-
-pub fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 type InFlight = Arc<OnceCell<Application>>;
 
@@ -333,6 +327,7 @@ impl Gateway {
                 status: status as i32,
                 applicant_facts: Some(facts.to_pb()),
                 dishonest_until: dishonest_until.clone().unwrap_or_default(),
+                decided_unix_ms: now,
             });
             let issued: Vec<Vec<u8>> = match &event {
                 Event::ApplicationDecided(d) => d
@@ -459,7 +454,8 @@ impl Gateway {
         let result = proof.clone();
         let status = overall_status(application.proofs.iter().map(|p| p.outcome()));
         application.status = status as i32;
-        application.updated_unix_ms = now_unix_ms();
+        let now = now_unix_ms();
+        application.updated_unix_ms = now;
         let event = Event::VerificationCompleted(VerificationCompleted {
             application_id: application.application_id.clone(),
             proof_id: ticket.proof_id.clone(),
@@ -475,6 +471,7 @@ impl Gateway {
             }),
             result: Some(result),
             status: status as i32,
+            completed_unix_ms: now,
         });
         let mut projections = vec![
             Projection::Application(Box::new(application.clone())),
@@ -526,8 +523,9 @@ impl Gateway {
             }) else {
                 continue;
             };
-            proof.outcome = ProofOutcome::Overdue as i32;
-            proof.reason = overdue_reason(&department, proof.due_unix_ms);
+            let judgement = overdue_verification(&department, proof.due_unix_ms);
+            proof.outcome = judgement.outcome as i32;
+            proof.reason = judgement.reason;
             let result = proof.clone();
             let status = overall_status(application.proofs.iter().map(|p| p.outcome()));
             application.status = status as i32;
@@ -561,14 +559,6 @@ impl Gateway {
         }
         Ok(marked)
     }
-}
-
-/// The reason an overdue proof gives; replay derives the same text.
-pub fn overdue_reason(department: &str, due_unix_ms: i64) -> String {
-    format!(
-        "{department} did not finish the verification by its deadline ({} 24:00 CST); the department may still complete it",
-        format_date(civil_date_cst(due_unix_ms - 1))
-    )
 }
 
 fn outcome_summary(application: &Application) -> String {

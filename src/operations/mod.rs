@@ -12,13 +12,15 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::audit::{dishonesty_key, spot_check_key, DishonestyRecord, Projection};
-use crate::gateway::{civil_date_cst, format_date, now_unix_ms, Gateway};
+use crate::clock::system_now_unix_ms as now_unix_ms;
+use crate::gateway::Gateway;
 use crate::pb::operations_service_server::OperationsService;
 use crate::pb::{
     audit_entry::Event, DishonestyRevoked, GetStatisticsRequest, IdType, ListSpotChecksRequest,
     ListSpotChecksResponse, RecordSpotCheckRequest, RecordSpotCheckResponse,
     RevokeDishonestyRequest, RevokeDishonestyResponse, SpotCheck, SpotCheckRecorded, Statistics,
 };
+use crate::policy::calendar::{civil_date_cst, format_date};
 use crate::security::{caller, denied, Role};
 use crate::subject::check_id;
 

@@ -433,6 +433,18 @@ pub fn completed_verification(
     }
 }
 
+/// The judgement on a pending verification whose deadline has passed: the
+/// department may still complete it.
+pub fn overdue_verification(department: &str, due_unix_ms: i64) -> Judgement {
+    Judgement::new(
+        ProofOutcome::Overdue,
+        format!(
+            "{department} did not finish the verification by its deadline ({} 24:00 CST); the department may still complete it",
+            super::calendar::format_date(super::calendar::civil_date_cst(due_unix_ms - 1))
+        ),
+    )
+}
+
 /// The application's status from its proofs' outcomes. A failed check
 /// decides (rejected); then anything the applicant must do; then waiting.
 pub fn overall_status(outcomes: impl IntoIterator<Item = ProofOutcome>) -> ApplicationStatus {

@@ -169,7 +169,7 @@ pub fn with_commitments(
         .map(|(proof, version)| Commitment {
             proof_id: (*proof).into(),
             text_version: (*version).into(),
-            accepted_at_unix_ms: proofgate::gateway::now_unix_ms() - 1000,
+            accepted_at_unix_ms: proofgate::clock::system_now_unix_ms() - 1000,
         })
         .collect();
     request
