@@ -1,7 +1,9 @@
-//! One TOML file for a node, with environment overrides, validated at start.
-//! Precedence: command-line flags, then `PROOFGATE_*` environment variables,
-//! then the file, then the defaults. Loaded from a map so tests never touch
-//! the process environment.
+//! One TOML file for a node, with environment overrides and command-line
+//! flags, validated at start. Precedence — the one place it is decided:
+//! defaults < file < `PROOFGATE_*` environment variables < flags
+//! ([`resolve`]). Loaded from a map so tests never touch the process
+//! environment. Metrics are on by default at [`DEFAULT_METRICS_LISTEN`];
+//! `off` (in the file, the environment or `--metrics-listen`) disables them.
 //!
 //! ```toml
 //! listen = "127.0.0.1:50051"
@@ -10,7 +12,7 @@
 //! node_id = "node-1"
 //! mock_departments = true
 //! tls = true
-//! metrics_listen = "127.0.0.1:9464"
+//! metrics_listen = "127.0.0.1:9464"   # or "off"
 //! max_in_flight = 4096
 //!
 //! [rate_limits.per_role]        # calls per second
@@ -60,7 +62,7 @@ struct FileConfig {
     node_id: Option<String>,
     mock_departments: Option<bool>,
     tls: Option<bool>,
-    metrics_listen: Option<SocketAddr>,
+    metrics_listen: Option<MetricsListen>,
     max_in_flight: Option<usize>,
     #[serde(default)]
     rate_limits: FileRateLimits,
@@ -77,12 +79,85 @@ struct FileRateLimits {
     per_identity: HashMap<String, u32>,
 }
 
-/// A node's configuration: serve options plus what lives outside them.
+/// Where `proofgate serve` answers GET /metrics unless told otherwise.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    9464,
+));
+
+/// `--metrics-listen` / `metrics_listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.trim() == "off" {
+            return Ok(Self(None));
+        }
+        text.trim()
+            .parse()
+            .map(|addr| Self(Some(addr)))
+            .map_err(|e| format!("`{text}` is neither an address (HOST:PORT) nor `off`: {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsListen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A node's configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub serve: ServeOptions,
-    /// Prometheus metrics over HTTP; None: no metrics listener.
-    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// What the command line says; `None` / `false`: not given, the file, the
+/// environment or the default decides.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub policies: Option<PathBuf>,
+    pub node_id: Option<String>,
+    pub metrics_listen: Option<MetricsListen>,
+    pub no_mock_departments: bool,
+    pub insecure_plaintext: bool,
+}
+
+/// The whole precedence: defaults < `file` < `env` < `flags`.
+pub fn resolve(
+    file: Option<&Path>,
+    env: &HashMap<String, String>,
+    flags: &Flags,
+) -> Result<NodeConfig, ConfigError> {
+    let mut node = load(file, env)?;
+    let serve = &mut node.serve;
+    if let Some(v) = flags.listen {
+        serve.listen = v;
+    }
+    if let Some(v) = &flags.data_dir {
+        serve.data_dir = v.clone();
+    }
+    if let Some(v) = &flags.policies {
+        serve.policies = Some(v.clone());
+    }
+    if let Some(v) = &flags.node_id {
+        serve.node_id = v.clone();
+    }
+    if let Some(v) = flags.metrics_listen {
+        serve.metrics_listen = v.0;
+    }
+    if flags.no_mock_departments {
+        serve.mock_departments = false;
+    }
+    if flags.insecure_plaintext {
+        serve.tls = false;
+    }
+    Ok(node)
 }
 
 fn parse_role(text: &str) -> Option<Role> {
@@ -137,8 +212,12 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
         line: 0,
         problem,
     };
-    let mut serve = ServeOptions::default();
-    let mut metrics_listen = parsed.metrics_listen;
+    let mut serve = ServeOptions {
+        metrics_listen: parsed
+            .metrics_listen
+            .map_or(Some(DEFAULT_METRICS_LISTEN), |m| m.0),
+        ..ServeOptions::default()
+    };
     if let Some(v) = parsed.listen {
         serve.listen = v;
     }
@@ -146,7 +225,7 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
         serve.data_dir = v;
     }
     if let Some(v) = parsed.policies {
-        serve.policies = v;
+        serve.policies = Some(v);
     }
     if let Some(v) = parsed.node_id {
         serve.node_id = v;
@@ -211,21 +290,18 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
         serve.data_dir = PathBuf::from(v);
     }
     if let Some(v) = env.get("PROOFGATE_POLICIES") {
-        serve.policies = PathBuf::from(v);
+        serve.policies = Some(PathBuf::from(v));
     }
     if let Some(v) = env.get("PROOFGATE_NODE_ID") {
         serve.node_id = v.clone();
     }
     if let Some(v) = env.get("PROOFGATE_METRICS_LISTEN") {
-        metrics_listen = Some(
-            v.parse()
-                .map_err(|e| env_error("PROOFGATE_METRICS_LISTEN", format!("{e}")))?,
-        );
+        serve.metrics_listen = v
+            .parse::<MetricsListen>()
+            .map_err(|e| env_error("PROOFGATE_METRICS_LISTEN", e))?
+            .0;
     }
-    Ok(NodeConfig {
-        serve,
-        metrics_listen,
-    })
+    Ok(NodeConfig { serve })
 }
 
 /// The `PROOFGATE_*` variables of the process environment.
@@ -276,5 +352,27 @@ mod tests {
         let env = HashMap::from([("PROOFGATE_LISTEN".to_owned(), "nowhere".to_owned())]);
         let err = load(None, &env).unwrap_err().to_string();
         assert!(err.contains("PROOFGATE_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_environment_and_metrics_default_on_until_off() {
+        let file = write("node_id = \"node-7\"\nmetrics_listen = \"127.0.0.1:9500\"\n");
+        let env = HashMap::from([("PROOFGATE_NODE_ID".to_owned(), "node-9".to_owned())]);
+        let flags = Flags {
+            node_id: Some("node-11".into()),
+            ..Flags::default()
+        };
+        let config = resolve(Some(file.path()), &env, &flags).unwrap();
+        assert_eq!(config.serve.node_id, "node-11");
+        assert_eq!(config.serve.metrics_listen.map(|a| a.port()), Some(9500));
+        let config = resolve(None, &HashMap::new(), &Flags::default()).unwrap();
+        assert_eq!(config.serve.metrics_listen, Some(DEFAULT_METRICS_LISTEN));
+        let off = Flags {
+            metrics_listen: Some("off".parse().unwrap()),
+            ..Flags::default()
+        };
+        let config = resolve(None, &HashMap::new(), &off).unwrap();
+        assert_eq!(config.serve.metrics_listen, None);
+        assert!("nowhere".parse::<MetricsListen>().is_err());
     }
 }

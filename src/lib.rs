@@ -5,19 +5,43 @@
 //! the issuing department; the gateway applies it and logs every decision in a
 //! signed, tamper-evident log.
 //!
+//! ## Layers: imports point down only
+//!
+//! ```text
+//! main (src/main.rs)  parse, config, tracing, call the library, exit code
+//!  → config, bench    configuration precedence; the load generator
+//!  → server           assembly, gRPC service impls, the error boundary, GET /metrics
+//!  → operations       spot checks, dishonesty records, statistics
+//!  → gateway          ApplicationService logic: one application from request to log
+//!  → departments      directory and clients, registry, mocks (used by server/main only)
+//!  → security         keys and key rotation, certificates, identities, roles, the gates
+//!  → audit            entries, store, writer, checkpoints, reads, verify, replay
+//!  → policy           pure: catalog, conditions, the decision core
+//!  → leaves           signing, subject, merkle, metrics, clock, telemetry, pb
+//! ```
+//!
+//! `tests/layers.rs` holds the same table and fails on a cycle or an upward
+//! import. Cross-cutting things are handed in: `server` creates the
+//! [`metrics::Metrics`] handle and gives it to whatever records.
+//!
 //! | module          | part (see DESIGN.md)                                        |
 //! |-----------------|-------------------------------------------------------------|
-//! | [`pb`]          | the gRPC contract `proofgate.v1`, generated from `proto/`   |
-//! | [`policy`]      | parse, validate, compile and evaluate the catalog (pure)    |
-//! | [`gateway`]     | ApplicationService: one application from request to log     |
-//! | [`departments`] | data-source directory, registry, signed answers, mocks      |
-//! | [`audit`]       | entries, Merkle tree, checkpoints, sled store, writer       |
-//! | [`security`]    | keys, mutual TLS certificates, caller roles, rate limits    |
-//! | [`operations`]  | spot checks, dishonesty records, statistics, policy reload  |
-//! | [`subject`]     | ID-number checksums and keyed pseudonyms                    |
-//! | [`server`]      | assembling and running a node                               |
+//! | [`config`]      | the node configuration: defaults < file < env < flags       |
 //! | [`bench`]       | the load generator                                          |
+//! | [`server`]      | assembling and running a node; gRPC services; error boundary|
+//! | [`operations`]  | spot checks, dishonesty records, statistics                 |
+//! | [`gateway`]     | one application from request to log, watchers               |
+//! | [`departments`] | data-source directory, registry, mock departments           |
+//! | [`security`]    | keys, mutual TLS certificates, caller roles, rate limits    |
+//! | [`audit`]       | entries, checkpoints, sled store, writer, reads, replay     |
+//! | [`policy`]      | parse, validate, compile and evaluate the catalog (pure)    |
+//! | [`signing`]     | department answer batch signatures and their verification   |
+//! | [`subject`]     | ID-number checksums and keyed pseudonyms                    |
+//! | [`merkle`]      | RFC 6962 Merkle tree hashing and proofs                     |
+//! | [`metrics`]     | the counters a node records, as a handle                    |
+//! | [`clock`]       | time, injectable                                            |
 //! | [`telemetry`]   | tracing setup                                               |
+//! | [`pb`]          | the gRPC contract `proofgate.v1`, generated from `proto/`   |
 
 #![forbid(unsafe_code)]
 
@@ -27,10 +51,13 @@ pub mod clock;
 pub mod config;
 pub mod departments;
 pub mod gateway;
+pub mod merkle;
+pub mod metrics;
 pub mod operations;
 pub mod pb;
 pub mod policy;
 pub mod security;
 pub mod server;
+pub mod signing;
 pub mod subject;
 pub mod telemetry;

@@ -1,4 +1,7 @@
-//! The `proofgate` command: parse arguments, set up tracing, hand over to the library.
+//! The `proofgate` command: parse arguments, load the configuration, set up
+//! tracing, hand over to the library, and map the result to an exit code
+//! (64 bad configuration or arguments, 65 bad data, 69 cannot bind or the
+//! store is in use, 1 anything else; see README "Exit codes").
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,13 +10,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use proofgate::config::{self, Flags, MetricsListen};
 use proofgate::departments::mock::{builtin_fixture, RunningMock};
-use proofgate::server;
+use proofgate::server::{self, exit};
 use proofgate::telemetry::{self, LogFormat};
 
-/// Exit code for bad configuration or input (sysexits EX_USAGE / EX_DATAERR family).
-const EXIT_CONFIG: u8 = 64;
-const EXIT_DATA: u8 = 65;
+const EXIT_CONFIG: u8 = exit::CONFIG;
+const EXIT_DATA: u8 = exit::DATA;
 
 #[derive(Parser)]
 #[command(
@@ -32,7 +35,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a gateway node. With no arguments: sled in ./proofgate-data, policies
-    /// from ./policies, mock departments started in-process on loopback ports.
+    /// from ./policies (or, without that folder, the sample catalog compiled
+    /// in), mock departments started in-process on loopback ports, metrics on
+    /// 127.0.0.1:9464.
     Serve {
         /// A node configuration file (TOML); PROOFGATE_* variables override it,
         /// flags override both. `proofgate config check FILE` validates one.
@@ -44,15 +49,17 @@ enum Command {
         /// [default: proofgate-data]
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// [default: policies]
+        /// A policy folder, watched for changes [default: ./policies if it
+        /// exists, else the sample catalog compiled into the binary]
         #[arg(long)]
         policies: Option<PathBuf>,
         /// Names this node in application ids and its log's checkpoints [default: node-1].
         #[arg(long)]
         node_id: Option<String>,
-        /// Prometheus metrics over HTTP on this address (GET /metrics).
+        /// Prometheus metrics over HTTP on this address (GET /metrics), or `off`
+        /// [default: 127.0.0.1:9464]
         #[arg(long)]
-        metrics_listen: Option<SocketAddr>,
+        metrics_listen: Option<MetricsListen>,
         /// Do not start the built-in mock departments; real ones register over gRPC.
         #[arg(long)]
         no_mock_departments: bool,
@@ -238,53 +245,29 @@ async fn run(command: Command) -> ExitCode {
             no_mock_departments,
             insecure_plaintext,
         } => {
-            let node =
-                match proofgate::config::load(config.as_deref(), &proofgate::config::process_env())
-                {
-                    Ok(node) => node,
-                    Err(e) => {
-                        eprintln!("proofgate: {e}");
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
-                };
-            let mut options = node.serve;
-            options.metrics_listen = metrics_listen.or(node.metrics_listen);
-            if let Some(v) = listen {
-                options.listen = v;
-            }
-            if let Some(v) = data_dir {
-                options.data_dir = v;
-            }
-            if let Some(v) = policies {
-                options.policies = v;
-            }
-            if let Some(v) = node_id {
-                options.node_id = v;
-            }
-            if no_mock_departments {
-                options.mock_departments = false;
-            }
-            if insecure_plaintext {
-                options.tls = false;
-            }
-            let running = match server::start(options).await {
-                Ok(r) => r,
+            let flags = Flags {
+                listen,
+                data_dir,
+                policies,
+                node_id,
+                metrics_listen,
+                no_mock_departments,
+                insecure_plaintext,
+            };
+            let node = match config::resolve(config.as_deref(), &config::process_env(), &flags) {
+                Ok(node) => node,
                 Err(e) => {
                     eprintln!("proofgate: {e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            println!(
-                "proofgate serving on {} ({} mock departments); Ctrl-C to stop",
-                running.endpoint(),
-                running.mocks.len()
-            );
-            if let Some(addr) = running.metrics_addr {
-                println!("metrics on http://{addr}/metrics");
+            match server::serve_until_signal(node.serve).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("proofgate: {e}");
+                    ExitCode::from(e.exit_code())
+                }
             }
-            serve_until_signal(&running).await;
-            running.shutdown().await;
-            ExitCode::SUCCESS
         }
         Command::MockDepartment {
             name,
@@ -329,7 +312,7 @@ async fn run(command: Command) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             println!("mock department {name} serving on http://{}", mock.addr);
-            wait_for_signal().await;
+            server::wait_for_signal().await;
             mock.stop().await;
             ExitCode::SUCCESS
         }
@@ -406,20 +389,26 @@ async fn run(command: Command) -> ExitCode {
         Command::Audit { command } => audit(command).await,
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => match proofgate::config::load(Some(&file), &proofgate::config::process_env()) {
+        } => match config::load(Some(&file), &config::process_env()) {
             Ok(node) => {
                 let o = &node.serve;
                 println!("{}: valid", file.display());
                 println!("  listen           {}", o.listen);
                 println!("  data_dir         {}", o.data_dir.display());
-                println!("  policies         {}", o.policies.display());
+                println!(
+                    "  policies         {}",
+                    o.policies
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "./policies, else the compiled-in sample".into())
+                );
                 println!("  node_id          {}", o.node_id);
                 println!("  mutual TLS       {}", o.tls);
                 println!("  mock departments {}", o.mock_departments);
                 println!("  max in flight    {}", o.max_in_flight);
                 println!(
                     "  metrics          {}",
-                    node.metrics_listen
+                    o.metrics_listen
                         .map(|a| a.to_string())
                         .unwrap_or_else(|| "off".into())
                 );
@@ -453,7 +442,11 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::DevCerts { dir, issue } => {
             let result = match issue {
-                None => proofgate::security::ensure_dev_certs(&dir).map(|made| {
+                None => proofgate::security::ensure_dev_certs(
+                    &dir,
+                    &proofgate::departments::mock::dev_identities(),
+                )
+                .map(|made| {
                     if made {
                         format!(
                             "development CA and certificates written to {}",
@@ -628,7 +621,7 @@ async fn audit(command: AuditCommand) -> ExitCode {
             }))
         }
         AuditCommand::RotateKey { data_dir, node_id } => {
-            match server::rotate_log_key(&data_dir, &node_id).await {
+            match proofgate::security::rotate_log_key(&data_dir, &node_id).await {
                 Ok(vkey) => {
                     println!("new checkpoint key: {vkey}");
                     ExitCode::SUCCESS
@@ -639,50 +632,5 @@ async fn audit(command: AuditCommand) -> ExitCode {
                 }
             }
         }
-    }
-}
-
-/// Serves until SIGINT or SIGTERM; SIGHUP reloads the policy folder.
-async fn serve_until_signal(running: &server::Running) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
-            let stop = wait_for_signal();
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = hangup.recv() => {
-                        // A refused set is logged and the old one keeps serving.
-                        let _ = running.reload_policies().await;
-                    }
-                }
-            }
-        }
-    }
-    wait_for_signal().await;
-}
-
-/// SIGINT or SIGTERM.
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -460,7 +460,7 @@ async fn replay_catches_a_re_signed_log_whose_decision_does_not_follow() {
     // completion and re-signs everything: the log verifies, replay does not.
     let forged_dir = tempfile::tempdir().unwrap();
     let (log, _) =
-        proofgate::server::open_log(forged_dir.path(), "test-node", WriterOptions::default())
+        proofgate::security::open_log(forged_dir.path(), "test-node", WriterOptions::default())
             .unwrap();
     let mut forged_index = None;
     for (i, event) in events.into_iter().enumerate() {
@@ -505,7 +505,7 @@ async fn replay_catches_a_re_signed_log_whose_decision_does_not_follow() {
 async fn a_rotated_key_is_followed_from_the_first_key() {
     let dir = filled_data_dir().await;
     let first_key = std::fs::read_to_string(dir.path().join("log.vkey")).unwrap();
-    let new_key = proofgate::server::rotate_log_key(dir.path(), "test-node")
+    let new_key = proofgate::security::rotate_log_key(dir.path(), "test-node")
         .await
         .unwrap();
     assert_ne!(first_key.trim(), new_key);

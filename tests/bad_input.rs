@@ -147,3 +147,34 @@ async fn unknown_application_ids_are_not_found() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn invalid_argument_carries_one_bad_request_violation_per_bad_field() {
+    use tonic_types::StatusExt;
+    let gw = TestGateway::start().await;
+    let mut req = request("elderly-subsidy", ELDERLY);
+    req.request_id.clear();
+    req.officer = None;
+    req.applicant.as_mut().unwrap().name = "   ".into();
+    let status = refused(&gw, req).await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // tonic moves the `grpc-status-details-bin` trailer into `details()`.
+    assert!(
+        !status.details().is_empty(),
+        "no grpc-status-details-bin trailer"
+    );
+    let bad = status
+        .get_details_bad_request()
+        .expect("google.rpc.BadRequest details");
+    let mut fields: Vec<&str> = bad
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["applicant.name", "officer", "request_id"]);
+    assert!(bad
+        .field_violations
+        .iter()
+        .all(|v| !v.description.is_empty()));
+}

@@ -25,6 +25,7 @@ fn spawn(data_dir: &std::path::Path) -> (Child, String) {
         .arg("--policies")
         .arg(policies_dir())
         .args(["--listen", "127.0.0.1:0", "--node-id", "crash-node"])
+        .args(["--metrics-listen", "off"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

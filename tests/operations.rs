@@ -225,7 +225,7 @@ async fn a_bad_policy_reload_keeps_the_old_version_serving() {
         std::fs::copy(&path, policies.path().join(path.file_name().unwrap())).unwrap();
     }
     let mut options = options(data_dir.path());
-    options.policies = policies.path().to_path_buf();
+    options.policies = Some(policies.path().to_path_buf());
     let running = proofgate::server::start(options).await.unwrap();
     let before = running.gateway.policy().version.clone();
 

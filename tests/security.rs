@@ -231,7 +231,11 @@ async fn certificates_of_another_ca_or_expired_ones_are_refused() {
     assert!(handshake_with(&gw, &good.cert, &good.key).await.is_ok());
 
     let other_ca = tempfile::tempdir().unwrap();
-    proofgate::security::ensure_dev_certs(other_ca.path()).unwrap();
+    proofgate::security::ensure_dev_certs(
+        other_ca.path(),
+        &proofgate::departments::mock::dev_identities(),
+    )
+    .unwrap();
     let foreign = TlsFiles::load(other_ca.path(), HALL).unwrap();
     assert!(
         handshake_with(&gw, &foreign.cert, &foreign.key)

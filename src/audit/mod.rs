@@ -3,25 +3,26 @@
 //! sealed per batch by an Ed25519-signed checkpoint (C2SP signed note).
 
 mod checkpoint;
-mod merkle;
-mod proof;
+mod reader;
 mod records;
 mod replay;
 pub mod report;
-mod service;
 mod store;
 mod verify;
 mod writer;
 
 pub use checkpoint::{parse_checkpoint, Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
-pub use merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
-pub use proof::{
+// The Merkle tree is a leaf module shared with answer signing; the names
+// stay importable from here (and as `super::merkle` / `super::proof`).
+pub use crate::merkle::proof::{
     consistency_proof, inclusion_proof, subtree_hash, verify_consistency, verify_inclusion,
     ProofError, SubtreeSource,
 };
+use crate::merkle::{self, proof};
+pub use crate::merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
+pub use reader::{AuditReader, ReadError};
 pub use records::{data_dir_records, export, file_records, LogRecord, RecordError, Records};
 pub use replay::{replay_records, Discrepancy, ReplayReport};
-pub use service::AuditApi;
 pub use store::{
     application_key, data_source_key, dishonesty_key, request_key, spot_check_key, ticket_key,
     AuditStore, DishonestyRecord, SpotCheckRecord, StoreError, TicketRecord,

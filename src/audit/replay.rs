@@ -12,7 +12,6 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::records::{LogRecord, RecordError};
-use crate::departments::signing::{verify_completion, AnswerVerifier};
 use crate::pb::{
     audit_entry::Event, ApplicationDecided, AuditEntry, CompleteVerificationRequest, ProofDecision,
     ProofMode, ProofOutcome, ProofResult, QueryResponse, RecordedAnswer, VerificationCompleted,
@@ -22,6 +21,7 @@ use crate::policy::{
     completed_verification, overall_status, overdue_verification, ApplicantFacts, Mode, PolicySet,
     Proof,
 };
+use crate::signing::{verify_completion, AnswerVerifier};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discrepancy {

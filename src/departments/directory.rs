@@ -18,6 +18,7 @@ use super::resilience::{
     acquire, backoff, rate_limiter, CircuitBreaker, CircuitState, MAX_QUERY_ATTEMPTS, MAX_RATE_WAIT,
 };
 use super::signing::{verify_completion, AnswerVerifier, BatchSigned};
+use crate::metrics::Metrics;
 use crate::pb::department_service_client::DepartmentServiceClient;
 use crate::pb::{
     CompleteVerificationRequest, DataSource, QueryRequest, QueryResponse, VerifyRequest,
@@ -104,6 +105,8 @@ pub struct DepartmentDirectory {
     /// The gateway's client identity for mutual TLS to departments; None in
     /// plaintext dev mode.
     client_tls: Option<TlsFiles>,
+    /// Where call results and latencies are counted (handed in by the server).
+    metrics: Metrics,
 }
 
 impl Default for DepartmentDirectory {
@@ -132,7 +135,14 @@ impl DepartmentDirectory {
             answers: AnswerVerifier::default(),
             rng: SystemRandom::new(),
             client_tls,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts department calls in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Checks a registration without applying it.
@@ -245,7 +255,7 @@ impl DepartmentDirectory {
         Ok(())
     }
 
-    fn settle<T>(source: &Source, result: &Result<T, CallFailure>, started: Instant) {
+    fn settle<T>(&self, source: &Source, result: &Result<T, CallFailure>, started: Instant) {
         let healthy = match result {
             Ok(_) => true,
             Err(failure) => !failure.is_health_failure(),
@@ -259,11 +269,8 @@ impl DepartmentDirectory {
             Err(CallFailure::BadSignature) => "bad_signature",
             Err(_) => "refused",
         };
-        crate::operations::metrics::metrics().department_call(
-            &source.info.department_id,
-            kind,
-            started.elapsed(),
-        );
+        self.metrics
+            .department_call(&source.info.department_id, kind, started.elapsed());
     }
 
     /// Queries a department: idempotent, so unreachable attempts are retried
@@ -316,7 +323,7 @@ impl DepartmentDirectory {
         self.admit(source, deadline).await?;
         let started = Instant::now();
         let result = self.query_unguarded(source, request, deadline).await;
-        Self::settle(source, &result, started);
+        self.settle(source, &result, started);
         result
     }
 
@@ -382,7 +389,7 @@ impl DepartmentDirectory {
         self.admit(&source, deadline).await?;
         let call_started = Instant::now();
         let result = self.verify_unguarded(&source, request, deadline).await;
-        Self::settle(&source, &result, call_started);
+        self.settle(&source, &result, call_started);
         result.map(|answer| Answered {
             answer,
             latency: started.elapsed(),

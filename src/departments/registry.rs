@@ -1,88 +1,59 @@
-//! DepartmentRegistry over gRPC: departments announce, list and withdraw their
-//! data sources, and finish pending verifications. Every registration change
-//! is an audit entry and persists in the store, so it survives restarts.
+//! The registry of data sources: departments announce and withdraw them.
+//! Every change is an audit entry and persists in the store, so it survives
+//! restarts. Who may change what is decided by the caller (the gRPC layer in
+//! `server`); this module checks the registration itself.
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use thiserror::Error;
+use tracing::info;
 
-use super::directory::DepartmentDirectory;
-use crate::audit::{AuditLog, Projection};
-use crate::pb::department_registry_server::DepartmentRegistry;
-use crate::pb::{
-    audit_entry::Event, CompleteVerificationRequest, CompleteVerificationResponse, DataSource,
-    DataSourceChanged, DeregisterDataSourceRequest, DeregisterDataSourceResponse,
-    ListDataSourcesRequest, ListDataSourcesResponse, RegisterDataSourceRequest,
-};
-use crate::security::{caller, denied, Caller, Role};
-
-/// Where finished verifications go (the gateway, which owns applications).
-#[tonic::async_trait]
-pub trait CompletionHandler: Send + Sync + 'static {
-    async fn complete_verification(
-        &self,
-        request: CompleteVerificationRequest,
-    ) -> Result<CompleteVerificationResponse, Status>;
-}
+use super::directory::{DepartmentDirectory, DirectoryError};
+use crate::audit::{AuditError, AuditLog, Projection};
+use crate::pb::{audit_entry::Event, DataSource, DataSourceChanged};
 
 const MAX_NAMES: usize = 256;
 const MAX_NAME_LEN: usize = 128;
 
-pub struct RegistryApi {
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    /// A field of the registration is wrong; `field` names it.
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    #[error("no data source is registered for department `{0}`")]
+    NotRegistered(String),
+    #[error("the audit log is not writable; the change was not made, retry later")]
+    Log(#[source] AuditError),
+}
+
+/// Registration changes: checked, logged, then applied to the directory.
+pub struct Registry {
     directory: Arc<DepartmentDirectory>,
     audit: AuditLog,
-    completions: Arc<dyn CompletionHandler>,
 }
 
-impl RegistryApi {
-    pub fn new(
-        directory: Arc<DepartmentDirectory>,
-        audit: AuditLog,
-        completions: Arc<dyn CompletionHandler>,
-    ) -> Self {
-        Self {
-            directory,
-            audit,
-            completions,
-        }
+impl Registry {
+    pub fn new(directory: Arc<DepartmentDirectory>, audit: AuditLog) -> Self {
+        Self { directory, audit }
     }
-}
 
-/// A department acts only for itself; an admin for any department.
-fn may_act_for(caller: &Caller, department_id: &str, what: &str) -> Result<(), Status> {
-    match &caller.role {
-        Role::Admin => Ok(()),
-        Role::Department { department_id: own } if own == department_id => Ok(()),
-        _ => Err(denied(
-            caller,
-            format!("{what} for department `{department_id}`"),
-        )),
+    pub fn directory(&self) -> &Arc<DepartmentDirectory> {
+        &self.directory
     }
-}
 
-fn audit_unavailable(e: impl std::fmt::Display) -> Status {
-    warn!(error = %e, "registry change not logged");
-    Status::unavailable("the audit log is not writable; the change was not made, retry later")
-}
-
-#[tonic::async_trait]
-impl DepartmentRegistry for RegistryApi {
-    async fn register_data_source(
+    /// Registers (or replaces) `source`; `changed_by` goes into the log.
+    pub async fn register(
         &self,
-        request: Request<RegisterDataSourceRequest>,
-    ) -> Result<Response<DataSource>, Status> {
-        let caller = caller(&request)?;
-        let changed_by = caller.identity.clone();
-        let source = request
-            .into_inner()
-            .source
-            .ok_or_else(|| Status::invalid_argument("source is required"))?;
-        may_act_for(&caller, &source.department_id, "register a data source")?;
+        changed_by: String,
+        source: DataSource,
+    ) -> Result<DataSource, RegistryError> {
         // Everything the directory would refuse is refused before logging.
-        self.directory
-            .check(&source)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.directory.check(&source)?;
         if source.queries.len() + source.verifications.len() > MAX_NAMES
             || source
                 .queries
@@ -90,14 +61,18 @@ impl DepartmentRegistry for RegistryApi {
                 .chain(&source.verifications)
                 .any(|n| n.is_empty() || n.len() > MAX_NAME_LEN)
         {
-            return Err(Status::invalid_argument(format!(
-                "queries and verifications: at most {MAX_NAMES} names of 1–{MAX_NAME_LEN} bytes"
-            )));
+            return Err(RegistryError::Invalid {
+                field: "source.queries",
+                problem: format!(
+                    "queries and verifications: at most {MAX_NAMES} names of 1–{MAX_NAME_LEN} bytes"
+                ),
+            });
         }
         if source.capacity_per_second == 0 {
-            return Err(Status::invalid_argument(
-                "capacity_per_second must be at least 1",
-            ));
+            return Err(RegistryError::Invalid {
+                field: "source.capacity_per_second",
+                problem: "capacity_per_second must be at least 1".into(),
+            });
         }
         let key = crate::audit::data_source_key(&source.department_id);
         self.audit
@@ -110,35 +85,24 @@ impl DepartmentRegistry for RegistryApi {
                 vec![Projection::Put(key, prost::Message::encode_to_vec(&source))],
             )
             .await
-            .map_err(audit_unavailable)?;
-        self.directory
-            .upsert(source.clone())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(RegistryError::Log)?;
+        self.directory.upsert(source.clone())?;
         info!(department = %source.department_id, endpoint = %source.endpoint, "data source registered");
-        Ok(Response::new(source))
+        Ok(source)
     }
 
-    async fn list_data_sources(
-        &self,
-        _request: Request<ListDataSourcesRequest>,
-    ) -> Result<Response<ListDataSourcesResponse>, Status> {
-        Ok(Response::new(ListDataSourcesResponse {
-            sources: self.directory.list(),
-        }))
+    pub fn list(&self) -> Vec<DataSource> {
+        self.directory.list()
     }
 
-    async fn deregister_data_source(
+    /// Withdraws the data source of `department_id`.
+    pub async fn deregister(
         &self,
-        request: Request<DeregisterDataSourceRequest>,
-    ) -> Result<Response<DeregisterDataSourceResponse>, Status> {
-        let caller = caller(&request)?;
-        let changed_by = caller.identity.clone();
-        let department_id = request.into_inner().department_id;
-        may_act_for(&caller, &department_id, "deregister a data source")?;
-        let Some(source) = self.directory.get(&department_id) else {
-            return Err(Status::not_found(format!(
-                "no data source is registered for department `{department_id}`"
-            )));
+        changed_by: String,
+        department_id: &str,
+    ) -> Result<(), RegistryError> {
+        let Some(source) = self.directory.get(department_id) else {
+            return Err(RegistryError::NotRegistered(department_id.to_owned()));
         };
         self.audit
             .append(
@@ -148,26 +112,13 @@ impl DepartmentRegistry for RegistryApi {
                     changed_by,
                 }),
                 vec![Projection::Delete(crate::audit::data_source_key(
-                    &department_id,
+                    department_id,
                 ))],
             )
             .await
-            .map_err(audit_unavailable)?;
-        self.directory.remove(&department_id);
+            .map_err(RegistryError::Log)?;
+        self.directory.remove(department_id);
         info!(department = %department_id, "data source deregistered");
-        Ok(Response::new(DeregisterDataSourceResponse {}))
-    }
-
-    async fn complete_verification(
-        &self,
-        request: Request<CompleteVerificationRequest>,
-    ) -> Result<Response<CompleteVerificationResponse>, Status> {
-        let caller = caller(&request)?;
-        let request = request.into_inner();
-        may_act_for(&caller, &request.department_id, "complete a verification")?;
-        self.completions
-            .complete_verification(request)
-            .await
-            .map(Response::new)
+        Ok(())
     }
 }

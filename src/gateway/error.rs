@@ -1,8 +1,6 @@
-//! Gateway errors and the one place they become gRPC statuses.
+//! Gateway errors; `server::status` turns them into gRPC statuses.
 
 use thiserror::Error;
-use tonic::{Code, Status};
-use tracing::warn;
 
 use super::validate::FieldViolation;
 use crate::audit::{AuditError, StoreError};
@@ -25,9 +23,9 @@ pub enum GatewayError {
     TicketNotYetRecorded,
     #[error("the completion is not signed by the registered key of department `{0}`")]
     BadSignature(String),
-    #[error("the audit log cannot take the decision: {0}")]
+    #[error("the audit log cannot take the decision")]
     Audit(#[from] AuditError),
-    #[error("store: {0}")]
+    #[error("the store cannot be read")]
     Store(#[from] StoreError),
 }
 
@@ -37,29 +35,4 @@ fn join(violations: &[FieldViolation]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-impl From<GatewayError> for Status {
-    fn from(e: GatewayError) -> Self {
-        let code = match &e {
-            GatewayError::Invalid(_) => Code::InvalidArgument,
-            GatewayError::UnknownMatter(_)
-            | GatewayError::UnknownApplication(_)
-            | GatewayError::UnknownTicket { .. } => Code::NotFound,
-            GatewayError::RequestIdReused(_) => Code::AlreadyExists,
-            GatewayError::BadSignature(_) => Code::Unauthenticated,
-            GatewayError::TicketNotYetRecorded => Code::Unavailable,
-            GatewayError::Audit(_) => {
-                warn!(error = %e, "decision not logged");
-                return Status::unavailable(
-                    "the audit log is not writable, so nothing was decided; retry later",
-                );
-            }
-            GatewayError::Store(_) => {
-                warn!(error = %e, "store read failed");
-                return Status::internal("internal error; the operator has been told");
-            }
-        };
-        Status::new(code, e.to_string())
-    }
 }

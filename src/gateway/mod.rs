@@ -3,7 +3,6 @@
 
 mod decide;
 mod error;
-mod service;
 mod validate;
 mod watch;
 
@@ -19,15 +18,14 @@ use tokio::sync::OnceCell;
 use tracing::{info, info_span, Instrument};
 
 pub use error::GatewayError;
-pub use service::ApplicationApi;
 pub use validate::{check_submission, FieldViolation};
-pub use watch::{is_final, WatchHub};
+pub use watch::{is_final, receipt_index, WatchHub};
 
 use crate::audit::{
     request_key, spot_check_key, ticket_key, AuditLog, Projection, SpotCheckRecord, TicketRecord,
 };
 use crate::clock::system_now_unix_ms as now_unix_ms;
-use crate::departments::{CompletionHandler, DepartmentDirectory};
+use crate::departments::DepartmentDirectory;
 use crate::pb::{
     audit_entry::Event, Application, ApplicationDecided, ApplicationStatus,
     CompleteVerificationRequest, CompleteVerificationResponse, IdType, ProofMode, ProofOutcome,
@@ -377,7 +375,7 @@ impl Gateway {
             .ok_or_else(|| GatewayError::UnknownApplication(application_id.to_owned()))
     }
 
-    async fn complete(
+    pub async fn complete(
         &self,
         request: CompleteVerificationRequest,
     ) -> Result<CompleteVerificationResponse, GatewayError> {
@@ -573,14 +571,4 @@ fn outcome_summary(application: &Application) -> String {
 /// Whether the application is still waiting on departments.
 pub fn is_pending(application: &Application) -> bool {
     application.status() == ApplicationStatus::Pending
-}
-
-#[tonic::async_trait]
-impl CompletionHandler for Gateway {
-    async fn complete_verification(
-        &self,
-        request: CompleteVerificationRequest,
-    ) -> Result<CompleteVerificationResponse, tonic::Status> {
-        self.complete(request).await.map_err(Into::into)
-    }
 }

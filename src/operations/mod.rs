@@ -1,79 +1,79 @@
-//! Operations: the OperationsService (officers: spot checks of commitments,
-//! dishonesty records, statistics) and what running the node needs beyond
-//! serving (policy reload).
+//! Operations: what officers do besides deciding — spot checks of
+//! commitments, dishonesty records, statistics — as plain methods; the gRPC
+//! OperationsService in `server` checks the caller and maps the errors.
 
-pub mod metrics;
 pub mod stats;
 
 use std::sync::Arc;
 
 use prost::Message;
-use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use thiserror::Error;
+use tracing::info;
 
-use crate::audit::{dishonesty_key, spot_check_key, DishonestyRecord, Projection};
+use crate::audit::{
+    dishonesty_key, spot_check_key, AuditError, DishonestyRecord, Projection, StoreError,
+};
 use crate::clock::system_now_unix_ms as now_unix_ms;
 use crate::gateway::Gateway;
-use crate::pb::operations_service_server::OperationsService;
 use crate::pb::{
-    audit_entry::Event, DishonestyRevoked, GetStatisticsRequest, IdType, ListSpotChecksRequest,
-    ListSpotChecksResponse, RecordSpotCheckRequest, RecordSpotCheckResponse,
+    audit_entry::Event, DishonestyRevoked, IdType, RecordSpotCheckRequest, RecordSpotCheckResponse,
     RevokeDishonestyRequest, RevokeDishonestyResponse, SpotCheck, SpotCheckRecorded, Statistics,
 };
 use crate::policy::calendar::{civil_date_cst, format_date};
-use crate::security::{caller, denied, Role};
 use crate::subject::check_id;
 
 const MS_PER_DAY: i64 = 86_400_000;
 
-pub struct OperationsApi {
+#[derive(Debug, Error)]
+pub enum OperationsError {
+    /// A field of the request is wrong; `field` names it.
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+    #[error("no open spot check of proof `{proof_id}` in application `{application_id}`")]
+    NoSpotCheck {
+        application_id: String,
+        proof_id: String,
+    },
+    #[error("this subject has no dishonesty record")]
+    NoDishonesty,
+    #[error("the audit log is not writable; nothing was {0}")]
+    Log(&'static str, #[source] AuditError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the statistics task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Officers' operations on one node.
+pub struct Operations {
     gateway: Arc<Gateway>,
 }
 
-impl OperationsApi {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
-    }
-}
-
-fn officer<T>(request: &Request<T>) -> Result<String, Status> {
-    let caller = caller(request)?;
-    match caller.role {
-        Role::Admin => Ok(caller.identity),
-        _ => Err(denied(
-            &caller,
-            "operate spot checks, dishonesty records or statistics",
-        )),
-    }
-}
-
-fn internal(e: impl std::fmt::Display) -> Status {
-    warn!(error = %e, "operations store access failed");
-    Status::internal("internal error; the operator has been told")
-}
-
-fn reason_of(reason: &str) -> Result<(), Status> {
+fn reason_of(reason: &str) -> Result<(), OperationsError> {
     if reason.trim().is_empty() || reason.len() > 2000 {
-        return Err(Status::invalid_argument(
-            "reason is required (at most 2000 bytes): it goes into the audit log",
-        ));
+        return Err(OperationsError::Invalid {
+            field: "reason",
+            problem: "is required (at most 2000 bytes): it goes into the audit log".into(),
+        });
     }
     Ok(())
 }
 
-#[tonic::async_trait]
-impl OperationsService for OperationsApi {
-    async fn list_spot_checks(
-        &self,
-        request: Request<ListSpotChecksRequest>,
-    ) -> Result<Response<ListSpotChecksResponse>, Status> {
-        officer(&request)?;
-        let spot_checks = self
+impl Operations {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+
+    /// The open spot checks.
+    pub fn spot_checks(&self) -> Result<Vec<SpotCheck>, OperationsError> {
+        Ok(self
             .gateway
             .audit()
             .store()
-            .spot_checks()
-            .map_err(internal)?
+            .spot_checks()?
             .into_iter()
             .map(|(application_id, proof_id, record)| SpotCheck {
                 application_id,
@@ -81,26 +81,22 @@ impl OperationsService for OperationsApi {
                 matter_id: record.matter_id,
                 committed_unix_ms: record.committed_unix_ms,
             })
-            .collect();
-        Ok(Response::new(ListSpotChecksResponse { spot_checks }))
+            .collect())
     }
-
-    async fn record_spot_check(
+    /// Records the result of a spot check; a false commitment bars the
+    /// applicant from commitments for the proof's dishonesty period.
+    pub async fn record_spot_check(
         &self,
-        request: Request<RecordSpotCheckRequest>,
-    ) -> Result<Response<RecordSpotCheckResponse>, Status> {
-        let recorded_by = officer(&request)?;
-        let request = request.into_inner();
+        recorded_by: String,
+        request: RecordSpotCheckRequest,
+    ) -> Result<RecordSpotCheckResponse, OperationsError> {
         reason_of(&request.reason)?;
         let store = self.gateway.audit().store();
         let record = store
-            .spot_check(&request.application_id, &request.proof_id)
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no open spot check of proof `{}` in application `{}`",
-                    request.proof_id, request.application_id
-                ))
+            .spot_check(&request.application_id, &request.proof_id)?
+            .ok_or_else(|| OperationsError::NoSpotCheck {
+                application_id: request.application_id.clone(),
+                proof_id: request.proof_id.clone(),
             })?;
         let mut projections = vec![Projection::Delete(spot_check_key(
             &request.application_id,
@@ -139,36 +135,40 @@ impl OperationsService for OperationsApi {
                 projections,
             )
             .await
-            .map_err(|_| {
-                Status::unavailable("the audit log is not writable; nothing was recorded")
-            })?;
+            .map_err(|e| OperationsError::Log("recorded", e))?;
         info!(application_id = %request.application_id, proof = %request.proof_id, truthful = request.truthful, "spot check recorded");
-        Ok(Response::new(RecordSpotCheckResponse {
+        Ok(RecordSpotCheckResponse {
             audit_index: receipt.index,
             dishonest_until,
-        }))
+        })
     }
 
-    async fn revoke_dishonesty(
+    /// Lifts the dishonesty record of a subject.
+    pub async fn revoke_dishonesty(
         &self,
-        request: Request<RevokeDishonestyRequest>,
-    ) -> Result<Response<RevokeDishonestyResponse>, Status> {
-        let revoked_by = officer(&request)?;
-        let request = request.into_inner();
+        revoked_by: String,
+        request: RevokeDishonestyRequest,
+    ) -> Result<RevokeDishonestyResponse, OperationsError> {
         reason_of(&request.reason)?;
-        let subject = request
-            .subject
-            .ok_or_else(|| Status::invalid_argument("subject is required"))?;
+        let subject = request.subject.ok_or(OperationsError::Invalid {
+            field: "subject",
+            problem: "is required".into(),
+        })?;
         let id_type = IdType::try_from(subject.id_type).unwrap_or_default();
         if id_type == IdType::Unspecified {
-            return Err(Status::invalid_argument("subject.id_type is required"));
+            return Err(OperationsError::Invalid {
+                field: "subject.id_type",
+                problem: "is required".into(),
+            });
         }
-        let checked = check_id(id_type, &subject.id_number);
-        checked.map_err(|e| Status::invalid_argument(format!("subject.id_number: {e}")))?;
+        check_id(id_type, &subject.id_number).map_err(|e| OperationsError::Invalid {
+            field: "subject.id_number",
+            problem: e.to_string(),
+        })?;
         let pseudonym = self.gateway.pseudonym(id_type, &subject.id_number);
         let store = self.gateway.audit().store();
-        if store.dishonesty(&pseudonym).map_err(internal)?.is_none() {
-            return Err(Status::not_found("this subject has no dishonesty record"));
+        if store.dishonesty(&pseudonym)?.is_none() {
+            return Err(OperationsError::NoDishonesty);
         }
         let receipt = self
             .gateway
@@ -182,19 +182,14 @@ impl OperationsService for OperationsApi {
                 vec![Projection::Delete(dishonesty_key(&pseudonym))],
             )
             .await
-            .map_err(|_| {
-                Status::unavailable("the audit log is not writable; nothing was revoked")
-            })?;
-        Ok(Response::new(RevokeDishonestyResponse {
+            .map_err(|e| OperationsError::Log("revoked", e))?;
+        Ok(RevokeDishonestyResponse {
             audit_index: receipt.index,
-        }))
+        })
     }
 
-    async fn get_statistics(
-        &self,
-        request: Request<GetStatisticsRequest>,
-    ) -> Result<Response<Statistics>, Status> {
-        officer(&request)?;
+    /// The reform's figures, folded over the whole log.
+    pub async fn statistics(&self) -> Result<Statistics, OperationsError> {
         let store = self.gateway.audit().store().clone();
         let today = format_date(civil_date_cst(now_unix_ms()));
         // A fold over the whole log: blocking work off the async threads.
@@ -204,11 +199,9 @@ impl OperationsService for OperationsApi {
                 let (_, bytes) = item?;
                 fold.entry(&bytes);
             }
-            Ok::<_, crate::audit::StoreError>(fold.finish(&today))
+            Ok::<_, StoreError>(fold.finish(&today))
         })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
-        Ok(Response::new(statistics))
+        .await??;
+        Ok(statistics)
     }
 }

@@ -17,6 +17,7 @@ use tonic::{Request, Status};
 use tracing::warn;
 
 use super::identity::{identity_of, Caller, Role, RoleMap};
+use crate::metrics::Metrics;
 
 /// Header naming the caller in `--insecure-plaintext` mode only.
 pub const PLAINTEXT_IDENTITY_HEADER: &str = "x-proofgate-identity";
@@ -69,6 +70,8 @@ struct GuardState {
 #[derive(Clone)]
 pub struct Guard {
     state: Arc<GuardState>,
+    /// Where each gate's verdicts are counted (handed in by the server).
+    metrics: Metrics,
 }
 
 impl Guard {
@@ -80,7 +83,14 @@ impl Guard {
                 limits,
                 limiters: Mutex::new(HashMap::new()),
             }),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts the gates' verdicts in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The interceptor of one service, admitting the given role kinds.
@@ -174,7 +184,7 @@ impl Interceptor for ServiceGate {
             Err(s) if s.code() == tonic::Code::ResourceExhausted => "limited",
             Err(_) => "denied",
         };
-        crate::operations::metrics::metrics().request(self.service, verdict);
+        self.guard.metrics.request(self.service, verdict);
         result.map(|()| request)
     }
 }

@@ -13,8 +13,6 @@ use rcgen::{
 };
 use thiserror::Error;
 
-use crate::departments::mock::BUILTIN_DEPARTMENTS;
-
 pub const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca.key";
 /// The gateway's identity; departments' TLS clients expect it.
@@ -50,8 +48,11 @@ pub enum Validity {
     Expired,
 }
 
-/// The identities `proofgate dev-certs` (and a first `serve`) create.
-pub fn standard_identities() -> Vec<String> {
+/// The identities `proofgate dev-certs` (and a first `serve`) create: the
+/// gateway, two halls, an auditor, a citizen portal, an admin, and one
+/// department identity per name in `departments` (the caller knows which
+/// departments it runs; security does not).
+pub fn standard_identities<'a>(departments: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut names = vec![
         GATEWAY_IDENTITY.to_owned(),
         "hall-wucheng.hall.proofgate".to_owned(),
@@ -61,9 +62,9 @@ pub fn standard_identities() -> Vec<String> {
         "admin.admin.proofgate".to_owned(),
     ];
     names.extend(
-        BUILTIN_DEPARTMENTS
-            .iter()
-            .map(|(name, _)| format!("{name}.department.proofgate")),
+        departments
+            .into_iter()
+            .map(|name| format!("{name}.department.proofgate")),
     );
     names
 }
@@ -105,9 +106,9 @@ fn valid_identity(identity: &str) -> bool {
         })
 }
 
-/// Creates the CA and the standard certificates in `dir` unless a CA exists.
-/// Returns whether anything was created.
-pub fn ensure_dev_certs(dir: &Path) -> Result<bool, CertError> {
+/// Creates the CA and a certificate for each of `identities` in `dir` unless
+/// a CA exists. Returns whether anything was created.
+pub fn ensure_dev_certs(dir: &Path, identities: &[String]) -> Result<bool, CertError> {
     if dir.join(CA_CERT).exists() {
         return Ok(false);
     }
@@ -116,8 +117,8 @@ pub fn ensure_dev_certs(dir: &Path) -> Result<bool, CertError> {
     let ca = ca_params()?.self_signed(&key)?;
     write_private(&dir.join(CA_KEY), &key.serialize_pem())?;
     fs::write(dir.join(CA_CERT), ca.pem()).map_err(io(&dir.join(CA_CERT)))?;
-    for identity in standard_identities() {
-        issue(dir, &identity, Validity::Normal)?;
+    for identity in identities {
+        issue(dir, identity, Validity::Normal)?;
     }
     Ok(true)
 }
@@ -219,12 +220,14 @@ mod tests {
     #[test]
     fn dev_certs_are_made_once_with_private_keys_closed() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(ensure_dev_certs(dir.path()).unwrap());
+        let identities = standard_identities(["civil-affairs"]);
+        assert!(identities.contains(&"civil-affairs.department.proofgate".to_owned()));
+        assert!(ensure_dev_certs(dir.path(), &identities).unwrap());
         assert!(
-            !ensure_dev_certs(dir.path()).unwrap(),
+            !ensure_dev_certs(dir.path(), &identities).unwrap(),
             "kept on the next start"
         );
-        for identity in standard_identities() {
+        for identity in &identities {
             assert!(
                 dir.path().join(format!("{identity}.pem")).exists(),
                 "{identity}"

@@ -1,6 +1,7 @@
 //! The node's secrets on disk: the Ed25519 key that signs checkpoints and the
 //! HMAC key of subject pseudonyms. Generated on first start, owner-only
-//! permissions, never logged.
+//! permissions (files created 0600, never chmod-ed after writing), never
+//! logged. Also opening the node's log with its key, and rotating that key.
 
 use std::fs;
 use std::io::Write;
@@ -10,6 +11,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::Ed25519KeyPair;
 use thiserror::Error;
 
+use crate::audit::WriterOptions;
+use crate::audit::{AuditError, AuditLog, AuditStore, CheckpointError, NoteSigner, StoreError};
+use crate::pb;
 use crate::subject::{PseudonymKey, PSEUDONYM_KEY_LEN};
 
 const SIGNING_KEY_FILE: &str = "log-signing-key.pk8";
@@ -36,6 +40,110 @@ pub enum KeyError {
 pub struct NodeKeys {
     pub signing: Ed25519KeyPair,
     pub pseudonym: PseudonymKey,
+}
+
+/// Opening the node's log, or rotating its key, failed.
+#[derive(Debug, Error)]
+pub enum LogKeyError {
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: no key to rotate (has this node ever started?)")]
+    NoKey(PathBuf),
+}
+
+/// The origin line of a node's checkpoints.
+pub fn log_origin(node_id: &str) -> String {
+    format!("proofgate/{node_id}")
+}
+
+/// Opens (or creates) the node's log in `data_dir` with its keys and starts
+/// its writer; writes `log.vkey` for verifiers.
+pub fn open_log(
+    data_dir: &Path,
+    node_id: &str,
+    writer: WriterOptions,
+) -> Result<(AuditLog, PseudonymKey), LogKeyError> {
+    let keys = load_or_generate_keys(&data_dir.join("keys"))?;
+    let store = AuditStore::open(&data_dir.join("log"))?;
+    let signer = NoteSigner::new(&log_origin(node_id), keys.signing)?;
+    let log = AuditLog::start(store, signer, node_id.to_owned(), writer)?;
+    let vkey_path = data_dir.join("log.vkey");
+    fs::write(&vkey_path, format!("{}\n", log.verifier_key())).map_err(|source| {
+        LogKeyError::Write {
+            path: vkey_path,
+            source,
+        }
+    })?;
+    Ok((log, keys.pseudonym))
+}
+
+/// Rotates the node's checkpoint key, offline (no server on this data folder):
+/// appends a KeyRotated entry signed by the current key — alone in its batch,
+/// so the checkpoint covering it is still the old key's — then makes the new
+/// key current (its file created 0600). `log.vkeys` keeps every key, oldest
+/// first, for verifiers. Returns the new verifier key.
+pub async fn rotate_log_key(data_dir: &Path, node_id: &str) -> Result<String, LogKeyError> {
+    let keys_dir = data_dir.join("keys");
+    let current = keys_dir.join(SIGNING_KEY_FILE);
+    if !current.exists() {
+        return Err(LogKeyError::NoKey(current));
+    }
+    let (log, _) = open_log(data_dir, node_id, WriterOptions::default())?;
+    let previous = log.verifier_key().to_owned();
+    let pkcs8 =
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Random)?;
+    let new_pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Random)?;
+    let new_signer = NoteSigner::new(&log_origin(node_id), new_pair)?;
+    let new_vkey = new_signer.verifier_key();
+    let old_pair = load_or_generate_keys(&keys_dir)?.signing;
+    let old_signer = NoteSigner::new(&log_origin(node_id), old_pair)?;
+    let signature = old_signer.sign(&crate::audit::rotation_message(&new_vkey));
+    log.append(
+        pb::audit_entry::Event::KeyRotated(pb::KeyRotated {
+            previous_verifier_key: previous.clone(),
+            new_verifier_key: new_vkey.clone(),
+            signature,
+        }),
+        Vec::new(),
+    )
+    .await?;
+    log.stop().await;
+    drop(log);
+    let write = |path: PathBuf, bytes: &[u8]| {
+        fs::write(&path, bytes).map_err(|source| LogKeyError::Write { path, source })
+    };
+    let retired = keys_dir.join(format!(
+        "retired-{}.pk8",
+        crate::clock::system_now_unix_ms()
+    ));
+    fs::rename(&current, &retired).map_err(|source| LogKeyError::Write {
+        path: retired.clone(),
+        source,
+    })?;
+    write_secret(&current, pkcs8.as_ref())?;
+    let history = data_dir.join("log.vkeys");
+    let mut keys = fs::read_to_string(&history).unwrap_or_else(|_| format!("{previous}\n"));
+    keys.push_str(&new_vkey);
+    keys.push('\n');
+    write(history, keys.as_bytes())?;
+    write(
+        data_dir.join("log.vkey"),
+        format!("{new_vkey}\n").as_bytes(),
+    )?;
+    tracing::info!(%new_vkey, "checkpoint key rotated");
+    Ok(new_vkey)
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
@@ -131,6 +239,28 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o077, 0, "signing key readable by others");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotated_key_is_created_owner_only_and_becomes_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_log(dir.path(), "node-1", WriterOptions::default()).unwrap();
+        let before = log.verifier_key().to_owned();
+        log.stop().await;
+        drop(log);
+        let after = rotate_log_key(dir.path(), "node-1").await.unwrap();
+        assert_ne!(before, after);
+        let vkeys = fs::read_to_string(dir.path().join("log.vkeys")).unwrap();
+        assert_eq!(vkeys, format!("{before}\n{after}\n"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join("keys").join(SIGNING_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "new signing key readable by others");
         }
     }
 

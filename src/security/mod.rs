@@ -11,6 +11,11 @@ pub use authz::{
     caller, connect, denied, Guard, IdentityHeader, RateLimits, ServiceGate,
     PLAINTEXT_IDENTITY_HEADER,
 };
-pub use certs::{ensure_dev_certs, issue, CertError, TlsFiles, Validity, GATEWAY_IDENTITY};
+pub use certs::{
+    ensure_dev_certs, issue, standard_identities, CertError, TlsFiles, Validity, GATEWAY_IDENTITY,
+};
 pub use identity::{Caller, Role, RoleMap};
-pub use keys::{generate_keys, load_or_generate_keys, KeyError, NodeKeys};
+pub use keys::{
+    generate_keys, load_or_generate_keys, log_origin, open_log, rotate_log_key, KeyError,
+    LogKeyError, NodeKeys,
+};

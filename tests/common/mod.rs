@@ -45,7 +45,7 @@ pub fn options(data_dir: &Path) -> ServeOptions {
     ServeOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_path_buf(),
-        policies: policies_dir(),
+        policies: Some(policies_dir()),
         node_id: "test-node".into(),
         mock_departments: true,
         ..ServeOptions::default()

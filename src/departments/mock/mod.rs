@@ -23,7 +23,6 @@ pub use fixture::{
     builtin_fixture, Fixture, FixtureError, VerificationFixture, BUILTIN_DEPARTMENTS,
 };
 
-use super::signing::{sign_completion, BatchSigner};
 use crate::departments::department_identity;
 use crate::pb::department_registry_client::DepartmentRegistryClient;
 use crate::pb::department_service_server::{DepartmentService, DepartmentServiceServer};
@@ -34,6 +33,7 @@ use crate::pb::{
 use crate::security::{
     connect, Guard, IdentityHeader, RateLimits, RoleMap, TlsFiles, GATEWAY_IDENTITY,
 };
+use crate::signing::{sign_completion, BatchSigner};
 
 /// Faults a test can switch on while the mock runs.
 #[derive(Debug, Default)]
@@ -270,6 +270,16 @@ impl MockDepartment {
             }
         });
     }
+}
+
+/// The names of the built-in mock departments.
+pub fn builtin_names() -> impl Iterator<Item = &'static str> {
+    BUILTIN_DEPARTMENTS.iter().map(|(name, _)| *name)
+}
+
+/// The development identities for a node running the built-in mocks.
+pub fn dev_identities() -> Vec<String> {
+    crate::security::standard_identities(builtin_names())
 }
 
 /// The data sources the built-in mock departments would register (with no

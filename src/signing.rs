@@ -1,4 +1,6 @@
-//! Department signatures.
+//! Department answer signatures: the batch-signature format and its
+//! verification. A leaf (on `merkle` and `pb` only), so the live gateway and
+//! the audit replay check answers with the same code.
 //!
 //! Answers are signed in batches, as the X-Road security server does: the
 //! answers a department gives in one moment are the leaves of an RFC 6962
@@ -16,7 +18,7 @@ use ring::digest::{digest, SHA256};
 use ring::signature::{Ed25519KeyPair, UnparsedPublicKey, ED25519};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::{
+use crate::merkle::{
     inclusion_proof, leaf_hash, root_of, verify_inclusion, Hash, ProofError, SubtreeSource,
 };
 use crate::pb::{AnswerBatchProof, CompleteVerificationRequest, QueryResponse, VerifyResponse};

@@ -1,7 +1,24 @@
 //! Assembling and running a gateway node: keys, store, audit writer, policy,
-//! department directory, the gRPC services (with health and reflection), and
-//! — on embedded defaults — the mock departments, which register themselves
-//! over gRPC like real ones.
+//! department directory, the gRPC services (with health and reflection), the
+//! metrics handle every recorder shares, and — on embedded defaults — the
+//! mock departments, which register themselves over gRPC like real ones.
+//!
+//! The gRPC service implementations live here, one file each; they check
+//! who may call what and map the lower layers' errors in [`status`], the one
+//! error boundary.
+
+mod application;
+mod audit;
+pub mod catalog;
+pub mod metrics;
+mod operations;
+mod registry;
+pub mod status;
+
+pub use application::ApplicationApi;
+pub use audit::AuditApi;
+pub use operations::OperationsApi;
+pub use registry::RegistryApi;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,10 +32,10 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
-use crate::audit::{AuditApi, AuditLog, AuditStore, NoteSigner, Projection, WriterOptions};
+use crate::audit::{AuditLog, AuditReader, Projection, WriterOptions};
 use crate::departments::mock::{builtin_fixture, RunningMock, BUILTIN_DEPARTMENTS};
-use crate::departments::{DepartmentDirectory, RegistryApi};
-use crate::gateway::{ApplicationApi, Gateway};
+use crate::departments::{DepartmentDirectory, Registry};
+use crate::gateway::Gateway;
 use crate::pb;
 use crate::pb::application_service_server::ApplicationServiceServer;
 use crate::pb::audit_service_server::AuditServiceServer;
@@ -26,13 +43,16 @@ use crate::pb::department_registry_server::DepartmentRegistryServer;
 use crate::pb::operations_service_server::OperationsServiceServer;
 use crate::policy::{load_dir, PolicyErrors, PolicySet};
 use crate::security::{
-    ensure_dev_certs, load_or_generate_keys, CertError, Guard, KeyError, RateLimits, RoleMap,
-    TlsFiles, GATEWAY_IDENTITY,
+    ensure_dev_certs, CertError, Guard, LogKeyError, RateLimits, RoleMap, TlsFiles,
+    GATEWAY_IDENTITY,
 };
+pub use crate::security::{log_origin, open_log, rotate_log_key};
 use tonic::service::interceptor::InterceptedService;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "proofgate-data";
+/// The policy folder used when none is given and it exists in the working
+/// folder; otherwise the sample catalog compiled in ([`catalog`]) serves.
 pub const DEFAULT_POLICIES: &str = "policies";
 pub const DEFAULT_NODE_ID: &str = "node-1";
 /// Largest request a caller may send; a submission is a few hundred bytes.
@@ -70,7 +90,9 @@ const POLICY_VERSION_KEY: &[u8] = b"mpolicy-version";
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    pub policies: PathBuf,
+    /// The policy folder, watched for changes. None: `./policies` if it
+    /// exists, else the sample catalog compiled into the binary.
+    pub policies: Option<PathBuf>,
     pub node_id: String,
     /// Start the built-in mock departments in-process on loopback ports.
     pub mock_departments: bool,
@@ -83,6 +105,7 @@ pub struct ServeOptions {
     pub rate_limits: RateLimits,
     pub max_in_flight: usize,
     /// Prometheus metrics over HTTP (GET /metrics); None: no listener.
+    /// (`proofgate serve` turns them on by default; see `config`.)
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -93,7 +116,7 @@ impl Default for ServeOptions {
                 .parse()
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-            policies: PathBuf::from(DEFAULT_POLICIES),
+            policies: None,
             node_id: DEFAULT_NODE_ID.into(),
             mock_departments: true,
             writer: WriterOptions::default(),
@@ -110,18 +133,24 @@ impl Default for ServeOptions {
 pub enum ServeError {
     #[error("node id `{0}` must be 1–32 characters of a-z, 0-9 and '-'")]
     NodeId(String),
+    #[error("--policies {0}: no such folder")]
+    PoliciesMissing(PathBuf),
     #[error("policy set refused:\n{0}")]
     Policy(#[from] PolicyErrors),
-    #[error("keys: {0}")]
-    Keys(#[from] KeyError),
-    #[error("{0}")]
+    #[error(transparent)]
+    Log(#[from] LogKeyError),
+    #[error(transparent)]
     Store(#[from] crate::audit::StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
-    #[error("{0}")]
-    Checkpoint(#[from] crate::audit::CheckpointError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serve metrics on {addr} (--metrics-listen; `off` disables them): {source}")]
+    MetricsBind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -137,7 +166,7 @@ pub enum ServeError {
     #[error("mock department fixture: {0}")]
     Fixture(#[from] crate::departments::mock::FixtureError),
     #[error("reflection service: {0}")]
-    Reflection(String),
+    Reflection(#[source] tonic_reflection::server::Error),
     #[error("certificates: {0}")]
     Certs(#[from] CertError),
     #[error("TLS: {0}")]
@@ -146,13 +175,50 @@ pub enum ServeError {
     PlaintextOffLoopback(SocketAddr),
 }
 
+/// Exit codes of the `proofgate` command (sysexits.h), documented in README.
+pub mod exit {
+    /// Bad configuration or arguments.
+    pub const CONFIG: u8 = 64;
+    /// Bad data: a refused policy set, a log that does not verify or replay.
+    pub const DATA: u8 = 65;
+    /// A resource the node needs is unavailable: an address cannot be
+    /// bound, or the store is in use by another process.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Anything else.
+    pub const FAILURE: u8 = 1;
+}
+
+impl ServeError {
+    /// What failed, as an exit code (see [`exit`]).
+    pub fn exit_code(&self) -> u8 {
+        use crate::audit::StoreError;
+        match self {
+            ServeError::NodeId(_)
+            | ServeError::PoliciesMissing(_)
+            | ServeError::PlaintextOffLoopback(_) => exit::CONFIG,
+            ServeError::Policy(_) | ServeError::Fixture(_) => exit::DATA,
+            ServeError::Bind { .. } | ServeError::MetricsBind { .. } => exit::UNAVAILABLE,
+            ServeError::Store(StoreError::InUse(_))
+            | ServeError::Log(LogKeyError::Store(StoreError::InUse(_))) => exit::UNAVAILABLE,
+            ServeError::Certs(_) => exit::CONFIG,
+            ServeError::Log(_)
+            | ServeError::Store(_)
+            | ServeError::Audit(_)
+            | ServeError::Write { .. }
+            | ServeError::Mock(_)
+            | ServeError::Reflection(_)
+            | ServeError::Tls(_) => exit::FAILURE,
+        }
+    }
+}
+
 /// A running gateway node.
 pub struct Running {
     pub addr: SocketAddr,
     /// Where GET /metrics answers, if enabled.
     pub metrics_addr: Option<SocketAddr>,
-    /// The policy folder reloads read.
-    pub policies: PathBuf,
+    /// The policy folder reloads read; None: the compiled-in sample catalog.
+    pub policies: Option<PathBuf>,
     /// Where the node's certificates are (None in plaintext mode).
     pub certs_dir: Option<PathBuf>,
     pub gateway: Arc<Gateway>,
@@ -180,7 +246,10 @@ impl Running {
     /// and is recorded in the log, an invalid one is refused and the old
     /// version keeps serving. Returns the version now serving.
     pub async fn reload_policies(&self) -> Result<String, ServeError> {
-        reload_policies(&self.gateway, &self.policies).await
+        match &self.policies {
+            Some(dir) => reload_policies(&self.gateway, dir).await,
+            None => Ok(self.gateway.policy().version.clone()),
+        }
     }
 
     pub fn mock(&self, department: &str) -> Option<&RunningMock> {
@@ -234,31 +303,6 @@ fn valid_node_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// The origin line of this node's checkpoints.
-pub fn log_origin(node_id: &str) -> String {
-    format!("proofgate/{node_id}")
-}
-
-/// Opens (or creates) the node's log and starts its writer.
-pub fn open_log(
-    data_dir: &std::path::Path,
-    node_id: &str,
-    writer: WriterOptions,
-) -> Result<(AuditLog, crate::subject::PseudonymKey), ServeError> {
-    let keys = load_or_generate_keys(&data_dir.join("keys"))?;
-    let store = AuditStore::open(&data_dir.join("log"))?;
-    let signer = NoteSigner::new(&log_origin(node_id), keys.signing)?;
-    let log = AuditLog::start(store, signer, node_id.to_owned(), writer)?;
-    let vkey_path = data_dir.join("log.vkey");
-    std::fs::write(&vkey_path, format!("{}\n", log.verifier_key())).map_err(|source| {
-        ServeError::Write {
-            path: vkey_path,
-            source,
-        }
-    })?;
-    Ok((log, keys.pseudonym))
-}
-
 /// See [`Running::reload_policies`].
 pub async fn reload_policies(
     gateway: &Gateway,
@@ -307,13 +351,41 @@ async fn record_policy(log: &AuditLog, policy: &PolicySet) -> Result<(), ServeEr
     Ok(())
 }
 
+/// The policy set to serve and the folder it came from: `dir` if given (it
+/// must exist), else `./policies` if it exists, else the compiled-in sample
+/// catalog (no folder).
+fn load_policies(
+    dir: Option<&std::path::Path>,
+) -> Result<(PolicySet, Option<PathBuf>), ServeError> {
+    match dir {
+        Some(dir) if !dir.is_dir() => Err(ServeError::PoliciesMissing(dir.to_path_buf())),
+        Some(dir) => Ok((load_dir(dir)?, Some(dir.to_path_buf()))),
+        None => {
+            let default = PathBuf::from(DEFAULT_POLICIES);
+            if default.is_dir() {
+                Ok((load_dir(&default)?, Some(default)))
+            } else {
+                Ok((catalog::sample()?, None))
+            }
+        }
+    }
+}
+
 /// Starts a gateway node; returns once it serves (and its mocks are registered).
 pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     if !valid_node_id(&options.node_id) {
         return Err(ServeError::NodeId(options.node_id));
     }
-    let policy = Arc::new(load_dir(&options.policies)?);
-    info!(version = %policy.version, proofs = policy.proofs.len(), matters = policy.matters.len(), "policy set loaded");
+    let (policy, policies) = load_policies(options.policies.as_deref())?;
+    let policy = Arc::new(policy);
+    match &policies {
+        Some(dir) => {
+            info!(version = %policy.version, proofs = policy.proofs.len(), matters = policy.matters.len(), dir = %dir.display(), "policy set loaded")
+        }
+        None => {
+            info!(version = %policy.version, proofs = policy.proofs.len(), matters = policy.matters.len(), "no policy folder (no --policies, no ./policies): serving the sample catalog compiled into the binary")
+        }
+    }
     std::fs::create_dir_all(&options.data_dir).map_err(|source| ServeError::Write {
         path: options.data_dir.clone(),
         source,
@@ -323,7 +395,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
 
     let certs_dir = options.data_dir.join("certs");
     let tls = if options.tls {
-        if ensure_dev_certs(&certs_dir)? {
+        if ensure_dev_certs(&certs_dir, &crate::departments::mock::dev_identities())? {
             info!(dir = %certs_dir.display(), "development CA and certificates created");
         }
         Some(TlsFiles::load(&certs_dir, GATEWAY_IDENTITY)?)
@@ -334,7 +406,9 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         warn!("PLAINTEXT: no TLS, callers name themselves in a header; for local development only");
         None
     };
-    let directory = Arc::new(DepartmentDirectory::new(tls.clone()));
+    // One metrics handle per node, handed to everything that records.
+    let metrics = crate::metrics::Metrics::default();
+    let directory = Arc::new(DepartmentDirectory::new(tls.clone()).with_metrics(metrics.clone()));
     for source in log.store().data_sources()? {
         let department = source.department_id.clone();
         if let Err(e) = directory.upsert(source) {
@@ -360,27 +434,48 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         source,
     })?;
 
+    // Bound before anything is served, so a busy port fails the start cleanly.
+    let (metrics_addr, metrics_listener) = match options.metrics_listen {
+        Some(listen) => {
+            let listener =
+                metrics::bind(listen)
+                    .await
+                    .map_err(|source| ServeError::MetricsBind {
+                        addr: listen,
+                        source,
+                    })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| ServeError::MetricsBind {
+                    addr: listen,
+                    source,
+                })?;
+            (Some(addr), Some(listener))
+        }
+        None => (None, None),
+    };
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        .map_err(ServeError::Reflection)?;
     let guard = Guard::new(
         tls.is_some(),
         options.roles.clone(),
         options.rate_limits.clone(),
-    );
+    )
+    .with_metrics(metrics.clone());
     let applications = InterceptedService::new(
-        ApplicationServiceServer::new(ApplicationApi::new(Arc::clone(&gateway)))
+        ApplicationServiceServer::new(ApplicationApi::new(Arc::clone(&gateway), metrics.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service("proofgate.v1.ApplicationService", &["hall", "admin"]),
     );
     let registry = InterceptedService::new(
         DepartmentRegistryServer::new(RegistryApi::new(
-            Arc::clone(&directory),
-            log.clone(),
-            Arc::clone(&gateway) as Arc<dyn crate::departments::CompletionHandler>,
+            Registry::new(Arc::clone(&directory), log.clone()),
+            Arc::clone(&gateway),
         ))
         .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service(
@@ -389,8 +484,11 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         ),
     );
     let audit = InterceptedService::new(
-        AuditServiceServer::new(AuditApi::new(log.clone(), pseudonyms.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        AuditServiceServer::new(AuditApi::new(AuditReader::new(
+            log.clone(),
+            pseudonyms.clone(),
+        )))
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service(
             "proofgate.v1.AuditService",
             &["auditor", "admin", "citizen-portal"],
@@ -398,8 +496,10 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     );
 
     let operations = InterceptedService::new(
-        OperationsServiceServer::new(crate::operations::OperationsApi::new(Arc::clone(&gateway)))
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        OperationsServiceServer::new(OperationsApi::new(crate::operations::Operations::new(
+            Arc::clone(&gateway),
+        )))
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service("proofgate.v1.OperationsService", &["admin"]),
     );
 
@@ -463,29 +563,18 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     health_reporter
         .set_serving::<AuditServiceServer<AuditApi>>()
         .await;
-    let (metrics_addr, metrics_task) = match options.metrics_listen {
-        Some(listen) => {
-            let listener = crate::operations::metrics::bind(listen)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    addr: listen,
-                    source,
-                })?;
-            let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-                addr: listen,
-                source,
-            })?;
-            let task = tokio::spawn(crate::operations::metrics::serve_metrics(
-                listener,
-                Arc::clone(&gateway),
-            ));
-            (Some(addr), Some(task))
-        }
-        None => (None, None),
-    };
+    let metrics_task = metrics_listener.map(|listener| {
+        tokio::spawn(metrics::serve_metrics(
+            listener,
+            metrics.clone(),
+            Arc::clone(&gateway),
+        ))
+    });
     let watching = Arc::clone(&gateway);
-    let watched = options.policies.clone();
+    let watched = policies.clone();
     let policy_watcher = tokio::spawn(async move {
+        // The compiled-in catalog never changes: nothing to watch.
+        let Some(watched) = watched else { return };
         let mut last = policy_stamp(&watched);
         let mut every = tokio::time::interval(POLICY_POLL_EVERY);
         loop {
@@ -511,12 +600,12 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             }
         }
     });
-    info!(%addr, node = %options.node_id, mocks = mocks.len(), "gateway serving");
+    info!(%addr, metrics = ?metrics_addr, node = %options.node_id, mocks = mocks.len(), "gateway serving");
     Ok(Running {
         metrics_addr,
         metrics_task,
         policy_watcher,
-        policies: options.policies.clone(),
+        policies,
         certs_dir: tls.is_some().then_some(certs_dir),
         sweeper,
         addr,
@@ -528,74 +617,66 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     })
 }
 
-/// Rotates the node's checkpoint key, offline (no server on this data folder):
-/// appends a KeyRotated entry signed by the current key — alone in its batch,
-/// so the checkpoint covering it is still the old key's — then makes the new
-/// key current. `log.vkeys` keeps every key, oldest first, for verifiers.
-/// Returns the new verifier key.
-pub async fn rotate_log_key(
-    data_dir: &std::path::Path,
-    node_id: &str,
-) -> Result<String, ServeError> {
-    use ring::rand::SystemRandom;
-    use ring::signature::Ed25519KeyPair;
-
-    let keys_dir = data_dir.join("keys");
-    let current = keys_dir.join("log-signing-key.pk8");
-    if !current.exists() {
-        return Err(ServeError::Keys(KeyError::Io {
-            path: current,
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no key to rotate"),
-        }));
+/// Runs a node until SIGINT or SIGTERM (SIGHUP reloads the policy folder),
+/// then shuts it down. Prints the bound addresses on stdout, for people and
+/// for scripts that started it on port 0.
+pub async fn serve_until_signal(options: ServeOptions) -> Result<(), ServeError> {
+    let running = start(options).await?;
+    println!(
+        "proofgate serving on {} ({} mock departments); Ctrl-C to stop",
+        running.endpoint(),
+        running.mocks.len()
+    );
+    match running.metrics_addr {
+        Some(addr) => println!("metrics on http://{addr}/metrics"),
+        None => println!("metrics off"),
     }
-    let (log, _) = open_log(data_dir, node_id, WriterOptions::default())?;
-    let previous = log.verifier_key().to_owned();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-        .map_err(|_| ServeError::Keys(KeyError::Random))?;
-    let new_pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-        .map_err(|_| ServeError::Keys(KeyError::Random))?;
-    let new_signer = NoteSigner::new(&log_origin(node_id), new_pair)?;
-    let new_vkey = new_signer.verifier_key();
-    let old_pair = load_or_generate_keys(&keys_dir)?.signing;
-    let old_signer = NoteSigner::new(&log_origin(node_id), old_pair)?;
-    let signature = old_signer.sign(&crate::audit::rotation_message(&new_vkey));
-    log.append(
-        pb::audit_entry::Event::KeyRotated(pb::KeyRotated {
-            previous_verifier_key: previous.clone(),
-            new_verifier_key: new_vkey.clone(),
-            signature,
-        }),
-        Vec::new(),
-    )
-    .await?;
-    log.stop().await;
-    drop(log);
-    let write = |path: PathBuf, bytes: &[u8]| {
-        std::fs::write(&path, bytes).map_err(|source| ServeError::Write { path, source })
-    };
-    let retired = keys_dir.join(format!(
-        "retired-{}.pk8",
-        crate::clock::system_now_unix_ms()
-    ));
-    std::fs::rename(&current, &retired).map_err(|source| ServeError::Write {
-        path: retired.clone(),
-        source,
-    })?;
-    write(current.clone(), pkcs8.as_ref())?;
+    wait_reloading(&running).await;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM; SIGHUP reloads the policy folder meanwhile.
+async fn wait_reloading(running: &Running) {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&current, std::fs::Permissions::from_mode(0o600));
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            let stop = wait_for_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = hangup.recv() => {
+                        // A refused set is logged and the old one keeps serving.
+                        let _ = running.reload_policies().await;
+                    }
+                }
+            }
+        }
     }
-    let history = data_dir.join("log.vkeys");
-    let mut keys = std::fs::read_to_string(&history).unwrap_or_else(|_| format!("{previous}\n"));
-    keys.push_str(&new_vkey);
-    keys.push('\n');
-    write(history, keys.as_bytes())?;
-    write(
-        data_dir.join("log.vkey"),
-        format!("{new_vkey}\n").as_bytes(),
-    )?;
-    info!(%new_vkey, "checkpoint key rotated");
-    Ok(new_vkey)
+    wait_for_signal().await;
+}
+
+/// SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

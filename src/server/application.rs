@@ -1,4 +1,5 @@
-//! ApplicationService over gRPC: a thin layer over [`Gateway`].
+//! ApplicationService over gRPC: a thin layer over [`Gateway`]: who may
+//! call what, and the gateway's errors mapped in [`super::status`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,8 +9,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::watch::{is_final, receipt_index};
-use super::{Gateway, GatewayError};
+use super::status::invalid_field;
+use crate::gateway::{is_final, receipt_index, Gateway, GatewayError};
+use crate::metrics::Metrics;
 use crate::pb::application_service_server::ApplicationService;
 use crate::pb::{
     Application, GetApplicationRequest, ListMattersRequest, ListMattersResponse, Matter,
@@ -20,11 +22,12 @@ use crate::security::{caller, denied, Caller, Role};
 
 pub struct ApplicationApi {
     gateway: Arc<Gateway>,
+    metrics: Metrics,
 }
 
 impl ApplicationApi {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    pub fn new(gateway: Arc<Gateway>, metrics: Metrics) -> Self {
+        Self { gateway, metrics }
     }
 }
 
@@ -45,8 +48,9 @@ fn may_read(caller: &Caller, application: &Application) -> Result<(), Status> {
 
 fn application_id_of(id: &str) -> Result<(), Status> {
     if id.is_empty() || id.len() > 128 {
-        return Err(Status::invalid_argument(
-            "application_id is required (at most 128 bytes)",
+        return Err(invalid_field(
+            "application_id",
+            "is required (at most 128 bytes)",
         ));
     }
     Ok(())
@@ -77,7 +81,7 @@ impl ApplicationService for ApplicationApi {
         let started = std::time::Instant::now();
         let (application, replayed) = self.gateway.submit(&caller.identity, request).await?;
         if !replayed {
-            crate::operations::metrics::metrics()
+            self.metrics
                 .application(application.status().as_str_name(), started.elapsed());
         }
         Ok(Response::new(SubmitApplicationResponse {

@@ -4,7 +4,7 @@
 
 use thiserror::Error;
 
-use super::merkle::{node_hash, Hash, EMPTY_ROOT};
+use super::{node_hash, Hash, EMPTY_ROOT};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ProofError {
@@ -210,7 +210,7 @@ pub fn verify_consistency(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::merkle::{leaf_hash, root_of};
+    use crate::merkle::{leaf_hash, root_of};
     use proptest::prelude::*;
 
     /// Perfect subtrees computed from leaves, the naive way.

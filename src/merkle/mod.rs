@@ -1,4 +1,6 @@
-//! RFC 6962 / 9162 Merkle tree hashing, kept incrementally.
+//! RFC 6962 / 9162 Merkle tree hashing, kept incrementally, and its
+//! inclusion and consistency proofs. A leaf: the audit log and the
+//! departments' batch answer signatures both build on it.
 //!
 //! The frontier holds the roots of the perfect subtrees along the right edge
 //! (one per set bit of the tree size), so an append costs O(log n) hashes and
@@ -6,6 +8,13 @@
 //! restart to go on appending.
 
 use ring::digest::{Context, SHA256};
+
+pub mod proof;
+
+pub use proof::{
+    consistency_proof, inclusion_proof, subtree_hash, verify_consistency, verify_inclusion,
+    ProofError, SubtreeSource,
+};
 
 pub type Hash = [u8; 32];
 

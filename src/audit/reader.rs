@@ -1,0 +1,261 @@
+//! What an auditor (or a citizen portal) reads from the log: checkpoints,
+//! entries, proofs, and the accesses recorded about one subject. Only what is
+//! durable is shown: a checkpoint a crash could still take back never is.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use prost::Message;
+use thiserror::Error;
+
+use super::store::StoreError;
+use super::writer::AuditLog;
+use crate::merkle::{consistency_proof, inclusion_proof, leaf_hash, ProofError};
+use crate::pb::{
+    audit_entry::Event, Access, AuditEntry, Checkpoint, ConsistencyProof, DepartmentAccess, IdType,
+    InclusionProof, ListAccessesResponse, StoredEntry, Subject,
+};
+use crate::subject::{check_id, PseudonymKey};
+
+/// Entries sent per stream before the client must ask again; bounds one call.
+pub const MAX_ENTRIES_PER_CALL: u64 = 100_000;
+
+/// Accesses listed per call at most.
+pub const MAX_ACCESSES: u32 = 500;
+
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("the log has no checkpoint yet")]
+    NoCheckpoint,
+    /// A requested size or index is past the durable log.
+    #[error("{what} {requested} is past the log's {size}")]
+    PastTheLog {
+        what: &'static str,
+        requested: u64,
+        size: u64,
+    },
+    /// A field of the request is wrong; `field` names it.
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("indexed entry {0} is missing from the store")]
+    Missing(u64),
+    #[error("stored entry {index} does not decode")]
+    Decode {
+        index: u64,
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+/// Reads the log of one node.
+#[derive(Clone)]
+pub struct AuditReader {
+    log: AuditLog,
+    pseudonyms: PseudonymKey,
+}
+
+/// The department accesses one entry records about its subject.
+fn access_of(index: u64, entry: &AuditEntry) -> Option<Access> {
+    let mut access = Access {
+        index,
+        logged_unix_ms: entry.logged_unix_ms,
+        ..Default::default()
+    };
+    match entry.event.as_ref()? {
+        Event::ApplicationDecided(d) => {
+            access.application_id = d.application_id.clone();
+            access.matter_id = d.matter_id.clone();
+            access.officer_id = d.officer_id.clone();
+            access.hall_id = d.hall_id.clone();
+            for proof in &d.proofs {
+                let proof_id = proof
+                    .result
+                    .as_ref()
+                    .map(|r| r.proof_id.clone())
+                    .unwrap_or_default();
+                for answer in &proof.answers {
+                    access.departments.push(DepartmentAccess {
+                        department_id: answer.department_id.clone(),
+                        proof_id: proof_id.clone(),
+                        mode: answer.mode,
+                        answered: answer.failure.is_empty(),
+                    });
+                }
+            }
+        }
+        Event::VerificationCompleted(c) => {
+            access.application_id = c.application_id.clone();
+            if let Some(answer) = &c.answer {
+                access.departments.push(DepartmentAccess {
+                    department_id: answer.department_id.clone(),
+                    proof_id: c.proof_id.clone(),
+                    mode: answer.mode,
+                    answered: true,
+                });
+            }
+        }
+        _ => return None,
+    }
+    Some(access)
+}
+
+impl AuditReader {
+    pub fn new(log: AuditLog, pseudonyms: PseudonymKey) -> Self {
+        Self { log, pseudonyms }
+    }
+
+    /// `requested` or, for 0, the durable size; never past the log.
+    fn tree_size(&self, requested: u64) -> Result<u64, ReadError> {
+        let size = self.log.durable_size();
+        if requested > size {
+            return Err(ReadError::PastTheLog {
+                what: "tree size",
+                requested,
+                size,
+            });
+        }
+        Ok(if requested == 0 { size } else { requested })
+    }
+
+    /// The latest durable checkpoint.
+    pub fn checkpoint(&self) -> Result<Checkpoint, ReadError> {
+        let durable = self.log.durable_size();
+        let Some((size, note)) = self.log.store().checkpoint_at_or_below(durable)? else {
+            return Err(ReadError::NoCheckpoint);
+        };
+        let root = note
+            .lines()
+            .nth(2)
+            .and_then(|r| B64.decode(r).ok())
+            .unwrap_or_default();
+        Ok(Checkpoint {
+            note,
+            tree_size: size,
+            root_hash: root,
+            verifier_key: self.log.verifier_key().to_owned(),
+        })
+    }
+
+    /// Entries `start..end` (0: the durable size), at most
+    /// [`MAX_ENTRIES_PER_CALL`] of them.
+    pub fn entries(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> Result<impl Iterator<Item = Result<StoredEntry, ReadError>> + Send + 'static, ReadError>
+    {
+        let size = self.log.durable_size();
+        let end = if end == 0 { size } else { end };
+        if end > size {
+            return Err(ReadError::PastTheLog {
+                what: "end",
+                requested: end,
+                size,
+            });
+        }
+        if start > end {
+            return Err(ReadError::Invalid {
+                field: "start",
+                problem: format!("start {start} is after end {end}"),
+            });
+        }
+        let end = end.min(start.saturating_add(MAX_ENTRIES_PER_CALL));
+        Ok(self.log.store().entries(start, end).map(|item| {
+            item.map(|(index, entry)| StoredEntry {
+                index,
+                leaf_hash: leaf_hash(&entry).to_vec(),
+                entry,
+            })
+            .map_err(ReadError::from)
+        }))
+    }
+
+    pub fn inclusion_proof(&self, index: u64, tree_size: u64) -> Result<InclusionProof, ReadError> {
+        let tree_size = self.tree_size(tree_size)?;
+        let store = self.log.store();
+        let hashes = inclusion_proof(store, index, tree_size)?;
+        let leaf_hash = store.leaf_hash(index)?.ok_or(ReadError::Missing(index))?;
+        Ok(InclusionProof {
+            index,
+            tree_size,
+            leaf_hash: leaf_hash.to_vec(),
+            hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+        })
+    }
+
+    pub fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<ConsistencyProof, ReadError> {
+        let new_size = self.tree_size(new_size)?;
+        let hashes = consistency_proof(self.log.store(), old_size, new_size)?;
+        Ok(ConsistencyProof {
+            old_size,
+            new_size,
+            hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+        })
+    }
+
+    /// The accesses recorded about `subject`, after `after_index` (0: from
+    /// the start), at most `limit` (0: [`MAX_ACCESSES`]).
+    pub fn accesses(
+        &self,
+        subject: Option<Subject>,
+        limit: u32,
+        after_index: u64,
+    ) -> Result<ListAccessesResponse, ReadError> {
+        let subject = subject.ok_or(ReadError::Invalid {
+            field: "subject",
+            problem: "is required".into(),
+        })?;
+        let id_type = IdType::try_from(subject.id_type).map_err(|_| ReadError::Invalid {
+            field: "subject.id_type",
+            problem: format!("unknown value {}", subject.id_type),
+        })?;
+        if id_type == IdType::Unspecified {
+            return Err(ReadError::Invalid {
+                field: "subject.id_type",
+                problem: "is required".into(),
+            });
+        }
+        check_id(id_type, &subject.id_number).map_err(|e| ReadError::Invalid {
+            field: "subject.id_number",
+            problem: e.to_string(),
+        })?;
+        let limit = match limit {
+            0 => MAX_ACCESSES,
+            n => n.min(MAX_ACCESSES),
+        } as usize;
+        let pseudonym = self.pseudonyms.pseudonym(id_type, &subject.id_number);
+        let store = self.log.store();
+        let after = (after_index > 0).then_some(after_index);
+        let mut accesses = Vec::new();
+        let mut next_after_index = 0;
+        for index in store.accesses(&pseudonym, after) {
+            let index = index?;
+            if accesses.len() == limit {
+                next_after_index = accesses.last().map(|a: &Access| a.index).unwrap_or(0);
+                break;
+            }
+            let Some(bytes) = store.entry(index)? else {
+                return Err(ReadError::Missing(index));
+            };
+            let entry = AuditEntry::decode(bytes.as_slice())
+                .map_err(|source| ReadError::Decode { index, source })?;
+            if let Some(access) = access_of(index, &entry) {
+                accesses.push(access);
+            }
+        }
+        Ok(ListAccessesResponse {
+            accesses,
+            next_after_index,
+        })
+    }
+}

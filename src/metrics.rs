@@ -1,0 +1,161 @@
+//! The counters and histograms a node records (requests at the service
+//! gates, applications decided, department calls), as a cheap-to-clone
+//! handle. `server` creates one per node and hands it to whatever records;
+//! nothing reaches a process-wide global. Rendered in the Prometheus text
+//! exposition format; the gauges read from the running node are added by
+//! `server`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in milliseconds.
+const BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
+
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 12],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, latency: Duration) {
+        let ms = latency.as_millis() as u64;
+        for (bound, bucket) in BUCKETS_MS.iter().zip(&self.buckets) {
+            if ms <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, bucket) in BUCKETS_MS.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{}\"}} {}",
+                *bound as f64 / 1000.0,
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// A handle on one node's metrics; clones share the same counters.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    inner: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: Mutex<BTreeMap<(String, &'static str), u64>>,
+    applications: Mutex<BTreeMap<&'static str, u64>>,
+    submit_latency: Histogram,
+    department_calls: Mutex<BTreeMap<(String, String), u64>>,
+    department_latency: Mutex<BTreeMap<String, Arc<Histogram>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A call reached a service gate: admitted, denied, limited, unauthenticated.
+    pub fn request(&self, service: &str, verdict: &'static str) {
+        *lock(&self.inner.requests)
+            .entry((service.to_owned(), verdict))
+            .or_default() += 1;
+    }
+
+    pub fn application(&self, status: &'static str, latency: Duration) {
+        *lock(&self.inner.applications).entry(status).or_default() += 1;
+        self.inner.submit_latency.observe(latency);
+    }
+
+    /// A department call ended: `result` is "ok" or the failure kind.
+    pub fn department_call(&self, department: &str, result: &str, latency: Duration) {
+        *lock(&self.inner.department_calls)
+            .entry((department.to_owned(), result.to_owned()))
+            .or_default() += 1;
+        let histogram = Arc::clone(
+            lock(&self.inner.department_latency)
+                .entry(department.to_owned())
+                .or_default(),
+        );
+        histogram.observe(latency);
+    }
+
+    /// Appends the counters and histograms in the exposition format.
+    pub fn render(&self, out: &mut String) {
+        out.push_str("# HELP proofgate_requests_total Calls at the service gates, by verdict.\n# TYPE proofgate_requests_total counter\n");
+        for ((service, verdict), n) in lock(&self.inner.requests).iter() {
+            let _ = writeln!(
+                out,
+                "proofgate_requests_total{{service=\"{service}\",verdict=\"{verdict}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP proofgate_applications_total Applications decided, by status.\n# TYPE proofgate_applications_total counter\n");
+        for (status, n) in lock(&self.inner.applications).iter() {
+            let _ = writeln!(
+                out,
+                "proofgate_applications_total{{status=\"{status}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP proofgate_submit_seconds SubmitApplication latency, decision and durable log entry included.\n# TYPE proofgate_submit_seconds histogram\n");
+        self.inner
+            .submit_latency
+            .render(out, "proofgate_submit_seconds", "");
+        out.push_str("# HELP proofgate_department_calls_total Department calls by result.\n# TYPE proofgate_department_calls_total counter\n");
+        for ((department, result), n) in lock(&self.inner.department_calls).iter() {
+            let _ = writeln!(out, "proofgate_department_calls_total{{department=\"{department}\",result=\"{result}\"}} {n}");
+        }
+        out.push_str("# HELP proofgate_department_call_seconds Department call latency.\n# TYPE proofgate_department_call_seconds histogram\n");
+        for (department, histogram) in lock(&self.inner.department_latency).iter() {
+            histogram.render(
+                out,
+                "proofgate_department_call_seconds",
+                &format!("department=\"{department}\""),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_counters_and_render_them() {
+        let metrics = Metrics::default();
+        let recorder = metrics.clone();
+        recorder.request("proofgate.v1.ApplicationService", "admitted");
+        recorder.department_call("health", "ok", Duration::from_millis(3));
+        let mut out = String::new();
+        metrics.render(&mut out);
+        assert!(out.contains(
+            "proofgate_requests_total{service=\"proofgate.v1.ApplicationService\",verdict=\"admitted\"} 1"
+        ));
+        assert!(out.contains("proofgate_department_call_seconds_count{department=\"health\"} 1"));
+    }
+}

@@ -1,0 +1,199 @@
+//! The one error boundary: every service's error enum becomes a
+//! `tonic::Status` here, one arm per variant.
+//!
+//! - bad input: INVALID_ARGUMENT with a readable message and
+//!   `google.rpc.BadRequest` details, one field violation per bad field;
+//! - NOT_FOUND, PERMISSION_DENIED (the gates), RESOURCE_EXHAUSTED with a
+//!   retry hint, UNAVAILABLE (the log cannot take a change; retry later);
+//! - anything unexpected is logged with `warn!`, cause included, and answered
+//!   as an opaque INTERNAL: no internals, no personal data.
+
+use std::error::Error;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use tracing::warn;
+
+use crate::audit::ReadError;
+use crate::departments::RegistryError;
+use crate::gateway::GatewayError;
+use crate::merkle::ProofError;
+use crate::operations::OperationsError;
+
+/// INVALID_ARGUMENT: `message` for people, one BadRequest field violation
+/// per `(field, description)` for programs.
+pub fn invalid_argument(
+    message: impl Into<String>,
+    violations: impl IntoIterator<Item = (String, String)>,
+) -> Status {
+    let mut details = ErrorDetails::new();
+    for (field, description) in violations {
+        details.add_bad_request_violation(field, description);
+    }
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// INVALID_ARGUMENT about one field.
+pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
+    let description = description.into();
+    invalid_argument(
+        format!("{field}: {description}"),
+        [(field.to_owned(), description)],
+    )
+}
+
+/// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` hint.
+pub fn resource_exhausted(message: impl Into<String>, retry_after: Duration) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
+}
+
+/// The error and its causes, for the operator's log only.
+fn chain(e: &dyn Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// Logged for the operator, answered opaquely.
+fn internal(e: &dyn Error) -> Status {
+    warn!(error = %chain(e), "internal error answered as INTERNAL");
+    Status::internal("internal error; the operator has been told")
+}
+
+/// The audit log cannot take a change: nothing was done, the caller retries.
+fn log_unavailable(e: &dyn Error, message: String) -> Status {
+    warn!(error = %chain(e), "change not logged");
+    Status::unavailable(message)
+}
+
+impl From<GatewayError> for Status {
+    fn from(e: GatewayError) -> Self {
+        match &e {
+            GatewayError::Invalid(violations) => invalid_argument(
+                e.to_string(),
+                violations
+                    .iter()
+                    .map(|v| (v.field.clone(), v.description.clone())),
+            ),
+            GatewayError::UnknownMatter(_) => Status::not_found(e.to_string()),
+            GatewayError::UnknownApplication(_) => Status::not_found(e.to_string()),
+            GatewayError::UnknownTicket { .. } => Status::not_found(e.to_string()),
+            GatewayError::RequestIdReused(_) => Status::already_exists(e.to_string()),
+            GatewayError::BadSignature(_) => Status::unauthenticated(e.to_string()),
+            GatewayError::TicketNotYetRecorded => Status::unavailable(e.to_string()),
+            GatewayError::Audit(_) => log_unavailable(
+                &e,
+                "the audit log is not writable, so nothing was decided; retry later".into(),
+            ),
+            GatewayError::Store(_) => internal(&e),
+        }
+    }
+}
+
+impl From<RegistryError> for Status {
+    fn from(e: RegistryError) -> Self {
+        match &e {
+            RegistryError::Invalid { field, problem } => {
+                invalid_argument(problem.clone(), [((*field).to_owned(), problem.clone())])
+            }
+            RegistryError::Directory(d) => {
+                invalid_argument(d.to_string(), [("source".to_owned(), d.to_string())])
+            }
+            RegistryError::NotRegistered(_) => Status::not_found(e.to_string()),
+            RegistryError::Log(_) => log_unavailable(&e, e.to_string()),
+        }
+    }
+}
+
+fn proof_status(e: &ProofError) -> Status {
+    match e {
+        ProofError::Store(_) => internal(e),
+        other => invalid_argument(
+            other.to_string(),
+            [("tree_size".to_owned(), other.to_string())],
+        ),
+    }
+}
+
+impl From<ReadError> for Status {
+    fn from(e: ReadError) -> Self {
+        match &e {
+            ReadError::NoCheckpoint => Status::not_found(e.to_string()),
+            ReadError::PastTheLog { .. } => Status::out_of_range(e.to_string()),
+            ReadError::Invalid { field, problem } => invalid_field(field, problem.clone()),
+            ReadError::Proof(p) => proof_status(p),
+            ReadError::Store(_) => internal(&e),
+            ReadError::Missing(_) => internal(&e),
+            ReadError::Decode { .. } => internal(&e),
+        }
+    }
+}
+
+impl From<OperationsError> for Status {
+    fn from(e: OperationsError) -> Self {
+        match &e {
+            OperationsError::Invalid { field, problem } => invalid_field(field, problem.clone()),
+            OperationsError::NoSpotCheck { .. } => Status::not_found(e.to_string()),
+            OperationsError::NoDishonesty => Status::not_found(e.to_string()),
+            OperationsError::Log(..) => log_unavailable(&e, e.to_string()),
+            OperationsError::Store(_) => internal(&e),
+            OperationsError::Task(_) => internal(&e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::FieldViolation;
+
+    #[test]
+    fn invalid_requests_carry_one_violation_per_field() {
+        let status: Status = GatewayError::Invalid(vec![
+            FieldViolation {
+                field: "request_id".into(),
+                description: "is required".into(),
+            },
+            FieldViolation {
+                field: "applicant.name".into(),
+                description: "is required".into(),
+            },
+        ])
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("applicant.name"));
+        let bad = status
+            .get_details_bad_request()
+            .expect("BadRequest details");
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["request_id", "applicant.name"]);
+    }
+
+    #[test]
+    fn unexpected_errors_are_opaque() {
+        let status: Status = ReadError::Missing(7).into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains('7'));
+    }
+
+    #[test]
+    fn exhausted_carries_a_retry_hint() {
+        let status = resource_exhausted("slow down", Duration::from_millis(250));
+        let retry = status.get_details_retry_info().expect("RetryInfo");
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(250)));
+    }
+}
