@@ -340,7 +340,7 @@ async fn run(command: Command) -> ExitCode {
                             ),
                             Err(e) => {
                                 eprintln!("proofgate: {e}");
-                                return ExitCode::FAILURE;
+                                return ExitCode::from(exit::of_store(&e));
                             }
                         },
                         None => (
@@ -436,7 +436,7 @@ async fn run(command: Command) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("proofgate: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(exit::of_records(&e))
                 }
             }
         }
@@ -589,7 +589,7 @@ async fn audit(command: AuditCommand) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("proofgate: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(exit::of_records(&e))
                 }
             }
         }
@@ -628,7 +628,7 @@ async fn audit(command: AuditCommand) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("proofgate: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(exit::of_log_key(&e))
                 }
             }
         }

@@ -186,24 +186,54 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 69;
     /// Anything else.
     pub const FAILURE: u8 = 1;
+
+    use crate::audit::{RecordError, StoreError};
+    use crate::security::LogKeyError;
+
+    /// A store that cannot be opened: in use by another process, or not.
+    pub fn of_store(e: &StoreError) -> u8 {
+        match e {
+            StoreError::InUse(_) => UNAVAILABLE,
+            StoreError::Corrupt(_) => DATA,
+            StoreError::Sled(_) => FAILURE,
+        }
+    }
+
+    /// Reading a log (a data folder or an export file) failed.
+    pub fn of_records(e: &RecordError) -> u8 {
+        match e {
+            RecordError::Store(e) => of_store(e),
+            RecordError::Corrupt { .. } => DATA,
+            RecordError::Io(_) => FAILURE,
+        }
+    }
+
+    /// Opening the node's log, or rotating its key, failed.
+    pub fn of_log_key(e: &LogKeyError) -> u8 {
+        match e {
+            LogKeyError::Store(e) => of_store(e),
+            LogKeyError::NoKey(_) => CONFIG,
+            LogKeyError::Keys(_)
+            | LogKeyError::Audit(_)
+            | LogKeyError::Checkpoint(_)
+            | LogKeyError::Write { .. } => FAILURE,
+        }
+    }
 }
 
 impl ServeError {
     /// What failed, as an exit code (see [`exit`]).
     pub fn exit_code(&self) -> u8 {
-        use crate::audit::StoreError;
         match self {
             ServeError::NodeId(_)
             | ServeError::PoliciesMissing(_)
             | ServeError::PlaintextOffLoopback(_) => exit::CONFIG,
             ServeError::Policy(_) | ServeError::Fixture(_) => exit::DATA,
             ServeError::Bind { .. } | ServeError::MetricsBind { .. } => exit::UNAVAILABLE,
-            ServeError::Store(StoreError::InUse(_))
-            | ServeError::Log(LogKeyError::Store(StoreError::InUse(_))) => exit::UNAVAILABLE,
+            ServeError::Store(e) => exit::of_store(e),
+            ServeError::Log(e) => exit::of_log_key(e),
             ServeError::Certs(_) => exit::CONFIG,
-            ServeError::Log(_)
-            | ServeError::Store(_)
-            | ServeError::Audit(_)
+            ServeError::Audit(_)
             | ServeError::Write { .. }
             | ServeError::Mock(_)
             | ServeError::Reflection(_)
@@ -622,14 +652,21 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
 /// for scripts that started it on port 0.
 pub async fn serve_until_signal(options: ServeOptions) -> Result<(), ServeError> {
     let running = start(options).await?;
-    println!(
-        "proofgate serving on {} ({} mock departments); Ctrl-C to stop",
-        running.endpoint(),
-        running.mocks.len()
-    );
-    match running.metrics_addr {
-        Some(addr) => println!("metrics on http://{addr}/metrics"),
-        None => println!("metrics off"),
+    {
+        // Whoever started us may stop reading after the first line: a closed
+        // stdout must not stop the node, so write errors are ignored.
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "proofgate serving on {} ({} mock departments); Ctrl-C to stop",
+            running.endpoint(),
+            running.mocks.len()
+        );
+        if let Some(addr) = running.metrics_addr {
+            let _ = writeln!(out, "metrics on http://{addr}/metrics");
+        }
+        let _ = out.flush();
     }
     wait_reloading(&running).await;
     running.shutdown().await;

@@ -17,7 +17,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use tracing::warn;
 
 use crate::audit::ReadError;
-use crate::departments::RegistryError;
+use crate::departments::{DirectoryError, RegistryError};
 use crate::gateway::GatewayError;
 use crate::merkle::ProofError;
 use crate::operations::OperationsError;
@@ -106,23 +106,33 @@ impl From<RegistryError> for Status {
             RegistryError::Invalid { field, problem } => {
                 invalid_argument(problem.clone(), [((*field).to_owned(), problem.clone())])
             }
-            RegistryError::Directory(d) => {
-                invalid_argument(d.to_string(), [("source".to_owned(), d.to_string())])
-            }
+            RegistryError::Directory(d) => directory_status(d),
             RegistryError::NotRegistered(_) => Status::not_found(e.to_string()),
             RegistryError::Log(_) => log_unavailable(&e, e.to_string()),
         }
     }
 }
 
+/// A registration the directory refuses, naming the field.
+fn directory_status(e: &DirectoryError) -> Status {
+    let field = match e {
+        DirectoryError::BadDepartmentId => "source.department_id",
+        DirectoryError::BadEndpoint(_) => "source.endpoint",
+        DirectoryError::PlaintextEndpoint(_) => "source.endpoint",
+        DirectoryError::BadPublicKey(_) => "source.answer_public_key",
+        DirectoryError::ServesNothing => "source.queries",
+    };
+    invalid_argument(e.to_string(), [(field.to_owned(), e.to_string())])
+}
+
 fn proof_status(e: &ProofError) -> Status {
-    match e {
-        ProofError::Store(_) => internal(e),
-        other => invalid_argument(
-            other.to_string(),
-            [("tree_size".to_owned(), other.to_string())],
-        ),
-    }
+    let field = match e {
+        ProofError::IndexOutOfRange { .. } => "index",
+        ProofError::SizesOutOfOrder { .. } => "old_size",
+        ProofError::BeyondLog { .. } => "tree_size",
+        ProofError::Store(_) => return internal(e),
+    };
+    invalid_argument(e.to_string(), [(field.to_owned(), e.to_string())])
 }
 
 impl From<ReadError> for Status {
