@@ -336,3 +336,28 @@ fn references_are_found_in_paths_and_nested_use_groups() {
     let found: Vec<String> = references(&code).into_iter().collect();
     assert_eq!(found, ["audit", "clock", "merkle", "pb", "security"]);
 }
+
+#[test]
+fn only_the_server_and_main_use_the_mock_departments() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let allowed = [
+        src.join("departments/mock"),
+        src.join("server"),
+        src.join("main.rs"),
+    ];
+    let users: Vec<String> = files
+        .iter()
+        .filter(|f| !allowed.iter().any(|a| f.starts_with(a)))
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            strip_comments_and_strings(&text).contains("mock::")
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        users.is_empty(),
+        "the production path needs no mock: {users:?}"
+    );
+}
