@@ -27,7 +27,7 @@
 //! | module          | part (see DESIGN.md)                                        |
 //! |-----------------|-------------------------------------------------------------|
 //! | [`config`]      | the node configuration: defaults < file < env < flags       |
-//! | [`bench`]       | the load generator                                          |
+//! | [`bench`](mod@bench) | the load generator                                          |
 //! | [`server`]      | assembling and running a node; gRPC services; error boundary|
 //! | [`operations`]  | spot checks, dishonesty records, statistics                 |
 //! | [`gateway`]     | one application from request to log, watchers               |

@@ -20,7 +20,7 @@ pub use crate::merkle::proof::{
 };
 use crate::merkle::{self, proof};
 pub use crate::merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
-pub use reader::{AuditReader, ReadError};
+pub use reader::{AuditReader, ReadError, MAX_ACCESSES, MAX_ENTRIES_PER_CALL};
 pub use records::{data_dir_records, export, file_records, LogRecord, RecordError, Records};
 pub use replay::{replay_records, Discrepancy, ReplayReport};
 pub use store::{

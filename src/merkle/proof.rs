@@ -30,7 +30,7 @@ fn split_point(n: u64) -> u64 {
     1u64 << (63 - (n - 1).leading_zeros())
 }
 
-/// MTH(D[start:end]).
+/// MTH(D\[start:end\]).
 pub fn subtree_hash<S: SubtreeSource + ?Sized>(
     source: &S,
     start: u64,
@@ -49,7 +49,7 @@ pub fn subtree_hash<S: SubtreeSource + ?Sized>(
     Ok(node_hash(&left, &right))
 }
 
-/// PATH(index, D[0:size]) of RFC 6962 §2.1.1.
+/// PATH(index, D\[0:size\]) of RFC 6962 §2.1.1.
 pub fn inclusion_proof<S: SubtreeSource + ?Sized>(
     source: &S,
     index: u64,
@@ -85,7 +85,7 @@ fn path<S: SubtreeSource + ?Sized>(
     Ok(())
 }
 
-/// PROOF(old, D[0:new]) of RFC 6962 §2.1.2.
+/// PROOF(old, D\[0:new\]) of RFC 6962 §2.1.2.
 pub fn consistency_proof<S: SubtreeSource + ?Sized>(
     source: &S,
     old: u64,
