@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
-use crate::audit::{AuditApi, AuditLog, AuditStore, NoteSigner, Projection, WriterOptions};
+use crate::audit::{AuditApi, AuditLog, AuditStore, NoteSigner, WriterOptions};
 use crate::departments::mock::{builtin_fixture, RunningMock, BUILTIN_DEPARTMENTS};
 use crate::departments::{DepartmentDirectory, RegistryApi};
 use crate::gateway::{ApplicationApi, Gateway};
@@ -64,7 +64,6 @@ fn policy_stamp(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<std::time::S
     stamp.sort();
     stamp
 }
-const POLICY_VERSION_KEY: &[u8] = b"mpolicy-version";
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -287,22 +286,17 @@ pub async fn reload_policies(
 /// Logs the policy set unless it is the version logged last.
 async fn record_policy(log: &AuditLog, policy: &PolicySet) -> Result<(), ServeError> {
     let store = log.store();
-    if store.meta(POLICY_VERSION_KEY)?.as_deref() == Some(policy.version.as_bytes()) {
+    if store.meta(crate::audit::POLICY_VERSION_KEY)?.as_deref() == Some(policy.version.as_bytes()) {
         return Ok(());
     }
-    log.append(
-        pb::audit_entry::Event::PolicySetLoaded(pb::PolicySetLoaded {
-            policy_version: policy.version.clone(),
-            proof_count: policy.proofs.len() as u32,
-            matter_count: policy.matters.len() as u32,
-            canonical: policy.canonical.clone().into_bytes(),
-        }),
-        vec![Projection::Put(
-            POLICY_VERSION_KEY.to_vec(),
-            policy.version.clone().into_bytes(),
-        )],
-    )
-    .await?;
+    let event = pb::audit_entry::Event::PolicySetLoaded(pb::PolicySetLoaded {
+        policy_version: policy.version.clone(),
+        proof_count: policy.proofs.len() as u32,
+        matter_count: policy.matters.len() as u32,
+        canonical: policy.canonical.clone().into_bytes(),
+    });
+    let projections = crate::audit::projections_of(&event, None, &|_, _| None);
+    log.append(event, projections).await?;
     info!(version = %policy.version, "policy set recorded in the log");
     Ok(())
 }

@@ -6,6 +6,7 @@ use tracing::warn;
 
 use super::validate::FieldViolation;
 use crate::audit::{AuditError, StoreError};
+use crate::policy::ApplyError;
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
@@ -29,6 +30,9 @@ pub enum GatewayError {
     Audit(#[from] AuditError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The stored state and the event disagree (the projection refused it).
+    #[error("the application does not accept this change: {0}")]
+    NotApplicable(#[from] ApplyError),
 }
 
 fn join(violations: &[FieldViolation]) -> String {
@@ -55,7 +59,7 @@ impl From<GatewayError> for Status {
                     "the audit log is not writable, so nothing was decided; retry later",
                 );
             }
-            GatewayError::Store(_) => {
+            GatewayError::Store(_) | GatewayError::NotApplicable(_) => {
                 warn!(error = %e, "store read failed");
                 return Status::internal("internal error; the operator has been told");
             }
