@@ -194,10 +194,15 @@ pub(super) enum Staged {
 impl From<Projection> for Staged {
     fn from(projection: Projection) -> Self {
         match projection {
-            Projection::Application(app) => Staged::Application {
-                id: app.application_id.clone(),
-                encoded: app.encode_to_vec(),
-            },
+            Projection::Application(mut app) => {
+                // The receipt is this entry's, appended when stored; an
+                // earlier one must not linger in the encoding.
+                app.receipt = None;
+                Staged::Application {
+                    id: app.application_id.clone(),
+                    encoded: app.encode_to_vec(),
+                }
+            }
             Projection::Put(k, v) => Staged::Put(k, v),
             Projection::Delete(k) => Staged::Delete(k),
             Projection::Access(p) => Staged::Access(p),

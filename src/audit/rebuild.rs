@@ -141,6 +141,46 @@ fn expected_state(
     Ok(expected)
 }
 
+/// For two encoded applications, the fields in which they differ.
+fn application_differences(expected: &[u8], stored: &[u8]) -> Option<String> {
+    let (Ok(e), Ok(s)) = (Application::decode(expected), Application::decode(stored)) else {
+        return None;
+    };
+    let mut fields = Vec::new();
+    let mut check = |name: &'static str, same: bool| {
+        if !same {
+            fields.push(name);
+        }
+    };
+    check("status", e.status == s.status);
+    check("proofs", e.proofs == s.proofs);
+    check("created", e.created_unix_ms == s.created_unix_ms);
+    check("updated", e.updated_unix_ms == s.updated_unix_ms);
+    check("receipt", e.receipt == s.receipt);
+    check(
+        "request",
+        (
+            &e.request_id,
+            &e.matter_id,
+            &e.caller,
+            &e.officer_id,
+            &e.hall_id,
+        ) == (
+            &s.request_id,
+            &s.matter_id,
+            &s.caller,
+            &s.officer_id,
+            &s.hall_id,
+        ),
+    );
+    check("policy version", e.policy_version == s.policy_version);
+    Some(if fields.is_empty() {
+        "encoding".into()
+    } else {
+        fields.join(", ")
+    })
+}
+
 /// Recomputes the projections of a store from its entries and compares
 /// them with what it holds.
 pub fn rebuild_report(store: &AuditStore) -> Result<RebuildReport, StoreError> {
@@ -167,7 +207,11 @@ pub fn rebuild_report(store: &AuditStore) -> Result<RebuildReport, StoreError> {
                     counts.stored += 1;
                     if wv.as_slice() != hv.as_ref() {
                         counts.different += 1;
-                        note(&mut report, "different", hk);
+                        let what = match application_differences(wv, hv) {
+                            Some(fields) => format!("different ({fields})"),
+                            None => "different".into(),
+                        };
+                        note(&mut report, &what, hk);
                     }
                     want.next();
                     next_have = have.next().transpose()?;
