@@ -532,10 +532,6 @@ fn outcome_summary(application: &Application) -> String {
         .join(",")
 }
 
-/// Whether the application is still waiting on departments.
-pub fn is_pending(application: &Application) -> bool {
-    application.status() == ApplicationStatus::Pending
-}
 
 #[tonic::async_trait]
 impl CompletionHandler for Gateway {
