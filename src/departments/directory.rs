@@ -6,18 +6,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use governor::clock::Clock as _;
 use thiserror::Error;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
-use governor::DefaultDirectRateLimiter;
 use ring::rand::SystemRandom;
 
 use super::resilience::{
-    acquire, backoff, rate_limiter, CircuitBreaker, CircuitState, MAX_QUERY_ATTEMPTS, MAX_RATE_WAIT,
+    acquire, backoff, rate_limiter, CircuitBreaker, CircuitState, Limiter, MAX_QUERY_ATTEMPTS,
+    MAX_RATE_WAIT,
 };
 use super::signing::{verify_completion, AnswerVerifier, BatchSigned};
+use crate::clock::Monotonic;
 use crate::pb::department_service_client::DepartmentServiceClient;
 use crate::pb::{
     CompleteVerificationRequest, DataSource, QueryRequest, QueryResponse, VerifyRequest,
@@ -27,6 +30,21 @@ use crate::security::TlsFiles;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_ID_LEN: usize = 64;
+/// Longest piece of department-supplied text (a field name, a claimed
+/// department id) quoted in a failure, which goes to the hall and the log.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// Department-supplied text made fit to quote: control characters dropped,
+/// at most `max_chars` characters (cut on a character boundary, marked with
+/// an ellipsis).
+pub fn quoted(text: &str, max_chars: usize) -> String {
+    let mut clean = text.chars().filter(|c| !c.is_control());
+    let mut out: String = clean.by_ref().take(max_chars).collect();
+    if clean.next().is_some() {
+        out.push('…');
+    }
+    out
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DirectoryError {
@@ -88,7 +106,7 @@ struct Source {
     info: DataSource,
     client: DepartmentServiceClient<Channel>,
     breaker: CircuitBreaker,
-    limiter: DefaultDirectRateLimiter,
+    limiter: Limiter<Monotonic>,
 }
 
 /// A checked answer and how long it took.
@@ -104,6 +122,9 @@ pub struct DepartmentDirectory {
     /// The gateway's client identity for mutual TLS to departments; None in
     /// plaintext dev mode.
     client_tls: Option<TlsFiles>,
+    /// Drives the circuit breakers and rate limits. Deadlines and retry
+    /// pauses run on tokio's timer (`tokio::time::pause` in tests).
+    clock: Monotonic,
 }
 
 impl Default for DepartmentDirectory {
@@ -127,11 +148,17 @@ fn valid_id(id: &str) -> bool {
 
 impl DepartmentDirectory {
     pub fn new(client_tls: Option<TlsFiles>) -> Self {
+        Self::with_clock(client_tls, Monotonic::default())
+    }
+
+    /// A directory whose breakers and rate limits run on `clock`.
+    pub fn with_clock(client_tls: Option<TlsFiles>, clock: Monotonic) -> Self {
         Self {
             sources: RwLock::default(),
             answers: AnswerVerifier::default(),
             rng: SystemRandom::new(),
             client_tls,
+            clock,
         }
     }
 
@@ -179,16 +206,20 @@ impl DepartmentDirectory {
                 .tls_config(tls.client_config(&department_identity(&info.department_id)))
                 .map_err(|_| DirectoryError::BadEndpoint(info.endpoint.clone()))?;
         }
-        let client = DepartmentServiceClient::new(endpoint.connect_lazy());
+        self.insert(info, endpoint.connect_lazy());
+        Ok(())
+    }
+
+    /// Puts a source on `channel` in place, with a fresh breaker and limiter.
+    fn insert(&self, info: DataSource, channel: Channel) {
         let source = Arc::new(Source {
-            limiter: rate_limiter(info.capacity_per_second),
+            limiter: rate_limiter(info.capacity_per_second, self.clock.clone()),
             breaker: CircuitBreaker::default(),
             info,
-            client,
+            client: DepartmentServiceClient::new(channel),
         });
         self.write()
             .insert(source.info.department_id.clone(), source);
-        Ok(())
     }
 
     pub fn remove(&self, department_id: &str) -> Option<DataSource> {
@@ -232,25 +263,25 @@ impl DepartmentDirectory {
     /// Admits one call to `source`: circuit closed (or probing) and a
     /// rate-limit slot within the bounded wait.
     async fn admit(&self, source: &Source, remaining: Duration) -> Result<(), CallFailure> {
-        if !source.breaker.admit(Instant::now()) {
+        if !source.breaker.admit(self.clock.now()) {
             return Err(CallFailure::CircuitOpen);
         }
         let wait = MAX_RATE_WAIT.min(remaining);
-        if !acquire(&source.limiter, wait).await {
+        if !acquire(&source.limiter, &self.clock, wait).await {
             // Not the department's fault: give the probe slot back unused,
             // neither a success nor a failure.
-            source.breaker.release(Instant::now());
+            source.breaker.release(self.clock.now());
             return Err(CallFailure::RateLimited(wait));
         }
         Ok(())
     }
 
-    fn settle<T>(source: &Source, result: &Result<T, CallFailure>, started: Instant) {
+    fn settle<T>(&self, source: &Source, result: &Result<T, CallFailure>, started: Instant) {
         let healthy = match result {
             Ok(_) => true,
             Err(failure) => !failure.is_health_failure(),
         };
-        source.breaker.record(healthy, Instant::now());
+        source.breaker.record(healthy, self.clock.now());
         let kind = match result {
             Ok(_) => "ok",
             Err(CallFailure::Timeout(_)) => "timeout",
@@ -316,7 +347,7 @@ impl DepartmentDirectory {
         self.admit(source, deadline).await?;
         let started = Instant::now();
         let result = self.query_unguarded(source, request, deadline).await;
-        Self::settle(source, &result, started);
+        self.settle(source, &result, started);
         result
     }
 
@@ -348,7 +379,7 @@ impl DepartmentDirectory {
         if let Some(extra) = answer.fields.iter().find(|f| !wanted.contains(&f.name)) {
             return Err(CallFailure::BadAnswer(format!(
                 "answer carries field `{}`, which was not asked for",
-                extra.name
+                quoted(&extra.name, MAX_QUOTED_CHARS)
             )));
         }
         if answer.found {
@@ -382,7 +413,7 @@ impl DepartmentDirectory {
         self.admit(&source, deadline).await?;
         let call_started = Instant::now();
         let result = self.verify_unguarded(&source, request, deadline).await;
-        Self::settle(&source, &result, call_started);
+        self.settle(&source, &result, call_started);
         result.map(|answer| Answered {
             answer,
             latency: started.elapsed(),
@@ -440,7 +471,8 @@ impl DepartmentDirectory {
         }
         if department != source.department_id {
             return Err(CallFailure::BadAnswer(format!(
-                "answer claims to come from `{department}`, not `{}`",
+                "answer claims to come from `{}`, not `{}`",
+                quoted(department, MAX_QUOTED_CHARS),
                 source.department_id
             )));
         }

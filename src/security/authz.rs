@@ -10,13 +10,16 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 use tracing::warn;
 
 use super::identity::{identity_of, Caller, Role, RoleMap};
+use crate::clock::Monotonic;
 
 /// Header naming the caller in `--insecure-plaintext` mode only.
 pub const PLAINTEXT_IDENTITY_HEADER: &str = "x-proofgate-identity";
@@ -58,26 +61,47 @@ impl RateLimits {
     }
 }
 
-struct GuardState {
+type CallerLimiter<C> =
+    RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+struct GuardState<C: Clock> {
     tls: bool,
     roles: RoleMap,
     limits: RateLimits,
-    limiters: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
+    /// Every caller's bucket runs on this clock: [`Monotonic`] in service,
+    /// governor's `FakeRelativeClock` in tests.
+    clock: C,
+    limiters: Mutex<HashMap<String, Arc<CallerLimiter<C>>>>,
 }
 
 /// Shared by every service's interceptor.
-#[derive(Clone)]
-pub struct Guard {
-    state: Arc<GuardState>,
+pub struct Guard<C: Clock = Monotonic> {
+    state: Arc<GuardState<C>>,
+}
+
+impl<C: Clock> Clone for Guard<C> {
+    fn clone(&self) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+        }
+    }
 }
 
 impl Guard {
     pub fn new(tls: bool, roles: RoleMap, limits: RateLimits) -> Self {
+        Self::with_clock(tls, roles, limits, Monotonic::default())
+    }
+}
+
+impl<C: Clock + Clone> Guard<C> {
+    /// A guard whose per-caller rate limits run on `clock`.
+    pub fn with_clock(tls: bool, roles: RoleMap, limits: RateLimits, clock: C) -> Self {
         Self {
             state: Arc::new(GuardState {
                 tls,
                 roles,
                 limits,
+                clock,
                 limiters: Mutex::new(HashMap::new()),
             }),
         }
@@ -88,7 +112,7 @@ impl Guard {
         &self,
         service: &'static str,
         allowed: &'static [&'static str],
-    ) -> ServiceGate {
+    ) -> ServiceGate<C> {
         ServiceGate {
             guard: self.clone(),
             service,
@@ -136,13 +160,14 @@ impl Guard {
                 let rate = self.state.limits.rate_for(caller).max(1);
                 let per_second = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
                 let burst = NonZeroU32::new((rate / 10).max(1)).unwrap_or(NonZeroU32::MIN);
-                Arc::new(RateLimiter::direct(
+                Arc::new(RateLimiter::direct_with_clock(
                     Quota::per_second(per_second).allow_burst(burst),
+                    self.state.clock.clone(),
                 ))
             }))
         };
         limiter.check().map_err(|not_until| {
-            let wait: Duration = not_until.wait_time_from(DefaultClock::default().now());
+            let wait: Duration = not_until.wait_time_from(self.state.clock.now());
             let millis = wait.as_millis().max(1);
             let mut status = Status::resource_exhausted(format!(
                 "rate limit of {} calls/s for `{}` reached; retry in {millis} ms",
@@ -158,14 +183,23 @@ impl Guard {
 }
 
 /// One service's gate.
-#[derive(Clone)]
-pub struct ServiceGate {
-    guard: Guard,
+pub struct ServiceGate<C: Clock = Monotonic> {
+    guard: Guard<C>,
     service: &'static str,
     allowed: &'static [&'static str],
 }
 
-impl Interceptor for ServiceGate {
+impl<C: Clock> Clone for ServiceGate<C> {
+    fn clone(&self) -> Self {
+        Self {
+            guard: self.guard.clone(),
+            service: self.service,
+            allowed: self.allowed,
+        }
+    }
+}
+
+impl<C: Clock + Clone> Interceptor for ServiceGate<C> {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let result = self.admit(&mut request);
         let verdict = match &result {
@@ -179,7 +213,7 @@ impl Interceptor for ServiceGate {
     }
 }
 
-impl ServiceGate {
+impl<C: Clock + Clone> ServiceGate<C> {
     fn admit(&self, request: &mut Request<()>) -> Result<(), Status> {
         let caller = self.guard.authenticate(request)?;
         if !self.allowed.contains(&caller.role.kind()) {
