@@ -125,3 +125,28 @@ async fn an_unavailable_query_falls_back_as_the_policy_says() {
     );
     assert_eq!(status(&app), Status::Complete);
 }
+
+#[tokio::test]
+async fn a_query_that_never_answers_in_time_falls_back_as_the_policy_says() {
+    let gw = TestGateway::start().await;
+    let civil = gw.running.mock("civil-affairs").unwrap();
+    civil.controls.latency_ms.store(NEVER_MS, Ordering::Relaxed);
+    let app = gw
+        .submit(with_commitments(
+            request("hpf-withdrawal-mortgage", PASSES_ALL),
+            &[
+                ("income-statement", "income-v1"),
+                ("marriage-record", "married-v1"),
+            ],
+        ))
+        .await;
+    let marriage = proof(&app, "marriage-record");
+    assert!(marriage.fallback_used, "{marriage:#?}");
+    assert_eq!(marriage.outcome(), Outcome::CommitmentRecorded);
+    assert!(
+        marriage.reason.contains("no answer within"),
+        "{}",
+        marriage.reason
+    );
+    assert_eq!(status(&app), Status::Complete);
+}
