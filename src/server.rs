@@ -83,6 +83,8 @@ pub struct ServeOptions {
     pub max_in_flight: usize,
     /// Prometheus metrics over HTTP (GET /metrics); None: no listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// Drives rate limits and circuit breakers; tests hand in a fake one.
+    pub monotonic_clock: crate::clock::Monotonic,
 }
 
 impl Default for ServeOptions {
@@ -101,6 +103,7 @@ impl Default for ServeOptions {
             rate_limits: RateLimits::default(),
             max_in_flight: MAX_IN_FLIGHT,
             metrics_listen: None,
+            monotonic_clock: crate::clock::Monotonic::default(),
         }
     }
 }
@@ -328,7 +331,10 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         warn!("PLAINTEXT: no TLS, callers name themselves in a header; for local development only");
         None
     };
-    let directory = Arc::new(DepartmentDirectory::new(tls.clone()));
+    let directory = Arc::new(DepartmentDirectory::with_clock(
+        tls.clone(),
+        options.monotonic_clock.clone(),
+    ));
     for source in log.store().data_sources()? {
         let department = source.department_id.clone();
         if let Err(e) = directory.upsert(source) {
@@ -360,10 +366,11 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let guard = Guard::new(
+    let guard = Guard::with_clock(
         tls.is_some(),
         options.roles.clone(),
         options.rate_limits.clone(),
+        options.monotonic_clock.clone(),
     );
     let applications = InterceptedService::new(
         ApplicationServiceServer::new(ApplicationApi::new(Arc::clone(&gateway)))
