@@ -34,17 +34,7 @@ pub const MAX_ID_LEN: usize = 64;
 /// department id) quoted in a failure, which goes to the hall and the log.
 pub const MAX_QUOTED_CHARS: usize = 64;
 
-/// Department-supplied text made fit to quote: control characters dropped,
-/// at most `max_chars` characters (cut on a character boundary, marked with
-/// an ellipsis).
-pub fn quoted(text: &str, max_chars: usize) -> String {
-    let mut clean = text.chars().filter(|c| !c.is_control());
-    let mut out: String = clean.by_ref().take(max_chars).collect();
-    if clean.next().is_some() {
-        out.push('…');
-    }
-    out
-}
+pub use crate::policy::quoted;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DirectoryError {
@@ -809,14 +799,5 @@ mod tests {
         *h.script.reason.lock().unwrap() = reason.clone();
         let answered = h.verify().await.unwrap();
         assert_eq!(answered.answer.reason, reason);
-    }
-
-    #[test]
-    fn quoted_drops_control_characters_and_cuts_on_a_character_boundary() {
-        assert_eq!(quoted("plain", 64), "plain");
-        assert_eq!(quoted("a\nb\tc\u{7f}d", 64), "abcd");
-        assert_eq!(quoted("民政局民政局", 3), "民政局…");
-        assert_eq!(quoted("", 3), "");
-        assert_eq!(quoted("abc", 3), "abc");
     }
 }

@@ -532,7 +532,6 @@ fn outcome_summary(application: &Application) -> String {
         .join(",")
 }
 
-
 #[tonic::async_trait]
 impl CompletionHandler for Gateway {
     async fn complete_verification(
