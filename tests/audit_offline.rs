@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::*;
 use proofgate::audit::{
@@ -51,7 +50,7 @@ async fn filled_data_dir() -> tempfile::TempDir {
         .await
         .unwrap()
         .into_inner();
-    while tokio::time::timeout(Duration::from_secs(20), watch.next())
+    while tokio::time::timeout(COMPLETION_BOUND, watch.next())
         .await
         .expect("completion arrives")
         .is_some()

@@ -19,6 +19,11 @@ use proofgate::server::{self, Running, ServeOptions};
 use tonic::transport::Channel;
 
 /// Passes every check of the mock departments.
+/// How long a test waits for a mock department's later completion (sent
+/// 1.5–2 s after the decision) before it calls it lost: a bound, not a
+/// measurement, generous so that a slow machine cannot fail the test.
+pub const COMPLETION_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub const PASSES_ALL: &str = "330702199001011237";
 /// Fails every check.
 pub const FAILS_ALL: &str = "330702197503120450";
