@@ -68,6 +68,7 @@ fn decision(n: u64) -> Event {
         applicant_facts: None,
         dishonest_until: String::new(),
         decided_unix_ms: 0,
+        request_digest: Vec::new(),
     })
 }
 

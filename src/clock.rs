@@ -3,7 +3,10 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::clock::FakeRelativeClock;
+use governor::nanos::Nanos;
 
 /// A source of the current time in Unix milliseconds.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -61,6 +64,56 @@ impl Clock for ManualClock {
     }
 }
 
+/// Monotonic time for rate limits and circuit breakers, as governor's
+/// [`governor::clock::Clock`] so one handle drives the limiters and the
+/// breakers alike. The default reads tokio's clock: real time in production,
+/// the paused clock under `tokio::time::pause`. A test of a served node hands
+/// in a [`FakeRelativeClock`] instead and advances it by hand, since pausing
+/// tokio's clock does not mix with real sockets.
+#[derive(Debug, Clone)]
+pub struct Monotonic(MonotonicSource);
+
+#[derive(Debug, Clone)]
+enum MonotonicSource {
+    Tokio(tokio::time::Instant),
+    Fake(FakeRelativeClock),
+}
+
+impl Monotonic {
+    /// Tokio's clock, counted from now.
+    pub fn tokio() -> Self {
+        Self(MonotonicSource::Tokio(tokio::time::Instant::now()))
+    }
+}
+
+impl Default for Monotonic {
+    fn default() -> Self {
+        Self::tokio()
+    }
+}
+
+impl From<FakeRelativeClock> for Monotonic {
+    fn from(fake: FakeRelativeClock) -> Self {
+        Self(MonotonicSource::Fake(fake))
+    }
+}
+
+impl governor::clock::Clock for Monotonic {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        match &self.0 {
+            MonotonicSource::Tokio(origin) => nanos(origin.elapsed()),
+            MonotonicSource::Fake(fake) => fake.now(),
+        }
+    }
+}
+
+/// A duration as [`Nanos`], saturating instead of panicking past ~584 years.
+pub fn nanos(duration: Duration) -> Nanos {
+    Nanos::new(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +126,30 @@ mod tests {
         assert_eq!(clock.now_unix_ms(), 1_500);
         clock.set(7);
         assert_eq!(clock.now_unix_ms(), 7);
+    }
+
+    #[test]
+    fn a_fake_monotonic_clock_moves_only_when_advanced() {
+        use governor::clock::Clock as _;
+        let fake = FakeRelativeClock::default();
+        let clock = Monotonic::from(fake.clone());
+        let start = clock.now();
+        fake.advance(Duration::from_millis(250));
+        assert_eq!(
+            Duration::from(clock.now()),
+            Duration::from(start) + Duration::from_millis(250)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tokio_monotonic_clock_follows_paused_time() {
+        use governor::clock::Clock as _;
+        let clock = Monotonic::tokio();
+        let start = clock.now();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            Duration::from(clock.now()),
+            Duration::from(start) + Duration::from_secs(2)
+        );
     }
 }

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use proofgate::pb::{
     ApplicationStatus as Status, GetApplicationRequest, ListMattersRequest, ProofMode,
@@ -154,7 +152,7 @@ async fn a_pending_verification_completes_and_watch_sees_it() {
         .into_inner();
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(status(&first), Status::Pending);
-    let last = tokio::time::timeout(Duration::from_secs(20), stream.next())
+    let last = tokio::time::timeout(COMPLETION_BOUND, stream.next())
         .await
         .expect("completion arrives")
         .unwrap()
@@ -194,7 +192,7 @@ async fn a_pending_verification_can_end_refused() {
         .unwrap()
         .into_inner();
     let mut last = None;
-    while let Some(item) = tokio::time::timeout(Duration::from_secs(20), stream.next())
+    while let Some(item) = tokio::time::timeout(COMPLETION_BOUND, stream.next())
         .await
         .expect("stream progresses")
     {

@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use proofgate::audit::{
-    data_dir_records, export, file_records, leaf_hash, replay_records, verify_consistency,
-    verify_inclusion, verify_records, AuditLog, AuditStore, LogRecord, NoteSigner, NoteVerifier,
-    Problem, WriterOptions,
+    application_key, data_dir_records, export, file_records, leaf_hash, rebuild_data_dir,
+    replay_records, verify_consistency, verify_inclusion, verify_records, AuditLog, AuditStore,
+    LogRecord, NoteSigner, NoteVerifier, Problem, WriterOptions,
 };
 use proofgate::pb::{
     audit_entry::Event, AuditEntry, GetCheckpointRequest, GetConsistencyProofRequest,
@@ -51,11 +49,23 @@ async fn filled_data_dir() -> tempfile::TempDir {
         .await
         .unwrap()
         .into_inner();
-    while tokio::time::timeout(Duration::from_secs(20), watch.next())
+    while tokio::time::timeout(COMPLETION_BOUND, watch.next())
         .await
         .expect("completion arrives")
         .is_some()
     {}
+    // One more left pending, then marked overdue by the sweep.
+    let overdue = gw
+        .submit(request("coach-licence-renewal", PENDING_THEN_REFUSED))
+        .await;
+    let due = overdue
+        .proofs
+        .iter()
+        .map(|p| p.due_unix_ms)
+        .max()
+        .unwrap_or_default();
+    assert!(due > 0, "a pending proof has a deadline");
+    assert!(gw.running.gateway.sweep_overdue(due + 1).await.unwrap() >= 1);
     let TestGateway {
         running, data_dir, ..
     } = gw;
@@ -247,6 +257,67 @@ async fn a_data_folder_and_its_export_verify_and_replay_cleanly() {
     assert_eq!(from_file.root, report.root);
     let replay = replay_records(file_records(&file).unwrap(), |_| {}).unwrap();
     assert!(replay.discrepancies.is_empty());
+}
+
+#[tokio::test]
+async fn every_projection_rebuilds_from_the_entries_and_a_changed_one_is_named() {
+    let dir = filled_data_dir().await;
+    let report = rebuild_data_dir(dir.path()).unwrap();
+    assert!(report.consistent(), "{report:#?}");
+    let count = |kind: &str| {
+        report
+            .kinds
+            .iter()
+            .find(|k| k.kind == kind)
+            .map(|k| k.expected)
+            .unwrap_or_default()
+    };
+    assert!(count("applications") >= 6, "{report:#?}");
+    assert_eq!(count("applications"), count("request keys"));
+    assert!(count("access index") >= count("applications"));
+    assert!(count("data sources") >= 8);
+
+    // Drop one application projection and forge another; rebuild names both.
+    let store = AuditStore::open(&dir.path().join("log")).unwrap();
+    let first = String::from_utf8(
+        store
+            .entries(0, u64::MAX)
+            .filter_map(|e| AuditEntry::decode(e.unwrap().1.as_slice()).ok())
+            .find_map(|e| match e.event {
+                Some(Event::ApplicationDecided(d)) => Some(d.application_id.into_bytes()),
+                _ => None,
+            })
+            .expect("a decision"),
+    )
+    .unwrap();
+    let mut app = store.application(&first).unwrap().unwrap();
+    app.status = proofgate::pb::ApplicationStatus::Unspecified as i32;
+    drop(store);
+    {
+        let db = sled::open(dir.path().join("log")).unwrap();
+        db.insert(application_key(&first), app.encode_to_vec())
+            .unwrap();
+        db.insert(application_key("node-1.forged"), vec![]).unwrap();
+        db.flush().unwrap();
+    }
+    let report = rebuild_data_dir(dir.path()).unwrap();
+    assert!(!report.consistent());
+    let apps = report
+        .kinds
+        .iter()
+        .find(|k| k.kind == "applications")
+        .unwrap();
+    assert_eq!(
+        (apps.different, apps.extra, apps.missing),
+        (1, 1, 0),
+        "{report:#?}"
+    );
+    assert!(
+        report.examples.iter().any(|e| e.contains(&first)),
+        "{:?}",
+        report.examples
+    );
+    assert!(report.examples.iter().any(|e| e.contains("node-1.forged")));
 }
 
 fn records_of(file: &std::path::Path) -> Vec<LogRecord> {

@@ -74,10 +74,12 @@ async fn every_acknowledged_application_survives_repeated_sigkill() {
         assert!(size >= max_size_seen, "round {round}: the tree shrank");
         max_size_seen = size;
 
+        let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let mut workers = Vec::new();
         for worker in 0..8 {
             let mut client = ApplicationServiceClient::new(channel.clone());
             let acknowledged = Arc::clone(&acknowledged);
+            let acked_tx = acked_tx.clone();
             workers.push(tokio::spawn(async move {
                 for n in 0.. {
                     let mut req = request("elderly-subsidy", ELDERLY);
@@ -90,14 +92,19 @@ async fn every_acknowledged_application_survives_repeated_sigkill() {
                                 .lock()
                                 .unwrap()
                                 .push((app.application_id, index));
+                            let _ = acked_tx.send(());
                         }
                         Err(_) => return,
                     }
                 }
             }));
         }
-        // Kill at a different moment of the load each round.
-        tokio::time::sleep(Duration::from_millis(150 + 47 * round as u64)).await;
+        drop(acked_tx);
+        // Kill at a different moment of the load each round: after a number
+        // of replies, not after a time, so a slow machine kills no earlier.
+        for _ in 0..(5 + 7 * round) {
+            acked_rx.recv().await.expect("the load runs until the kill");
+        }
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
         for w in workers {
@@ -106,7 +113,7 @@ async fn every_acknowledged_application_survives_repeated_sigkill() {
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(
-        acknowledged.len() > KILLS * 5,
+        acknowledged.len() >= (0..KILLS).map(|r| 5 + 7 * r).sum::<usize>(),
         "the load ran: {} replies",
         acknowledged.len()
     );

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use proofgate::departments::resilience::CircuitState;
+use proofgate::departments::resilience::{CircuitState, BREAKER_OPEN_FOR, BREAKER_THRESHOLD};
 use proofgate::pb::{
     ApplicationStatus as Status, DeregisterDataSourceRequest, GetApplicationRequest,
     ListDataSourcesRequest, ProofOutcome as Outcome, RegisterDataSourceRequest,
@@ -41,60 +41,55 @@ async fn a_flapping_department_is_retried_for_queries_and_never_verified_by_acci
 
 #[tokio::test]
 async fn the_circuit_opens_on_a_failing_department_and_closes_when_it_recovers() {
-    let gw = TestGateway::start().await;
+    // Breakers run on a clock that moves only when told to.
+    let (gw, clock) = TestGateway::start_on_fake_clock(|_| {}).await;
     let civil = gw.running.mock("civil-affairs").unwrap();
     civil.controls.refuse.store(true, Ordering::Relaxed);
     let commitments = [
         ("no-spouse-declaration", "no-spouse-v1"),
         ("no-close-kinship-declaration", "kinship-v1"),
     ];
-    let mut reasons = Vec::new();
-    for _ in 0..4 {
-        let app = gw
-            .submit(with_commitments(
-                request("marriage-registration", FAILS_ALL),
-                &commitments,
-            ))
-            .await;
-        let p = proof(&app, "unmarried-record");
-        assert_eq!(p.outcome(), Outcome::Unavailable);
-        reasons.push(p.reason.clone());
-    }
-    assert_eq!(
-        gw.running.directory.circuit("civil-affairs"),
-        Some(CircuitState::Open)
-    );
-    assert!(
-        reasons.last().unwrap().contains("circuit open"),
-        "{reasons:?}"
-    );
-    // An open circuit does not call the department at all.
-    let calls = civil.controls.calls.load(Ordering::Relaxed);
-    let started = std::time::Instant::now();
-    gw.submit(with_commitments(
-        request("marriage-registration", FAILS_ALL),
-        &commitments,
-    ))
-    .await;
-    assert_eq!(civil.controls.calls.load(Ordering::Relaxed), calls);
-    assert!(started.elapsed() < Duration::from_millis(500), "fails fast");
-
-    civil.controls.refuse.store(false, Ordering::Relaxed);
-    tokio::time::sleep(
-        proofgate::departments::resilience::BREAKER_OPEN_FOR + Duration::from_millis(100),
-    )
-    .await;
-    let app = gw
-        .submit(with_commitments(
+    let submit = || {
+        gw.submit(with_commitments(
             request("marriage-registration", FAILS_ALL),
             &commitments,
         ))
-        .await;
+    };
+    // Each submission fails at least once (a query is retried up to three
+    // times), so the circuit opens within the threshold's count.
+    let mut submissions = 0;
+    while gw.running.directory.circuit("civil-affairs") != Some(CircuitState::Open) {
+        assert!(submissions < BREAKER_THRESHOLD, "the circuit never opened");
+        let app = submit().await;
+        assert_eq!(
+            outcome(&app, "unmarried-record"),
+            Outcome::Unavailable,
+            "{app:#?}"
+        );
+        submissions += 1;
+    }
+    // An open circuit does not call the department at all.
+    let calls = civil.controls.calls.load(Ordering::Relaxed);
+    let app = submit().await;
+    let unmarried = proof(&app, "unmarried-record");
+    assert_eq!(unmarried.outcome(), Outcome::Unavailable);
+    assert!(
+        unmarried.reason.contains("circuit open"),
+        "{}",
+        unmarried.reason
+    );
+    assert_eq!(civil.controls.calls.load(Ordering::Relaxed), calls);
+
+    // Once the open period has passed, one probe goes out; it succeeds.
+    civil.controls.refuse.store(false, Ordering::Relaxed);
+    clock.advance(BREAKER_OPEN_FOR);
+    let app = submit().await;
     assert_eq!(
         outcome(&app, "unmarried-record"),
         Outcome::ConditionMet,
         "the probe succeeds"
     );
+    assert_eq!(civil.controls.calls.load(Ordering::Relaxed), calls + 1);
     assert_eq!(
         gw.running.directory.circuit("civil-affairs"),
         Some(CircuitState::Closed)
@@ -103,7 +98,9 @@ async fn the_circuit_opens_on_a_failing_department_and_closes_when_it_recovers()
 
 #[tokio::test]
 async fn a_burst_over_the_declared_capacity_is_refused_not_forwarded() {
-    let gw = TestGateway::start().await;
+    // Rate limits run on a clock that does not move during the burst, so
+    // the bucket holds exactly its one slot whatever the machine's speed.
+    let (gw, clock) = TestGateway::start_on_fake_clock(|_| {}).await;
     let civil = gw.running.mock("civil-affairs").unwrap();
     let mut source = civil.data_source();
     source.capacity_per_second = 2; // one slot, then one per 500 ms
@@ -113,17 +110,20 @@ async fn a_burst_over_the_declared_capacity_is_refused_not_forwarded() {
         })
         .await
         .unwrap();
-    let calls_before = civil.controls.calls.load(Ordering::Relaxed);
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let mut client = gw.applications();
-        let req = with_commitments(
+    let marriage = || {
+        with_commitments(
             request("marriage-registration", FAILS_ALL),
             &[
                 ("no-spouse-declaration", "no-spouse-v1"),
                 ("no-close-kinship-declaration", "kinship-v1"),
             ],
-        );
+        )
+    };
+    let calls_before = civil.controls.calls.load(Ordering::Relaxed);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut client = gw.applications();
+        let req = marriage();
         tasks.push(tokio::spawn(
             async move { client.submit_application(req).await },
         ));
@@ -140,10 +140,16 @@ async fn a_burst_over_the_declared_capacity_is_refused_not_forwarded() {
         }
     }
     let forwarded = civil.controls.calls.load(Ordering::Relaxed) - calls_before;
-    assert!(limited >= 5, "{limited} of 8 limited");
-    assert!(
-        forwarded <= 3,
-        "{forwarded} calls reached a department declaring 2/s"
+    assert_eq!(forwarded, 1, "only the one slot reached the department");
+    assert_eq!(limited, 7);
+
+    // The next slot comes after 500 ms.
+    clock.advance(Duration::from_millis(500));
+    let app = gw.submit(marriage()).await;
+    assert_eq!(outcome(&app, "unmarried-record"), Outcome::ConditionMet);
+    assert_eq!(
+        civil.controls.calls.load(Ordering::Relaxed) - calls_before,
+        2
     );
 }
 

@@ -12,14 +12,16 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::records::{LogRecord, RecordError};
+use futures_util::FutureExt;
+
 use crate::pb::{
-    audit_entry::Event, ApplicationDecided, AuditEntry, CompleteVerificationRequest, ProofDecision,
-    ProofMode, ProofOutcome, ProofResult, QueryResponse, RecordedAnswer, VerificationCompleted,
-    VerificationOutcome, VerifyResponse,
+    audit_entry::Event, Application, ApplicationDecided, AuditEntry, Commitment,
+    CompleteVerificationRequest, ProofDecision, ProofMode, ProofResult, QueryResponse,
+    RecordedAnswer, VerificationCompleted, VerificationOverdue, VerifyResponse,
 };
 use crate::policy::{
-    completed_verification, overall_status, overdue_verification, ApplicantFacts, Mode, PolicySet,
-    Proof,
+    application_id_of, apply, decide_proof, is_waiting, AnswerSource, ApplicantFacts, Mode,
+    PolicySet, Proof, ProofContext,
 };
 use crate::signing::{verify_completion, AnswerVerifier};
 
@@ -40,23 +42,12 @@ pub struct ReplayReport {
     pub discrepancies: Vec<Discrepancy>,
 }
 
-/// A later event about one waiting proof.
-struct LaterChange<'a> {
-    application_id: &'a str,
-    proof_id: &'a str,
-    ticket: &'a str,
-    /// Outcomes the proof may have before the change.
-    from: &'a [ProofOutcome],
-    recorded: Option<&'a ProofResult>,
-    recorded_status: i32,
-}
-
 #[derive(Default)]
 struct Replayer {
     policies: HashMap<String, Arc<PolicySet>>,
     department_keys: HashMap<String, Vec<u8>>,
-    /// Proof results of applications still pending, by application id.
-    pending: HashMap<String, Vec<ProofResult>>,
+    /// Applications still waiting on a department, by id.
+    waiting: HashMap<String, Application>,
     answers: AnswerVerifier,
     /// Live dishonesty records by pseudonym: their end date.
     dishonest: HashMap<Vec<u8>, String>,
@@ -210,8 +201,6 @@ impl Replayer {
                 ),
             );
         }
-        let dishonest_until =
-            (!decided.dishonest_until.is_empty()).then_some(decided.dishonest_until.as_str());
         let required: Vec<&str> = policy
             .required_proofs(matter, &facts)
             .iter()
@@ -229,7 +218,20 @@ impl Replayer {
                 format!("proofs required {required:?}, recorded {recorded:?}"),
             );
         }
-        let mut results = Vec::with_capacity(decided.proofs.len());
+        let commitments: Vec<Commitment> = decided
+            .proofs
+            .iter()
+            .filter_map(|p| p.commitment.clone())
+            .collect();
+        let ctx = ProofContext {
+            application_id: &app,
+            facts: &facts,
+            consent_to_data_queries: decided.consent_to_data_queries,
+            commitments: &commitments,
+            dishonest_until: (!decided.dishonest_until.is_empty())
+                .then_some(decided.dishonest_until.as_str()),
+            decided_unix_ms: decided.decided_unix_ms,
+        };
         for decision in &decided.proofs {
             let Some(result) = &decision.result else {
                 continue;
@@ -237,207 +239,108 @@ impl Replayer {
             let Some(proof) = policy.proof(&result.proof_id).cloned() else {
                 continue;
             };
-            let sampled = result.outcome() == crate::pb::ProofOutcome::CommitmentRecorded
-                && proof.commitment.as_ref().is_some_and(|t| {
-                    crate::policy::spot_check_selected(&app, &proof.id, t.spot_check_rate)
-                });
-            if sampled != result.spot_check {
-                self.differs(
+            let mut source = ReplaySource {
+                answers: decision.answers.iter(),
+                replayer: self,
+            };
+            let rederived = decide_proof(&proof, &ctx, &mut source).now_or_never();
+            let leftover = source.answers.next().is_some();
+            match rederived {
+                None => self.differs(
+                    index,
+                    &app,
+                    format!("{}: replay did not finish", result.proof_id),
+                ),
+                Some(Err(what)) => {
+                    self.differs(index, &app, format!("{}: {what}", result.proof_id))
+                }
+                Some(Ok(_)) if leftover => self.differs(
                     index,
                     &app,
                     format!(
-                        "{}: spot-check sampling recorded {}, the rule gives {sampled}",
-                        result.proof_id, result.spot_check
+                        "{}: more answers recorded than the policy asks for",
+                        result.proof_id
                     ),
-                );
-            }
-            match self.redecide(
-                &proof,
-                decision,
-                decided.consent_to_data_queries,
-                &facts,
-                dishonest_until,
-            ) {
-                Err(what) => self.differs(index, &app, format!("{}: {what}", result.proof_id)),
-                Ok(rederived) => {
-                    let same = rederived.outcome == result.outcome
-                        && rederived.mode == result.mode
-                        && rederived.fallback_used == result.fallback_used
-                        && rederived.reason == result.reason;
-                    if !same {
-                        self.differs(
-                            index,
-                            &app,
-                            format!(
-                                "{}: recorded {:?} ({}) but policy and answers give {:?} ({})",
-                                result.proof_id,
-                                result.outcome(),
-                                result.reason,
-                                rederived.outcome(),
-                                rederived.reason
-                            ),
-                        );
+                ),
+                Some(Ok(rederived)) => {
+                    for what in
+                        decision_differences(&with_old_due(rederived, result, &decided), decision)
+                    {
+                        self.differs(index, &app, format!("{}: {what}", result.proof_id));
                     }
                 }
             }
-            results.push(result.clone());
         }
-        let status = overall_status(results.iter().map(|r| r.outcome()));
-        if status as i32 != decided.status {
+        let event = Event::ApplicationDecided(decided);
+        let mut application = Application::default();
+        if let Err(e) = apply(&mut application, &event) {
+            return self.differs(index, &app, e.to_string());
+        }
+        let Event::ApplicationDecided(decided) = &event else {
+            return;
+        };
+        if application.status != decided.status {
             self.differs(
                 index,
                 &app,
                 format!(
-                    "recorded status {:?}, proofs give {status:?}",
-                    decided.status()
+                    "recorded status {:?}, proofs give {:?}",
+                    decided.status(),
+                    application.status()
                 ),
             );
         }
-        self.keep_if_waiting(app, results);
+        self.keep_if_waiting(application);
     }
 
     /// Remembers an application while any verification may still arrive.
-    fn keep_if_waiting(&mut self, app: String, results: Vec<ProofResult>) {
-        let waiting = results.iter().any(|r| {
-            matches!(
-                r.outcome(),
-                crate::pb::ProofOutcome::Pending | crate::pb::ProofOutcome::Overdue
-            )
-        });
-        if waiting {
-            self.pending.insert(app, results);
+    fn keep_if_waiting(&mut self, application: Application) {
+        if is_waiting(&application) {
+            self.waiting
+                .insert(application.application_id.clone(), application);
         }
     }
 
-    fn overdue(&mut self, index: u64, overdue: crate::pb::VerificationOverdue) {
-        let as_of = overdue.as_of_unix_ms;
-        let change = LaterChange {
-            application_id: &overdue.application_id,
-            proof_id: &overdue.proof_id,
-            ticket: &overdue.ticket,
-            from: &[ProofOutcome::Pending],
-            recorded: overdue.result.as_ref(),
-            recorded_status: overdue.status,
-        };
-        self.settle_waiting(index, change, |result| {
-            let early = (result.due_unix_ms > as_of)
-                .then(|| "marked overdue before its deadline".to_owned());
-            let judgement = overdue_verification(&result.department_id, result.due_unix_ms);
-            result.outcome = judgement.outcome as i32;
-            result.reason = judgement.reason;
-            early
-        });
-    }
-
-    /// Applies a later event to a waiting proof — a completion or an overdue
-    /// mark — and checks the recorded result and status against it.
-    fn settle_waiting(
+    /// Applies a later event (a completion, an overdue mark) to its waiting
+    /// application with the one projection, and checks the result and
+    /// status the event records against it.
+    fn later(
         &mut self,
         index: u64,
-        change: LaterChange<'_>,
-        apply: impl FnOnce(&mut ProofResult) -> Option<String>,
+        event: &Event,
+        recorded: Option<&ProofResult>,
+        recorded_status: i32,
     ) {
-        let app = change.application_id.to_owned();
-        let Some(mut results) = self.pending.remove(&app) else {
+        let app = application_id_of(event).unwrap_or_default().to_owned();
+        let Some(mut application) = self.waiting.remove(&app) else {
             return self.differs(
                 index,
                 &app,
                 "changes an application with nothing waiting".into(),
             );
         };
-        let found = results.iter_mut().find(|r| {
-            r.proof_id == change.proof_id
-                && r.ticket == change.ticket
-                && change.from.contains(&r.outcome())
-        });
-        match found {
-            None => self.differs(
-                index,
-                &app,
-                format!("no waiting proof {} with that ticket", change.proof_id),
-            ),
-            Some(result) => {
-                if let Some(problem) = apply(result) {
-                    self.differs(index, &app, format!("{}: {problem}", change.proof_id));
+        match apply(&mut application, event) {
+            Err(e) => self.differs(index, &app, e.to_string()),
+            Ok(changed) => {
+                let derived = changed.as_ref().map(|r| (r.outcome, r.reason.as_str()));
+                if recorded.map(|r| (r.outcome, r.reason.as_str())) != derived {
+                    let proof = changed.map(|r| r.proof_id).unwrap_or_default();
+                    self.differs(index, &app, format!("{proof}: recorded result differs"));
                 }
-                let rederived = (result.outcome, result.reason.clone());
-                if change.recorded.map(|r| (r.outcome, r.reason.clone())) != Some(rederived) {
-                    self.differs(
-                        index,
-                        &app,
-                        format!("{}: recorded result differs", change.proof_id),
-                    );
-                }
-                let status = overall_status(results.iter().map(|r| r.outcome()));
-                if status as i32 != change.recorded_status {
+                if application.status != recorded_status {
                     self.differs(
                         index,
                         &app,
                         format!(
-                            "recorded status {}, proofs give {status:?}",
-                            change.recorded_status
+                            "recorded status {recorded_status}, proofs give {:?}",
+                            application.status()
                         ),
                     );
                 }
             }
         }
         // Kept whatever happened, so later events of the application still replay.
-        self.keep_if_waiting(app, results);
-    }
-
-    fn redecide(
-        &mut self,
-        proof: &Proof,
-        decision: &ProofDecision,
-        consent: bool,
-        facts: &ApplicantFacts,
-        dishonest_until: Option<&str>,
-    ) -> Result<ProofResult, String> {
-        let mut answers = decision.answers.iter();
-        let mut judge = |this: &mut Self, mode: Mode| -> Result<_, String> {
-            let answer = if mode.asks_department() && consent {
-                let a = answers
-                    .next()
-                    .ok_or_else(|| format!("no answer recorded for {}", mode.policy_word()))?;
-                if mode_of(a.mode) != Some(mode) {
-                    return Err("answers recorded out of order".into());
-                }
-                if !this.answer_signed(mode, a) {
-                    return Err(format!(
-                        "answer of {} does not carry its registered signature",
-                        a.department_id
-                    ));
-                }
-                Some(a)
-            } else {
-                None
-            };
-            let evidence = proof.evidence(
-                mode,
-                consent,
-                decision.commitment.as_ref(),
-                answer,
-                dishonest_until,
-            );
-            Ok(proof.judge(mode, &evidence, facts))
-        };
-        let planned = judge(self, proof.mode)?;
-        let fallback = match proof.fallback_after(&planned) {
-            Some(mode) => Some((mode, judge(self, mode)?)),
-            None => None,
-        };
-        if answers.next().is_some() {
-            return Err("more answers recorded than the policy asks for".into());
-        }
-        let (mode, judgement, fallback_used) = proof.settle(planned, fallback);
-        Ok(ProofResult {
-            proof_id: proof.id.clone(),
-            mode: mode.as_pb() as i32,
-            outcome: judgement.outcome as i32,
-            reason: judgement.reason,
-            fallback_used,
-            ..Default::default()
-        })
+        self.keep_if_waiting(application);
     }
 
     fn completed(&mut self, index: u64, completed: VerificationCompleted) {
@@ -468,21 +371,110 @@ impl Replayer {
                 ),
             );
         }
-        let outcome = VerificationOutcome::try_from(answer.verification).unwrap_or_default();
-        let judgement = completed_verification(&answer.department_id, outcome, &answer.reason);
-        let change = LaterChange {
-            application_id: &completed.application_id,
-            proof_id: &completed.proof_id,
-            ticket: &completed.ticket,
-            from: &[ProofOutcome::Pending, ProofOutcome::Overdue],
-            recorded: completed.result.as_ref(),
-            recorded_status: completed.status,
-        };
-        self.settle_waiting(index, change, |result| {
-            result.outcome = judgement.outcome as i32;
-            result.reason = judgement.reason;
-            None
-        });
+        let (result, status) = (completed.result.clone(), completed.status);
+        self.later(
+            index,
+            &Event::VerificationCompleted(completed),
+            result.as_ref(),
+            status,
+        );
+    }
+
+    fn overdue(&mut self, index: u64, overdue: VerificationOverdue) {
+        let (result, status) = (overdue.result.clone(), overdue.status);
+        self.later(
+            index,
+            &Event::VerificationOverdue(overdue),
+            result.as_ref(),
+            status,
+        );
+    }
+}
+
+/// Logs written before decisions recorded their time cannot re-derive a
+/// pending proof's deadline; replay then takes the recorded one.
+fn with_old_due(
+    mut rederived: ProofDecision,
+    recorded: &ProofResult,
+    decided: &ApplicationDecided,
+) -> ProofDecision {
+    if decided.decided_unix_ms == 0 {
+        if let Some(r) = rederived.result.as_mut() {
+            r.due_unix_ms = recorded.due_unix_ms;
+        }
+    }
+    rederived
+}
+
+/// Where a re-derived proof decision differs from the recorded one, field by field.
+fn decision_differences(rederived: &ProofDecision, recorded: &ProofDecision) -> Vec<String> {
+    let mut out = Vec::new();
+    let (Some(r), Some(l)) = (&rederived.result, &recorded.result) else {
+        return vec!["no result recorded".into()];
+    };
+    if (r.outcome, &r.reason) != (l.outcome, &l.reason) {
+        out.push(format!(
+            "recorded {:?} ({}) but policy and answers give {:?} ({})",
+            l.outcome(),
+            l.reason,
+            r.outcome(),
+            r.reason
+        ));
+    }
+    if (r.mode, r.planned_mode, r.fallback_used) != (l.mode, l.planned_mode, l.fallback_used) {
+        out.push(format!(
+            "recorded mode {:?} (planned {:?}, fallback {}) but the policy gives {:?} (planned {:?}, fallback {})",
+            l.mode(), l.planned_mode(), l.fallback_used, r.mode(), r.planned_mode(), r.fallback_used
+        ));
+    }
+    if r.spot_check != l.spot_check {
+        out.push(format!(
+            "spot-check sampling recorded {}, the rule gives {}",
+            l.spot_check, r.spot_check
+        ));
+    }
+    if (&r.ticket, r.due_unix_ms) != (&l.ticket, l.due_unix_ms) {
+        out.push(format!(
+            "recorded ticket `{}` due {}, the answers and deadline give `{}` due {}",
+            l.ticket, l.due_unix_ms, r.ticket, r.due_unix_ms
+        ));
+    }
+    if (&r.proof_name, &r.department_id, &r.legal_basis)
+        != (&l.proof_name, &l.department_id, &l.legal_basis)
+    {
+        out.push("recorded name, department or legal basis differ from the policy".into());
+    }
+    if rederived.commitment != recorded.commitment {
+        out.push("the recorded commitment is not the one the decision used".into());
+    }
+    out
+}
+
+/// Hands the decision core the answers recorded for one proof, in order,
+/// each checked against its department's registered key.
+struct ReplaySource<'r, 'a> {
+    answers: std::slice::Iter<'a, RecordedAnswer>,
+    replayer: &'r mut Replayer,
+}
+
+impl AnswerSource for ReplaySource<'_, '_> {
+    type Error = String;
+
+    async fn answer(&mut self, _proof: &Proof, mode: Mode) -> Result<RecordedAnswer, String> {
+        let answer = self
+            .answers
+            .next()
+            .ok_or_else(|| format!("no answer recorded for {}", mode.policy_word()))?;
+        if mode_of(answer.mode) != Some(mode) {
+            return Err("answers recorded out of order".into());
+        }
+        if !self.replayer.answer_signed(mode, answer) {
+            return Err(format!(
+                "answer of {} does not carry its registered signature",
+                answer.department_id
+            ));
+        }
+        Ok(answer.clone())
     }
 }
 

@@ -104,6 +104,9 @@ pub struct AuditStore {
 
 pub(super) const FRONTIER_KEY: &[u8] = b"mfrontier";
 
+/// The version of the policy set logged last.
+pub const POLICY_VERSION_KEY: &[u8] = b"mpolicy-version";
+
 pub(super) fn entry_key(index: u64) -> [u8; 9] {
     prefixed(b'e', index)
 }

@@ -6,18 +6,18 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prost::Message;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error};
 
 use super::checkpoint::NoteSigner;
 use super::merkle::{leaf_hash, Frontier, Hash};
+use super::project::{Projection, Staged};
 use super::store::{
-    access_key, application_key, checkpoint_key, entry_key, entry_value, node_key, AuditStore,
-    StoreError, FRONTIER_KEY, LOWEST_STORED_NODE_LEVEL,
+    checkpoint_key, entry_key, entry_value, node_key, AuditStore, StoreError, FRONTIER_KEY,
+    LOWEST_STORED_NODE_LEVEL,
 };
-use crate::pb::{audit_entry::Event, Application, AuditReceipt};
+use crate::pb::{audit_entry::Event, AuditReceipt};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterOptions {
@@ -52,23 +52,6 @@ impl Receipt {
             leaf_hash: self.leaf_hash.to_vec(),
         }
     }
-}
-
-/// Derived state written in the same atomic batch as the entry.
-#[derive(Debug, Clone)]
-pub enum Projection {
-    /// The application's latest state; the writer fills in its receipt.
-    Application(Box<Application>),
-    Put(Vec<u8>, Vec<u8>),
-    Delete(Vec<u8>),
-    /// The entry touched this subject (for ListAccesses).
-    Access([u8; 32]),
-    /// An application projection already encoded (without its receipt).
-    #[doc(hidden)]
-    EncodedApplication {
-        id: String,
-        bytes: Vec<u8>,
-    },
 }
 
 /// The encoding of `AuditEntry { index, logged_unix_ms, node_id, event }`
@@ -108,7 +91,7 @@ struct AppendRequest {
     /// The entry's event, encoded by the appender (with its oneof tag), so
     /// the single writer thread only prefixes index, time and node.
     event: Vec<u8>,
-    projections: Vec<Projection>,
+    projections: Vec<Staged>,
     reply: oneshot::Sender<Result<Receipt, AuditError>>,
 }
 
@@ -174,18 +157,8 @@ impl AuditLog {
         let (reply, answer) = oneshot::channel();
         let mut encoded = Vec::with_capacity(event.encoded_len() + 4);
         event.encode(&mut encoded);
-        // Application projections are encoded here too; the writer appends
-        // the receipt field, which decoders accept in any position.
-        let projections = projections
-            .into_iter()
-            .map(|p| match p {
-                Projection::Application(app) => Projection::EncodedApplication {
-                    id: app.application_id.clone(),
-                    bytes: app.encode_to_vec(),
-                },
-                other => other,
-            })
-            .collect();
+        // Application projections are encoded here too, off the writer thread.
+        let projections = projections.into_iter().map(Staged::from).collect();
         self.tx
             .send(Command::Append(Box::new(AppendRequest {
                 event: encoded,
@@ -344,37 +317,7 @@ impl Writer {
                 tree_size: 0,
             });
             for projection in &request.projections {
-                match projection {
-                    Projection::Application(app) => {
-                        let mut app = app.as_ref().clone();
-                        app.receipt = Some(AuditReceipt {
-                            index,
-                            leaf_hash: leaf.to_vec(),
-                        });
-                        sled_batch
-                            .insert(application_key(&app.application_id), app.encode_to_vec());
-                    }
-                    Projection::EncodedApplication { id, bytes } => {
-                        let mut value = Vec::with_capacity(bytes.len() + 48);
-                        value.extend_from_slice(bytes);
-                        prost::encoding::message::encode(
-                            9,
-                            &AuditReceipt {
-                                index,
-                                leaf_hash: leaf.to_vec(),
-                            },
-                            &mut value,
-                        );
-                        sled_batch.insert(application_key(id), value);
-                    }
-                    Projection::Put(key, value) => {
-                        sled_batch.insert(key.as_slice(), value.as_slice())
-                    }
-                    Projection::Delete(key) => sled_batch.remove(key.as_slice()),
-                    Projection::Access(pseudonym) => {
-                        sled_batch.insert(&access_key(pseudonym, index)[..], &[][..])
-                    }
-                }
+                projection.write(index, &leaf, &mut sled_batch);
             }
         }
         let size = self.frontier.size();
@@ -397,7 +340,8 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::{Application, AuditEntry, PolicySetLoaded};
+    use crate::pb::{AuditEntry, PolicySetLoaded};
+    use prost::Message;
 
     #[test]
     fn prefixed_entries_are_byte_for_byte_what_prost_writes() {
@@ -423,18 +367,18 @@ mod tests {
 
     #[test]
     fn an_appended_receipt_decodes_as_the_receipt_field() {
+        use crate::pb::Application;
         let app = Application {
             application_id: "n.1".into(),
             status: 1,
             caller: "hall".into(),
             ..Default::default()
         };
-        let mut bytes = app.encode_to_vec();
+        let bytes = super::super::project::application_value(&app.encode_to_vec(), 7, &[1; 32]);
         let receipt = AuditReceipt {
             index: 7,
             leaf_hash: vec![1; 32],
         };
-        prost::encoding::message::encode(9, &receipt, &mut bytes);
         let decoded = Application::decode(bytes.as_slice()).unwrap();
         assert_eq!(decoded.receipt, Some(receipt));
         assert_eq!(decoded.caller, "hall");

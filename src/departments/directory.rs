@@ -6,18 +6,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use governor::clock::Clock as _;
 use thiserror::Error;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
-use governor::DefaultDirectRateLimiter;
 use ring::rand::SystemRandom;
 
 use super::resilience::{
-    acquire, backoff, rate_limiter, CircuitBreaker, CircuitState, MAX_QUERY_ATTEMPTS, MAX_RATE_WAIT,
+    acquire, backoff, rate_limiter, CircuitBreaker, CircuitState, Limiter, MAX_QUERY_ATTEMPTS,
+    MAX_RATE_WAIT,
 };
 use super::signing::{verify_completion, AnswerVerifier, BatchSigned};
+use crate::clock::Monotonic;
 use crate::metrics::Metrics;
 use crate::pb::department_service_client::DepartmentServiceClient;
 use crate::pb::{
@@ -28,6 +31,11 @@ use crate::security::TlsFiles;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_ID_LEN: usize = 64;
+/// Longest piece of department-supplied text (a field name, a claimed
+/// department id) quoted in a failure, which goes to the hall and the log.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+pub use crate::policy::quoted;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DirectoryError {
@@ -89,7 +97,7 @@ struct Source {
     info: DataSource,
     client: DepartmentServiceClient<Channel>,
     breaker: CircuitBreaker,
-    limiter: DefaultDirectRateLimiter,
+    limiter: Limiter<Monotonic>,
 }
 
 /// A checked answer and how long it took.
@@ -107,6 +115,9 @@ pub struct DepartmentDirectory {
     client_tls: Option<TlsFiles>,
     /// Where call results and latencies are counted (handed in by the server).
     metrics: Metrics,
+    /// Drives the circuit breakers and rate limits. Deadlines and retry
+    /// pauses run on tokio's timer (`tokio::time::pause` in tests).
+    clock: Monotonic,
 }
 
 impl Default for DepartmentDirectory {
@@ -130,12 +141,18 @@ fn valid_id(id: &str) -> bool {
 
 impl DepartmentDirectory {
     pub fn new(client_tls: Option<TlsFiles>) -> Self {
+        Self::with_clock(client_tls, Monotonic::default())
+    }
+
+    /// A directory whose breakers and rate limits run on `clock`.
+    pub fn with_clock(client_tls: Option<TlsFiles>, clock: Monotonic) -> Self {
         Self {
             sources: RwLock::default(),
             answers: AnswerVerifier::default(),
             rng: SystemRandom::new(),
             client_tls,
             metrics: Metrics::default(),
+            clock,
         }
     }
 
@@ -189,16 +206,20 @@ impl DepartmentDirectory {
                 .tls_config(tls.client_config(&department_identity(&info.department_id)))
                 .map_err(|_| DirectoryError::BadEndpoint(info.endpoint.clone()))?;
         }
-        let client = DepartmentServiceClient::new(endpoint.connect_lazy());
+        self.insert(info, endpoint.connect_lazy());
+        Ok(())
+    }
+
+    /// Puts a source on `channel` in place, with a fresh breaker and limiter.
+    fn insert(&self, info: DataSource, channel: Channel) {
         let source = Arc::new(Source {
-            limiter: rate_limiter(info.capacity_per_second),
+            limiter: rate_limiter(info.capacity_per_second, self.clock.clone()),
             breaker: CircuitBreaker::default(),
             info,
-            client,
+            client: DepartmentServiceClient::new(channel),
         });
         self.write()
             .insert(source.info.department_id.clone(), source);
-        Ok(())
     }
 
     pub fn remove(&self, department_id: &str) -> Option<DataSource> {
@@ -242,14 +263,14 @@ impl DepartmentDirectory {
     /// Admits one call to `source`: circuit closed (or probing) and a
     /// rate-limit slot within the bounded wait.
     async fn admit(&self, source: &Source, remaining: Duration) -> Result<(), CallFailure> {
-        if !source.breaker.admit(Instant::now()) {
+        if !source.breaker.admit(self.clock.now()) {
             return Err(CallFailure::CircuitOpen);
         }
         let wait = MAX_RATE_WAIT.min(remaining);
-        if !acquire(&source.limiter, wait).await {
+        if !acquire(&source.limiter, &self.clock, wait).await {
             // Not the department's fault: give the probe slot back unused,
             // neither a success nor a failure.
-            source.breaker.release(Instant::now());
+            source.breaker.release(self.clock.now());
             return Err(CallFailure::RateLimited(wait));
         }
         Ok(())
@@ -260,7 +281,7 @@ impl DepartmentDirectory {
             Ok(_) => true,
             Err(failure) => !failure.is_health_failure(),
         };
-        source.breaker.record(healthy, Instant::now());
+        source.breaker.record(healthy, self.clock.now());
         let kind = match result {
             Ok(_) => "ok",
             Err(CallFailure::Timeout(_)) => "timeout",
@@ -355,7 +376,7 @@ impl DepartmentDirectory {
         if let Some(extra) = answer.fields.iter().find(|f| !wanted.contains(&f.name)) {
             return Err(CallFailure::BadAnswer(format!(
                 "answer carries field `{}`, which was not asked for",
-                extra.name
+                quoted(&extra.name, MAX_QUOTED_CHARS)
             )));
         }
         if answer.found {
@@ -447,7 +468,8 @@ impl DepartmentDirectory {
         }
         if department != source.department_id {
             return Err(CallFailure::BadAnswer(format!(
-                "answer claims to come from `{department}`, not `{}`",
+                "answer claims to come from `{}`, not `{}`",
+                quoted(department, MAX_QUOTED_CHARS),
                 source.department_id
             )));
         }
@@ -468,5 +490,321 @@ fn status_failure(status: tonic::Status, deadline: Duration) -> CallFailure {
         // Only the code: a department's message text could carry personal
         // data, and this reason goes into the log and back to the hall.
         code => CallFailure::Refused(format!("{code:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The directory against an in-memory department (no sockets), with
+    //! tokio's clock paused and the breakers and limits on a fake clock:
+    //! nothing here depends on how fast the machine is.
+
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    use governor::clock::FakeRelativeClock;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    use tonic::{Request, Response, Status};
+
+    use crate::departments::resilience::{BREAKER_OPEN_FOR, BREAKER_THRESHOLD};
+    use crate::departments::signing::BatchSigner;
+    use crate::pb::department_service_server::{DepartmentService, DepartmentServiceServer};
+    use crate::pb::{FieldValue, VerificationOutcome};
+
+    const DEPARTMENT: &str = "civil-affairs";
+    const DEADLINE: Duration = Duration::from_millis(1500);
+
+    /// What the fake department does, changed by the test as it goes.
+    #[derive(Default)]
+    struct Script {
+        /// Calls refused with UNAVAILABLE before it answers again.
+        unavailable: AtomicU32,
+        /// Refuses every call with UNAVAILABLE.
+        down: AtomicBool,
+        /// Never answers.
+        silent: AtomicBool,
+        /// Calls that reached it.
+        calls: AtomicU32,
+        /// Claims to be this department instead (impersonation).
+        claims: std::sync::Mutex<Option<String>>,
+        /// Reason given with a refused verification.
+        reason: std::sync::Mutex<String>,
+    }
+
+    struct FakeDepartment {
+        signer: BatchSigner,
+        script: Arc<Script>,
+    }
+
+    impl FakeDepartment {
+        async fn before_answer(&self) -> Result<String, Status> {
+            self.script.calls.fetch_add(1, Ordering::SeqCst);
+            if self.script.silent.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            let scripted = self
+                .script
+                .unavailable
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if scripted || self.script.down.load(Ordering::SeqCst) {
+                return Err(Status::unavailable("maintenance"));
+            }
+            let claims = self.script.claims.lock().unwrap().clone();
+            Ok(claims.unwrap_or_else(|| DEPARTMENT.to_owned()))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl DepartmentService for FakeDepartment {
+        async fn query(
+            &self,
+            request: Request<QueryRequest>,
+        ) -> Result<Response<QueryResponse>, Status> {
+            let department_id = self.before_answer().await?;
+            let request = request.into_inner();
+            let mut answer = QueryResponse {
+                request_nonce: request.request_nonce,
+                department_id,
+                found: true,
+                fields: request
+                    .fields
+                    .into_iter()
+                    .map(|name| FieldValue {
+                        name,
+                        value: Some(crate::pb::field_value::Value::Boolean(true)),
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            self.signer
+                .sign(&mut answer)
+                .await
+                .map_err(Status::internal)?;
+            Ok(Response::new(answer))
+        }
+
+        async fn verify(
+            &self,
+            request: Request<VerifyRequest>,
+        ) -> Result<Response<VerifyResponse>, Status> {
+            let department_id = self.before_answer().await?;
+            let mut answer = VerifyResponse {
+                request_nonce: request.into_inner().request_nonce,
+                department_id,
+                outcome: VerificationOutcome::NotVerified as i32,
+                reason: self.script.reason.lock().unwrap().clone(),
+                ..Default::default()
+            };
+            self.signer
+                .sign(&mut answer)
+                .await
+                .map_err(Status::internal)?;
+            Ok(Response::new(answer))
+        }
+    }
+
+    struct Harness {
+        directory: DepartmentDirectory,
+        script: Arc<Script>,
+        clock: FakeRelativeClock,
+    }
+
+    /// A directory with one department on an in-memory transport.
+    fn harness(capacity_per_second: u32) -> Harness {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let key = Arc::new(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap());
+        let script = Arc::new(Script::default());
+        let department = Arc::new(FakeDepartment {
+            signer: BatchSigner::start(Arc::clone(&key)),
+            script: Arc::clone(&script),
+        });
+        let channel = Endpoint::from_static("http://department.test").connect_with_connector_lazy(
+            tower::service_fn(move |_: tonic::transport::Uri| {
+                let service = DepartmentServiceServer::from_arc(Arc::clone(&department));
+                async move {
+                    let (client, server) = tokio::io::duplex(64 * 1024);
+                    tokio::spawn(
+                        tonic::transport::Server::builder()
+                            .add_service(service)
+                            .serve_with_incoming(tokio_stream::once(Ok::<_, std::io::Error>(
+                                server,
+                            ))),
+                    );
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(client))
+                }
+            }),
+        );
+        let clock = FakeRelativeClock::default();
+        let directory = DepartmentDirectory::with_clock(None, Monotonic::from(clock.clone()));
+        directory.insert(
+            DataSource {
+                department_id: DEPARTMENT.into(),
+                endpoint: "http://department.test".into(),
+                queries: vec!["marriage_record".into()],
+                verifications: vec!["unmarried-record".into()],
+                capacity_per_second,
+                answer_public_key: key.public_key().as_ref().to_vec(),
+            },
+            channel,
+        );
+        Harness {
+            directory,
+            script,
+            clock,
+        }
+    }
+
+    fn query_request() -> QueryRequest {
+        QueryRequest {
+            request_nonce: "n-1".into(),
+            query: "marriage_record".into(),
+            fields: vec!["married".into()],
+            ..Default::default()
+        }
+    }
+
+    fn verify_request() -> VerifyRequest {
+        VerifyRequest {
+            request_nonce: "n-2".into(),
+            proof_id: "unmarried-record".into(),
+            ..Default::default()
+        }
+    }
+
+    impl Harness {
+        fn calls(&self) -> u32 {
+            self.script.calls.load(Ordering::SeqCst)
+        }
+
+        async fn query(&self, deadline: Duration) -> Result<Answered<QueryResponse>, CallFailure> {
+            self.directory
+                .query(DEPARTMENT, query_request(), deadline)
+                .await
+        }
+
+        async fn verify(&self) -> Result<Answered<VerifyResponse>, CallFailure> {
+            self.directory
+                .verify(DEPARTMENT, verify_request(), DEADLINE)
+                .await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_department_is_retried_with_backoff_until_it_answers() {
+        let h = harness(5000);
+        h.script.unavailable.store(2, Ordering::SeqCst);
+        let started = Instant::now();
+        let answered = h.query(DEADLINE).await.expect("the third attempt answers");
+        assert!(answered.answer.found);
+        assert_eq!(h.calls(), MAX_QUERY_ATTEMPTS);
+        // Two jittered pauses of 5–10 ms and 10–20 ms, on tokio's paused
+        // clock (plus the department's 1 ms signing windows).
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(15) && waited <= Duration::from_millis(40),
+            "{waited:?}"
+        );
+        assert_eq!(h.directory.circuit(DEPARTMENT), Some(CircuitState::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_after_the_last_attempt() {
+        let h = harness(5000);
+        h.script.down.store(true, Ordering::SeqCst);
+        let failure = h.query(DEADLINE).await.err().unwrap();
+        assert!(matches!(failure, CallFailure::Unreachable(_)), "{failure}");
+        assert_eq!(h.calls(), MAX_QUERY_ATTEMPTS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_is_started_that_could_not_finish_before_the_deadline() {
+        let h = harness(5000);
+        h.script.down.store(true, Ordering::SeqCst);
+        // The first pause is at least 5 ms and a retry needs as long again.
+        let failure = h.query(Duration::from_millis(10)).await.err().unwrap();
+        assert!(matches!(failure, CallFailure::Unreachable(_)), "{failure}");
+        assert_eq!(h.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_department_that_never_answers_times_out_at_the_deadline_and_is_not_retried() {
+        let h = harness(5000);
+        h.script.silent.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        let failure = h.query(DEADLINE).await.err().unwrap();
+        assert_eq!(failure, CallFailure::Timeout(DEADLINE));
+        assert_eq!(started.elapsed(), DEADLINE, "on tokio's paused clock");
+        assert_eq!(h.calls(), 1);
+        let failure = h.verify().await.err().unwrap();
+        assert_eq!(failure, CallFailure::Timeout(DEADLINE));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn five_failures_open_the_circuit_for_two_seconds_then_one_probe_closes_it() {
+        let h = harness(5000);
+        h.script.down.store(true, Ordering::SeqCst);
+        // Verifications are never retried: one call, one failure each.
+        for _ in 0..BREAKER_THRESHOLD {
+            assert!(matches!(h.verify().await, Err(CallFailure::Unreachable(_))));
+        }
+        assert_eq!(h.directory.circuit(DEPARTMENT), Some(CircuitState::Open));
+        let calls = h.calls();
+        assert_eq!(h.verify().await.err(), Some(CallFailure::CircuitOpen));
+        assert_eq!(
+            h.query(DEADLINE).await.err(),
+            Some(CallFailure::CircuitOpen)
+        );
+        assert_eq!(h.calls(), calls, "an open circuit asks nobody");
+
+        h.script.down.store(false, Ordering::SeqCst);
+        h.clock.advance(BREAKER_OPEN_FOR - Duration::from_millis(1));
+        assert_eq!(h.verify().await.err(), Some(CallFailure::CircuitOpen));
+        h.clock.advance(Duration::from_millis(1));
+        assert!(h.verify().await.is_ok(), "the probe goes out and succeeds");
+        assert_eq!(h.calls(), calls + 1);
+        assert_eq!(h.directory.circuit(DEPARTMENT), Some(CircuitState::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_department_at_its_declared_capacity_is_not_asked() {
+        let h = harness(2); // burst 1, one slot per 500 ms
+        assert!(h.verify().await.is_ok());
+        assert_eq!(
+            h.verify().await.err(),
+            Some(CallFailure::RateLimited(MAX_RATE_WAIT))
+        );
+        assert_eq!(h.calls(), 1, "the refused call never left");
+        // Refusals by the gateway itself are not the department's failures.
+        assert_eq!(h.directory.circuit(DEPARTMENT), Some(CircuitState::Closed));
+        h.clock.advance(Duration::from_millis(500));
+        assert!(h.verify().await.is_ok());
+        assert_eq!(h.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn department_text_quoted_in_a_failure_is_bounded_and_clean() {
+        let h = harness(5000);
+        let claimed = format!("evil\n\u{1b}[31m{}", "x".repeat(10_000));
+        *h.script.claims.lock().unwrap() = Some(claimed);
+        let failure = h.verify().await.err().unwrap().to_string();
+        assert!(
+            failure.contains("claims to come from `evil[31mxxx"),
+            "{failure}"
+        );
+        assert!(!failure.chars().any(char::is_control), "{failure:?}");
+        assert!(failure.chars().count() < 200, "{}", failure.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_verification_answer_is_kept_exactly_as_signed() {
+        // Its reason is covered by the department's signature, which replay
+        // checks again from the log: the directory must not rewrite it. The
+        // reason is bounded and cleaned where it becomes a judgement.
+        let h = harness(5000);
+        let reason = format!("line one\nline two {}", "y".repeat(2_000));
+        *h.script.reason.lock().unwrap() = reason.clone();
+        let answered = h.verify().await.unwrap();
+        assert_eq!(answered.answer.reason, reason);
     }
 }

@@ -4,6 +4,7 @@ use thiserror::Error;
 
 use super::validate::FieldViolation;
 use crate::audit::{AuditError, StoreError};
+use crate::policy::ApplyError;
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
@@ -27,6 +28,9 @@ pub enum GatewayError {
     Audit(#[from] AuditError),
     #[error("the store cannot be read")]
     Store(#[from] StoreError),
+    /// The stored state and the event disagree (the projection refused it).
+    #[error("the application does not accept this change")]
+    NotApplicable(#[from] ApplyError),
 }
 
 fn join(violations: &[FieldViolation]) -> String {

@@ -21,26 +21,45 @@ pub use error::GatewayError;
 pub use validate::{check_submission, FieldViolation};
 pub use watch::{is_final, receipt_index, WatchHub};
 
-use crate::audit::{
-    request_key, spot_check_key, ticket_key, AuditLog, Projection, SpotCheckRecord, TicketRecord,
-};
-use crate::clock::system_now_unix_ms as now_unix_ms;
+use crate::audit::{projections_of, request_key, ticket_key, AuditLog, Receipt};
+use crate::clock::{self, SharedClock};
 use crate::departments::DepartmentDirectory;
 use crate::pb::{
     audit_entry::Event, Application, ApplicationDecided, ApplicationStatus,
-    CompleteVerificationRequest, CompleteVerificationResponse, IdType, ProofMode, ProofOutcome,
-    RecordedAnswer, SubmitApplicationRequest, VerificationCompleted, VerificationOutcome,
+    CompleteVerificationRequest, CompleteVerificationResponse, IdType, ProofMode, RecordedAnswer,
+    SubmitApplicationRequest, VerificationCompleted, VerificationOutcome, VerificationOverdue,
 };
 use crate::policy::calendar::{civil_date_cst, format_date};
-use crate::policy::{
-    completed_verification, overall_status, overdue_verification, ApplicantFacts, PolicySet,
-};
+use crate::policy::{apply, decide_proof, ApplicantFacts, ApplyError, PolicySet, ProofContext};
 use crate::subject::PseudonymKey;
 
 /// Shards of the per-application lock that serialises completions.
 const APPLICATION_LOCK_SHARDS: usize = 64;
 
 type InFlight = Arc<OnceCell<Application>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes a submission's in-flight cell when the submission ends.
+struct InFlightGuard<'a> {
+    map: &'a Mutex<HashMap<Vec<u8>, InFlight>>,
+    key: Vec<u8>,
+    cell: InFlight,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(self.map);
+        if map
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+        {
+            map.remove(&self.key);
+        }
+    }
+}
 
 pub struct Gateway {
     node_id: String,
@@ -50,9 +69,10 @@ pub struct Gateway {
     pseudonyms: PseudonymKey,
     watchers: WatchHub,
     in_flight: Mutex<HashMap<Vec<u8>, InFlight>>,
-    issued_tickets: Mutex<std::collections::HashSet<Vec<u8>>>,
+    issued_tickets: decide::IssuedTickets,
     application_locks: Vec<tokio::sync::Mutex<()>>,
     rng: SystemRandom,
+    clock: SharedClock,
 }
 
 impl Gateway {
@@ -76,7 +96,20 @@ impl Gateway {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             rng: SystemRandom::new(),
+            clock: clock::system(),
         }
+    }
+
+    /// Uses `clock` for decision times, deadlines and completions (tests
+    /// drive it by hand).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The time this gateway decides by.
+    pub fn now_unix_ms(&self) -> i64 {
+        self.clock.now_unix_ms()
     }
 
     pub fn policy(&self) -> Arc<PolicySet> {
@@ -126,7 +159,7 @@ impl Gateway {
         caller: &str,
         request: SubmitApplicationRequest,
     ) -> Result<(Application, bool), GatewayError> {
-        let now = now_unix_ms();
+        let now = self.clock.now_unix_ms();
         let id_type = check_submission(&request, now).map_err(GatewayError::Invalid)?;
         let policy = self.policy();
         if policy.matter(&request.matter_id).is_none() {
@@ -145,18 +178,21 @@ impl Gateway {
         if !unknown.is_empty() {
             return Err(GatewayError::Invalid(unknown));
         }
-        let request_digest: [u8; 32] = digest(&SHA256, &request.encode_to_vec())
-            .as_ref()
-            .try_into()
-            .unwrap_or([0; 32]);
+        let request_digest = self.pseudonyms.digest(&request.encode_to_vec());
         if let Some(replayed) = self.replay(caller, &request, request_digest)? {
             return Ok((replayed, true));
         }
         // Concurrent duplicates wait for the first instead of deciding twice.
         let key = request_key(caller, &request.request_id);
         let cell = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut in_flight = lock(&self.in_flight);
             Arc::clone(in_flight.entry(key.clone()).or_default())
+        };
+        // Leaves the in-flight map however this future ends, cancellation included.
+        let _in_flight = InFlightGuard {
+            map: &self.in_flight,
+            key,
+            cell: Arc::clone(&cell),
         };
         let decided_here = AtomicBool::new(false);
         let result = cell
@@ -166,12 +202,6 @@ impl Gateway {
             })
             .await
             .cloned();
-        {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                in_flight.remove(&key);
-            }
-        }
         let application = result?;
         if decided_here.load(Ordering::Relaxed) {
             Ok((application, false))
@@ -238,78 +268,41 @@ impl Gateway {
                 .dishonesty(&pseudonym)?
                 .map(|record| record.until)
                 .filter(|until| until.as_str() > decision_day.as_str());
-            let ctx = decide::DecisionContext {
-                application_id: &application_id,
-                request,
-                subject: &subject,
-                facts: &facts,
-                now_unix_ms: now,
-                dishonest_until: dishonest_until.as_deref(),
-                issued_tickets: &self.issued_tickets,
-            };
-            let decisions = join_all(
-                required
-                    .iter()
-                    .map(|r| decide::decide_proof(&ctx, &r.proof, &self.departments, &self.rng)),
-            )
-            .await;
-            let results: Vec<_> = decisions.iter().filter_map(|d| d.result.clone()).collect();
-            let status = overall_status(results.iter().map(|r| r.outcome()));
             let officer = request.officer.clone().unwrap_or_default();
-            let application = Application {
-                application_id: application_id.clone(),
-                request_id: request.request_id.clone(),
-                matter_id: request.matter_id.clone(),
-                status: status as i32,
-                proofs: results.clone(),
-                policy_version: policy.version.clone(),
-                created_unix_ms: now,
-                updated_unix_ms: now,
-                receipt: None,
-                officer_id: officer.officer_id.clone(),
-                hall_id: officer.hall_id.clone(),
-                caller: caller.to_owned(),
+            let asker = decide::Asker {
+                application_id: &application_id,
+                matter_id: &request.matter_id,
+                officer_id: &officer.officer_id,
+                hall_id: &officer.hall_id,
+                subject: &subject,
             };
-            let mut projections = vec![
-                Projection::Application(Box::new(application.clone())),
-                Projection::Put(
-                    request_key(caller, &request.request_id),
-                    [&request_digest[..], application_id.as_bytes()].concat(),
-                ),
-            ];
-            projections.push(Projection::Access(pseudonym));
-            for r in results.iter().filter(|r| r.spot_check) {
-                let terms = policy
-                    .proof(&r.proof_id)
-                    .and_then(|p| p.commitment.as_ref());
-                let record = SpotCheckRecord {
-                    matter_id: request.matter_id.clone(),
-                    subject_pseudonym: pseudonym.to_vec(),
-                    dishonesty_days: terms.map(|t| t.dishonesty_days).unwrap_or(365),
-                    committed_unix_ms: now,
+            let ctx = ProofContext {
+                application_id: &application_id,
+                facts: &facts,
+                consent_to_data_queries: request.consent_to_data_queries,
+                commitments: &request.commitments,
+                dishonest_until: dishonest_until.as_deref(),
+                decided_unix_ms: now,
+            };
+            // Forgets the tickets noted here however this future ends.
+            let tickets = decide::TicketGuard::new(&self.issued_tickets);
+            let decisions = join_all(required.iter().map(|r| {
+                let ctx = &ctx;
+                let mut source = decide::LiveSource {
+                    asker: &asker,
+                    departments: &self.departments,
+                    rng: &self.rng,
+                    tickets: &tickets,
                 };
-                projections.push(Projection::Put(
-                    spot_check_key(&application_id, &r.proof_id),
-                    record.encode_to_vec(),
-                ));
-            }
-            for r in results
-                .iter()
-                .filter(|r| r.outcome() == ProofOutcome::Pending)
-            {
-                let record = TicketRecord {
-                    application_id: application_id.clone(),
-                    proof_id: r.proof_id.clone(),
-                    due_unix_ms: r.due_unix_ms,
-                    subject_pseudonym: pseudonym.to_vec(),
-                    overdue: false,
-                };
-                projections.push(Projection::Put(
-                    ticket_key(&r.department_id, &r.ticket),
-                    record.encode_to_vec(),
-                ));
-            }
-            let event = Event::ApplicationDecided(ApplicationDecided {
+                async move {
+                    match decide_proof(&r.proof, ctx, &mut source).await {
+                        Ok(decision) => decision,
+                        Err(never) => match never {},
+                    }
+                }
+            }))
+            .await;
+            let mut decided = ApplicationDecided {
                 application_id: application_id.clone(),
                 request_id: request.request_id.clone(),
                 caller: caller.to_owned(),
@@ -322,41 +315,30 @@ impl Gateway {
                 consent_to_data_queries: request.consent_to_data_queries,
                 decision_date: decision_day.clone(),
                 proofs: decisions,
-                status: status as i32,
+                status: ApplicationStatus::Unspecified as i32,
                 applicant_facts: Some(facts.to_pb()),
                 dishonest_until: dishonest_until.clone().unwrap_or_default(),
                 decided_unix_ms: now,
-            });
-            let issued: Vec<Vec<u8>> = match &event {
-                Event::ApplicationDecided(d) => d
-                    .proofs
-                    .iter()
-                    .flat_map(|p| {
-                        let department = p
-                            .result
-                            .as_ref()
-                            .map(|r| r.department_id.clone())
-                            .unwrap_or_default();
-                        p.answers
-                            .iter()
-                            .filter(|a| !a.ticket.is_empty())
-                            .map(move |a| ticket_key(&department, &a.ticket))
-                    })
-                    .collect(),
-                _ => Vec::new(),
+                request_digest: request_digest.to_vec(),
             };
+            let mut application = Application::default();
+            apply(
+                &mut application,
+                &Event::ApplicationDecided(decided.clone()),
+            )?;
+            decided.status = application.status;
+            let status = application.status();
+            let event = Event::ApplicationDecided(decided);
+            let projections = projections_of(&event, Some(&application), &|version, proof| {
+                (version == policy.version)
+                    .then(|| policy.proof(proof))
+                    .flatten()
+                    .and_then(|p| p.commitment.as_ref())
+                    .map(|t| t.dishonesty_days)
+            });
             let appended = self.audit.append(event, projections).await;
-            {
-                let mut tickets = self
-                    .issued_tickets
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                for key in &issued {
-                    tickets.remove(key);
-                }
-            }
+            drop(tickets);
             let receipt = appended?;
-            let mut application = application;
             application.receipt = Some(receipt.to_pb());
             let span = tracing::Span::current();
             span.record("status", status.as_str_name());
@@ -436,30 +418,13 @@ impl Gateway {
             return Err(GatewayError::BadSignature(request.department_id.clone()));
         }
         let _guard = self.lock_for(&ticket.application_id).lock().await;
-        let mut application = self.application(&ticket.application_id)?;
-        let Some(proof) = application.proofs.iter_mut().find(|p| {
-            p.proof_id == ticket.proof_id
-                && p.ticket == request.ticket
-                && matches!(p.outcome(), ProofOutcome::Pending | ProofOutcome::Overdue)
-        }) else {
-            return Err(unknown_ticket());
-        };
-        let department = &request.department_id;
-        let judgement = completed_verification(department, outcome, &request.reason);
-        let (outcome, reason) = (judgement.outcome, judgement.reason);
-        proof.outcome = outcome as i32;
-        proof.reason = reason;
-        let result = proof.clone();
-        let status = overall_status(application.proofs.iter().map(|p| p.outcome()));
-        application.status = status as i32;
-        let now = now_unix_ms();
-        application.updated_unix_ms = now;
+        let application = self.application(&ticket.application_id)?;
         let event = Event::VerificationCompleted(VerificationCompleted {
             application_id: application.application_id.clone(),
             proof_id: ticket.proof_id.clone(),
             ticket: request.ticket.clone(),
             answer: Some(RecordedAnswer {
-                department_id: department.clone(),
+                department_id: request.department_id.clone(),
                 verification: request.outcome,
                 signature: request.signature.clone(),
                 mode: ProofMode::DepartmentVerification as i32,
@@ -467,31 +432,51 @@ impl Gateway {
                 reason: request.reason.clone(),
                 ..Default::default()
             }),
-            result: Some(result),
-            status: status as i32,
-            completed_unix_ms: now,
+            result: None,
+            status: ApplicationStatus::Unspecified as i32,
+            completed_unix_ms: self.clock.now_unix_ms(),
+            subject_pseudonym: ticket.subject_pseudonym.clone(),
         });
-        let mut projections = vec![
-            Projection::Application(Box::new(application.clone())),
-            Projection::Delete(ticket_key(department, &request.ticket)),
-        ];
-        if let Ok(pseudonym) = <[u8; 32]>::try_from(ticket.subject_pseudonym.as_slice()) {
-            projections.push(Projection::Access(pseudonym));
-        }
-        let receipt = self.audit.append(event, projections).await?;
-        application.receipt = Some(receipt.to_pb());
+        let (application, receipt) = match self.record_change(application, event).await {
+            Err(GatewayError::NotApplicable(ApplyError::NothingWaiting { .. })) => {
+                return Err(unknown_ticket())
+            }
+            other => other?,
+        };
         info!(
             application_id = %application.application_id,
             proof = %ticket.proof_id,
-            status = status.as_str_name(),
+            status = application.status().as_str_name(),
             index = receipt.index,
             "verification completed"
         );
-        self.watchers.publish(Arc::new(application.clone()));
         Ok(CompleteVerificationResponse {
             application_id: application.application_id,
             audit_index: receipt.index,
         })
+    }
+
+    /// Applies a later event (a completion, an overdue mark) to an
+    /// application with the one projection, records the changed proof and
+    /// status in the event, logs it, and tells the watchers. The caller
+    /// holds the application's lock.
+    async fn record_change(
+        &self,
+        mut application: Application,
+        mut event: Event,
+    ) -> Result<(Application, Receipt), GatewayError> {
+        let changed = apply(&mut application, &event)?;
+        let status = application.status;
+        match &mut event {
+            Event::VerificationCompleted(c) => (c.result, c.status) = (changed, status),
+            Event::VerificationOverdue(o) => (o.result, o.status) = (changed, status),
+            _ => {}
+        }
+        let projections = projections_of(&event, Some(&application), &|_, _| None);
+        let receipt = self.audit.append(event, projections).await?;
+        application.receipt = Some(receipt.to_pb());
+        self.watchers.publish(Arc::new(application.clone()));
+        Ok((application, receipt))
     }
 }
 
@@ -501,12 +486,12 @@ impl Gateway {
     /// how many were marked. Runs periodically; tests call it with a clock.
     pub async fn sweep_overdue(&self, now: i64) -> Result<usize, GatewayError> {
         let mut marked = 0;
-        for (department, ticket, record) in self.audit.store().tickets()? {
+        for (_department, ticket, record) in self.audit.store().tickets()? {
             if record.overdue || record.due_unix_ms == 0 || record.due_unix_ms > now {
                 continue;
             }
             let _guard = self.lock_for(&record.application_id).lock().await;
-            let mut application = match self.application(&record.application_id) {
+            let application = match self.application(&record.application_id) {
                 Ok(app) => app,
                 Err(e) => {
                     // One broken record must not stop the others' deadlines.
@@ -514,45 +499,22 @@ impl Gateway {
                     continue;
                 }
             };
-            let Some(proof) = application.proofs.iter_mut().find(|p| {
-                p.proof_id == record.proof_id
-                    && p.ticket == ticket
-                    && p.outcome() == ProofOutcome::Pending
-            }) else {
-                continue;
-            };
-            let judgement = overdue_verification(&department, proof.due_unix_ms);
-            proof.outcome = judgement.outcome as i32;
-            proof.reason = judgement.reason;
-            let result = proof.clone();
-            let status = overall_status(application.proofs.iter().map(|p| p.outcome()));
-            application.status = status as i32;
-            application.updated_unix_ms = now;
-            let event = Event::VerificationOverdue(crate::pb::VerificationOverdue {
+            let event = Event::VerificationOverdue(VerificationOverdue {
                 application_id: application.application_id.clone(),
                 proof_id: record.proof_id.clone(),
                 ticket: ticket.clone(),
                 as_of_unix_ms: now,
-                result: Some(result),
-                status: status as i32,
+                result: None,
+                status: ApplicationStatus::Unspecified as i32,
+                subject_pseudonym: record.subject_pseudonym.clone(),
             });
-            let updated = TicketRecord {
-                overdue: true,
-                ..record.clone()
-            };
-            let receipt = self
-                .audit
-                .append(
-                    event,
-                    vec![
-                        Projection::Application(Box::new(application.clone())),
-                        Projection::Put(ticket_key(&department, &ticket), updated.encode_to_vec()),
-                    ],
-                )
-                .await?;
-            application.receipt = Some(receipt.to_pb());
-            info!(application_id = %application.application_id, proof = %record.proof_id, "verification overdue");
-            self.watchers.publish(Arc::new(application));
+            match self.record_change(application, event).await {
+                Ok(_) => {}
+                // Completed meanwhile, or no longer pending: nothing to mark.
+                Err(GatewayError::NotApplicable(_)) => continue,
+                Err(e) => return Err(e),
+            }
+            info!(application_id = %record.application_id, proof = %record.proof_id, "verification overdue");
             marked += 1;
         }
         Ok(marked)
@@ -566,9 +528,4 @@ fn outcome_summary(application: &Application) -> String {
         .map(|p| format!("{}={}", p.proof_id, p.outcome().as_str_name()))
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// Whether the application is still waiting on departments.
-pub fn is_pending(application: &Application) -> bool {
-    application.status() == ApplicationStatus::Pending
 }

@@ -7,16 +7,11 @@ use prost::Message;
 
 use crate::audit::{LogRecord, RecordError};
 use crate::pb::{
-    audit_entry::Event, AuditEntry, DepartmentFigures, MatterStatusCount, ModeOutcomeCount,
-    ProofMode, ProofOutcome, ProofResult, ProofsNotBrought, RecordedAnswer, Statistics,
+    audit_entry::Event, Application, AuditEntry, DepartmentFigures, MatterStatusCount,
+    ModeOutcomeCount, ProofMode, ProofOutcome, ProofResult, ProofsNotBrought, RecordedAnswer,
+    Statistics,
 };
-
-#[derive(Default)]
-struct Application {
-    matter_id: String,
-    status: i32,
-    proofs: BTreeMap<String, (i32, i32)>,
-}
+use crate::policy::{application_id_of, apply};
 
 /// Folds log entries into statistics.
 #[derive(Default)]
@@ -44,12 +39,27 @@ impl StatisticsFold {
         }
     }
 
-    fn update(&mut self, application_id: &str, result: Option<&ProofResult>, status: i32) {
-        if let Some(app) = self.applications.get_mut(application_id) {
-            if let Some(r) = result {
-                app.proofs.insert(r.proof_id.clone(), (r.mode, r.outcome));
+    /// Folds an event about an application with the one projection; keeps
+    /// only what the figures need.
+    fn apply(&mut self, event: &Event) {
+        let Some(id) = application_id_of(event) else {
+            return;
+        };
+        let application = match event {
+            Event::ApplicationDecided(_) => self.applications.entry(id.to_owned()).or_default(),
+            _ => match self.applications.get_mut(id) {
+                Some(application) => application,
+                None => return,
+            },
+        };
+        // A change the application does not accept leaves it as it was;
+        // replay reports such entries.
+        if apply(application, event).is_ok() {
+            for proof in &mut application.proofs {
+                proof.reason.clear();
+                proof.proof_name.clear();
+                proof.legal_basis.clear();
             }
-            app.status = status;
         }
     }
 
@@ -59,38 +69,24 @@ impl StatisticsFold {
             return;
         };
         match entry.event {
-            Some(Event::ApplicationDecided(d)) => {
-                for p in &d.proofs {
-                    for a in &p.answers {
-                        self.answer(a);
+            Some(event @ Event::ApplicationDecided(_)) => {
+                if let Event::ApplicationDecided(d) = &event {
+                    for p in &d.proofs {
+                        for a in &p.answers {
+                            self.answer(a);
+                        }
                     }
+                    self.spot_checks_sampled += d
+                        .proofs
+                        .iter()
+                        .filter_map(|p| p.result.as_ref())
+                        .filter(|r| r.spot_check)
+                        .count() as u64;
                 }
-                self.spot_checks_sampled += d
-                    .proofs
-                    .iter()
-                    .filter_map(|p| p.result.as_ref())
-                    .filter(|r| r.spot_check)
-                    .count() as u64;
-                let proofs = d
-                    .proofs
-                    .iter()
-                    .filter_map(|p| p.result.as_ref())
-                    .map(|r| (r.proof_id.clone(), (r.mode, r.outcome)))
-                    .collect();
-                self.applications.insert(
-                    d.application_id,
-                    Application {
-                        matter_id: d.matter_id,
-                        status: d.status,
-                        proofs,
-                    },
-                );
+                self.apply(&event);
             }
-            Some(Event::VerificationCompleted(c)) => {
-                self.update(&c.application_id, c.result.as_ref(), c.status);
-            }
-            Some(Event::VerificationOverdue(o)) => {
-                self.update(&o.application_id, o.result.as_ref(), o.status);
+            Some(event @ (Event::VerificationCompleted(_) | Event::VerificationOverdue(_))) => {
+                self.apply(&event)
             }
             Some(Event::SpotCheckRecorded(s)) => {
                 self.spot_checks_done += 1;
@@ -118,7 +114,7 @@ impl StatisticsFold {
             *by_matter
                 .entry((app.matter_id.clone(), app.status))
                 .or_default() += 1;
-            for &(mode, outcome) in app.proofs.values() {
+            for &ProofResult { mode, outcome, .. } in &app.proofs {
                 *proofs.entry((mode, outcome)).or_default() += 1;
                 let settled = matches!(
                     ProofOutcome::try_from(outcome),

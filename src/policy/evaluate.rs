@@ -147,6 +147,23 @@ impl<'a> Evidence<'a> {
     }
 }
 
+/// Longest department free text (a verification's reason) quoted in a judgement.
+pub const MAX_REASON_CHARS: usize = 256;
+
+/// Department-supplied text made fit to quote to the hall and in the log:
+/// control characters dropped, at most `max_chars` characters (cut on a
+/// character boundary, marked with an ellipsis). The signed original stays
+/// in the recorded answer, so replay checks the signature and quotes it the
+/// same way.
+pub fn quoted(text: &str, max_chars: usize) -> String {
+    let mut clean = text.chars().filter(|c| !c.is_control());
+    let mut out: String = clean.by_ref().take(max_chars).collect();
+    if clean.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// The decision on one proof in one mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Judgement {
@@ -358,7 +375,10 @@ impl Proof {
                     }
                     VerificationOutcome::NotVerified => Judgement::new(
                         O::NotVerified,
-                        format!("{department} did not verify: {reason}"),
+                        format!(
+                            "{department} did not verify: {}",
+                            quoted(reason, MAX_REASON_CHARS)
+                        ),
                     ),
                     VerificationOutcome::Pending => Judgement::new(
                         O::Pending,
@@ -428,7 +448,10 @@ pub fn completed_verification(
         }
         _ => Judgement::new(
             ProofOutcome::NotVerified,
-            format!("{department} did not verify: {reason}"),
+            format!(
+                "{department} did not verify: {}",
+                quoted(reason, MAX_REASON_CHARS)
+            ),
         ),
     }
 }
@@ -483,6 +506,25 @@ pub fn overall_status(outcomes: impl IntoIterator<Item = ProofOutcome>) -> Appli
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn quoted_drops_control_characters_and_cuts_on_a_character_boundary() {
+        assert_eq!(quoted("plain", 64), "plain");
+        assert_eq!(quoted("a\nb\tc\u{7f}d", 64), "abcd");
+        assert_eq!(quoted("民政局民政局", 3), "民政局…");
+        assert_eq!(quoted("", 3), "");
+        assert_eq!(quoted("abc", 3), "abc");
+    }
+
+    #[test]
+    fn a_department_reason_reaches_the_judgement_bounded_and_clean() {
+        let long = format!("line one\nline two {}", "字".repeat(1_000));
+        let judgement =
+            completed_verification("civil-affairs", VerificationOutcome::NotVerified, &long);
+        assert!(!judgement.reason.contains('\n'));
+        assert!(judgement.reason.chars().count() <= MAX_REASON_CHARS + 40);
+        assert!(judgement.reason.ends_with('…'));
+    }
 
     const ALL: [ProofOutcome; 12] = [
         ProofOutcome::Waived,

@@ -16,7 +16,7 @@ pub mod synthetic;
 pub use condition::{Condition, ConditionError, ConditionInputs};
 pub use decide::{decide_proof, AnswerSource, ProofContext};
 pub use evaluate::{
-    completed_verification, overall_status, overdue_verification, spot_check_selected,
+    completed_verification, overall_status, overdue_verification, quoted, spot_check_selected,
     ApplicantFacts, Evidence, Judgement,
 };
 pub use load::{load_dir, load_sources, PolicyError, PolicyErrors};

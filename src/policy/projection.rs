@@ -158,3 +158,136 @@ pub fn application_id_of(event: &Event) -> Option<&str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::{
+        ApplicationDecided, ApplicationStatus, ProofDecision, RecordedAnswer,
+        VerificationCompleted, VerificationOverdue,
+    };
+
+    fn result(id: &str, outcome: ProofOutcome, ticket: &str, due: i64) -> ProofResult {
+        ProofResult {
+            proof_id: id.into(),
+            outcome: outcome as i32,
+            department_id: "dept".into(),
+            ticket: ticket.into(),
+            due_unix_ms: due,
+            ..Default::default()
+        }
+    }
+
+    fn decided() -> Application {
+        let event = Event::ApplicationDecided(ApplicationDecided {
+            application_id: "n.1".into(),
+            caller: "hall".into(),
+            decided_unix_ms: 1_000,
+            proofs: vec![
+                ProofDecision {
+                    result: Some(result("a", ProofOutcome::Waived, "", 0)),
+                    ..Default::default()
+                },
+                ProofDecision {
+                    result: Some(result("b", ProofOutcome::Pending, "t-1", 5_000)),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+        let mut app = Application::default();
+        assert_eq!(apply(&mut app, &event), Ok(None));
+        app
+    }
+
+    fn completion(ticket: &str, outcome: crate::pb::VerificationOutcome) -> Event {
+        Event::VerificationCompleted(VerificationCompleted {
+            application_id: "n.1".into(),
+            proof_id: "b".into(),
+            ticket: ticket.into(),
+            answer: Some(RecordedAnswer {
+                department_id: "dept".into(),
+                verification: outcome as i32,
+                reason: "archive".into(),
+                ..Default::default()
+            }),
+            completed_unix_ms: 2_000,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_decision_sets_the_application_and_derives_its_status() {
+        let app = decided();
+        assert_eq!(app.application_id, "n.1");
+        assert_eq!(app.status(), ApplicationStatus::Pending);
+        assert_eq!((app.created_unix_ms, app.updated_unix_ms), (1_000, 1_000));
+        assert!(is_waiting(&app));
+    }
+
+    #[test]
+    fn a_completion_settles_the_waiting_proof_once() {
+        let mut app = decided();
+        let changed = apply(
+            &mut app,
+            &completion("t-1", crate::pb::VerificationOutcome::Verified),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(changed.outcome(), ProofOutcome::Verified);
+        assert_eq!(app.status(), ApplicationStatus::Complete);
+        assert_eq!(app.updated_unix_ms, 2_000);
+        assert!(!is_waiting(&app));
+        let again = apply(
+            &mut app,
+            &completion("t-1", crate::pb::VerificationOutcome::NotVerified),
+        );
+        assert!(matches!(again, Err(ApplyError::NothingWaiting { .. })));
+        assert_eq!(app.status(), ApplicationStatus::Complete);
+    }
+
+    #[test]
+    fn a_wrong_ticket_or_application_changes_nothing() {
+        let mut app = decided();
+        let before = app.clone();
+        let wrong_ticket = completion("t-2", crate::pb::VerificationOutcome::Verified);
+        assert!(apply(&mut app, &wrong_ticket).is_err());
+        let mut other = completion("t-1", crate::pb::VerificationOutcome::Verified);
+        if let Event::VerificationCompleted(c) = &mut other {
+            c.application_id = "n.2".into();
+        }
+        assert!(matches!(
+            apply(&mut app, &other),
+            Err(ApplyError::OtherApplication { .. })
+        ));
+        assert_eq!(app, before);
+    }
+
+    #[test]
+    fn overdue_only_after_the_deadline_and_a_late_completion_still_settles() {
+        let mut app = decided();
+        let overdue = |as_of| {
+            Event::VerificationOverdue(VerificationOverdue {
+                application_id: "n.1".into(),
+                proof_id: "b".into(),
+                ticket: "t-1".into(),
+                as_of_unix_ms: as_of,
+                ..Default::default()
+            })
+        };
+        assert!(matches!(
+            apply(&mut app, &overdue(4_999)),
+            Err(ApplyError::NotYetDue { .. })
+        ));
+        let changed = apply(&mut app, &overdue(5_000)).unwrap().unwrap();
+        assert_eq!(changed.outcome(), ProofOutcome::Overdue);
+        assert_eq!(app.status(), ApplicationStatus::NeedsApplicantAction);
+        assert!(is_waiting(&app));
+        apply(
+            &mut app,
+            &completion("t-1", crate::pb::VerificationOutcome::NotVerified),
+        )
+        .unwrap();
+        assert_eq!(app.status(), ApplicationStatus::Rejected);
+    }
+}

@@ -10,13 +10,16 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 use tracing::warn;
 
 use super::identity::{identity_of, Caller, Role, RoleMap};
+use crate::clock::Monotonic;
 use crate::metrics::Metrics;
 
 /// Header naming the caller in `--insecure-plaintext` mode only.
@@ -59,28 +62,50 @@ impl RateLimits {
     }
 }
 
-struct GuardState {
+type CallerLimiter<C> =
+    RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+struct GuardState<C: Clock> {
     tls: bool,
     roles: RoleMap,
     limits: RateLimits,
-    limiters: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
+    /// Every caller's bucket runs on this clock: [`Monotonic`] in service,
+    /// governor's `FakeRelativeClock` in tests.
+    clock: C,
+    limiters: Mutex<HashMap<String, Arc<CallerLimiter<C>>>>,
 }
 
 /// Shared by every service's interceptor.
-#[derive(Clone)]
-pub struct Guard {
-    state: Arc<GuardState>,
+pub struct Guard<C: Clock = Monotonic> {
+    state: Arc<GuardState<C>>,
     /// Where each gate's verdicts are counted (handed in by the server).
     metrics: Metrics,
 }
 
+impl<C: Clock> Clone for Guard<C> {
+    fn clone(&self) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
 impl Guard {
     pub fn new(tls: bool, roles: RoleMap, limits: RateLimits) -> Self {
+        Self::with_clock(tls, roles, limits, Monotonic::default())
+    }
+}
+
+impl<C: Clock + Clone> Guard<C> {
+    /// A guard whose per-caller rate limits run on `clock`.
+    pub fn with_clock(tls: bool, roles: RoleMap, limits: RateLimits, clock: C) -> Self {
         Self {
             state: Arc::new(GuardState {
                 tls,
                 roles,
                 limits,
+                clock,
                 limiters: Mutex::new(HashMap::new()),
             }),
             metrics: Metrics::default(),
@@ -98,7 +123,7 @@ impl Guard {
         &self,
         service: &'static str,
         allowed: &'static [&'static str],
-    ) -> ServiceGate {
+    ) -> ServiceGate<C> {
         ServiceGate {
             guard: self.clone(),
             service,
@@ -146,13 +171,14 @@ impl Guard {
                 let rate = self.state.limits.rate_for(caller).max(1);
                 let per_second = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
                 let burst = NonZeroU32::new((rate / 10).max(1)).unwrap_or(NonZeroU32::MIN);
-                Arc::new(RateLimiter::direct(
+                Arc::new(RateLimiter::direct_with_clock(
                     Quota::per_second(per_second).allow_burst(burst),
+                    self.state.clock.clone(),
                 ))
             }))
         };
         limiter.check().map_err(|not_until| {
-            let wait: Duration = not_until.wait_time_from(DefaultClock::default().now());
+            let wait: Duration = not_until.wait_time_from(self.state.clock.now());
             let millis = wait.as_millis().max(1);
             let mut status = Status::resource_exhausted(format!(
                 "rate limit of {} calls/s for `{}` reached; retry in {millis} ms",
@@ -168,14 +194,23 @@ impl Guard {
 }
 
 /// One service's gate.
-#[derive(Clone)]
-pub struct ServiceGate {
-    guard: Guard,
+pub struct ServiceGate<C: Clock = Monotonic> {
+    guard: Guard<C>,
     service: &'static str,
     allowed: &'static [&'static str],
 }
 
-impl Interceptor for ServiceGate {
+impl<C: Clock> Clone for ServiceGate<C> {
+    fn clone(&self) -> Self {
+        Self {
+            guard: self.guard.clone(),
+            service: self.service,
+            allowed: self.allowed,
+        }
+    }
+}
+
+impl<C: Clock + Clone> Interceptor for ServiceGate<C> {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let result = self.admit(&mut request);
         let verdict = match &result {
@@ -189,7 +224,7 @@ impl Interceptor for ServiceGate {
     }
 }
 
-impl ServiceGate {
+impl<C: Clock + Clone> ServiceGate<C> {
     fn admit(&self, request: &mut Request<()>) -> Result<(), Status> {
         let caller = self.guard.authenticate(request)?;
         if !self.allowed.contains(&caller.role.kind()) {
@@ -265,4 +300,124 @@ pub async fn connect(
         endpoint = endpoint.tls_config(tls.client_config(server_identity))?;
     }
     endpoint.connect().await
+}
+
+#[cfg(test)]
+mod tests {
+    //! Per-caller limits on governor's fake clock: exact, whatever the
+    //! machine's speed.
+
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    const HALL: &str = "hall-wucheng.hall.proofgate";
+    const OTHER_HALL: &str = "hall-jindong.hall.proofgate";
+
+    fn gate(limits: RateLimits) -> (ServiceGate<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let guard = Guard::with_clock(false, RoleMap::default(), limits, clock.clone());
+        (
+            guard.for_service("proofgate.v1.ApplicationService", &["hall"]),
+            clock,
+        )
+    }
+
+    fn call(gate: &mut ServiceGate<FakeRelativeClock>, identity: &str) -> Result<Caller, Status> {
+        let mut request = Request::new(());
+        // An empty identity: no header at all.
+        if let Some(value) = Some(identity)
+            .filter(|i| !i.is_empty())
+            .and_then(|i| i.parse().ok())
+        {
+            request
+                .metadata_mut()
+                .insert(PLAINTEXT_IDENTITY_HEADER, value);
+        }
+        gate.call(request)
+            .map(|admitted| admitted.extensions().get::<Caller>().cloned().unwrap())
+    }
+
+    fn retry_after_ms(status: &Status) -> u64 {
+        status
+            .metadata()
+            .get("retry-after-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    fn limits(identity: &str, rate: u32) -> RateLimits {
+        let mut limits = RateLimits::default();
+        limits.per_identity.insert(identity.into(), rate);
+        limits
+    }
+
+    #[test]
+    fn a_caller_within_its_rate_is_admitted_and_past_it_told_when_to_retry() {
+        // 20 calls/s: a burst of 2, then one call every 50 ms.
+        let (mut gate, clock) = gate(limits(HALL, 20));
+        for _ in 0..2 {
+            let caller = call(&mut gate, HALL).expect("within the burst");
+            assert_eq!(caller.identity, HALL);
+        }
+        let refused = call(&mut gate, HALL).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(retry_after_ms(&refused), 50);
+        assert!(refused.message().contains("20 calls/s"), "{refused:?}");
+        clock.advance(Duration::from_millis(30));
+        assert_eq!(retry_after_ms(&call(&mut gate, HALL).unwrap_err()), 20);
+        clock.advance(Duration::from_millis(20));
+        assert!(call(&mut gate, HALL).is_ok(), "admitted when the hint said");
+        assert!(call(&mut gate, HALL).is_err());
+        // Exactly the rate over a second of steady calls.
+        let mut admitted = 0;
+        for _ in 0..1000 {
+            clock.advance(Duration::from_millis(1));
+            admitted += u32::from(call(&mut gate, HALL).is_ok());
+        }
+        assert_eq!(admitted, 20);
+    }
+
+    #[test]
+    fn one_callers_flood_does_not_limit_another() {
+        let (mut gate, _clock) = gate(limits(HALL, 10));
+        assert!(call(&mut gate, HALL).is_ok());
+        for _ in 0..100 {
+            assert_eq!(
+                call(&mut gate, HALL).unwrap_err().code(),
+                tonic::Code::ResourceExhausted
+            );
+        }
+        // The other hall falls under the role's default: 5000/s, burst 500.
+        for _ in 0..500 {
+            assert!(call(&mut gate, OTHER_HALL).is_ok());
+        }
+        assert!(call(&mut gate, OTHER_HALL).is_err());
+    }
+
+    #[test]
+    fn a_limit_per_identity_overrides_the_roles() {
+        let mut limits = limits(HALL, 30);
+        limits.per_role.insert("hall".into(), 10);
+        let (mut gate, _clock) = gate(limits);
+        for _ in 0..3 {
+            assert!(call(&mut gate, HALL).is_ok());
+        }
+        assert!(call(&mut gate, HALL).is_err());
+        assert!(call(&mut gate, OTHER_HALL).is_ok());
+        assert!(
+            call(&mut gate, OTHER_HALL).is_err(),
+            "role rate 10/s: burst 1"
+        );
+    }
+
+    #[test]
+    fn refusals_before_the_limit_do_not_spend_it() {
+        let (mut gate, _clock) = gate(limits(HALL, 10));
+        let status = call(&mut gate, "").unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        let status = call(&mut gate, "auditor.auditor.proofgate").unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(call(&mut gate, HALL).is_ok());
+    }
 }

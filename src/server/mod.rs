@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
-use crate::audit::{AuditLog, AuditReader, Projection, WriterOptions};
+use crate::audit::{AuditLog, AuditReader, WriterOptions};
 use crate::departments::mock::{builtin_fixture, RunningMock, BUILTIN_DEPARTMENTS};
 use crate::departments::{DepartmentDirectory, Registry};
 use crate::gateway::Gateway;
@@ -84,7 +84,6 @@ fn policy_stamp(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<std::time::S
     stamp.sort();
     stamp
 }
-const POLICY_VERSION_KEY: &[u8] = b"mpolicy-version";
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -107,6 +106,8 @@ pub struct ServeOptions {
     /// Prometheus metrics over HTTP (GET /metrics); None: no listener.
     /// (`proofgate serve` turns them on by default; see `config`.)
     pub metrics_listen: Option<SocketAddr>,
+    /// Drives rate limits and circuit breakers; tests hand in a fake one.
+    pub monotonic_clock: crate::clock::Monotonic,
 }
 
 impl Default for ServeOptions {
@@ -125,6 +126,7 @@ impl Default for ServeOptions {
             rate_limits: RateLimits::default(),
             max_in_flight: MAX_IN_FLIGHT,
             metrics_listen: None,
+            monotonic_clock: crate::clock::Monotonic::default(),
         }
     }
 }
@@ -361,22 +363,17 @@ pub async fn reload_policies(
 /// Logs the policy set unless it is the version logged last.
 async fn record_policy(log: &AuditLog, policy: &PolicySet) -> Result<(), ServeError> {
     let store = log.store();
-    if store.meta(POLICY_VERSION_KEY)?.as_deref() == Some(policy.version.as_bytes()) {
+    if store.meta(crate::audit::POLICY_VERSION_KEY)?.as_deref() == Some(policy.version.as_bytes()) {
         return Ok(());
     }
-    log.append(
-        pb::audit_entry::Event::PolicySetLoaded(pb::PolicySetLoaded {
-            policy_version: policy.version.clone(),
-            proof_count: policy.proofs.len() as u32,
-            matter_count: policy.matters.len() as u32,
-            canonical: policy.canonical.clone().into_bytes(),
-        }),
-        vec![Projection::Put(
-            POLICY_VERSION_KEY.to_vec(),
-            policy.version.clone().into_bytes(),
-        )],
-    )
-    .await?;
+    let event = pb::audit_entry::Event::PolicySetLoaded(pb::PolicySetLoaded {
+        policy_version: policy.version.clone(),
+        proof_count: policy.proofs.len() as u32,
+        matter_count: policy.matters.len() as u32,
+        canonical: policy.canonical.clone().into_bytes(),
+    });
+    let projections = crate::audit::projections_of(&event, None, &|_, _| None);
+    log.append(event, projections).await?;
     info!(version = %policy.version, "policy set recorded in the log");
     Ok(())
 }
@@ -438,7 +435,10 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     };
     // One metrics handle per node, handed to everything that records.
     let metrics = crate::metrics::Metrics::default();
-    let directory = Arc::new(DepartmentDirectory::new(tls.clone()).with_metrics(metrics.clone()));
+    let directory = Arc::new(
+        DepartmentDirectory::with_clock(tls.clone(), options.monotonic_clock.clone())
+            .with_metrics(metrics.clone()),
+    );
     for source in log.store().data_sources()? {
         let department = source.department_id.clone();
         if let Err(e) = directory.upsert(source) {
@@ -491,10 +491,11 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(ServeError::Reflection)?;
-    let guard = Guard::new(
+    let guard = Guard::with_clock(
         tls.is_some(),
         options.roles.clone(),
         options.rate_limits.clone(),
+        options.monotonic_clock.clone(),
     )
     .with_metrics(metrics.clone());
     let applications = InterceptedService::new(

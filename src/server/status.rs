@@ -96,6 +96,9 @@ impl From<GatewayError> for Status {
                 "the audit log is not writable, so nothing was decided; retry later".into(),
             ),
             GatewayError::Store(_) => internal(&e),
+            // The stored state refused the event: a bug or a race the
+            // gateway should have caught, not something the caller can fix.
+            GatewayError::NotApplicable(_) => internal(&e),
         }
     }
 }

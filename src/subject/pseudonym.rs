@@ -29,6 +29,14 @@ impl PseudonymKey {
         out.copy_from_slice(tag.as_ref());
         out
     }
+
+    /// A keyed digest of arbitrary bytes (a request), so that equal inputs
+    /// can be recognised without anyone testing guesses of them.
+    pub fn digest(&self, bytes: &[u8]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(hmac::sign(&self.0, bytes).as_ref());
+        out
+    }
 }
 
 impl std::fmt::Debug for PseudonymKey {

@@ -3,7 +3,10 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+
+use governor::clock::FakeRelativeClock;
 
 use proofgate::pb::application_service_client::ApplicationServiceClient;
 use proofgate::pb::audit_service_client::AuditServiceClient;
@@ -16,6 +19,11 @@ use proofgate::server::{self, Running, ServeOptions};
 use tonic::transport::Channel;
 
 /// Passes every check of the mock departments.
+/// How long a test waits for a mock department's later completion (sent
+/// 1.5–2 s after the decision) before it calls it lost: a bound, not a
+/// measurement, generous so that a slow machine cannot fail the test.
+pub const COMPLETION_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub const PASSES_ALL: &str = "330702199001011237";
 /// Fails every check.
 pub const FAILS_ALL: &str = "330702197503120450";
@@ -29,7 +37,7 @@ pub const PENDING_THEN_REFUSED: &str = "330702199512200072";
 pub const UNKNOWN_PERSON: &str = "330782196002140012";
 
 pub struct TestGateway {
-    pub running: Running,
+    pub running: Served,
     pub data_dir: tempfile::TempDir,
     /// As the test hall.
     pub channel: Channel,
@@ -83,12 +91,64 @@ pub async fn connect_as(running: &Running, identity: &str) -> Channel {
     connect_with(&running.endpoint(), certs, identity).await
 }
 
+/// A served gateway that shuts itself down when dropped, so a test that
+/// ends (or fails) without [`Served::shutdown`] leaks no server. Derefs to
+/// the [`Running`] node.
+pub struct Served(Option<Running>);
+
+impl Served {
+    pub fn new(running: Running) -> Self {
+        Self(Some(running))
+    }
+
+    /// Stops accepting, drains, stops the mocks and the log writer, and
+    /// releases the store; returns once all of that is done.
+    pub async fn shutdown(mut self) {
+        if let Some(running) = self.0.take() {
+            running.shutdown().await;
+        }
+    }
+}
+
+impl Deref for Served {
+    type Target = Running;
+
+    fn deref(&self) -> &Running {
+        self.0.as_ref().expect("the node runs until shut down")
+    }
+}
+
+impl DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Running {
+        self.0.as_mut().expect("the node runs until shut down")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let Some(running) = self.0.take() else {
+            return;
+        };
+        // Drop cannot wait: the same graceful shutdown runs on the test's
+        // runtime; if the runtime ends first, it cancels every task of the
+        // node and the store is released with them.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(running.shutdown());
+        }
+    }
+}
+
 impl TestGateway {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A gateway started with `options` adjusted by `configure`.
+    pub async fn start_with(configure: impl FnOnce(&mut ServeOptions)) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
-        let running = server::start(options(data_dir.path()))
-            .await
-            .expect("gateway starts");
+        let mut options = options(data_dir.path());
+        configure(&mut options);
+        let running = Served::new(server::start(options).await.expect("gateway starts"));
         let channel = connect(&running).await;
         let auditor = connect_as(&running, AUDITOR).await;
         let admin = connect_as(&running, ADMIN).await;
@@ -99,6 +159,20 @@ impl TestGateway {
             auditor,
             admin,
         }
+    }
+
+    /// A gateway whose rate limits and circuit breakers run on the returned
+    /// clock, which moves only when the test advances it.
+    pub async fn start_on_fake_clock(
+        configure: impl FnOnce(&mut ServeOptions),
+    ) -> (Self, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let gw = Self::start_with(|options| {
+            options.monotonic_clock = clock.clone().into();
+            configure(options);
+        })
+        .await;
+        (gw, clock)
     }
 
     pub async fn channel_as(&self, identity: &str) -> Channel {
