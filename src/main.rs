@@ -184,6 +184,15 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Recompute every projection (applications, request keys, tickets, spot
+    /// checks, dishonesty records, data sources, access index) from the
+    /// entries of a stopped node's data folder; report what differs (exit 65).
+    Rebuild {
+        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace the checkpoint key; the change is logged and signed by the old key.
     RotateKey {
         #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
@@ -619,6 +628,27 @@ async fn audit(command: AuditCommand) -> ExitCode {
                 };
                 (text, r.discrepancies.is_empty())
             }))
+        }
+        AuditCommand::Rebuild { data_dir, json } => {
+            match proofgate::audit::rebuild_data_dir(&data_dir) {
+                Ok(r) => {
+                    let seconds = started.elapsed().as_secs_f64();
+                    if json {
+                        println!("{}", report::rebuild_json(&r, seconds));
+                    } else {
+                        print!("{}", report::rebuild_table(&r, seconds));
+                    }
+                    if r.consistent() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(EXIT_DATA)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("proofgate: {e}");
+                    ExitCode::from(exit::of_store(&e))
+                }
+            }
         }
         AuditCommand::RotateKey { data_dir, node_id } => {
             match proofgate::security::rotate_log_key(&data_dir, &node_id).await {

@@ -108,3 +108,50 @@ pub fn replay_json(report: &ReplayReport, seconds: f64) -> Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+/// `audit rebuild` as a table: per key kind, what the entries give and how
+/// the store differs.
+pub fn rebuild_table(report: &super::RebuildReport, seconds: f64) -> String {
+    let mut out = String::from("audit rebuild\n");
+    row(
+        &mut out,
+        "result",
+        if report.consistent() {
+            "OK: the store holds exactly what the entries give"
+        } else {
+            "DIFFERENCES FOUND"
+        },
+    );
+    row(&mut out, "entries", report.entries);
+    row(&mut out, "time", format!("{seconds:.2} s"));
+    out.push_str(&format!(
+        "  {:<20} {:>10} {:>10} {:>8} {:>8} {:>10}\n",
+        "kind", "expected", "stored", "missing", "extra", "different"
+    ));
+    for k in &report.kinds {
+        out.push_str(&format!(
+            "  {:<20} {:>10} {:>10} {:>8} {:>8} {:>10}\n",
+            k.kind, k.expected, k.stored, k.missing, k.extra, k.different
+        ));
+    }
+    for (index, why) in &report.refused {
+        out.push_str(&format!("  entry {index:>8}  refused: {why}\n"));
+    }
+    for example in &report.examples {
+        out.push_str(&format!("  {example}\n"));
+    }
+    out
+}
+
+/// `audit rebuild` as one JSON object.
+pub fn rebuild_json(report: &super::RebuildReport, seconds: f64) -> String {
+    serde_json::json!({
+        "consistent": report.consistent(),
+        "entries": report.entries,
+        "seconds": seconds,
+        "kinds": report.kinds,
+        "refused": report.refused,
+        "examples": report.examples,
+    })
+    .to_string()
+}
