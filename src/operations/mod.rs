@@ -13,7 +13,6 @@ use tracing::info;
 use crate::audit::{
     dishonesty_key, spot_check_key, AuditError, DishonestyRecord, Projection, StoreError,
 };
-use crate::clock::system_now_unix_ms as now_unix_ms;
 use crate::gateway::Gateway;
 use crate::pb::{
     audit_entry::Event, DishonestyRevoked, IdType, RecordSpotCheckRequest, RecordSpotCheckResponse,
@@ -106,7 +105,7 @@ impl Operations {
             String::new()
         } else {
             let until = format_date(civil_date_cst(
-                now_unix_ms() + i64::from(record.dishonesty_days) * MS_PER_DAY,
+                self.gateway.now_unix_ms() + i64::from(record.dishonesty_days) * MS_PER_DAY,
             ));
             projections.push(Projection::Put(
                 dishonesty_key(&record.subject_pseudonym),
@@ -191,7 +190,7 @@ impl Operations {
     /// The reform's figures, folded over the whole log.
     pub async fn statistics(&self) -> Result<Statistics, OperationsError> {
         let store = self.gateway.audit().store().clone();
-        let today = format_date(civil_date_cst(now_unix_ms()));
+        let today = format_date(civil_date_cst(self.gateway.now_unix_ms()));
         // A fold over the whole log: blocking work off the async threads.
         let statistics = tokio::task::spawn_blocking(move || {
             let mut fold = stats::StatisticsFold::default();

@@ -108,6 +108,9 @@ pub struct ServeOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// Drives rate limits and circuit breakers; tests hand in a fake one.
     pub monotonic_clock: crate::clock::Monotonic,
+    /// The wall clock decisions, deadlines, completions and the overdue
+    /// sweep read (tests drive a [`crate::clock::ManualClock`]).
+    pub clock: crate::clock::SharedClock,
 }
 
 impl Default for ServeOptions {
@@ -127,6 +130,7 @@ impl Default for ServeOptions {
             max_in_flight: MAX_IN_FLIGHT,
             metrics_listen: None,
             monotonic_clock: crate::clock::Monotonic::default(),
+            clock: crate::clock::system(),
         }
     }
 }
@@ -451,7 +455,8 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         Arc::clone(&directory),
         log.clone(),
         pseudonyms.clone(),
-    ));
+    )
+    .with_clock(Arc::clone(&options.clock)));
 
     let listener = TcpListener::bind(options.listen)
         .await
@@ -624,7 +629,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         loop {
             every.tick().await;
             if let Err(e) = sweeping
-                .sweep_overdue(crate::clock::system_now_unix_ms())
+                .sweep_overdue(sweeping.now_unix_ms())
                 .await
             {
                 warn!(error = %e, "overdue sweep failed; retrying next round");
