@@ -4,6 +4,7 @@
 //! checkpoint, flushes once, and only then answers every appender. So a
 //! reply a caller sees is always backed by a durable, checkpointed entry.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
@@ -73,17 +74,21 @@ fn entry_bytes(index: u64, logged_unix_ms: i64, node_id: &str, event: &[u8]) -> 
     out
 }
 
+/// Why an entry was not appended. Clone: one failed batch answers every
+/// appender in it, each with the same cause.
 #[derive(Debug, Error, Clone)]
 pub enum AuditError {
-    #[error("audit log is not writable: {0}")]
-    Storage(String),
+    #[error("audit log is not writable")]
+    Storage(#[source] Arc<StoreError>),
+    #[error("the audit writer thread cannot start")]
+    Thread(#[source] Arc<std::io::Error>),
     #[error("audit writer has stopped")]
     Stopped,
 }
 
 impl From<StoreError> for AuditError {
     fn from(e: StoreError) -> Self {
-        AuditError::Storage(e.to_string())
+        AuditError::Storage(Arc::new(e))
     }
 }
 
@@ -138,7 +143,7 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| AuditError::Storage(format!("cannot start writer thread: {e}")))?;
+            .map_err(|e| AuditError::Thread(Arc::new(e)))?;
         Ok(Self {
             tx,
             store,
@@ -287,8 +292,9 @@ impl Writer {
                 if stage == WriteStage::Apply {
                     self.frontier = before;
                 }
+                let e = Arc::new(e);
                 for request in batch.drain(..) {
-                    let _ = request.reply.send(Err(AuditError::Storage(e.to_string())));
+                    let _ = request.reply.send(Err(AuditError::Storage(Arc::clone(&e))));
                 }
             }
         }

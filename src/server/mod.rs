@@ -449,14 +449,16 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             warn!(%department, error = %e, "stored data source skipped");
         }
     }
-    let gateway = Arc::new(Gateway::new(
-        options.node_id.clone(),
-        Arc::clone(&policy),
-        Arc::clone(&directory),
-        log.clone(),
-        pseudonyms.clone(),
-    )
-    .with_clock(Arc::clone(&options.clock)));
+    let gateway = Arc::new(
+        Gateway::new(
+            options.node_id.clone(),
+            Arc::clone(&policy),
+            Arc::clone(&directory),
+            log.clone(),
+            pseudonyms.clone(),
+        )
+        .with_clock(Arc::clone(&options.clock)),
+    );
 
     let listener = TcpListener::bind(options.listen)
         .await
@@ -628,10 +630,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         let mut every = tokio::time::interval(OVERDUE_SWEEP_EVERY);
         loop {
             every.tick().await;
-            if let Err(e) = sweeping
-                .sweep_overdue(sweeping.now_unix_ms())
-                .await
-            {
+            if let Err(e) = sweeping.sweep_overdue(sweeping.now_unix_ms()).await {
                 warn!(error = %e, "overdue sweep failed; retrying next round");
             }
         }
