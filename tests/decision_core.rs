@@ -530,11 +530,11 @@ proptest! {
             if let Some(r) = tampered.proofs[victim].result.as_mut() {
                 r.reason.push_str(" (edited)");
             }
-            let mut forged = entries;
+            let mut forged = entries.clone();
             let last = forged.len() as u64 - 1;
             forged.pop();
             forged.push(entry(last, Event::ApplicationDecided(tampered)));
-            let report = replay(forged);
+            let report = replay(forged.clone());
             prop_assert!(
                 report
                     .discrepancies
@@ -542,6 +542,36 @@ proptest! {
                     .any(|d| d.what.starts_with(&format!("{}:", result.proof_id))),
                 "an edited reason of {} went unnoticed: {:?}",
                 result.proof_id,
+                report.discrepancies
+            );
+        }
+
+        // An answer moved to another department, or an outcome edited: named too.
+        for (i, decision) in decided.proofs.iter().enumerate() {
+            let proof_id = decision.result.as_ref().map(|r| r.proof_id.clone()).unwrap_or_default();
+            let mut tampered = decided.clone();
+            if let Some(answer) = tampered.proofs[i].answers.first_mut() {
+                answer.department_id = if answer.department_id == DEPARTMENTS[0] {
+                    DEPARTMENTS[1].into()
+                } else {
+                    DEPARTMENTS[0].into()
+                };
+            } else if let Some(r) = tampered.proofs[i].result.as_mut() {
+                r.outcome = if r.outcome() == proofgate::pb::ProofOutcome::Verified {
+                    proofgate::pb::ProofOutcome::NotVerified as i32
+                } else {
+                    proofgate::pb::ProofOutcome::Verified as i32
+                };
+            }
+            let mut forged = entries.clone();
+            let last = forged.len() as u64 - 1;
+            forged.pop();
+            forged.push(entry(last, Event::ApplicationDecided(tampered)));
+            let report = replay(forged);
+            prop_assert!(
+                report.discrepancies.iter().any(|d| d.what.starts_with(&format!("{proof_id}:"))),
+                "a moved answer or edited outcome of {} went unnoticed: {:?}",
+                proof_id,
                 report.discrepancies
             );
         }

@@ -19,6 +19,7 @@ use crate::pb::{
     CompleteVerificationRequest, ProofDecision, ProofMode, ProofResult, QueryResponse,
     RecordedAnswer, VerificationCompleted, VerificationOverdue, VerifyResponse,
 };
+use crate::policy::calendar::{civil_date_cst, format_date};
 use crate::policy::{
     application_id_of, apply, decide_proof, is_waiting, AnswerSource, ApplicantFacts, Mode,
     PolicySet, Proof, ProofContext,
@@ -185,6 +186,21 @@ impl Replayer {
             );
         };
         let facts = ApplicantFacts::from_pb(&decided.applicant_facts.unwrap_or_default());
+        // The date ages and dishonesty records are judged on follows from the
+        // decision time (logs from before it was recorded carry only the date).
+        if decided.decided_unix_ms != 0 {
+            let date = format_date(civil_date_cst(decided.decided_unix_ms));
+            if date != decided.decision_date {
+                self.differs(
+                    index,
+                    &app,
+                    format!(
+                        "decision date {} is not the date of the decision time ({date})",
+                        decided.decision_date
+                    ),
+                );
+            }
+        }
         let derived_dishonesty = self
             .dishonest
             .get(&decided.subject_pseudonym)
@@ -460,13 +476,20 @@ struct ReplaySource<'r, 'a> {
 impl AnswerSource for ReplaySource<'_, '_> {
     type Error = String;
 
-    async fn answer(&mut self, _proof: &Proof, mode: Mode) -> Result<RecordedAnswer, String> {
+    async fn answer(&mut self, proof: &Proof, mode: Mode) -> Result<RecordedAnswer, String> {
         let answer = self
             .answers
             .next()
             .ok_or_else(|| format!("no answer recorded for {}", mode.policy_word()))?;
         if mode_of(answer.mode) != Some(mode) {
             return Err("answers recorded out of order".into());
+        }
+        // Only the proof's own department may answer for it.
+        if Some(answer.department_id.as_str()) != proof.department.as_deref() {
+            return Err(format!(
+                "the answer recorded is from {}, not from the proof's department",
+                answer.department_id
+            ));
         }
         if !self.replayer.answer_signed(mode, answer) {
             return Err(format!(

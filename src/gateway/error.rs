@@ -28,6 +28,15 @@ pub enum GatewayError {
     Audit(#[from] AuditError),
     #[error("the store cannot be read")]
     Store(#[from] StoreError),
+    /// An identical request was being decided and failed: nothing was
+    /// decided for it.
+    #[error(
+        "an identical request that was being decided failed; nothing was decided for it; retry"
+    )]
+    DuplicateFailed,
+    /// The task deciding the request ended abnormally.
+    #[error("the decision task ended abnormally")]
+    Task(#[source] tokio::task::JoinError),
     /// The stored state and the event disagree (the projection refused it).
     #[error("the application does not accept this change")]
     NotApplicable(#[from] ApplyError),

@@ -7,14 +7,13 @@ mod validate;
 mod watch;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures_util::future::join_all;
 use prost::Message;
 use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::OnceCell;
+use tokio::sync::watch as outcome_channel;
 use tracing::{info, info_span, Instrument};
 
 pub use error::GatewayError;
@@ -36,28 +35,30 @@ use crate::subject::PseudonymKey;
 /// Shards of the per-application lock that serialises completions.
 const APPLICATION_LOCK_SHARDS: usize = 64;
 
-type InFlight = Arc<OnceCell<Application>>;
+/// The outcome of a decision in flight, as its duplicates see it.
+type Outcome = Option<Result<Application, ()>>;
+
+/// A submission being decided: its request digest (a duplicate must carry
+/// the same request) and where its outcome appears.
+struct InFlight {
+    digest: [u8; 32],
+    outcome: outcome_channel::Receiver<Outcome>,
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Removes a submission's in-flight cell when the submission ends.
-struct InFlightGuard<'a> {
-    map: &'a Mutex<HashMap<Vec<u8>, InFlight>>,
+/// Takes a decided submission out of the in-flight map when its task ends,
+/// whether it finished, failed or panicked.
+struct LeaveInFlight {
+    gateway: Arc<Gateway>,
     key: Vec<u8>,
-    cell: InFlight,
 }
 
-impl Drop for InFlightGuard<'_> {
+impl Drop for LeaveInFlight {
     fn drop(&mut self) {
-        let mut map = lock(self.map);
-        if map
-            .get(&self.key)
-            .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
-        {
-            map.remove(&self.key);
-        }
+        lock(&self.gateway.in_flight).remove(&self.key);
     }
 }
 
@@ -155,7 +156,7 @@ impl Gateway {
     /// with the same `request_id` from the same caller produced. The second
     /// value is true for such a replay.
     pub async fn submit(
-        &self,
+        self: &Arc<Self>,
         caller: &str,
         request: SubmitApplicationRequest,
     ) -> Result<(Application, bool), GatewayError> {
@@ -179,37 +180,58 @@ impl Gateway {
             return Err(GatewayError::Invalid(unknown));
         }
         let request_digest = self.pseudonyms.digest(&request.encode_to_vec());
-        if let Some(replayed) = self.replay(caller, &request, request_digest)? {
-            return Ok((replayed, true));
-        }
-        // Concurrent duplicates wait for the first instead of deciding twice.
+        // Under the map's lock, a request is either in flight, or stored
+        // (its task leaves the map only once its entry is durable), or new:
+        // so it is decided once, however many duplicates arrive, on any
+        // connection, at any moment.
         let key = request_key(caller, &request.request_id);
-        let cell = {
+        let (mut outcome, decider) = {
             let mut in_flight = lock(&self.in_flight);
-            Arc::clone(in_flight.entry(key.clone()).or_default())
-        };
-        // Leaves the in-flight map however this future ends, cancellation included.
-        let _in_flight = InFlightGuard {
-            map: &self.in_flight,
-            key,
-            cell: Arc::clone(&cell),
-        };
-        let decided_here = AtomicBool::new(false);
-        let result = cell
-            .get_or_try_init(|| {
-                decided_here.store(true, Ordering::Relaxed);
-                self.decide(caller, &request, id_type, request_digest, &policy, now)
-            })
-            .await
-            .cloned();
-        let application = result?;
-        if decided_here.load(Ordering::Relaxed) {
-            Ok((application, false))
-        } else {
-            match self.replay(caller, &request, request_digest)? {
-                Some(replayed) => Ok((replayed, true)),
-                None => Ok((application, true)),
+            match in_flight.get(&key) {
+                Some(first) if first.digest != request_digest => {
+                    return Err(GatewayError::RequestIdReused(request.request_id));
+                }
+                Some(first) => (first.outcome.clone(), None),
+                None => {
+                    if let Some(replayed) = self.replay(caller, &request, request_digest)? {
+                        return Ok((replayed, true));
+                    }
+                    let (tx, rx) = outcome_channel::channel(None);
+                    in_flight.insert(
+                        key.clone(),
+                        InFlight {
+                            digest: request_digest,
+                            outcome: rx.clone(),
+                        },
+                    );
+                    (rx, Some(tx))
+                }
             }
+        };
+        if let Some(tx) = decider {
+            // Decided on its own task: a hall that hangs up does not cancel a
+            // decision half way (its duplicates and retries get its outcome).
+            let gateway = Arc::clone(self);
+            let caller = caller.to_owned();
+            let task = tokio::spawn(async move {
+                let _leave = LeaveInFlight {
+                    gateway: Arc::clone(&gateway),
+                    key,
+                };
+                let decided = gateway
+                    .decide(&caller, &request, id_type, request_digest, &policy, now)
+                    .await;
+                let _ = tx.send(Some(decided.as_ref().map(Clone::clone).map_err(|_| ())));
+                decided
+            });
+            return match task.await {
+                Ok(decided) => decided.map(|application| (application, false)),
+                Err(e) => Err(GatewayError::Task(e)),
+            };
+        }
+        match outcome.wait_for(Option::is_some).await.map(|o| o.clone()) {
+            Ok(Some(Ok(application))) => Ok((application, true)),
+            _ => Err(GatewayError::DuplicateFailed),
         }
     }
 
@@ -224,7 +246,9 @@ impl Gateway {
         else {
             return Ok(None);
         };
-        if earlier_digest != request_digest {
+        // Requests stored before digests were keyed carry a plain SHA-256.
+        let plain = || digest(&SHA256, &request.encode_to_vec());
+        if earlier_digest != request_digest && earlier_digest[..] != *plain().as_ref() {
             return Err(GatewayError::RequestIdReused(request.request_id.clone()));
         }
         store

@@ -7,7 +7,7 @@ const CST_OFFSET_MS: i64 = 8 * 3_600_000;
 
 /// (year, month, day) of `unix_ms` in UTC+8.
 pub fn civil_date_cst(unix_ms: i64) -> (u16, u8, u8) {
-    civil_from_days((unix_ms + CST_OFFSET_MS).div_euclid(MS_PER_DAY))
+    civil_from_days(unix_ms.saturating_add(CST_OFFSET_MS).div_euclid(MS_PER_DAY))
 }
 
 pub fn format_date((y, m, d): (u16, u8, u8)) -> String {
@@ -31,7 +31,7 @@ fn civil_from_days(days: i64) -> (u16, u8, u8) {
 
 /// The end (24:00 CST) of the `working_days`-th working day after `unix_ms`.
 pub fn working_days_after(unix_ms: i64, working_days: u32) -> i64 {
-    let mut day = (unix_ms + CST_OFFSET_MS).div_euclid(MS_PER_DAY);
+    let mut day = unix_ms.saturating_add(CST_OFFSET_MS).div_euclid(MS_PER_DAY);
     let mut left = working_days;
     while left > 0 {
         day += 1;
@@ -41,12 +41,27 @@ pub fn working_days_after(unix_ms: i64, working_days: u32) -> i64 {
             left -= 1;
         }
     }
-    (day + 1) * MS_PER_DAY - CST_OFFSET_MS
+    (day + 1)
+        .saturating_mul(MS_PER_DAY)
+        .saturating_sub(CST_OFFSET_MS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Times come from log files too (replay, rebuild): any value is safe.
+        #[test]
+        fn dates_and_deadlines_never_panic(unix_ms in proptest::num::i64::ANY, days in 0u32..400) {
+            let _ = civil_date_cst(unix_ms);
+            let due = working_days_after(unix_ms, days);
+            // Away from the saturating edge a deadline never precedes its start.
+            if unix_ms < i64::MAX - 1_000 * MS_PER_DAY {
+                proptest::prop_assert!(due >= unix_ms, "{unix_ms} + {days} working days = {due}");
+            }
+        }
+    }
 
     #[test]
     fn civil_dates_in_china_standard_time() {

@@ -463,7 +463,7 @@ pub fn overdue_verification(department: &str, due_unix_ms: i64) -> Judgement {
         ProofOutcome::Overdue,
         format!(
             "{department} did not finish the verification by its deadline ({} 24:00 CST); the department may still complete it",
-            super::calendar::format_date(super::calendar::civil_date_cst(due_unix_ms - 1))
+            super::calendar::format_date(super::calendar::civil_date_cst(due_unix_ms.saturating_sub(1)))
         ),
     )
 }

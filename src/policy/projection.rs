@@ -109,6 +109,13 @@ pub fn apply(
                 &completed.ticket,
                 &[ProofOutcome::Pending, ProofOutcome::Overdue],
             )?;
+            // Only the department asked may complete its verification.
+            if proof.department_id != answer.department_id {
+                return Err(ApplyError::NothingWaiting {
+                    proof_id: completed.proof_id.clone(),
+                    ticket: completed.ticket.clone(),
+                });
+            }
             proof.outcome = judgement.outcome as i32;
             proof.reason = judgement.reason;
             let changed = proof.clone();

@@ -99,6 +99,8 @@ impl From<GatewayError> for Status {
             // The stored state refused the event: a bug or a race the
             // gateway should have caught, not something the caller can fix.
             GatewayError::NotApplicable(_) => internal(&e),
+            GatewayError::DuplicateFailed => Status::unavailable(e.to_string()),
+            GatewayError::Task(_) => internal(&e),
         }
     }
 }

@@ -34,7 +34,11 @@ impl PseudonymKey {
     /// can be recognised without anyone testing guesses of them.
     pub fn digest(&self, bytes: &[u8]) -> [u8; 32] {
         let mut out = [0u8; 32];
-        out.copy_from_slice(hmac::sign(&self.0, bytes).as_ref());
+        // Domain-separated from pseudonyms, which share the key.
+        let mut context = hmac::Context::with_key(&self.0);
+        context.update(b"proofgate request digest\n");
+        context.update(bytes);
+        out.copy_from_slice(context.sign().as_ref());
         out
     }
 }
