@@ -175,6 +175,14 @@ impl AuditLog {
         answer.await.map_err(|_| AuditError::Stopped)?
     }
 
+    /// Appends an event that is not about an application (policy sets, data
+    /// sources, spot checks, dishonesty records): its projections follow from
+    /// the event alone.
+    pub async fn append_event(&self, event: Event) -> Result<Receipt, AuditError> {
+        let projections = super::project::projections_of(&event, None, &|_, _| None);
+        self.append(event, projections).await
+    }
+
     /// Stops the writer after the appends queued before this call; later
     /// appends fail with [`AuditError::Stopped`]. Returns once the writer has
     /// released its handle on the store.

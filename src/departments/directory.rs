@@ -37,6 +37,10 @@ pub const MAX_QUOTED_CHARS: usize = 64;
 
 pub use crate::policy::quoted;
 
+/// Longest reason a department may give with a verification (the same bound
+/// a completion's reason has).
+pub const MAX_REASON_BYTES: usize = 1024;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DirectoryError {
     #[error("department_id must be 1–{MAX_ID_LEN} characters of a-z, 0-9, '-' or '_'")]
@@ -439,6 +443,14 @@ impl DepartmentDirectory {
             &answer.department_id,
             &answer,
         )?;
+        // The reason is kept in the log as signed: an oversized one is a bad
+        // answer (unavailable, never verified), as it is for completions.
+        if answer.reason.len() > MAX_REASON_BYTES {
+            return Err(CallFailure::BadAnswer(format!(
+                "reason of {} bytes (at most {MAX_REASON_BYTES})",
+                answer.reason.len()
+            )));
+        }
         Ok(answer)
     }
 
@@ -802,9 +814,20 @@ mod tests {
         // checks again from the log: the directory must not rewrite it. The
         // reason is bounded and cleaned where it becomes a judgement.
         let h = harness(5000);
-        let reason = format!("line one\nline two {}", "y".repeat(2_000));
+        let reason = format!("line one\nline two {}", "y".repeat(900));
         *h.script.reason.lock().unwrap() = reason.clone();
         let answered = h.verify().await.unwrap();
         assert_eq!(answered.answer.reason, reason);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_reason_makes_the_answer_unusable_never_verified() {
+        let h = harness(5000);
+        *h.script.reason.lock().unwrap() = "y".repeat(MAX_REASON_BYTES + 1);
+        let failure = h.verify().await.err();
+        assert!(
+            matches!(failure, Some(CallFailure::BadAnswer(_))),
+            "{failure:?}"
+        );
     }
 }

@@ -9,5 +9,7 @@ pub mod resilience;
 /// The answer-signature format is a leaf module; kept reachable here.
 pub use crate::signing;
 
-pub use directory::{department_identity, CallFailure, DepartmentDirectory, DirectoryError};
+pub use directory::{
+    department_identity, CallFailure, DepartmentDirectory, DirectoryError, MAX_REASON_BYTES,
+};
 pub use registry::{Registry, RegistryError};

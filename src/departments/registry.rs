@@ -9,7 +9,7 @@ use thiserror::Error;
 use tracing::info;
 
 use super::directory::{DepartmentDirectory, DirectoryError};
-use crate::audit::{AuditError, AuditLog, Projection};
+use crate::audit::{AuditError, AuditLog};
 use crate::pb::{audit_entry::Event, DataSource, DataSourceChanged};
 
 const MAX_NAMES: usize = 256;
@@ -74,16 +74,12 @@ impl Registry {
                 problem: "capacity_per_second must be at least 1".into(),
             });
         }
-        let key = crate::audit::data_source_key(&source.department_id);
         self.audit
-            .append(
-                Event::DataSourceChanged(DataSourceChanged {
-                    source: Some(source.clone()),
-                    removed: false,
-                    changed_by,
-                }),
-                vec![Projection::Put(key, prost::Message::encode_to_vec(&source))],
-            )
+            .append_event(Event::DataSourceChanged(DataSourceChanged {
+                source: Some(source.clone()),
+                removed: false,
+                changed_by,
+            }))
             .await
             .map_err(RegistryError::Log)?;
         self.directory.upsert(source.clone())?;
@@ -105,16 +101,11 @@ impl Registry {
             return Err(RegistryError::NotRegistered(department_id.to_owned()));
         };
         self.audit
-            .append(
-                Event::DataSourceChanged(DataSourceChanged {
-                    source: Some(source),
-                    removed: true,
-                    changed_by,
-                }),
-                vec![Projection::Delete(crate::audit::data_source_key(
-                    department_id,
-                ))],
-            )
+            .append_event(Event::DataSourceChanged(DataSourceChanged {
+                source: Some(source),
+                removed: true,
+                changed_by,
+            }))
             .await
             .map_err(RegistryError::Log)?;
         self.directory.remove(department_id);

@@ -408,7 +408,7 @@ impl Gateway {
                 description: "must be VERIFIED or NOT_VERIFIED".into(),
             });
         }
-        if request.reason.len() > 1024 {
+        if request.reason.len() > crate::departments::MAX_REASON_BYTES {
             problems.push(FieldViolation {
                 field: "reason".into(),
                 description: "must be at most 1024 bytes".into(),

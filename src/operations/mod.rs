@@ -6,13 +6,10 @@ pub mod stats;
 
 use std::sync::Arc;
 
-use prost::Message;
 use thiserror::Error;
 use tracing::info;
 
-use crate::audit::{
-    dishonesty_key, spot_check_key, AuditError, DishonestyRecord, Projection, StoreError,
-};
+use crate::audit::{AuditError, StoreError};
 use crate::gateway::Gateway;
 use crate::pb::{
     audit_entry::Event, DishonestyRevoked, IdType, RecordSpotCheckRequest, RecordSpotCheckResponse,
@@ -97,42 +94,25 @@ impl Operations {
                 application_id: request.application_id.clone(),
                 proof_id: request.proof_id.clone(),
             })?;
-        let mut projections = vec![Projection::Delete(spot_check_key(
-            &request.application_id,
-            &request.proof_id,
-        ))];
         let dishonest_until = if request.truthful {
             String::new()
         } else {
-            let until = format_date(civil_date_cst(
-                self.gateway.now_unix_ms() + i64::from(record.dishonesty_days) * MS_PER_DAY,
-            ));
-            projections.push(Projection::Put(
-                dishonesty_key(&record.subject_pseudonym),
-                DishonestyRecord {
-                    until: until.clone(),
-                    application_id: request.application_id.clone(),
-                    proof_id: request.proof_id.clone(),
-                }
-                .encode_to_vec(),
-            ));
-            until
+            format_date(civil_date_cst(self.gateway.now_unix_ms().saturating_add(
+                i64::from(record.dishonesty_days).saturating_mul(MS_PER_DAY),
+            )))
         };
         let receipt = self
             .gateway
             .audit()
-            .append(
-                Event::SpotCheckRecorded(SpotCheckRecorded {
-                    application_id: request.application_id.clone(),
-                    proof_id: request.proof_id.clone(),
-                    truthful: request.truthful,
-                    reason: request.reason.clone(),
-                    recorded_by,
-                    subject_pseudonym: record.subject_pseudonym,
-                    dishonest_until: dishonest_until.clone(),
-                }),
-                projections,
-            )
+            .append_event(Event::SpotCheckRecorded(SpotCheckRecorded {
+                application_id: request.application_id.clone(),
+                proof_id: request.proof_id.clone(),
+                truthful: request.truthful,
+                reason: request.reason.clone(),
+                recorded_by,
+                subject_pseudonym: record.subject_pseudonym,
+                dishonest_until: dishonest_until.clone(),
+            }))
             .await
             .map_err(|e| OperationsError::Log("recorded", e))?;
         info!(application_id = %request.application_id, proof = %request.proof_id, truthful = request.truthful, "spot check recorded");
@@ -172,14 +152,11 @@ impl Operations {
         let receipt = self
             .gateway
             .audit()
-            .append(
-                Event::DishonestyRevoked(DishonestyRevoked {
-                    subject_pseudonym: pseudonym.to_vec(),
-                    reason: request.reason,
-                    revoked_by,
-                }),
-                vec![Projection::Delete(dishonesty_key(&pseudonym))],
-            )
+            .append_event(Event::DishonestyRevoked(DishonestyRevoked {
+                subject_pseudonym: pseudonym.to_vec(),
+                reason: request.reason,
+                revoked_by,
+            }))
             .await
             .map_err(|e| OperationsError::Log("revoked", e))?;
         Ok(RevokeDishonestyResponse {

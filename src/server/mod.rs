@@ -376,8 +376,7 @@ async fn record_policy(log: &AuditLog, policy: &PolicySet) -> Result<(), ServeEr
         matter_count: policy.matters.len() as u32,
         canonical: policy.canonical.clone().into_bytes(),
     });
-    let projections = crate::audit::projections_of(&event, None, &|_, _| None);
-    log.append(event, projections).await?;
+    log.append_event(event).await?;
     info!(version = %policy.version, "policy set recorded in the log");
     Ok(())
 }
