@@ -9,11 +9,12 @@
 //!
 //! ```text
 //! main (src/main.rs)  parse, config, tracing, call the library, exit code
+//!  → cli              one function per subcommand: a report or an error, the exit code
 //!  → config, bench    configuration precedence; the load generator
 //!  → server           assembly, gRPC service impls, the error boundary, GET /metrics
 //!  → operations       spot checks, dishonesty records, statistics
 //!  → gateway          ApplicationService logic: one application from request to log
-//!  → departments      directory and clients, registry, mocks (used by server/main only)
+//!  → departments      directory and clients, registry, mocks (used by server/cli only)
 //!  → security         keys and key rotation, certificates, identities, roles, the gates
 //!  → audit            entries, store, writer, checkpoints, reads, verify, replay
 //!  → policy           pure: catalog, conditions, the decision core
@@ -26,6 +27,7 @@
 //!
 //! | module          | part (see DESIGN.md)                                        |
 //! |-----------------|-------------------------------------------------------------|
+//! | [`cli`]         | the commands of the binary, their reports and exit codes    |
 //! | [`config`]      | the node configuration: defaults < file < env < flags       |
 //! | [`bench`](mod@bench) | the load generator                                          |
 //! | [`server`]      | assembling and running a node; gRPC services; error boundary|
@@ -47,6 +49,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod departments;

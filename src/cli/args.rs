@@ -1,0 +1,245 @@
+//! The command line, as clap derive types: `main` parses [`Cli`] and hands
+//! each [`Command`] to one function of [`crate::cli`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Flags, MetricsListen};
+use crate::server;
+use crate::telemetry::LogFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "proofgate",
+    version,
+    about = "Data-verification gateway of a certificate-free city"
+)]
+pub struct Cli {
+    /// Log lines as JSON instead of text. RUST_LOG sets the filter (default: info).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a gateway node. With no arguments: sled in ./proofgate-data, policies
+    /// from ./policies (or, without that folder, the sample catalog compiled
+    /// in), mock departments started in-process on loopback ports, metrics on
+    /// 127.0.0.1:9464.
+    Serve(ServeArgs),
+    /// Validate a node configuration file (with the PROOFGATE_* environment) and print the result.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Create a development CA and certificates for the gateway, halls, every
+    /// mock department, an auditor, a citizen portal and an admin; or issue one more.
+    DevCerts {
+        /// Folder of the CA and certificates.
+        #[arg(long, default_value = "proofgate-data/certs")]
+        dir: PathBuf,
+        /// Issue a certificate for this identity (<name>.<role>.proofgate, role one of
+        /// hall, department, auditor, citizen-portal, admin) with the existing CA.
+        #[arg(long)]
+        issue: Option<String>,
+    },
+    /// Run one built-in mock department standalone.
+    MockDepartment {
+        /// public-security, civil-affairs, human-resources, provident-fund,
+        /// market-regulation, natural-resources, health or education.
+        name: String,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Gateway to register with and report finished verifications to.
+        #[arg(long, default_value = "https://127.0.0.1:50051")]
+        gateway: String,
+        /// Certificates folder holding <name>.department.proofgate.pem/.key and ca.pem.
+        #[arg(long, default_value = "proofgate-data/certs")]
+        certs: PathBuf,
+        /// No TLS (the gateway must run plaintext too). For development.
+        #[arg(long)]
+        insecure_plaintext: bool,
+    },
+    /// Work with policy sets.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Offline audit tools: work on a data folder (server stopped) or an exported file.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// The reform's figures, computed from a (stopped) node's log.
+    Stats {
+        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the node's signing and pseudonym keys in DATA_DIR/keys.
+    Keygen {
+        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Drive SubmitApplication against a running gateway and report applications/s and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct LogSource {
+    /// A node's data folder (its server must be stopped).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A file written by `proofgate audit export`.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Write every entry and checkpoint, with the verifier key, to one file.
+    Export {
+        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Recompute every leaf and root; check every checkpoint signature; report the first bad index.
+    Verify {
+        #[command(flatten)]
+        source: LogSource,
+        /// The verifier key you trust (C2SP vkey text, or a file holding it).
+        /// Without it, the key carried by the log is used.
+        #[arg(long)]
+        vkey: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-derive every decision from the logged policy and signed answers; report differences.
+    Replay {
+        #[command(flatten)]
+        source: LogSource,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute every projection (applications, request keys, tickets, spot
+    /// checks, dishonesty records, data sources, access index) from the
+    /// entries of a stopped node's data folder; report what differs (exit 65).
+    Rebuild {
+        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the checkpoint key; the change is logged and signed by the old key.
+    RotateKey {
+        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = server::DEFAULT_NODE_ID)]
+        node_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration file; exit 64 naming file and line when it is wrong.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy directory and print its version digest; also report
+    /// departments, queries and verifications nobody serves.
+    Check {
+        dir: PathBuf,
+        /// Compare with the data sources registered in this (stopped) node's
+        /// data folder; without it, with the built-in mock departments.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Write a Jinhua-scale synthetic catalogue (4,052 proofs, ~1,000 matters) for load tests.
+    GenerateJinhua {
+        out_dir: PathBuf,
+        #[arg(long, default_value_t = 4052)]
+        proofs: usize,
+        #[arg(long, default_value_t = 1000)]
+        matters: usize,
+    },
+}
+
+// No doc comment here: the `Serve` variant's is the subcommand's help.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A node configuration file (TOML); PROOFGATE_* variables override it,
+    /// flags override both. `proofgate config check FILE` validates one.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// [default: 127.0.0.1:50051]
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// [default: proofgate-data]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A policy folder, watched for changes [default: ./policies if it
+    /// exists, else the sample catalog compiled into the binary]
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
+    /// Names this node in application ids and its log's checkpoints [default: node-1].
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Prometheus metrics over HTTP on this address (GET /metrics), or `off`
+    /// [default: 127.0.0.1:9464]
+    #[arg(long)]
+    pub metrics_listen: Option<MetricsListen>,
+    /// Do not start the built-in mock departments; real ones register over gRPC.
+    #[arg(long)]
+    pub no_mock_departments: bool,
+    /// No TLS (loopback only; callers name themselves in a header). For development.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+}
+
+impl ServeArgs {
+    /// The flags, for [`crate::config::resolve`] (defaults < file < env < flags).
+    pub fn flags(&self) -> Flags {
+        Flags {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            policies: self.policies.clone(),
+            node_id: self.node_id.clone(),
+            metrics_listen: self.metrics_listen,
+            no_mock_departments: self.no_mock_departments,
+            insecure_plaintext: self.insecure_plaintext,
+        }
+    }
+}
+
+// No doc comment here: the `Bench` variant's is the subcommand's help.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "https://127.0.0.1:50051")]
+    pub endpoint: String,
+    /// Certificates folder (the load generator is hall-wucheng.hall.proofgate).
+    #[arg(long, default_value = "proofgate-data/certs")]
+    pub certs: PathBuf,
+    /// Talk plaintext to a gateway started with --insecure-plaintext.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Seconds per phase (baseline, then submissions).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    #[arg(long, default_value = "hpf-withdrawal-mortgage")]
+    pub matter: String,
+    /// Baseline of plain Query calls straight to these departments, all at
+    /// once per application: NAME=URI,NAME=URI,... (default: health checks).
+    #[arg(long, value_delimiter = ',')]
+    pub fanout: Vec<String>,
+}

@@ -1,0 +1,37 @@
+//! `proofgate bench`: the load generator against a running gateway.
+
+use std::time::Duration;
+
+use super::{BenchArgs, CliError, Report};
+use crate::bench::{self, BenchOptions};
+
+/// `proofgate bench`: runs the baseline and submission phases; the report
+/// has one line per phase.
+pub async fn run(args: BenchArgs) -> Result<Report, CliError> {
+    let mut fanout = Vec::with_capacity(args.fanout.len());
+    for item in args.fanout {
+        let Some((name, uri)) = item.split_once('=') else {
+            return Err(CliError::Fanout(item));
+        };
+        fanout.push((name.to_owned(), uri.to_owned()));
+    }
+    let options = BenchOptions {
+        endpoint: args.endpoint,
+        concurrency: args.concurrency,
+        duration: Duration::from_secs(args.seconds),
+        matter: args.matter,
+        fanout,
+        certs: (!args.insecure_plaintext).then_some(args.certs),
+    };
+    // Printed now: the phases take a while.
+    println!(
+        "bench: {} for {}s per phase at concurrency {}",
+        options.endpoint, args.seconds, options.concurrency
+    );
+    let reports = bench::run(&options).await.map_err(CliError::Bench)?;
+    let text = reports.iter().map(|r| format!("{r}\n")).collect();
+    Ok(Report {
+        text,
+        ..Report::default()
+    })
+}

@@ -1,0 +1,114 @@
+//! Running and setting up a node: `serve`, `config check`, `dev-certs`,
+//! `keygen`, `mock-department`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::{CliError, Report};
+use crate::config::{self, NodeConfig};
+use crate::departments::department_identity;
+use crate::departments::mock::{builtin_fixture, dev_identities, RunningMock};
+use crate::security::{self, TlsFiles, Validity};
+use crate::server;
+
+/// `proofgate serve`: runs the node until SIGINT / SIGTERM, then drains it.
+pub async fn serve(node: NodeConfig) -> Result<Report, CliError> {
+    server::serve_until_signal(node.serve).await?;
+    Ok(Report::default())
+}
+
+/// `proofgate config check FILE`: the configuration `file` and the
+/// `PROOFGATE_*` environment give, one setting per line.
+pub fn config_check(file: &Path) -> Result<Report, CliError> {
+    let node = config::load(Some(file), &config::process_env())?;
+    let o = &node.serve;
+    let policies = o
+        .policies
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "./policies, else the compiled-in sample".into());
+    let metrics = o
+        .metrics_listen
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "off".into());
+    let lines = [
+        format!("{}: valid", file.display()),
+        format!("  listen           {}", o.listen),
+        format!("  data_dir         {}", o.data_dir.display()),
+        format!("  policies         {policies}"),
+        format!("  node_id          {}", o.node_id),
+        format!("  mutual TLS       {}", o.tls),
+        format!("  mock departments {}", o.mock_departments),
+        format!("  max in flight    {}", o.max_in_flight),
+        format!("  metrics          {metrics}"),
+    ];
+    let text = lines.join("\n") + "\n";
+    Ok(Report {
+        text,
+        ..Report::default()
+    })
+}
+
+/// `proofgate dev-certs`: a development CA and the certificates of every
+/// standard identity in `dir` (unless it has a CA already), or with `issue`
+/// one more certificate from the existing CA.
+pub fn dev_certs(dir: &Path, issue: Option<&str>) -> Result<Report, CliError> {
+    let message = match issue {
+        None => {
+            if security::ensure_dev_certs(dir, &dev_identities())? {
+                format!(
+                    "development CA and certificates written to {}",
+                    dir.display()
+                )
+            } else {
+                format!(
+                    "{} already has a CA; pass --issue NAME to add a certificate",
+                    dir.display()
+                )
+            }
+        }
+        Some(identity) => {
+            let path = security::issue(dir, identity, Validity::Normal)?;
+            format!("issued {}", path.display())
+        }
+    };
+    Ok(Report::line(message))
+}
+
+/// `proofgate keygen`: the node's signing and pseudonym keys in `DATA_DIR/keys`.
+pub fn keygen(data_dir: &Path) -> Result<Report, CliError> {
+    let keys = data_dir.join("keys");
+    security::generate_keys(&keys)?;
+    Ok(Report::line(format_args!(
+        "keys written to {}",
+        keys.display()
+    )))
+}
+
+/// `proofgate mock-department NAME`: one built-in mock department, registered
+/// with `gateway`, serving until SIGINT / SIGTERM. Without `certs` it talks
+/// plaintext.
+pub async fn mock_department(
+    name: &str,
+    listen: SocketAddr,
+    gateway: &str,
+    certs: Option<&Path>,
+) -> Result<Report, CliError> {
+    let tls = match certs {
+        None => None,
+        Some(dir) => Some(
+            TlsFiles::load(dir, &department_identity(name)).map_err(CliError::DepartmentCerts)?,
+        ),
+    };
+    let fixture = builtin_fixture(name)?;
+    let mock = RunningMock::start(fixture, listen, Some(gateway.to_owned()), tls).await?;
+    if let Err(e) = mock.register(gateway).await {
+        mock.stop().await;
+        return Err(e.into());
+    }
+    // Printed now, not in the report: the department serves until a signal.
+    println!("mock department {name} serving on http://{}", mock.addr);
+    server::wait_for_signal().await;
+    mock.stop().await;
+    Ok(Report::default())
+}
