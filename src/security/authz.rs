@@ -180,15 +180,14 @@ impl<C: Clock + Clone> Guard<C> {
         limiter.check().map_err(|not_until| {
             let wait: Duration = not_until.wait_time_from(self.state.clock.now());
             let millis = wait.as_millis().max(1);
-            let mut status = Status::resource_exhausted(format!(
-                "rate limit of {} calls/s for `{}` reached; retry in {millis} ms",
-                self.state.limits.rate_for(caller),
-                caller.identity
-            ));
-            if let Ok(value) = millis.to_string().parse() {
-                status.metadata_mut().insert("retry-after-ms", value);
-            }
-            status
+            resource_exhausted(
+                format!(
+                    "rate limit of {} calls/s for `{}` reached; retry in {millis} ms",
+                    self.state.limits.rate_for(caller),
+                    caller.identity
+                ),
+                Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX)),
+            )
         })
     }
 }
@@ -300,6 +299,21 @@ pub async fn connect(
         endpoint = endpoint.tls_config(tls.client_config(server_identity))?;
     }
     endpoint.connect().await
+}
+
+/// RESOURCE_EXHAUSTED with the wait as a `google.rpc.RetryInfo` detail and
+/// as `retry-after-ms` metadata (for clients that read no details).
+pub fn resource_exhausted(message: impl Into<String>, retry_after: Duration) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let mut status = Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    );
+    if let Ok(value) = retry_after.as_millis().max(1).to_string().parse() {
+        status.metadata_mut().insert("retry-after-ms", value);
+    }
+    status
 }
 
 #[cfg(test)]

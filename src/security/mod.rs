@@ -8,7 +8,7 @@ pub mod identity;
 mod keys;
 
 pub use authz::{
-    caller, connect, denied, Guard, IdentityHeader, RateLimits, ServiceGate,
+    caller, connect, denied, resource_exhausted, Guard, IdentityHeader, RateLimits, ServiceGate,
     PLAINTEXT_IDENTITY_HEADER,
 };
 pub use certs::{

@@ -10,7 +10,6 @@
 
 use std::error::Error;
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -44,14 +43,8 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
     )
 }
 
-/// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` hint.
-pub fn resource_exhausted(message: impl Into<String>, retry_after: Duration) -> Status {
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        message,
-        ErrorDetails::with_retry_info(Some(retry_after)),
-    )
-}
+/// RESOURCE_EXHAUSTED with a retry hint; built by the gates, below this layer.
+pub use crate::security::resource_exhausted;
 
 /// The error and its causes, for the operator's log only.
 fn chain(e: &dyn Error) -> String {
@@ -171,6 +164,7 @@ impl From<OperationsError> for Status {
 mod tests {
     use super::*;
     use crate::gateway::FieldViolation;
+    use std::time::Duration;
 
     #[test]
     fn invalid_requests_carry_one_violation_per_field() {
