@@ -53,6 +53,10 @@ enum Command {
         /// exists, else the sample catalog compiled into the binary]
         #[arg(long)]
         policies: Option<PathBuf>,
+        /// A policy-signing verifier key (a .vkey file from `policy keygen`);
+        /// repeatable. Given any, every policy set must be signed by one.
+        #[arg(long = "policy-key", value_name = "VKEYFILE")]
+        policy_keys: Vec<PathBuf>,
         /// Names this node in application ids and its log's checkpoints [default: node-1].
         #[arg(long)]
         node_id: Option<String>,
@@ -219,6 +223,25 @@ enum PolicyCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Make a policy-signing key pair: DIR/policy-signing.key (private,
+    /// owner-only) and DIR/policy-signing.vkey (for `serve --policy-key`).
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The signer's name in the verifier key and in the log.
+        #[arg(long, default_value = proofgate::security::policy_signing::DEFAULT_KEY_NAME)]
+        name: String,
+    },
+    /// Sign a policy folder's version: writes DIR/policy.sig.
+    Sign {
+        dir: PathBuf,
+        /// The private key from `policy keygen`.
+        #[arg(long, value_name = "KEYFILE")]
+        key: PathBuf,
+        /// The signer's name [default: from the .vkey beside the key]
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Write a Jinhua-scale synthetic catalogue (4,052 proofs, ~1,000 matters) for load tests.
     GenerateJinhua {
         out_dir: PathBuf,
@@ -249,6 +272,7 @@ async fn run(command: Command) -> ExitCode {
             listen,
             data_dir,
             policies,
+            policy_keys,
             node_id,
             metrics_listen,
             no_mock_departments,
@@ -258,6 +282,7 @@ async fn run(command: Command) -> ExitCode {
                 listen,
                 data_dir,
                 policies,
+                policy_keys,
                 node_id,
                 metrics_listen,
                 no_mock_departments,
@@ -395,6 +420,12 @@ async fn run(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Policy {
+            command: PolicyCommand::Keygen { out, name },
+        } => ExitCode::from(server::policy_commands::keygen(&out, &name)),
+        Command::Policy {
+            command: PolicyCommand::Sign { dir, key, name },
+        } => ExitCode::from(server::policy_commands::sign(&dir, &key, name.as_deref())),
         Command::Audit { command } => audit(command).await,
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -412,6 +443,19 @@ async fn run(command: Command) -> ExitCode {
                         .unwrap_or_else(|| "./policies, else the compiled-in sample".into())
                 );
                 println!("  node_id          {}", o.node_id);
+                println!(
+                    "  policy keys      {}",
+                    if o.policy_keys.is_empty() {
+                        "none: policy sets load unsigned".to_owned()
+                    } else {
+                        let keys: Vec<_> = o
+                            .policy_keys
+                            .iter()
+                            .map(|k| k.display().to_string())
+                            .collect();
+                        format!("{} (every set must be signed)", keys.join(", "))
+                    }
+                );
                 println!("  mutual TLS       {}", o.tls);
                 println!("  mock departments {}", o.mock_departments);
                 println!("  max in flight    {}", o.max_in_flight);
