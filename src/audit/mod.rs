@@ -22,7 +22,7 @@ pub use crate::merkle::proof::{
 };
 use crate::merkle::{self, proof};
 pub use crate::merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
-pub use project::{policy_stamp, projections_of, DishonestyDays, Projection};
+pub use project::{policy_version_meta, projections_of, DishonestyDays, Projection};
 pub use reader::{AuditReader, ReadError, MAX_ACCESSES, MAX_ENTRIES_PER_CALL};
 pub use rebuild::{rebuild_data_dir, rebuild_report, KindReport, RebuildReport};
 pub use records::{data_dir_records, export, file_records, LogRecord, RecordError, Records};

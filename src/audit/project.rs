@@ -159,7 +159,7 @@ pub fn projections_of(
         }
         Event::PolicySetLoaded(loaded) => out.push(Projection::Put(
             POLICY_VERSION_KEY.to_vec(),
-            policy_stamp(&loaded.policy_version, &loaded.signer),
+            policy_version_meta(&loaded.policy_version, &loaded.signer),
         )),
         Event::KeyRotated(_) => {}
     }
@@ -169,7 +169,7 @@ pub fn projections_of(
 /// What the store keeps of the policy set logged last: its version, and
 /// its signer when one approved it, so a node records the same version
 /// again when a (new) signer approves it.
-pub fn policy_stamp(version: &str, signer: &str) -> Vec<u8> {
+pub fn policy_version_meta(version: &str, signer: &str) -> Vec<u8> {
     if signer.is_empty() {
         version.as_bytes().to_vec()
     } else {

@@ -408,7 +408,7 @@ async fn record_policy(
     let store = log.store();
     let signer = approval.map_or("", |a| a.signer.as_str());
     if store.meta(crate::audit::POLICY_VERSION_KEY)?.as_deref()
-        == Some(crate::audit::policy_stamp(&policy.version, signer).as_slice())
+        == Some(crate::audit::policy_version_meta(&policy.version, signer).as_slice())
     {
         return Ok(());
     }
