@@ -5,6 +5,10 @@
 //! environment. Metrics are on by default at [`DEFAULT_METRICS_LISTEN`];
 //! `off` (in the file, the environment or `--metrics-listen`) disables them.
 //!
+//! Policy keys (`policy_keys`, `PROOFGATE_POLICY_KEYS`, `--policy-key`): the
+//! last place that names any replaces the earlier ones; none may name an
+//! empty list, so no layer can quietly turn the signature check off.
+//!
 //! ```toml
 //! listen = "127.0.0.1:50051"
 //! data_dir = "proofgate-data"
@@ -14,6 +18,7 @@
 //! tls = true
 //! metrics_listen = "127.0.0.1:9464"   # or "off"
 //! max_in_flight = 4096
+//! policy_keys = ["keys/policy-signing.vkey"]  # any: every set must be signed
 //!
 //! [rate_limits.per_role]        # calls per second
 //! hall = 5000
@@ -64,6 +69,7 @@ struct FileConfig {
     tls: Option<bool>,
     metrics_listen: Option<MetricsListen>,
     max_in_flight: Option<usize>,
+    policy_keys: Option<Vec<PathBuf>>,
     #[serde(default)]
     rate_limits: FileRateLimits,
     #[serde(default)]
@@ -124,6 +130,8 @@ pub struct Flags {
     pub policies: Option<PathBuf>,
     pub node_id: Option<String>,
     pub metrics_listen: Option<MetricsListen>,
+    /// `--policy-key` (repeatable); empty: not given.
+    pub policy_keys: Vec<PathBuf>,
     pub no_mock_departments: bool,
     pub insecure_plaintext: bool,
 }
@@ -150,6 +158,9 @@ pub fn resolve(
     }
     if let Some(v) = flags.metrics_listen {
         serve.metrics_listen = v.0;
+    }
+    if !flags.policy_keys.is_empty() {
+        serve.policy_keys = flags.policy_keys.clone();
     }
     if flags.no_mock_departments {
         serve.mock_departments = false;
@@ -236,6 +247,14 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
     if let Some(v) = parsed.tls {
         serve.tls = v;
     }
+    if let Some(keys) = parsed.policy_keys {
+        if keys.is_empty() {
+            return Err(invalid(
+                "policy_keys is empty: name at least one policy key file, or remove the setting to load policy sets unsigned".into(),
+            ));
+        }
+        serve.policy_keys = keys;
+    }
     if let Some(v) = parsed.max_in_flight {
         if v == 0 {
             return Err(invalid("max_in_flight must be at least 1".into()));
@@ -295,6 +314,19 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
     if let Some(v) = env.get("PROOFGATE_NODE_ID") {
         serve.node_id = v.clone();
     }
+    if let Some(v) = env.get("PROOFGATE_POLICY_KEYS") {
+        // PATH-style: the platform's separator (':' on Unix).
+        let keys: Vec<PathBuf> = std::env::split_paths(v)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        if keys.is_empty() {
+            return Err(env_error(
+                "PROOFGATE_POLICY_KEYS",
+                "empty: name at least one policy key file, or unset it".into(),
+            ));
+        }
+        serve.policy_keys = keys;
+    }
     if let Some(v) = env.get("PROOFGATE_METRICS_LISTEN") {
         serve.metrics_listen = v
             .parse::<MetricsListen>()
@@ -314,6 +346,35 @@ pub fn process_env() -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_keys_come_from_the_last_layer_naming_any_and_never_empty() {
+        let file = write("policy_keys = [\"a.vkey\", \"b.vkey\"]\n");
+        let config = load(Some(file.path()), &HashMap::new()).unwrap();
+        assert_eq!(
+            config.serve.policy_keys,
+            [PathBuf::from("a.vkey"), PathBuf::from("b.vkey")]
+        );
+        let env = HashMap::from([("PROOFGATE_POLICY_KEYS".to_owned(), "c.vkey".to_owned())]);
+        let config = load(Some(file.path()), &env).unwrap();
+        assert_eq!(config.serve.policy_keys, [PathBuf::from("c.vkey")]);
+        let flags = Flags {
+            policy_keys: vec![PathBuf::from("d.vkey")],
+            ..Flags::default()
+        };
+        let config = resolve(Some(file.path()), &env, &flags).unwrap();
+        assert_eq!(config.serve.policy_keys, [PathBuf::from("d.vkey")]);
+        // Flags that name no key leave the file's keys in force.
+        let config = resolve(Some(file.path()), &HashMap::new(), &Flags::default()).unwrap();
+        assert_eq!(config.serve.policy_keys.len(), 2);
+
+        let empty = write("policy_keys = []\n");
+        let err = load(Some(empty.path()), &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("policy_keys is empty"), "{err}");
+        let env = HashMap::from([("PROOFGATE_POLICY_KEYS".to_owned(), String::new())]);
+        let err = load(Some(file.path()), &env).unwrap_err();
+        assert!(err.to_string().contains("PROOFGATE_POLICY_KEYS"), "{err}");
+    }
 
     fn write(text: &str) -> tempfile::NamedTempFile {
         let mut file = tempfile::NamedTempFile::new().unwrap();

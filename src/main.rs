@@ -58,6 +58,12 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
                     matters,
                 },
         } => cli::policy::generate_jinhua(&out_dir, proofs, matters),
+        Command::Policy {
+            command: PolicyCommand::Keygen { out, name },
+        } => cli::policy::keygen(&out, &name),
+        Command::Policy {
+            command: PolicyCommand::Sign { dir, key, name },
+        } => cli::policy::sign(&dir, &key, name.as_deref()),
         Command::Audit { command } => match command {
             AuditCommand::Export { data_dir, out } => cli::audit::export(&data_dir, &out),
             AuditCommand::Verify { source, vkey, json } => cli::audit::verify(&source, vkey, json),

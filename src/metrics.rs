@@ -68,7 +68,20 @@ struct Counters {
     submit_latency: Histogram,
     department_calls: Mutex<BTreeMap<(String, String), u64>>,
     department_latency: Mutex<BTreeMap<String, Arc<Histogram>>>,
+    policy_reloads_refused: Mutex<BTreeMap<&'static str, u64>>,
 }
+
+/// Why a policy reload is refused, as the `reason` label: an invalid set,
+/// or a signature problem (see `security::policy_signing`). All are
+/// rendered, zeros included, so an alert on their rate always has a series.
+pub const POLICY_REFUSAL_REASONS: &[&str] = &[
+    "invalid",
+    "unsigned",
+    "malformed",
+    "unknown_key",
+    "changed",
+    "bad_signature",
+];
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -106,6 +119,13 @@ impl Metrics {
         histogram.observe(latency);
     }
 
+    /// A policy reload was refused and the old set keeps serving.
+    pub fn policy_reload_refused(&self, reason: &'static str) {
+        *lock(&self.inner.policy_reloads_refused)
+            .entry(reason)
+            .or_default() += 1;
+    }
+
     /// Appends the counters and histograms in the exposition format.
     pub fn render(&self, out: &mut String) {
         out.push_str("# HELP proofgate_requests_total Calls at the service gates, by verdict.\n# TYPE proofgate_requests_total counter\n");
@@ -138,6 +158,20 @@ impl Metrics {
                 &format!("department=\"{department}\""),
             );
         }
+        out.push_str("# HELP proofgate_policy_reload_refused_total Policy reloads refused (the old set kept serving), by reason.\n# TYPE proofgate_policy_reload_refused_total counter\n");
+        let refused = lock(&self.inner.policy_reloads_refused);
+        let reasons = POLICY_REFUSAL_REASONS
+            .iter()
+            .copied()
+            .chain(refused.keys().copied())
+            .collect::<std::collections::BTreeSet<_>>();
+        for reason in reasons {
+            let n = refused.get(reason).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "proofgate_policy_reload_refused_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
     }
 }
 
@@ -151,8 +185,11 @@ mod tests {
         let recorder = metrics.clone();
         recorder.request("proofgate.v1.ApplicationService", "admitted");
         recorder.department_call("health", "ok", Duration::from_millis(3));
+        recorder.policy_reload_refused("changed");
         let mut out = String::new();
         metrics.render(&mut out);
+        assert!(out.contains("proofgate_policy_reload_refused_total{reason=\"changed\"} 1"));
+        assert!(out.contains("proofgate_policy_reload_refused_total{reason=\"unsigned\"} 0"));
         assert!(out.contains(
             "proofgate_requests_total{service=\"proofgate.v1.ApplicationService\",verdict=\"admitted\"} 1"
         ));

@@ -457,6 +457,7 @@ async fn decide_live(case: &Case, world: &World) -> (Vec<LogRecord>, Application
             proof_count: policy.proofs.len() as u32,
             matter_count: policy.matters.len() as u32,
             canonical: policy.canonical.clone().into_bytes(),
+            ..PolicySetLoaded::default()
         }),
     )];
     for (department, key) in &world.public_keys {

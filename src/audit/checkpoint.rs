@@ -169,6 +169,24 @@ impl NoteVerifier {
         &self.public_key
     }
 
+    /// The key id, 4 bytes of SHA-256 over name and key.
+    pub fn key_id(&self) -> [u8; 4] {
+        self.key_id
+    }
+
+    /// `name+hex(key id)`: who signs with this key, as the vkey names it.
+    pub fn signer_id(&self) -> String {
+        format!("{}+{}", self.name, hex::encode(self.key_id))
+    }
+
+    /// Whether `signature` is this key's Ed25519 signature of `message`
+    /// (statements other than notes: key rotations, policy sets).
+    pub fn verify_bytes(&self, message: &[u8], signature: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ED25519, &self.public_key)
+            .verify(message, signature)
+            .is_ok()
+    }
+
     /// Verifies the note's signature by this key and parses the checkpoint body.
     pub fn verify_checkpoint(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
         self.verify_signature(note)?;

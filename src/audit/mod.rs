@@ -22,11 +22,11 @@ pub use crate::merkle::proof::{
 };
 use crate::merkle::{self, proof};
 pub use crate::merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
-pub use project::{projections_of, DishonestyDays, Projection};
+pub use project::{policy_version_meta, projections_of, DishonestyDays, Projection};
 pub use reader::{AuditReader, ReadError, MAX_ACCESSES, MAX_ENTRIES_PER_CALL};
 pub use rebuild::{rebuild_data_dir, rebuild_report, KindReport, RebuildReport};
 pub use records::{data_dir_records, export, file_records, LogRecord, RecordError, Records};
-pub use replay::{replay_records, Discrepancy, ReplayReport};
+pub use replay::{replay_records, Discrepancy, PolicyApproval, ReplayReport};
 pub use store::{
     application_key, data_source_key, dishonesty_key, request_key, spot_check_key, ticket_key,
     AuditStore, DishonestyRecord, SpotCheckRecord, StoreError, TicketRecord, POLICY_VERSION_KEY,

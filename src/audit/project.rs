@@ -159,11 +159,22 @@ pub fn projections_of(
         }
         Event::PolicySetLoaded(loaded) => out.push(Projection::Put(
             POLICY_VERSION_KEY.to_vec(),
-            loaded.policy_version.clone().into_bytes(),
+            policy_version_meta(&loaded.policy_version, &loaded.signer),
         )),
         Event::KeyRotated(_) => {}
     }
     out
+}
+
+/// What the store keeps of the policy set logged last: its version, and
+/// its signer when one approved it, so a node records the same version
+/// again when a (new) signer approves it.
+pub fn policy_version_meta(version: &str, signer: &str) -> Vec<u8> {
+    if signer.is_empty() {
+        version.as_bytes().to_vec()
+    } else {
+        format!("{version} {signer}").into_bytes()
+    }
 }
 
 /// The stored value of an application: its encoding followed by its

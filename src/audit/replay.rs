@@ -39,8 +39,19 @@ pub struct ReplayReport {
     pub decisions: u64,
     pub completions: u64,
     pub policy_versions: u64,
+    /// Each policy set the log records, in order, with who approved it.
+    pub policy_approvals: Vec<PolicyApproval>,
     pub answers_checked: u64,
     pub discrepancies: Vec<Discrepancy>,
+}
+
+/// A policy set recorded in the log and who approved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyApproval {
+    pub index: u64,
+    pub version: String,
+    /// `name+keyid` of the policy key that signed it; empty: loaded unsigned.
+    pub signer: String,
 }
 
 #[derive(Default)]
@@ -86,6 +97,11 @@ impl Replayer {
                 match PolicySet::from_canonical(&canonical) {
                     Ok(set) if set.version == loaded.policy_version => {
                         self.report.policy_versions += 1;
+                        self.report.policy_approvals.push(PolicyApproval {
+                            index,
+                            version: set.version.clone(),
+                            signer: loaded.signer.clone(),
+                        });
                         self.policies.insert(set.version.clone(), Arc::new(set));
                     }
                     Ok(set) => self.differs(

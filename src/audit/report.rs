@@ -79,6 +79,17 @@ pub fn replay_table(report: &ReplayReport, seconds: f64) -> String {
     row(&mut out, "signatures checked", report.answers_checked);
     row(&mut out, "discrepancies", report.discrepancies.len());
     row(&mut out, "time", format!("{seconds:.2} s"));
+    for p in &report.policy_approvals {
+        let by = if p.signer.is_empty() {
+            "unsigned"
+        } else {
+            p.signer.as_str()
+        };
+        out.push_str(&format!(
+            "  entry {:>8}  policy {}  approved by {by}\n",
+            p.index, p.version
+        ));
+    }
     for d in report.discrepancies.iter().take(50) {
         out.push_str(&format!(
             "  entry {:>8}  {:<40}  {}\n",
@@ -101,6 +112,10 @@ pub fn replay_json(report: &ReplayReport, seconds: f64) -> Value {
         "decisions": report.decisions,
         "completions": report.completions,
         "policy_versions": report.policy_versions,
+        "policy_approvals": report.policy_approvals.iter().map(|p| json!({
+            "index": p.index, "version": p.version,
+            "signer": (!p.signer.is_empty()).then_some(&p.signer),
+        })).collect::<Vec<_>>(),
         "signatures_checked": report.answers_checked,
         "seconds": seconds,
         "discrepancies": report.discrepancies.iter().map(|d| json!({

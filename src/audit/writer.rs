@@ -364,6 +364,7 @@ mod tests {
             proof_count: 3,
             matter_count: 1,
             canonical: b"[[proof]]".to_vec(),
+            ..PolicySetLoaded::default()
         });
         let mut encoded = Vec::new();
         event.encode(&mut encoded);

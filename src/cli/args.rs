@@ -171,6 +171,25 @@ pub enum PolicyCommand {
         #[arg(long, default_value_t = 1000)]
         matters: usize,
     },
+    /// Make a policy-signing key pair: DIR/policy-signing.key (private,
+    /// owner-only) and DIR/policy-signing.vkey (for `serve --policy-key`).
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The signer's name in the verifier key and in the log.
+        #[arg(long, default_value = crate::security::policy_signing::DEFAULT_KEY_NAME)]
+        name: String,
+    },
+    /// Sign a policy folder's version: writes DIR/policy.sig.
+    Sign {
+        dir: PathBuf,
+        /// The private key from `policy keygen`.
+        #[arg(long, value_name = "KEYFILE")]
+        key: PathBuf,
+        /// The signer's name [default: from the .vkey beside the key]
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 // No doc comment here: the `Serve` variant's is the subcommand's help.
@@ -190,6 +209,10 @@ pub struct ServeArgs {
     /// exists, else the sample catalog compiled into the binary]
     #[arg(long)]
     pub policies: Option<PathBuf>,
+    /// A policy-signing verifier key (a .vkey file from `policy keygen`);
+    /// repeatable. Given any, every policy set must be signed by one.
+    #[arg(long = "policy-key", value_name = "VKEYFILE")]
+    pub policy_keys: Vec<PathBuf>,
     /// Names this node in application ids and its log's checkpoints [default: node-1].
     #[arg(long)]
     pub node_id: Option<String>,
@@ -212,6 +235,7 @@ impl ServeArgs {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
             policies: self.policies.clone(),
+            policy_keys: self.policy_keys.clone(),
             node_id: self.node_id.clone(),
             metrics_listen: self.metrics_listen,
             no_mock_departments: self.no_mock_departments,

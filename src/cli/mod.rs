@@ -108,6 +108,9 @@ pub enum CliError {
     /// The load generator failed (it reports a message only).
     #[error("{0}")]
     Bench(String),
+    /// `policy keygen` / `policy sign`.
+    #[error(transparent)]
+    PolicySigning(#[from] crate::security::policy_signing::SigningToolError),
 }
 
 /// The process exit code of a command's result: 0, or what failed (64 bad
@@ -128,6 +131,7 @@ pub fn exit_code(result: &Result<Report, CliError>) -> u8 {
             CliError::Store(e) => exit::of_store(e),
             CliError::Records(e) => exit::of_records(e),
             CliError::LogKey(e) => exit::of_log_key(e),
+            CliError::PolicySigning(e) => policy::signing_exit_code(e),
             CliError::Mock(_)
             | CliError::Generate { .. }
             | CliError::Keys(_)

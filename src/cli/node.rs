@@ -41,6 +41,19 @@ pub fn config_check(file: &Path) -> Result<Report, CliError> {
         format!("  mock departments {}", o.mock_departments),
         format!("  max in flight    {}", o.max_in_flight),
         format!("  metrics          {metrics}"),
+        format!(
+            "  policy keys      {}",
+            if o.policy_keys.is_empty() {
+                "none: policy sets load unsigned".to_owned()
+            } else {
+                let keys: Vec<_> = o
+                    .policy_keys
+                    .iter()
+                    .map(|k| k.display().to_string())
+                    .collect();
+                format!("{} (every set must be signed)", keys.join(", "))
+            }
+        ),
     ];
     let text = lines.join("\n") + "\n";
     Ok(Report {

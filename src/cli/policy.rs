@@ -7,6 +7,7 @@ use super::{CliError, Report};
 use crate::audit::AuditStore;
 use crate::departments::mock::builtin_sources;
 use crate::policy::{self, synthetic};
+use crate::server::exit;
 
 /// `proofgate policy check DIR`: validates the policy set in `dir` and names
 /// its version digest. Departments, queries and verifications nobody serves
@@ -59,4 +60,42 @@ pub fn generate_jinhua(out_dir: &Path, proofs: usize, matters: usize) -> Result<
             }
         })?;
     Ok(Report::line(summary))
+}
+
+/// The exit code of a failed `policy keygen` / `policy sign`.
+pub fn signing_exit_code(e: &crate::security::policy_signing::SigningToolError) -> u8 {
+    use crate::security::policy_signing::SigningToolError as E;
+    match e {
+        E::Policy(_) => exit::DATA,
+        E::Key(crate::security::KeyError::Io { .. })
+        | E::Key(crate::security::KeyError::Random)
+        | E::Write { .. } => exit::FAILURE,
+        E::Key(_) | E::Name { .. } | E::Mismatch { .. } | E::Vkey { .. } => exit::CONFIG,
+    }
+}
+
+/// `proofgate policy keygen --out DIR [--name NAME]`: a policy-signing key pair.
+pub fn keygen(out: &Path, name: &str) -> Result<Report, CliError> {
+    let made = crate::security::policy_signing::keygen(out, name)?;
+    Ok(Report {
+        text: format!(
+            "policy signing key written to {}\nverifier key written to {} (give it to `serve --policy-key`):\n{}\n",
+            made.key_file.display(),
+            made.vkey_file.display(),
+            made.vkey
+        ),
+        ..Report::default()
+    })
+}
+
+/// `proofgate policy sign DIR --key KEYFILE [--name NAME]`: writes DIR/policy.sig.
+pub fn sign(dir: &Path, key: &Path, name: Option<&str>) -> Result<Report, CliError> {
+    let signed = crate::security::policy_signing::sign_dir(dir, key, name)?;
+    Ok(Report::line(format!(
+        "signed {} version {} as {}: {}",
+        dir.display(),
+        signed.version,
+        signed.signer,
+        signed.path.display()
+    )))
 }

@@ -193,7 +193,7 @@ pub fn load_or_generate_keys(dir: &Path) -> Result<NodeKeys, KeyError> {
     })
 }
 
-fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+pub(super) fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -1,11 +1,13 @@
 //! Security: the node's keys on disk; mutual TLS certificates (dev CA with
 //! rcgen); caller identity from the client certificate and its role; the
-//! per-service gate with per-caller rate limits.
+//! per-service gate with per-caller rate limits; signed policy sets (who may
+//! change the rules).
 
 pub mod authz;
 pub mod certs;
 pub mod identity;
 mod keys;
+pub mod policy_signing;
 
 pub use authz::{
     caller, connect, denied, resource_exhausted, Guard, IdentityHeader, RateLimits, ServiceGate,
@@ -19,3 +21,4 @@ pub use keys::{
     generate_keys, load_or_generate_keys, log_origin, open_log, rotate_log_key, KeyError,
     LogKeyError, NodeKeys,
 };
+pub use policy_signing::{Approval, PolicyKeyError, PolicyTrust, SignatureError};

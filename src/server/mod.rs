@@ -43,8 +43,8 @@ use crate::pb::department_registry_server::DepartmentRegistryServer;
 use crate::pb::operations_service_server::OperationsServiceServer;
 use crate::policy::{load_dir, PolicyErrors, PolicySet};
 use crate::security::{
-    ensure_dev_certs, CertError, Guard, LogKeyError, RateLimits, RoleMap, TlsFiles,
-    GATEWAY_IDENTITY,
+    ensure_dev_certs, Approval, CertError, Guard, LogKeyError, PolicyKeyError, PolicyTrust,
+    RateLimits, RoleMap, SignatureError, TlsFiles, GATEWAY_IDENTITY,
 };
 pub use crate::security::{log_origin, open_log, rotate_log_key};
 use tonic::service::interceptor::InterceptedService;
@@ -92,6 +92,9 @@ pub struct ServeOptions {
     /// The policy folder, watched for changes. None: `./policies` if it
     /// exists, else the sample catalog compiled into the binary.
     pub policies: Option<PathBuf>,
+    /// Policy-signing vkey files (`--policy-key`). Any given: every set,
+    /// at start and at each reload, must be signed by one of them.
+    pub policy_keys: Vec<PathBuf>,
     pub node_id: String,
     /// Start the built-in mock departments in-process on loopback ports.
     pub mock_departments: bool,
@@ -121,6 +124,7 @@ impl Default for ServeOptions {
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             policies: None,
+            policy_keys: Vec::new(),
             node_id: DEFAULT_NODE_ID.into(),
             mock_departments: true,
             writer: WriterOptions::default(),
@@ -143,6 +147,10 @@ pub enum ServeError {
     PoliciesMissing(PathBuf),
     #[error("policy set refused:\n{0}")]
     Policy(#[from] PolicyErrors),
+    #[error("policy set refused: {0}")]
+    PolicySignature(#[from] SignatureError),
+    #[error(transparent)]
+    PolicyKey(#[from] PolicyKeyError),
     #[error(transparent)]
     Log(#[from] LogKeyError),
     #[error(transparent)]
@@ -183,6 +191,8 @@ pub enum ServeError {
 
 /// Exit codes of the `proofgate` command (sysexits.h), documented in README.
 pub mod exit {
+    /// Done.
+    pub const SUCCESS: u8 = 0;
     /// Bad configuration or arguments.
     pub const CONFIG: u8 = 64;
     /// Bad data: a refused policy set, a log that does not verify or replay.
@@ -233,8 +243,11 @@ impl ServeError {
         match self {
             ServeError::NodeId(_)
             | ServeError::PoliciesMissing(_)
-            | ServeError::PlaintextOffLoopback(_) => exit::CONFIG,
-            ServeError::Policy(_) | ServeError::Fixture(_) => exit::DATA,
+            | ServeError::PlaintextOffLoopback(_)
+            | ServeError::PolicyKey(_) => exit::CONFIG,
+            ServeError::Policy(_) | ServeError::PolicySignature(_) | ServeError::Fixture(_) => {
+                exit::DATA
+            }
             ServeError::Bind { .. } | ServeError::MetricsBind { .. } => exit::UNAVAILABLE,
             ServeError::Store(e) => exit::of_store(e),
             ServeError::Log(e) => exit::of_log_key(e),
@@ -260,6 +273,10 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     pub directory: Arc<DepartmentDirectory>,
     pub mocks: Vec<RunningMock>,
+    /// The node's metrics handle (what GET /metrics renders).
+    pub metrics: crate::metrics::Metrics,
+    /// The policy keys reloads check signatures against.
+    policy_trust: Arc<PolicyTrust>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
@@ -278,12 +295,15 @@ impl Running {
         format!("{scheme}://{}", self.addr)
     }
 
-    /// Loads the policy folder again; a valid set replaces the serving one
-    /// and is recorded in the log, an invalid one is refused and the old
+    /// Loads the policy folder again; a valid set (signed by a configured
+    /// policy key, if any) replaces the serving one and is recorded in the
+    /// log, any other is refused, counted in the metrics, and the old
     /// version keeps serving. Returns the version now serving.
     pub async fn reload_policies(&self) -> Result<String, ServeError> {
         match &self.policies {
-            Some(dir) => reload_policies(&self.gateway, dir).await,
+            Some(dir) => {
+                reload_policies(&self.gateway, dir, &self.policy_trust, &self.metrics).await
+            }
             None => Ok(self.gateway.policy().version.clone()),
         }
     }
@@ -343,19 +363,32 @@ fn valid_node_id(id: &str) -> bool {
 pub async fn reload_policies(
     gateway: &Gateway,
     dir: &std::path::Path,
+    trust: &PolicyTrust,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<String, ServeError> {
     let current = gateway.policy();
     let loaded = match load_dir(dir) {
         Ok(set) => Arc::new(set),
         Err(errors) => {
+            metrics.policy_reload_refused("invalid");
             warn!(version = %current.version, "policy reload refused; the old version keeps serving:\n{errors}");
             return Err(ServeError::Policy(errors));
+        }
+    };
+    // Checked before the version comparison: a folder whose signature went
+    // bad is reported even when its rules are the ones serving.
+    let approval = match trust.check(Some(dir), &loaded) {
+        Ok(approval) => approval,
+        Err(e) => {
+            metrics.policy_reload_refused(e.reason());
+            warn!(version = %current.version, reason = e.reason(), "policy reload refused; the old version keeps serving: {e}");
+            return Err(ServeError::PolicySignature(e));
         }
     };
     if loaded.version == current.version {
         return Ok(current.version.clone());
     }
-    record_policy(gateway.audit(), &loaded).await?;
+    record_policy(gateway.audit(), &loaded, approval.as_ref()).await?;
     for problem in loaded.unserved(&gateway.departments().list()) {
         warn!(%problem, "policy names something no registered data source serves");
     }
@@ -364,10 +397,18 @@ pub async fn reload_policies(
     Ok(loaded.version.clone())
 }
 
-/// Logs the policy set unless it is the version logged last.
-async fn record_policy(log: &AuditLog, policy: &PolicySet) -> Result<(), ServeError> {
+/// Logs the policy set, with who approved it, unless that version with
+/// that approval is the one logged last.
+async fn record_policy(
+    log: &AuditLog,
+    policy: &PolicySet,
+    approval: Option<&Approval>,
+) -> Result<(), ServeError> {
     let store = log.store();
-    if store.meta(crate::audit::POLICY_VERSION_KEY)?.as_deref() == Some(policy.version.as_bytes()) {
+    let signer = approval.map_or("", |a| a.signer.as_str());
+    if store.meta(crate::audit::POLICY_VERSION_KEY)?.as_deref()
+        == Some(crate::audit::policy_version_meta(&policy.version, signer).as_slice())
+    {
         return Ok(());
     }
     let event = pb::audit_entry::Event::PolicySetLoaded(pb::PolicySetLoaded {
@@ -375,9 +416,11 @@ async fn record_policy(log: &AuditLog, policy: &PolicySet) -> Result<(), ServeEr
         proof_count: policy.proofs.len() as u32,
         matter_count: policy.matters.len() as u32,
         canonical: policy.canonical.clone().into_bytes(),
+        signer: signer.to_owned(),
+        signature: approval.map(|a| a.signature.clone()).unwrap_or_default(),
     });
     log.append_event(event).await?;
-    info!(version = %policy.version, "policy set recorded in the log");
+    info!(version = %policy.version, signer, "policy set recorded in the log");
     Ok(())
 }
 
@@ -406,7 +449,19 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     if !valid_node_id(&options.node_id) {
         return Err(ServeError::NodeId(options.node_id));
     }
+    // Keys first: one that cannot be read stops the start (exit 64); it is
+    // never taken as "no keys", which would turn the signature check off.
+    let policy_trust = Arc::new(PolicyTrust::load(&options.policy_keys)?);
     let (policy, policies) = load_policies(options.policies.as_deref())?;
+    let approval = policy_trust.check(policies.as_deref(), &policy)?;
+    match &approval {
+        Some(approval) => {
+            info!(signer = %approval.signer, "policy set signature verified")
+        }
+        None => warn!(
+            "no policy key configured (--policy-key): policy sets load unsigned, so whoever can write the policy folder can change the rules"
+        ),
+    }
     let policy = Arc::new(policy);
     match &policies {
         Some(dir) => {
@@ -421,7 +476,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         source,
     })?;
     let (log, pseudonyms) = open_log(&options.data_dir, &options.node_id, options.writer)?;
-    record_policy(&log, &policy).await?;
+    record_policy(&log, &policy, approval.as_ref()).await?;
 
     let certs_dir = options.data_dir.join("certs");
     let tls = if options.tls {
@@ -609,6 +664,8 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     });
     let watching = Arc::clone(&gateway);
     let watched = policies.clone();
+    let watch_trust = Arc::clone(&policy_trust);
+    let watch_metrics = metrics.clone();
     let policy_watcher = tokio::spawn(async move {
         // The compiled-in catalog never changes: nothing to watch.
         let Some(watched) = watched else { return };
@@ -620,7 +677,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             if now != last {
                 last = now;
                 // A refused set is logged by reload_policies; keep watching.
-                let _ = reload_policies(&watching, &watched).await;
+                let _ = reload_policies(&watching, &watched, &watch_trust, &watch_metrics).await;
             }
         }
     });
@@ -646,6 +703,8 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         gateway,
         directory,
         mocks,
+        metrics,
+        policy_trust,
         shutdown: Some(shutdown),
         task,
     })
