@@ -18,9 +18,7 @@ use ring::digest::{digest, SHA256};
 use ring::signature::{Ed25519KeyPair, UnparsedPublicKey, ED25519};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::merkle::{
-    inclusion_proof, leaf_hash, root_of, verify_inclusion, Hash, ProofError, SubtreeSource,
-};
+use crate::merkle::{inclusion_proof, leaf_hash, root_of, verify_inclusion, Hash, LeafHashes};
 use crate::pb::{AnswerBatchProof, CompleteVerificationRequest, QueryResponse, VerifyResponse};
 
 const BATCH_DOMAIN: &[u8] = b"proofgate.v1.AnswerBatch\0";
@@ -73,19 +71,6 @@ fn root_message(root: &[u8]) -> Vec<u8> {
     [BATCH_DOMAIN, root].concat()
 }
 
-struct Leaves<'a>(&'a [Hash]);
-
-impl SubtreeSource for Leaves<'_> {
-    fn perfect(&self, level: u8, index: u64) -> Result<Hash, ProofError> {
-        let width = 1usize << level;
-        let start = index as usize * width;
-        self.0
-            .get(start..start + width)
-            .map(root_of)
-            .ok_or_else(|| ProofError::Store("no such subtree".into()))
-    }
-}
-
 type SignRequest = (Vec<u8>, oneshot::Sender<(Vec<u8>, AnswerBatchProof)>);
 
 /// Signs answers in batches on one task: the answers given within
@@ -116,7 +101,7 @@ impl BatchSigner {
                 let signature = key.sign(&root_message(&root)).as_ref().to_vec();
                 let size = leaves.len() as u64;
                 for (index, (_, reply)) in batch.drain(..).enumerate() {
-                    let path = inclusion_proof(&Leaves(&leaves), index as u64, size)
+                    let path = inclusion_proof(&LeafHashes(&leaves), index as u64, size)
                         .unwrap_or_default()
                         .into_iter()
                         .map(|h| h.to_vec())

@@ -13,7 +13,7 @@ pub mod proof;
 
 pub use proof::{
     consistency_proof, inclusion_proof, subtree_hash, verify_consistency, verify_inclusion,
-    ProofError, SubtreeSource,
+    LeafHashes, ProofError, SubtreeSource,
 };
 
 pub type Hash = [u8; 32];

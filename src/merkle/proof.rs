@@ -25,6 +25,22 @@ pub trait SubtreeSource {
     fn perfect(&self, level: u8, index: u64) -> Result<Hash, ProofError>;
 }
 
+/// Leaf hashes held in memory (a batch, a test tree): perfect subtrees are
+/// computed from them.
+pub struct LeafHashes<'a>(pub &'a [Hash]);
+
+impl SubtreeSource for LeafHashes<'_> {
+    fn perfect(&self, level: u8, index: u64) -> Result<Hash, ProofError> {
+        let width = 1usize.checked_shl(u32::from(level)).unwrap_or(usize::MAX);
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_mul(width))
+            .and_then(|start| self.0.get(start..start.checked_add(width)?))
+            .map(super::root_of)
+            .ok_or_else(|| ProofError::Store("no such subtree".into()))
+    }
+}
+
 /// Largest power of two strictly below `n` (n ≥ 2).
 fn split_point(n: u64) -> u64 {
     1u64 << (63 - (n - 1).leading_zeros())
@@ -213,17 +229,12 @@ mod tests {
     use crate::merkle::{leaf_hash, root_of};
     use proptest::prelude::*;
 
-    /// Perfect subtrees computed from leaves, the naive way.
+    /// Leaf hashes of a test tree.
     struct Leaves(Vec<Hash>);
 
     impl SubtreeSource for Leaves {
         fn perfect(&self, level: u8, index: u64) -> Result<Hash, ProofError> {
-            let width = 1usize << level;
-            let start = index as usize * width;
-            self.0
-                .get(start..start + width)
-                .map(root_of)
-                .ok_or(ProofError::Store("no such node".into()))
+            LeafHashes(&self.0).perfect(level, index)
         }
     }
 
