@@ -68,6 +68,14 @@ fn waiting_proof<'a>(
         })
 }
 
+/// After one proof changed at `at`: the overall status follows from the
+/// proofs; returns the changed proof.
+fn restate(application: &mut Application, changed: ProofResult, at: i64) -> ProofResult {
+    application.status = overall_status(application.proofs.iter().map(|p| p.outcome())) as i32;
+    application.updated_unix_ms = at;
+    changed
+}
+
 /// Applies one event to an application and returns the proof it changed
 /// (`None` for a decision, which sets the whole application). On error the
 /// application is unchanged.
@@ -119,10 +127,11 @@ pub fn apply(
             proof.outcome = judgement.outcome as i32;
             proof.reason = judgement.reason;
             let changed = proof.clone();
-            application.status =
-                overall_status(application.proofs.iter().map(|p| p.outcome())) as i32;
-            application.updated_unix_ms = completed.completed_unix_ms;
-            Ok(Some(changed))
+            Ok(Some(restate(
+                application,
+                changed,
+                completed.completed_unix_ms,
+            )))
         }
         Event::VerificationOverdue(overdue) => {
             check_id(application, &overdue.application_id)?;
@@ -143,10 +152,7 @@ pub fn apply(
             proof.outcome = judgement.outcome as i32;
             proof.reason = judgement.reason;
             let changed = proof.clone();
-            application.status =
-                overall_status(application.proofs.iter().map(|p| p.outcome())) as i32;
-            application.updated_unix_ms = overdue.as_of_unix_ms;
-            Ok(Some(changed))
+            Ok(Some(restate(application, changed, overdue.as_of_unix_ms)))
         }
         Event::PolicySetLoaded(_)
         | Event::DataSourceChanged(_)
