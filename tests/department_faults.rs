@@ -101,20 +101,25 @@ async fn garbled_badly_signed_or_impersonating_answers_are_unavailable() {
     }
 }
 
+/// The mortgage withdrawal whose marriage record (a civil-affairs query)
+/// falls back to the applicant's commitment, which is given.
+async fn mortgage_with_commitments(gw: &TestGateway) -> proofgate::pb::Application {
+    gw.submit(with_commitments(
+        request("hpf-withdrawal-mortgage", PASSES_ALL),
+        &[
+            ("income-statement", "income-v1"),
+            ("marriage-record", "married-v1"),
+        ],
+    ))
+    .await
+}
+
 #[tokio::test]
 async fn an_unavailable_query_falls_back_as_the_policy_says() {
     let gw = TestGateway::start().await;
     let civil = gw.running.mock("civil-affairs").unwrap();
     civil.controls.refuse.store(true, Ordering::Relaxed);
-    let app = gw
-        .submit(with_commitments(
-            request("hpf-withdrawal-mortgage", PASSES_ALL),
-            &[
-                ("income-statement", "income-v1"),
-                ("marriage-record", "married-v1"),
-            ],
-        ))
-        .await;
+    let app = mortgage_with_commitments(&gw).await;
     let marriage = proof(&app, "marriage-record");
     assert!(marriage.fallback_used);
     assert_eq!(marriage.outcome(), Outcome::CommitmentRecorded);
@@ -131,15 +136,7 @@ async fn a_query_that_never_answers_in_time_falls_back_as_the_policy_says() {
     let gw = TestGateway::start().await;
     let civil = gw.running.mock("civil-affairs").unwrap();
     civil.controls.latency_ms.store(NEVER_MS, Ordering::Relaxed);
-    let app = gw
-        .submit(with_commitments(
-            request("hpf-withdrawal-mortgage", PASSES_ALL),
-            &[
-                ("income-statement", "income-v1"),
-                ("marriage-record", "married-v1"),
-            ],
-        ))
-        .await;
+    let app = mortgage_with_commitments(&gw).await;
     let marriage = proof(&app, "marriage-record");
     assert!(marriage.fallback_used, "{marriage:#?}");
     assert_eq!(marriage.outcome(), Outcome::CommitmentRecorded);

@@ -298,18 +298,7 @@ async fn prometheus_metrics_report_requests_departments_and_the_log() {
         .await
         .unwrap();
     let addr = running.metrics_addr.unwrap();
-    let body = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).unwrap();
-        body
-    })
-    .await
-    .unwrap();
+    let body = scrape_metrics(addr).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     for needle in [
         "proofgate_requests_total{service=\"proofgate.v1.ApplicationService\",verdict=\"admitted\"}",

@@ -16,7 +16,6 @@ use proofgate::pb::audit_entry::Event;
 use proofgate::pb::{AuditEntry, ListMattersRequest};
 use proofgate::security::policy_signing::{keygen, sign_dir, KEY_FILE, SIGNATURE_FILE, VKEY_FILE};
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn proofgate(cwd: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_proofgate"));
@@ -312,13 +311,7 @@ async fn a_signed_set_serves_and_unsigned_nodes_warn_once() {
 }
 
 async fn metric(addr: std::net::SocketAddr, reason: &str) -> u64 {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: proofgate\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    let response = scrape_metrics(addr).await;
     let prefix = format!("proofgate_policy_reload_refused_total{{reason=\"{reason}\"}} ");
     response
         .lines()

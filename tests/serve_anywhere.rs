@@ -13,7 +13,6 @@ use std::time::Duration;
 use common::*;
 use proofgate::pb::application_service_client::ApplicationServiceClient;
 use proofgate::pb::ListMattersRequest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Kills the server when the test ends, however it ends.
 struct Server(Child);
@@ -76,19 +75,6 @@ fn serve(cwd: &Path, data_dir: &Path) -> (Server, String, String, mpsc::Receiver
     )
 }
 
-async fn get_metrics(addr: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("metrics listener");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: proofgate\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
 #[tokio::test]
 async fn serve_from_an_empty_folder_uses_the_compiled_in_catalog_with_metrics() {
     let cwd = tempfile::tempdir().unwrap();
@@ -110,7 +96,7 @@ async fn serve_from_an_empty_folder_uses_the_compiled_in_catalog_with_metrics() 
         .any(|line| line.contains("compiled into the binary"));
     assert!(said_so, "the server says it serves the compiled-in catalog");
 
-    let response = get_metrics(&metrics).await;
+    let response = scrape_metrics(&metrics).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("proofgate_requests_total"), "{response}");
     assert!(response.contains("proofgate_audit_entries"), "{response}");

@@ -31,7 +31,7 @@ pub enum KeyError {
     BadSigningKey(PathBuf),
     #[error("{0}: pseudonym key must be exactly {PSEUDONYM_KEY_LEN} bytes")]
     BadPseudonymKey(PathBuf),
-    #[error("{0} already exists; refusing to overwrite a key (it would orphan the log)")]
+    #[error("{0} already exists; refusing to overwrite an existing key (move it away first if you mean to replace it)")]
     Exists(PathBuf),
     #[error("system random generator failed")]
     Random,

@@ -264,3 +264,21 @@ pub fn outcome(application: &Application, proof_id: &str) -> ProofOutcome {
 pub fn status(application: &Application) -> ApplicationStatus {
     application.status()
 }
+
+/// GET /metrics from a node's metrics listener: the whole HTTP response.
+pub async fn scrape_metrics(addr: impl tokio::net::ToSocketAddrs) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics listener");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: proofgate\r\n\r\n")
+        .await
+        .expect("request written");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response read");
+    response
+}
