@@ -174,8 +174,30 @@ pub fn data_source_key(department: &str) -> Vec<u8> {
     [b"d", department.as_bytes()].concat()
 }
 
+/// How long [`AuditStore::open`] waits for a lock that a handle dropped in
+/// this process may still hold (see there). Another process's server holds it
+/// for good, and is reported after this wait.
+const LOCK_RELEASE_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl AuditStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // sled releases its file lock only when the last background write job
+        // of a dropped handle ends, on sled's own thread pool, a moment after
+        // the handle is gone. So a store closed in this process may still read
+        // as locked for a short while: wait for it, within a bound, before
+        // calling it in use.
+        let deadline = std::time::Instant::now() + LOCK_RELEASE_BOUND;
+        loop {
+            match Self::open_once(path) {
+                Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             // The writer flushes each batch itself; sled's own timer would
