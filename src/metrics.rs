@@ -1,79 +1,52 @@
-//! The counters and histograms a node records (requests at the service
-//! gates, applications decided, department calls), as a cheap-to-clone
-//! handle. `server` creates one per node and hands it to whatever records;
-//! nothing reaches a process-wide global. Rendered in the Prometheus text
-//! exposition format; the gauges read from the running node are added by
-//! `server`.
+//! The counters, histograms and gauges a node records (requests at the
+//! service gates, applications decided, department calls, policy reloads
+//! refused, the node's gauges), as a cheap-to-clone handle over one
+//! `prometheus-client` registry. `server` creates one per node and hands it
+//! to whatever records; nothing reaches a process-wide global. Encoded in
+//! the OpenMetrics text format by [`Metrics::encode`]; `server` sets the
+//! gauges read from the running node ([`NodeGauges`]) just before.
+//!
+//! The metric names (README "Metrics" lists them too):
+//!
+//! | name                                        | type      | labels                |
+//! |---------------------------------------------|-----------|-----------------------|
+//! | `proofgate_requests_total`                  | counter   | service, verdict      |
+//! | `proofgate_applications_total`              | counter   | status                |
+//! | `proofgate_submit_seconds`                  | histogram |                       |
+//! | `proofgate_department_calls_total`          | counter   | department, result    |
+//! | `proofgate_department_call_seconds`         | histogram | department            |
+//! | `proofgate_policy_reload_refused_total`     | counter   | reason                |
+//! | `proofgate_circuit_state`                   | gauge     | department            |
+//! | `proofgate_audit_queue_depth`               | gauge     |                       |
+//! | `proofgate_audit_entries`                   | gauge     |                       |
+//! | `proofgate_audit_log_bytes`                 | gauge     |                       |
+//! | `proofgate_watched_applications`            | gauge     |                       |
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Upper bounds of the latency buckets, in milliseconds.
-const BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-#[derive(Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; 12],
-    count: AtomicU64,
-    sum_us: AtomicU64,
+/// Upper bounds of the latency buckets, in seconds (1 ms to 5 s).
+const BUCKETS_SECONDS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS_SECONDS)
 }
 
-impl Histogram {
-    pub fn observe(&self, latency: Duration) {
-        let ms = latency.as_millis() as u64;
-        for (bound, bucket) in BUCKETS_MS.iter().zip(&self.buckets) {
-            if ms <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (bound, bucket) in BUCKETS_MS.iter().zip(&self.buckets) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{}\"}} {}",
-                *bound as f64 / 1000.0,
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
-}
-
-/// A handle on one node's metrics; clones share the same counters.
-#[derive(Clone, Default)]
-pub struct Metrics {
-    inner: Arc<Counters>,
-}
-
-#[derive(Default)]
-struct Counters {
-    requests: Mutex<BTreeMap<(String, &'static str), u64>>,
-    applications: Mutex<BTreeMap<&'static str, u64>>,
-    submit_latency: Histogram,
-    department_calls: Mutex<BTreeMap<(String, String), u64>>,
-    department_latency: Mutex<BTreeMap<String, Arc<Histogram>>>,
-    policy_reloads_refused: Mutex<BTreeMap<&'static str, u64>>,
-}
+/// The content type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Why a policy reload is refused, as the `reason` label: an invalid set,
 /// or a signature problem (see `security::policy_signing`). All are
-/// rendered, zeros included, so an alert on their rate always has a series.
+/// exposed, zeros included, so an alert on their rate always has a series.
 pub const POLICY_REFUSAL_REASONS: &[&str] = &[
     "invalid",
     "unsigned",
@@ -83,8 +56,156 @@ pub const POLICY_REFUSAL_REASONS: &[&str] = &[
     "bad_signature",
 ];
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    service: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    department: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DepartmentLabels {
+    department: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// What the running node is like now; `server` reads it from the gateway
+/// at each scrape and hands it to [`Metrics::set_node_gauges`].
+#[derive(Debug, Default, Clone)]
+pub struct NodeGauges {
+    /// Each registered data source's circuit: 0 closed, 1 half-open, 2 open.
+    pub circuits: Vec<(String, i64)>,
+    pub audit_queue_depth: i64,
+    pub audit_entries: i64,
+    pub audit_log_bytes: i64,
+    pub watched_applications: i64,
+}
+
+/// A handle on one node's metrics; clones share the same registry.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    applications: Family<StatusLabels, Counter>,
+    submit_latency: Histogram,
+    department_calls: Family<CallLabels, Counter>,
+    department_latency: Family<DepartmentLabels, Histogram, fn() -> Histogram>,
+    policy_reloads_refused: Family<ReasonLabels, Counter>,
+    circuit_state: Family<DepartmentLabels, Gauge>,
+    audit_queue_depth: Gauge,
+    audit_entries: Gauge,
+    audit_log_bytes: Gauge,
+    watched_applications: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("proofgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Calls at the service gates, by verdict",
+            requests.clone(),
+        );
+        let applications = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "applications",
+            "Applications decided, by status",
+            applications.clone(),
+        );
+        let submit_latency = latency_histogram();
+        registry.register(
+            "submit_seconds",
+            "SubmitApplication latency, decision and durable log entry included",
+            submit_latency.clone(),
+        );
+        let department_calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "department_calls",
+            "Department calls by result",
+            department_calls.clone(),
+        );
+        let department_latency =
+            Family::<DepartmentLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "department_call_seconds",
+            "Department call latency",
+            department_latency.clone(),
+        );
+        let policy_reloads_refused = Family::<ReasonLabels, Counter>::default();
+        for reason in POLICY_REFUSAL_REASONS {
+            drop(policy_reloads_refused.get_or_create(&ReasonLabels {
+                reason: (*reason).to_owned(),
+            }));
+        }
+        registry.register(
+            "policy_reload_refused",
+            "Policy reloads refused (the old set kept serving), by reason",
+            policy_reloads_refused.clone(),
+        );
+        let circuit_state = Family::<DepartmentLabels, Gauge>::default();
+        registry.register(
+            "circuit_state",
+            "Circuit of each data source: 0 closed, 1 half-open, 2 open",
+            circuit_state.clone(),
+        );
+        let audit_queue_depth = Gauge::default();
+        registry.register(
+            "audit_queue_depth",
+            "Appends waiting for the writer",
+            audit_queue_depth.clone(),
+        );
+        let audit_entries = Gauge::default();
+        registry.register("audit_entries", "Entries in the log", audit_entries.clone());
+        let audit_log_bytes = Gauge::default();
+        registry.register(
+            "audit_log_bytes",
+            "Size of the log store on disk",
+            audit_log_bytes.clone(),
+        );
+        let watched_applications = Gauge::default();
+        registry.register(
+            "watched_applications",
+            "Pending applications being followed",
+            watched_applications.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                applications,
+                submit_latency,
+                department_calls,
+                department_latency,
+                policy_reloads_refused,
+                circuit_state,
+                audit_queue_depth,
+                audit_entries,
+                audit_log_bytes,
+                watched_applications,
+            }),
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -96,82 +217,90 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// A call reached a service gate: admitted, denied, limited, unauthenticated.
     pub fn request(&self, service: &str, verdict: &'static str) {
-        *lock(&self.inner.requests)
-            .entry((service.to_owned(), verdict))
-            .or_default() += 1;
+        self.inner
+            .requests
+            .get_or_create(&RequestLabels {
+                service: service.to_owned(),
+                verdict: verdict.to_owned(),
+            })
+            .inc();
     }
 
     pub fn application(&self, status: &'static str, latency: Duration) {
-        *lock(&self.inner.applications).entry(status).or_default() += 1;
-        self.inner.submit_latency.observe(latency);
+        self.inner
+            .applications
+            .get_or_create(&StatusLabels {
+                status: status.to_owned(),
+            })
+            .inc();
+        self.inner.submit_latency.observe(latency.as_secs_f64());
     }
 
     /// A department call ended: `result` is "ok" or the failure kind.
     pub fn department_call(&self, department: &str, result: &str, latency: Duration) {
-        *lock(&self.inner.department_calls)
-            .entry((department.to_owned(), result.to_owned()))
-            .or_default() += 1;
-        let histogram = Arc::clone(
-            lock(&self.inner.department_latency)
-                .entry(department.to_owned())
-                .or_default(),
-        );
-        histogram.observe(latency);
+        self.inner
+            .department_calls
+            .get_or_create(&CallLabels {
+                department: department.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        self.inner
+            .department_latency
+            .get_or_create(&DepartmentLabels {
+                department: department.to_owned(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Department calls of `department` that ended with `result` since the
+    /// node started (0 if none).
+    pub fn department_calls(&self, department: &str, result: &str) -> u64 {
+        self.inner
+            .department_calls
+            .get(&CallLabels {
+                department: department.to_owned(),
+                result: result.to_owned(),
+            })
+            .map_or(0, |c| c.get())
     }
 
     /// A policy reload was refused and the old set keeps serving.
     pub fn policy_reload_refused(&self, reason: &'static str) {
-        *lock(&self.inner.policy_reloads_refused)
-            .entry(reason)
-            .or_default() += 1;
+        self.inner
+            .policy_reloads_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
-    /// Appends the counters and histograms in the exposition format.
-    pub fn render(&self, out: &mut String) {
-        out.push_str("# HELP proofgate_requests_total Calls at the service gates, by verdict.\n# TYPE proofgate_requests_total counter\n");
-        for ((service, verdict), n) in lock(&self.inner.requests).iter() {
-            let _ = writeln!(
-                out,
-                "proofgate_requests_total{{service=\"{service}\",verdict=\"{verdict}\"}} {n}"
-            );
+    /// Replaces the gauges read from the running node.
+    pub fn set_node_gauges(&self, gauges: &NodeGauges) {
+        let inner = &self.inner;
+        // A source removed since the last scrape loses its series.
+        inner.circuit_state.clear();
+        for (department, state) in &gauges.circuits {
+            inner
+                .circuit_state
+                .get_or_create(&DepartmentLabels {
+                    department: department.clone(),
+                })
+                .set(*state);
         }
-        out.push_str("# HELP proofgate_applications_total Applications decided, by status.\n# TYPE proofgate_applications_total counter\n");
-        for (status, n) in lock(&self.inner.applications).iter() {
-            let _ = writeln!(
-                out,
-                "proofgate_applications_total{{status=\"{status}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP proofgate_submit_seconds SubmitApplication latency, decision and durable log entry included.\n# TYPE proofgate_submit_seconds histogram\n");
-        self.inner
-            .submit_latency
-            .render(out, "proofgate_submit_seconds", "");
-        out.push_str("# HELP proofgate_department_calls_total Department calls by result.\n# TYPE proofgate_department_calls_total counter\n");
-        for ((department, result), n) in lock(&self.inner.department_calls).iter() {
-            let _ = writeln!(out, "proofgate_department_calls_total{{department=\"{department}\",result=\"{result}\"}} {n}");
-        }
-        out.push_str("# HELP proofgate_department_call_seconds Department call latency.\n# TYPE proofgate_department_call_seconds histogram\n");
-        for (department, histogram) in lock(&self.inner.department_latency).iter() {
-            histogram.render(
-                out,
-                "proofgate_department_call_seconds",
-                &format!("department=\"{department}\""),
-            );
-        }
-        out.push_str("# HELP proofgate_policy_reload_refused_total Policy reloads refused (the old set kept serving), by reason.\n# TYPE proofgate_policy_reload_refused_total counter\n");
-        let refused = lock(&self.inner.policy_reloads_refused);
-        let reasons = POLICY_REFUSAL_REASONS
-            .iter()
-            .copied()
-            .chain(refused.keys().copied())
-            .collect::<std::collections::BTreeSet<_>>();
-        for reason in reasons {
-            let n = refused.get(reason).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "proofgate_policy_reload_refused_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
+        inner.audit_queue_depth.set(gauges.audit_queue_depth);
+        inner.audit_entries.set(gauges.audit_entries);
+        inner.audit_log_bytes.set(gauges.audit_log_bytes);
+        inner.watched_applications.set(gauges.watched_applications);
+    }
+
+    /// The whole exposition in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail; a metric that could not be
+        // encoded would show as a truncated exposition, never a panic.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
+        out
     }
 }
 
@@ -180,19 +309,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clones_share_counters_and_render_them() {
+    fn clones_share_counters_and_encode_them() {
         let metrics = Metrics::default();
         let recorder = metrics.clone();
         recorder.request("proofgate.v1.ApplicationService", "admitted");
         recorder.department_call("health", "ok", Duration::from_millis(3));
+        recorder.department_call("health", "bad_signature", Duration::from_millis(3));
         recorder.policy_reload_refused("changed");
-        let mut out = String::new();
-        metrics.render(&mut out);
+        recorder.set_node_gauges(&NodeGauges {
+            circuits: vec![("health".into(), 2)],
+            audit_entries: 7,
+            ..NodeGauges::default()
+        });
+        let out = metrics.encode();
         assert!(out.contains("proofgate_policy_reload_refused_total{reason=\"changed\"} 1"));
         assert!(out.contains("proofgate_policy_reload_refused_total{reason=\"unsigned\"} 0"));
         assert!(out.contains(
             "proofgate_requests_total{service=\"proofgate.v1.ApplicationService\",verdict=\"admitted\"} 1"
         ));
-        assert!(out.contains("proofgate_department_call_seconds_count{department=\"health\"} 1"));
+        assert!(out.contains("proofgate_department_call_seconds_count{department=\"health\"} 2"));
+        assert!(
+            out.contains(
+                "proofgate_department_call_seconds_bucket{le=\"0.005\",department=\"health\"} 2"
+            ) || out.contains(
+                "proofgate_department_call_seconds_bucket{department=\"health\",le=\"0.005\"} 2"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("proofgate_circuit_state{department=\"health\"} 2"));
+        assert!(out.contains("proofgate_audit_entries 7"));
+        assert!(out.ends_with("# EOF\n"), "{out}");
+        assert_eq!(metrics.department_calls("health", "bad_signature"), 1);
+        assert_eq!(metrics.department_calls("health", "timeout"), 0);
+
+        // A source gone since the last scrape loses its series.
+        metrics.set_node_gauges(&NodeGauges::default());
+        assert!(!metrics.encode().contains("proofgate_circuit_state{"));
     }
 }

@@ -8,7 +8,6 @@ use super::{CliError, LogSource, Report};
 use crate::audit::{self, report, Records};
 use crate::clock::system_now_unix_ms;
 use crate::operations::stats;
-use crate::policy::calendar::{civil_date_cst, format_date};
 use crate::security;
 
 /// `proofgate audit export`: every entry and checkpoint of `data_dir`'s log,
@@ -92,11 +91,10 @@ pub async fn rotate_key(data_dir: &Path, node_id: &str) -> Result<Report, CliErr
 }
 
 /// `proofgate stats`: the reform's figures from `data_dir`'s log, as a table
-/// or as JSON; "today" is the system clock's date in China Standard Time.
+/// or as JSON, as of the system clock (China Standard Time for dates).
 pub fn stats(data_dir: &Path, json: bool) -> Result<Report, CliError> {
-    let today = format_date(civil_date_cst(system_now_unix_ms()));
-    let figures =
-        audit::data_dir_records(data_dir).and_then(|records| stats::statistics(records, &today))?;
+    let figures = audit::data_dir_records(data_dir)
+        .and_then(|records| stats::statistics(records, system_now_unix_ms()))?;
     let text = if json {
         format!("{}\n", stats::to_json(&figures))
     } else {

@@ -2,6 +2,7 @@
 //! commitments, dishonesty records, statistics — as plain methods; the gRPC
 //! OperationsService in `server` checks the caller and maps the errors.
 
+pub mod figures;
 pub mod stats;
 
 use std::sync::Arc;
@@ -167,15 +168,15 @@ impl Operations {
     /// The reform's figures, folded over the whole log.
     pub async fn statistics(&self) -> Result<Statistics, OperationsError> {
         let store = self.gateway.audit().store().clone();
-        let today = format_date(civil_date_cst(self.gateway.now_unix_ms()));
+        let now = self.gateway.now_unix_ms();
         // A fold over the whole log: blocking work off the async threads.
         let statistics = tokio::task::spawn_blocking(move || {
-            let mut fold = stats::StatisticsFold::default();
+            let mut fold = stats::StatisticsFold::at(now);
             for item in store.entries(0, u64::MAX) {
                 let (_, bytes) = item?;
                 fold.entry(&bytes);
             }
-            Ok::<_, StoreError>(fold.finish(&today))
+            Ok::<_, StoreError>(fold.finish())
         })
         .await??;
         Ok(statistics)

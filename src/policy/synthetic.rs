@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// Jinhua 2019: abolished, commitment, data query, department verification.
-const JINHUA_COUNTS: [usize; 4] = [861, 613, 1081, 1497];
+pub const JINHUA_COUNTS: [usize; 4] = [861, 613, 1081, 1497];
 
 /// Data sources of the built-in mock departments the queries point at.
 const QUERIES: &[(&str, &str, &str, &str)] = &[

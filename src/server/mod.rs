@@ -10,7 +10,8 @@
 mod application;
 mod audit;
 pub mod catalog;
-pub mod metrics;
+pub mod console;
+pub mod http;
 mod operations;
 mod registry;
 pub mod status;
@@ -106,9 +107,12 @@ pub struct ServeOptions {
     pub roles: RoleMap,
     pub rate_limits: RateLimits,
     pub max_in_flight: usize,
-    /// Prometheus metrics over HTTP (GET /metrics); None: no listener.
-    /// (`proofgate serve` turns them on by default; see `config`.)
+    /// The HTTP listener: Prometheus metrics (GET /metrics) and the
+    /// console; None: no listener. (`proofgate serve` turns it on by
+    /// default; see `config`.)
     pub metrics_listen: Option<SocketAddr>,
+    /// The console at `/` on the metrics listener (read-only aggregates).
+    pub console: bool,
     /// Drives rate limits and circuit breakers; tests hand in a fake one.
     pub monotonic_clock: crate::clock::Monotonic,
     /// The wall clock decisions, deadlines, completions and the overdue
@@ -133,6 +137,7 @@ impl Default for ServeOptions {
             rate_limits: RateLimits::default(),
             max_in_flight: MAX_IN_FLIGHT,
             metrics_listen: None,
+            console: true,
             monotonic_clock: crate::clock::Monotonic::default(),
             clock: crate::clock::system(),
         }
@@ -264,8 +269,10 @@ impl ServeError {
 /// A running gateway node.
 pub struct Running {
     pub addr: SocketAddr,
-    /// Where GET /metrics answers, if enabled.
+    /// Where GET /metrics (and the console, unless off) answers, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Whether the console answers at `/` on `metrics_addr`.
+    pub console: bool,
     /// The policy folder reloads read; None: the compiled-in sample catalog.
     pub policies: Option<PathBuf>,
     /// Where the node's certificates are (None in plaintext mode).
@@ -528,13 +535,12 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     // Bound before anything is served, so a busy port fails the start cleanly.
     let (metrics_addr, metrics_listener) = match options.metrics_listen {
         Some(listen) => {
-            let listener =
-                metrics::bind(listen)
-                    .await
-                    .map_err(|source| ServeError::MetricsBind {
-                        addr: listen,
-                        source,
-                    })?;
+            let listener = http::bind(listen)
+                .await
+                .map_err(|source| ServeError::MetricsBind {
+                    addr: listen,
+                    source,
+                })?;
             let addr = listener
                 .local_addr()
                 .map_err(|source| ServeError::MetricsBind {
@@ -656,11 +662,17 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         .set_serving::<AuditServiceServer<AuditApi>>()
         .await;
     let metrics_task = metrics_listener.map(|listener| {
-        tokio::spawn(metrics::serve_metrics(
-            listener,
-            metrics.clone(),
-            Arc::clone(&gateway),
-        ))
+        let state = http::HttpState {
+            metrics: metrics.clone(),
+            gateway: Arc::clone(&gateway),
+        };
+        let console = options.console.then(|| {
+            Arc::new(console::Console::new(
+                crate::operations::Operations::new(Arc::clone(&gateway)),
+                metrics.clone(),
+            ))
+        });
+        tokio::spawn(http::serve(listener, http::router(state, console)))
     });
     let watching = Arc::clone(&gateway);
     let watched = policies.clone();
@@ -693,6 +705,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     });
     info!(%addr, metrics = ?metrics_addr, node = %options.node_id, mocks = mocks.len(), "gateway serving");
     Ok(Running {
+        console: options.console && metrics_addr.is_some(),
         metrics_addr,
         metrics_task,
         policy_watcher,
@@ -728,6 +741,9 @@ pub async fn serve_until_signal(options: ServeOptions) -> Result<(), ServeError>
         );
         if let Some(addr) = running.metrics_addr {
             let _ = writeln!(out, "metrics on http://{addr}/metrics");
+            if running.console {
+                let _ = writeln!(out, "console on http://{addr}/");
+            }
         }
         let _ = out.flush();
     }

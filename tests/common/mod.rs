@@ -267,12 +267,22 @@ pub fn status(application: &Application) -> ApplicationStatus {
 
 /// GET /metrics from a node's metrics listener: the whole HTTP response.
 pub async fn scrape_metrics(addr: impl tokio::net::ToSocketAddrs) -> String {
+    http_get(addr, "/metrics").await
+}
+
+/// GET `path` from a node's HTTP listener: the whole HTTP/1.1 response
+/// (status line, headers, body). The request asks the server to close the
+/// connection after answering, so reading to the end returns.
+pub async fn http_get(addr: impl tokio::net::ToSocketAddrs, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
-        .expect("metrics listener");
+        .expect("HTTP listener");
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: proofgate\r\n\r\n")
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: proofgate\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .await
         .expect("request written");
     let mut response = String::new();
