@@ -4,6 +4,8 @@
 //! ([`resolve`]). Loaded from a map so tests never touch the process
 //! environment. Metrics are on by default at [`DEFAULT_METRICS_LISTEN`];
 //! `off` (in the file, the environment or `--metrics-listen`) disables them.
+//! The console on the same listener is on unless `console` is off
+//! (`console = "off"`, `PROOFGATE_CONSOLE=off`, `--console off`).
 //!
 //! Policy keys (`policy_keys`, `PROOFGATE_POLICY_KEYS`, `--policy-key`): the
 //! last place that names any replaces the earlier ones; none may name an
@@ -17,6 +19,7 @@
 //! mock_departments = true
 //! tls = true
 //! metrics_listen = "127.0.0.1:9464"   # or "off"
+//! console = "on"                      # or "off": the console at / on that listener
 //! max_in_flight = 4096
 //! policy_keys = ["keys/policy-signing.vkey"]  # any: every set must be signed
 //!
@@ -68,6 +71,7 @@ struct FileConfig {
     mock_departments: Option<bool>,
     tls: Option<bool>,
     metrics_listen: Option<MetricsListen>,
+    console: Option<Switch>,
     max_in_flight: Option<usize>,
     policy_keys: Option<Vec<PathBuf>>,
     #[serde(default)]
@@ -115,6 +119,36 @@ impl<'de> Deserialize<'de> for MetricsListen {
     }
 }
 
+/// `--console` / `console`: `on` or `off` (a TOML boolean too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch(pub bool);
+
+impl std::str::FromStr for Switch {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "on" | "true" => Ok(Self(true)),
+            "off" | "false" => Ok(Self(false)),
+            other => Err(format!("`{other}` is neither `on` nor `off`")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(on) => Ok(Self(on)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// A node's configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -130,6 +164,8 @@ pub struct Flags {
     pub policies: Option<PathBuf>,
     pub node_id: Option<String>,
     pub metrics_listen: Option<MetricsListen>,
+    /// `--console on|off`.
+    pub console: Option<Switch>,
     /// `--policy-key` (repeatable); empty: not given.
     pub policy_keys: Vec<PathBuf>,
     pub no_mock_departments: bool,
@@ -158,6 +194,9 @@ pub fn resolve(
     }
     if let Some(v) = flags.metrics_listen {
         serve.metrics_listen = v.0;
+    }
+    if let Some(v) = flags.console {
+        serve.console = v.0;
     }
     if !flags.policy_keys.is_empty() {
         serve.policy_keys = flags.policy_keys.clone();
@@ -247,6 +286,9 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
     if let Some(v) = parsed.tls {
         serve.tls = v;
     }
+    if let Some(v) = parsed.console {
+        serve.console = v.0;
+    }
     if let Some(keys) = parsed.policy_keys {
         if keys.is_empty() {
             return Err(invalid(
@@ -331,6 +373,12 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
         serve.metrics_listen = v
             .parse::<MetricsListen>()
             .map_err(|e| env_error("PROOFGATE_METRICS_LISTEN", e))?
+            .0;
+    }
+    if let Some(v) = env.get("PROOFGATE_CONSOLE") {
+        serve.console = v
+            .parse::<Switch>()
+            .map_err(|e| env_error("PROOFGATE_CONSOLE", e))?
             .0;
     }
     Ok(NodeConfig { serve })
@@ -435,5 +483,52 @@ mod tests {
         let config = resolve(None, &HashMap::new(), &off).unwrap();
         assert_eq!(config.serve.metrics_listen, None);
         assert!("nowhere".parse::<MetricsListen>().is_err());
+    }
+
+    #[test]
+    fn the_console_is_on_until_a_later_layer_turns_it_off() {
+        assert!(
+            resolve(None, &HashMap::new(), &Flags::default())
+                .unwrap()
+                .serve
+                .console
+        );
+        let file = write("console = \"off\"\n");
+        assert!(
+            !load(Some(file.path()), &HashMap::new())
+                .unwrap()
+                .serve
+                .console
+        );
+        let file_bool = write("console = false\n");
+        assert!(
+            !load(Some(file_bool.path()), &HashMap::new())
+                .unwrap()
+                .serve
+                .console
+        );
+        let env = HashMap::from([("PROOFGATE_CONSOLE".to_owned(), "on".to_owned())]);
+        assert!(load(Some(file.path()), &env).unwrap().serve.console);
+        let off = Flags {
+            console: Some("off".parse().unwrap()),
+            ..Flags::default()
+        };
+        assert!(
+            !resolve(Some(file.path()), &env, &off)
+                .unwrap()
+                .serve
+                .console
+        );
+        let env = HashMap::from([("PROOFGATE_CONSOLE".to_owned(), "maybe".to_owned())]);
+        let err = load(None, &env).unwrap_err().to_string();
+        assert!(
+            err.contains("PROOFGATE_CONSOLE") && err.contains("maybe"),
+            "{err}"
+        );
+        let bad = write("console = \"maybe\"\n");
+        let err = load(Some(bad.path()), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maybe"), "{err}");
     }
 }

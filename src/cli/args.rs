@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Flags, MetricsListen};
+use crate::config::{Flags, MetricsListen, Switch};
 use crate::server;
 use crate::telemetry::LogFormat;
 
@@ -216,10 +216,13 @@ pub struct ServeArgs {
     /// Names this node in application ids and its log's checkpoints [default: node-1].
     #[arg(long)]
     pub node_id: Option<String>,
-    /// Prometheus metrics over HTTP on this address (GET /metrics), or `off`
-    /// [default: 127.0.0.1:9464]
+    /// Prometheus metrics over HTTP on this address (GET /metrics; the
+    /// console at / too), or `off` [default: 127.0.0.1:9464]
     #[arg(long)]
     pub metrics_listen: Option<MetricsListen>,
+    /// The console at / on the metrics listener: `on` or `off` [default: on]
+    #[arg(long, value_name = "on|off")]
+    pub console: Option<Switch>,
     /// Do not start the built-in mock departments; real ones register over gRPC.
     #[arg(long)]
     pub no_mock_departments: bool,
@@ -238,6 +241,7 @@ impl ServeArgs {
             policy_keys: self.policy_keys.clone(),
             node_id: self.node_id.clone(),
             metrics_listen: self.metrics_listen,
+            console: self.console,
             no_mock_departments: self.no_mock_departments,
             insecure_plaintext: self.insecure_plaintext,
         }

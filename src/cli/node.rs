@@ -42,6 +42,14 @@ pub fn config_check(file: &Path) -> Result<Report, CliError> {
         format!("  max in flight    {}", o.max_in_flight),
         format!("  metrics          {metrics}"),
         format!(
+            "  console          {}",
+            match (o.console, o.metrics_listen) {
+                (true, Some(addr)) => format!("http://{addr}/"),
+                (true, None) => "off (no metrics listener)".to_owned(),
+                (false, _) => "off".to_owned(),
+            }
+        ),
+        format!(
             "  policy keys      {}",
             if o.policy_keys.is_empty() {
                 "none: policy sets load unsigned".to_owned()
