@@ -11,8 +11,8 @@
 //! main (src/main.rs)  parse, config, tracing, call the library, exit code
 //!  → cli              one function per subcommand: a report or an error, the exit code
 //!  → config, bench    configuration precedence; the load generator
-//!  → server           assembly, gRPC service impls, the error boundary, GET /metrics
-//!  → operations       spot checks, dishonesty records, statistics
+//!  → server           assembly, gRPC service impls, the error boundary, HTTP: /metrics, the console
+//!  → operations       spot checks, dishonesty records, statistics, console figures
 //!  → gateway          ApplicationService logic: one application from request to log
 //!  → departments      directory and clients, registry, mocks (used by server/cli only)
 //!  → security         keys and key rotation, certificates, identities, roles, the gates, policy signatures
@@ -40,7 +40,7 @@
 //! | [`signing`]     | department answer batch signatures and their verification   |
 //! | [`subject`]     | ID-number checksums and keyed pseudonyms                    |
 //! | [`merkle`]      | RFC 6962 Merkle tree hashing and proofs                     |
-//! | [`metrics`]     | the counters a node records, as a handle                    |
+//! | [`metrics`]     | the metrics a node records (prometheus-client), as a handle |
 //! | [`clock`]       | time, injectable                                            |
 //! | [`telemetry`]   | tracing setup                                               |
 //! | [`pb`]          | the gRPC contract `proofgate.v1`, generated from `proto/`   |
