@@ -18,21 +18,34 @@ use common::*;
 use proofgate::pb::operations_service_client::OperationsServiceClient;
 use proofgate::pb::{GetStatisticsRequest, ProofOutcome, Statistics};
 
+/// Debian's headless Chromium; PROOFGATE_TEST_CHROMIUM names another binary
+/// (e.g. a missing one, to see the CI=true failure).
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// A bound on one Chromium run, not a measurement: generous for a slow machine.
 const BROWSER_BOUND: Duration = Duration::from_secs(180);
 
+fn chromium_binary() -> PathBuf {
+    std::env::var_os("PROOFGATE_TEST_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CHROMIUM))
+}
+
 fn chromium_available() -> bool {
-    if Path::new(CHROMIUM).exists() {
+    let binary = chromium_binary();
+    if binary.exists() {
         return true;
     }
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!(
-            "{CHROMIUM} is missing and CI=true: install Debian's chromium \
-             (`apt-get install -y chromium`, as .ci/run does)"
+            "{} is missing and CI=true: install Debian's chromium \
+             (`apt-get install -y chromium`, as .ci/run does)",
+            binary.display()
         );
     }
-    eprintln!("NOTICE: {CHROMIUM} is missing; the console browser test is skipped (apt-get install -y chromium)");
+    eprintln!(
+        "NOTICE: {} is missing; the console browser test is skipped (apt-get install -y chromium)",
+        binary.display()
+    );
     false
 }
 
@@ -49,7 +62,7 @@ fn artifacts_dir() -> PathBuf {
 /// returns (stdout, stderr). Fails the test if it does not end in the bound.
 fn chromium(args: &[String], url: &str) -> (String, String) {
     let profile = tempfile::tempdir().expect("profile folder");
-    let mut child = Command::new(CHROMIUM)
+    let mut child = Command::new(chromium_binary())
         .args([
             "--headless",
             "--no-sandbox",
