@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -12,7 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::departments::resilience::CircuitState;
 use crate::gateway::Gateway;
@@ -97,16 +98,86 @@ pub fn router(state: HttpState, console: Option<Arc<Console>>) -> Router {
     router.fallback(not_found)
 }
 
-/// Serves `router` on `listener` until the task is aborted. Accept errors
-/// (too many open files, a reset before accept) are waited out by axum
-/// (a pause of a second, then accepting again); they never end the loop.
+/// Longest a client may take to send a request's head; past it the
+/// connection is closed, so idle or slow clients cannot hold connections.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause after an accept error that is not about one connection (too
+/// many open files, ...), so the loop neither spins nor ends.
+const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+fn connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    )
+}
+
+/// Serves `router` on `listener` until the task is aborted: HTTP/1.1, one
+/// task per connection, [`HEADER_READ_TIMEOUT`] for each request head.
+/// Accept errors never end the loop: one connection's is skipped, any other
+/// is logged and waited out ([`ACCEPT_BACKOFF`]).
 pub async fn serve(listener: TcpListener, router: Router) {
-    if let Err(e) = axum::serve(listener, router).await {
-        warn!(error = %e, "HTTP listener ended");
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) if connection_error(&e) => continue,
+            Err(e) => {
+                warn!(error = %e, "HTTP listener cannot accept; retrying shortly");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                debug!(error = %e, "HTTP connection ended");
+            }
+        });
     }
 }
 
 /// Binds the HTTP listener.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// On tokio's paused clock: the timeout passes in virtual time.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_finishes_its_request_head_is_dropped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/metrics", get(|| async { "counted\n" }));
+        let server = tokio::spawn(serve(listener, router));
+
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        // Ends when the server closes the connection (or resets it).
+        let _ = slow.read_to_end(&mut rest).await;
+        assert!(started.elapsed() >= HEADER_READ_TIMEOUT);
+
+        // The listener still serves others.
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        ok.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("counted\n"), "{response}");
+        server.abort();
+    }
 }
