@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -78,12 +78,13 @@ async fn metrics_route(State(state): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-async fn not_found() -> impl IntoResponse {
+fn not_found(hint: &'static str) -> Response {
     (
         StatusCode::NOT_FOUND,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "not found: try GET /metrics, or GET / for the console\n",
+        hint,
     )
+        .into_response()
 }
 
 /// The routes: /metrics always, the console's when `console` is given.
@@ -91,16 +92,24 @@ pub fn router(state: HttpState, console: Option<Arc<Console>>) -> Router {
     let metrics = Router::new()
         .route("/metrics", get(metrics_route))
         .with_state(state);
-    let router = match console {
-        Some(console) => metrics.merge(super::console::routes(console)),
-        None => metrics,
-    };
-    router.fallback(not_found)
+    match console {
+        Some(console) => metrics
+            .merge(super::console::routes(console))
+            .fallback(|| async {
+                not_found("not found: try GET / (the console) or GET /metrics\n")
+            }),
+        None => metrics.fallback(|| async {
+            not_found("not found: try GET /metrics (the console is off: --console off)\n")
+        }),
+    }
 }
 
 /// Longest a client may take to send a request's head; past it the
 /// connection is closed, so idle or slow clients cannot hold connections.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; past it a new one is closed at once (a
+/// scraper or a browser retries), so the listener's memory stays bounded.
+pub const MAX_CONNECTIONS: usize = 256;
 /// The pause after an accept error that is not about one connection (too
 /// many open files, ...), so the loop neither spins nor ends.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -114,11 +123,13 @@ fn connection_error(e: &std::io::Error) -> bool {
 }
 
 /// Serves `router` on `listener` until the task is aborted: HTTP/1.1, one
-/// task per connection, [`HEADER_READ_TIMEOUT`] for each request head.
+/// task per connection (at most [`MAX_CONNECTIONS`]), [`HEADER_READ_TIMEOUT`]
+/// for each request head.
 /// Accept errors never end the loop: one connection's is skipped, any other
 /// is logged and waited out ([`ACCEPT_BACKOFF`]).
 pub async fn serve(listener: TcpListener, router: Router) {
     let service = hyper_util::service::TowerToHyperService::new(router);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -129,8 +140,17 @@ pub async fn serve(listener: TcpListener, router: Router) {
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            warn!(
+                limit = MAX_CONNECTIONS,
+                "HTTP listener at its connection limit; closing a new connection"
+            );
+            drop(stream);
+            continue;
+        };
         let service = service.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
