@@ -740,6 +740,141 @@ mod tests {
             .contains("civil-affairs"));
     }
 
+    /// A log of known decisions, folded as GetStatistics folds it, gives
+    /// known numbers on every part of the page.
+    #[test]
+    fn a_log_of_known_decisions_gives_known_numbers_on_every_part() {
+        use crate::operations::figures::department_rows;
+        use crate::operations::stats::StatisticsFold;
+        use crate::pb::{
+            audit_entry::Event, ApplicationDecided, AuditEntry, DataSource, ProofDecision,
+            ProofOutcome, ProofResult, RecordedAnswer,
+        };
+        use prost::Message;
+
+        let now = 1_764_300_000_000;
+        let proof = |id: &str, mode: ProofMode, outcome: ProofOutcome, dept: &str| ProofDecision {
+            result: Some(ProofResult {
+                proof_id: id.into(),
+                mode: mode as i32,
+                outcome: outcome as i32,
+                department_id: dept.into(),
+                ticket: if outcome == ProofOutcome::Pending {
+                    "t".into()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            }),
+            answers: if dept.is_empty() {
+                vec![]
+            } else {
+                vec![RecordedAnswer {
+                    department_id: dept.into(),
+                    latency_ms: 12,
+                    ..Default::default()
+                }]
+            },
+            commitment: None,
+        };
+        let mut fold = StatisticsFold::at(now);
+        for (i, (id, proofs)) in [
+            (
+                "app-1",
+                vec![
+                    proof("p1", ProofMode::Abolished, ProofOutcome::Waived, ""),
+                    proof(
+                        "p2",
+                        ProofMode::DataQuery,
+                        ProofOutcome::ConditionMet,
+                        "tax",
+                    ),
+                ],
+            ),
+            (
+                "app-2",
+                vec![
+                    proof(
+                        "p3",
+                        ProofMode::Commitment,
+                        ProofOutcome::CommitmentRecorded,
+                        "",
+                    ),
+                    proof(
+                        "p4",
+                        ProofMode::DepartmentVerification,
+                        ProofOutcome::Pending,
+                        "civil",
+                    ),
+                ],
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let entry = AuditEntry {
+                index: i as u64,
+                logged_unix_ms: now,
+                node_id: "n".into(),
+                event: Some(Event::ApplicationDecided(ApplicationDecided {
+                    application_id: id.into(),
+                    matter_id: "elderly-subsidy".into(),
+                    decision_date: "2025-11-28".into(),
+                    decided_unix_ms: now - 1000,
+                    proofs,
+                    ..Default::default()
+                })),
+            };
+            fold.entry(&entry.encode_to_vec());
+        }
+        let statistics = fold.finish();
+        let sources = [DataSource {
+            department_id: "civil".into(),
+            capacity_per_second: 77,
+            ..Default::default()
+        }];
+        let figures = ConsoleFigures {
+            departments: department_rows(&sources, |_| None, &statistics, |_| 0),
+            statistics,
+            catalog: [1, 1, 1, 1],
+            matter_names: BTreeMap::new(),
+            log: LogFigures {
+                tree_size: 2,
+                checkpoint: None,
+                signing_key: "k+00".into(),
+            },
+        };
+        let page = render_page(&figures).into_string();
+        for (key, n) in [
+            ("not_brought.abolished", 1),
+            ("not_brought.commitment", 1),
+            ("not_brought.data_query", 1),
+            ("not_brought.department_verification", 0),
+            ("not_brought.total", 3),
+            ("applications", 2),
+            ("pending_verifications", 1),
+        ] {
+            assert!(
+                page.contains(&format!(r#"<span data-figure="{key}">{n}</span>"#)),
+                "{key} = {n} in {page}"
+            );
+        }
+        // Departments: civil (registered, 1 answer in the last hour, 1 pending)
+        // and tax (known to the log only).
+        let departments = departments_table(&figures).into_string();
+        assert!(
+            departments.contains("<td>civil</td><td class=\"num\">77</td>"),
+            "{departments}"
+        );
+        assert!(departments.contains("<td>tax</td>"), "{departments}");
+        assert_eq!(figures.departments[0].answers_last_hour, 1);
+        assert_eq!(figures.departments[0].pending_verifications, 1);
+        // The log part.
+        assert!(log_details(&figures).into_string().contains("<dd>2</dd>"));
+        // Aggregates only: no application id reaches the page.
+        assert!(!page.contains("app-1") && !page.contains("app-2"));
+    }
+
     #[test]
     fn an_empty_node_renders_without_figures() {
         let empty = ConsoleFigures {
