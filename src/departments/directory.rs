@@ -711,7 +711,7 @@ mod tests {
         assert!(answered.answer.found);
         assert_eq!(h.calls(), MAX_QUERY_ATTEMPTS);
         // Two jittered pauses of 5–10 ms and 10–20 ms, on tokio's paused
-        // clock (plus the department's 1 ms signing windows).
+        // clock.
         let waited = started.elapsed();
         assert!(
             waited >= Duration::from_millis(15) && waited <= Duration::from_millis(40),
