@@ -137,6 +137,15 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Where a stopped node's disk goes: keys and bytes per key kind (entries,
+    /// projections, request keys, access index, Merkle nodes...) against the
+    /// bytes of the store's files (sled's overhead), per application.
+    Usage {
+        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace the checkpoint key; the change is logged and signed by the old key.
     RotateKey {
         #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
