@@ -14,7 +14,8 @@ use rcgen::{
 use thiserror::Error;
 
 pub const CA_CERT: &str = "ca.pem";
-const CA_KEY: &str = "ca.key";
+/// The CA's private key (0600); `dev-certs --issue/--revoke` sign with it.
+pub const CA_KEY: &str = "ca.key";
 /// The gateway's identity; departments' TLS clients expect it.
 pub const GATEWAY_IDENTITY: &str = "gateway.proofgate";
 
@@ -30,9 +31,11 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("identity `{0}` must look like <name>.<role>.proofgate with name of a-z, 0-9 and '-'")]
     BadIdentity(String),
+    #[error("{path}: {problem}")]
+    Crl { path: PathBuf, problem: String },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
     move |source| CertError::Io {
         path: path.to_path_buf(),
         source,
@@ -69,7 +72,7 @@ pub fn standard_identities<'a>(departments: impl IntoIterator<Item = &'a str>) -
     names
 }
 
-fn ca_params() -> Result<CertificateParams, CertError> {
+pub(super) fn ca_params() -> Result<CertificateParams, CertError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "proofgate development CA");
@@ -82,7 +85,7 @@ fn ca_params() -> Result<CertificateParams, CertError> {
     Ok(params)
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), CertError> {
+pub(super) fn write_private(path: &Path, text: &str) -> Result<(), CertError> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -106,10 +109,14 @@ fn valid_identity(identity: &str) -> bool {
         })
 }
 
-/// Creates the CA and a certificate for each of `identities` in `dir` unless
-/// a CA exists. Returns whether anything was created.
+/// Creates the CA, its empty revocation list (`ca.crl`) and a certificate
+/// for each of `identities` in `dir` unless a CA exists. Returns whether
+/// anything was created. A CA made before CRLs existed gets its `ca.crl`.
 pub fn ensure_dev_certs(dir: &Path, identities: &[String]) -> Result<bool, CertError> {
     if dir.join(CA_CERT).exists() {
+        if dir.join(CA_KEY).exists() {
+            super::crl::ensure_crl(dir, crate::clock::system_now_unix_ms())?;
+        }
         return Ok(false);
     }
     fs::create_dir_all(dir).map_err(io(dir))?;
@@ -120,6 +127,7 @@ pub fn ensure_dev_certs(dir: &Path, identities: &[String]) -> Result<bool, CertE
     for identity in identities {
         issue(dir, identity, Validity::Normal)?;
     }
+    super::crl::ensure_crl(dir, crate::clock::system_now_unix_ms())?;
     Ok(true)
 }
 
