@@ -334,8 +334,9 @@ async fn a_node_does_not_start_on_an_expired_crl() {
     let mut options = options(data_dir.path());
     options.mock_departments = false;
     options.crls = vec![data_dir.path().join("certs").join(CA_CRL)];
+    // A day past the list's nextUpdate, whenever within this test it is made.
     options.clock = ManualClock::new(
-        proofgate::clock::system_now_unix_ms() + CRL_VALIDITY.as_millis() as i64 + 1,
+        proofgate::clock::system_now_unix_ms() + CRL_VALIDITY.as_millis() as i64 + 86_400_000,
     );
     let err = match server::start(options).await {
         Ok(_) => panic!("started on an expired CRL"),
@@ -354,4 +355,107 @@ async fn a_node_does_not_start_on_an_expired_crl() {
         Err(e) => e,
     };
     assert_eq!(err.exit_code(), server::exit::CONFIG, "{err}");
+}
+
+/// Kills the server when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn proofgate(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_proofgate"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_commands_revoke_and_a_served_node_reloads_on_sighup() {
+    use std::ffi::OsStr;
+    use std::io::BufRead;
+    let data = tempfile::tempdir().unwrap();
+    let certs = data.path().join("certs");
+    let made = proofgate(&[
+        OsStr::new("dev-certs"),
+        OsStr::new("--dir"),
+        certs.as_os_str(),
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    assert!(String::from_utf8_lossy(&made.stdout).contains("revocation list"));
+    let crl = certs.join(CA_CRL);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_proofgate"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .arg("--no-mock-departments")
+        .arg("--policies")
+        .arg(policies_dir())
+        .arg("--crl")
+        .arg(&crl)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut child = Child(child);
+    let first = std::io::BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("the node prints its address")
+        .unwrap();
+    let endpoint = first
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no endpoint in {first}"))
+        .to_owned();
+    let call = |identity: &'static str| {
+        let endpoint = endpoint.clone();
+        let certs = certs.clone();
+        async move {
+            let files = proofgate::security::TlsFiles::load(&certs, identity).unwrap();
+            let channel = proofgate::security::connect(&endpoint, Some(&files), GATEWAY_IDENTITY)
+                .await
+                .map_err(|e| e.to_string())?;
+            list_matters(&channel).await.map_err(|s| s.to_string())
+        }
+    };
+    call(OTHER_HALL).await.unwrap();
+
+    let revoked = proofgate(&[
+        OsStr::new("dev-certs"),
+        OsStr::new("--dir"),
+        certs.as_os_str(),
+        OsStr::new("--revoke"),
+        OsStr::new(OTHER_HALL),
+    ]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let said = String::from_utf8_lossy(&revoked.stdout);
+    assert!(
+        said.contains("CRL number 2") && said.contains("1 revoked"),
+        "{said}"
+    );
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    // SIGHUP (or the file poller, whichever comes first) loads the new list.
+    let refused = tokio::time::timeout(POLL_BOUND, async {
+        while call(OTHER_HALL).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "the revoked hall is still admitted");
+    call(HALL).await.unwrap();
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the node"
+    );
 }

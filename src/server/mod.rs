@@ -540,14 +540,9 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             info!(version = %policy.version, proofs = policy.proofs.len(), matters = policy.matters.len(), "no policy folder (no --policies, no ./policies): serving the sample catalog compiled into the binary")
         }
     }
-    std::fs::create_dir_all(&options.data_dir).map_err(|source| ServeError::Write {
-        path: options.data_dir.clone(),
-        source,
-    })?;
-    let (log, pseudonyms) = open_log(&options.data_dir, &options.node_id, options.writer)?;
-    record_policy(&log, &policy, approval.as_ref()).await?;
-
     // One metrics handle per node, handed to everything that records.
+    // TLS before the store: a certificate or CRL that cannot be used stops
+    // the start before anything is opened.
     let metrics = crate::metrics::Metrics::default();
     let certs_dir = options.data_dir.join("certs");
     let tls = if options.tls {
@@ -577,6 +572,13 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         warn!("PLAINTEXT: no TLS, callers name themselves in a header; for local development only");
         None
     };
+    std::fs::create_dir_all(&options.data_dir).map_err(|source| ServeError::Write {
+        path: options.data_dir.clone(),
+        source,
+    })?;
+    let (log, pseudonyms) = open_log(&options.data_dir, &options.node_id, options.writer)?;
+    record_policy(&log, &policy, approval.as_ref()).await?;
+
     let directory = Arc::new(
         DepartmentDirectory::with_clock(tls.clone(), options.monotonic_clock.clone())
             .with_metrics(metrics.clone()),
@@ -832,6 +834,12 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
 /// for scripts that started it on port 0.
 pub async fn serve_until_signal(options: ServeOptions) -> Result<(), ServeError> {
     let running = start(options).await?;
+    // Before the address is printed: whoever read it may send SIGHUP at
+    // once, and SIGHUP's default action would end the process.
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hangup = None::<()>;
     {
         // Whoever started us may stop reading after the first line: a closed
         // stdout must not stop the node, so write errors are ignored.
@@ -848,33 +856,35 @@ pub async fn serve_until_signal(options: ServeOptions) -> Result<(), ServeError>
         }
         let _ = out.flush();
     }
-    wait_reloading(&running).await;
+    wait_reloading(&running, hangup).await;
     running.shutdown().await;
     Ok(())
 }
 
 /// Waits for SIGINT or SIGTERM; SIGHUP reloads the policy folder and the
 /// TLS files meanwhile.
-async fn wait_reloading(running: &Running) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
-            let stop = wait_for_signal();
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = hangup.recv() => {
-                        // A refused set (or TLS file) is logged and the old
-                        // one keeps serving.
-                        let _ = running.reload_policies().await;
-                        let _ = running.reload_tls().await;
-                    }
-                }
+#[cfg(unix)]
+async fn wait_reloading(running: &Running, hangup: Option<tokio::signal::unix::Signal>) {
+    let Some(mut hangup) = hangup else {
+        return wait_for_signal().await;
+    };
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = hangup.recv() => {
+                // A refused set (or TLS file) is logged and the old one
+                // keeps serving.
+                let _ = running.reload_policies().await;
+                let _ = running.reload_tls().await;
             }
         }
     }
+}
+
+#[cfg(not(unix))]
+async fn wait_reloading(_running: &Running, _hangup: Option<()>) {
     wait_for_signal().await;
 }
 
