@@ -167,9 +167,18 @@ pub fn issue(dir: &Path, identity: &str, validity: Validity) -> Result<PathBuf, 
     }
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
+    // Written beside and renamed into place, one right after the other, so a
+    // node reloading its certificate (see `tls`) almost never reads a new
+    // certificate with the old key (a reload that does is refused and the
+    // next one takes the pair).
     let cert_path = dir.join(format!("{identity}.pem"));
-    fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
-    write_private(&dir.join(format!("{identity}.key")), &key.serialize_pem())?;
+    let key_path = dir.join(format!("{identity}.key"));
+    let cert_partial = dir.join(format!("{identity}.pem.partial"));
+    let key_partial = dir.join(format!("{identity}.key.partial"));
+    write_private(&key_partial, &key.serialize_pem())?;
+    fs::write(&cert_partial, cert.pem()).map_err(io(&cert_partial))?;
+    fs::rename(&key_partial, &key_path).map_err(io(&key_path))?;
+    fs::rename(&cert_partial, &cert_path).map_err(io(&cert_path))?;
     Ok(cert_path)
 }
 

@@ -305,6 +305,33 @@ fn load(sources: &TlsSources, clock: &SharedClock) -> Result<Loaded, TlsError> {
     })
 }
 
+/// Whether `new` may replace `current`: no CRL already expired (it would
+/// fail every peer closed for nothing: the serving lists stay), and no CRL
+/// older than the one it replaces (a lower CRL number: replaying an old,
+/// validly signed list would un-revoke what was revoked since).
+fn successor(current: &Loaded, new: &Loaded, now_unix_ms: i64) -> Result<(), TlsError> {
+    for crl in &new.crls {
+        if let Some(next_update) = crl.next_update_unix_ms.filter(|n| now_unix_ms >= *n) {
+            return Err(TlsError::Expired {
+                path: crl.path.clone(),
+                next_update: rfc3339(next_update),
+            });
+        }
+        if let Some(old) = current.crls.iter().find(|c| c.path == crl.path) {
+            if crl.crl_number < old.crl_number {
+                return Err(invalid(
+                    &crl.path,
+                    format!(
+                        "CRL number {} is lower than the loaded list's {}: an older list would un-revoke certificates revoked since",
+                        crl.crl_number, old.crl_number
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// SHA-256 of a certificate, hex: how logs and tests name a certificate.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, cert.as_ref()))
@@ -404,6 +431,12 @@ impl NodeTls {
                 .unwrap_or_else(|p| p.into_inner());
             let changed = current.stamp != loaded.stamp;
             if changed {
+                if let Err(e) = successor(&current, &loaded, self.shared.clock.now_unix_ms()) {
+                    drop(current);
+                    self.shared.metrics.tls_reload("failed");
+                    warn!(error = %e, "TLS reload refused; the old certificate and revocation lists keep serving");
+                    return Err(e);
+                }
                 let from = fingerprint(&current.certificate);
                 let to = fingerprint(&loaded.certificate);
                 *current = Arc::new(loaded);
@@ -789,11 +822,21 @@ mod tests {
         let rotated = tls.reload().unwrap();
         assert_ne!(rotated.certificate_sha256, before);
 
+        // An older list (lower CRL number) is not taken back.
+        let older = std::fs::read(dir.path().join(CA_CRL)).unwrap();
+        revoke(dir.path(), "admin.admin.proofgate", now).unwrap();
+        tls.reload().unwrap();
+        std::fs::write(dir.path().join(CA_CRL), &older).unwrap();
+        let err = tls.reload().unwrap_err();
+        assert!(err.to_string().contains("lower"), "{err}");
+        let admin = cert_of(dir.path(), "admin.admin.proofgate");
+        assert!(tls.refusal(std::slice::from_ref(&admin)).is_some());
+
         // Past nextUpdate on the node's clock: every certificate refused.
         assert_eq!(tls.check_expiry(), None);
         clock.advance(CRL_VALIDITY.as_millis() as i64 + 1);
         assert!(tls.check_expiry().unwrap().contains("expired"));
-        let other = cert_of(dir.path(), "admin.admin.proofgate");
+        let other = cert_of(dir.path(), "auditor.auditor.proofgate");
         assert!(tls
             .refusal(std::slice::from_ref(&other))
             .unwrap()
@@ -802,7 +845,7 @@ mod tests {
         metrics.render(&mut text);
         assert!(text.contains("proofgate_crl_expired 1"), "{text}");
         assert!(
-            text.contains("proofgate_tls_reloads_total{result=\"failed\"} 1"),
+            text.contains("proofgate_tls_reloads_total{result=\"failed\"} 2"),
             "{text}"
         );
 
