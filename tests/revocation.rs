@@ -440,8 +440,9 @@ async fn the_commands_revoke_and_a_served_node_reloads_on_sighup() {
         said.contains("CRL number 2") && said.contains("1 revoked"),
         "{said}"
     );
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &child.0.id().to_string()])
+    // The shell's builtin kill: no procps needed (and no unsafe libc call).
+    let hup = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -HUP {}", child.0.id())])
         .status()
         .unwrap();
     assert!(hup.success());

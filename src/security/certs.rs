@@ -98,7 +98,7 @@ pub(super) fn write_private(path: &Path, text: &str) -> Result<(), CertError> {
     file.write_all(text.as_bytes()).map_err(io(path))
 }
 
-fn valid_identity(identity: &str) -> bool {
+pub(super) fn valid_identity(identity: &str) -> bool {
     identity.ends_with(".proofgate")
         && identity.len() <= 128
         && identity.split('.').all(|label| {

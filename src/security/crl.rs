@@ -17,7 +17,7 @@ use rcgen::{CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, Revok
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 
-use super::certs::{ca_params, io, write_private, CertError, CA_KEY};
+use super::certs::{ca_params, io, valid_identity, write_private, CertError, CA_KEY};
 
 /// The CA's revocation list, next to `ca.pem`.
 pub const CA_CRL: &str = "ca.crl";
@@ -205,8 +205,17 @@ pub struct Revocation {
 /// Adds the serial of `dir/<identity>.pem` to `dir/ca.crl` (made if absent),
 /// keeping earlier revocations; re-signs it with the next CRL number.
 pub fn revoke(dir: &Path, identity: &str, now_unix_ms: i64) -> Result<Revocation, CertError> {
+    if !valid_identity(identity) {
+        return Err(CertError::BadIdentity(identity.to_owned()));
+    }
     let cert_path = dir.join(format!("{identity}.pem"));
-    let pem = fs::read(&cert_path).map_err(io(&cert_path))?;
+    let pem = fs::read(&cert_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CertError::Crl {
+            path: cert_path.clone(),
+            problem: format!("no certificate of `{identity}` here: nothing to revoke"),
+        },
+        _ => io(&cert_path)(e),
+    })?;
     let cert = CertificateDer::from_pem_slice(&pem).map_err(|e| CertError::Crl {
         path: cert_path.clone(),
         problem: format!("not a PEM certificate: {e}"),
@@ -336,9 +345,12 @@ mod tests {
         ));
         assert!(parse_crl(b"garbage").is_err());
         assert!(parse_crl(b"").is_err());
+        fs::remove_file(dir.path().join(CA_CRL)).unwrap();
+        let err = revoke(dir.path(), "nobody.hall.proofgate", NOW).unwrap_err();
+        assert!(err.to_string().contains("nothing to revoke"), "{err}");
         assert!(matches!(
-            revoke(dir.path(), "nobody.hall.proofgate", NOW),
-            Err(CertError::Io { .. })
+            revoke(dir.path(), "../ca.hall.proofgate", NOW),
+            Err(CertError::BadIdentity(_))
         ));
     }
 
