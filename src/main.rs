@@ -35,7 +35,7 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => cli::node::config_check(&file),
-        Command::DevCerts { dir, issue } => cli::node::dev_certs(&dir, issue.as_deref()),
+        Command::DevCerts(args) => cli::node::dev_certs(&args),
         Command::Keygen { data_dir } => cli::node::keygen(&data_dir),
         Command::MockDepartment {
             name,
