@@ -21,6 +21,10 @@
 //! | `proofgate_audit_entries`                   | gauge     |                       |
 //! | `proofgate_audit_log_bytes`                 | gauge     |                       |
 //! | `proofgate_watched_applications`            | gauge     |                       |
+//! | `proofgate_tls_reloads_total`               | counter   | result                |
+//! | `proofgate_tls_handshakes_refused_total`    | counter   |                       |
+//! | `proofgate_crl_expired`                     | gauge     |                       |
+//! | `proofgate_crl_next_update_seconds`         | gauge     |                       |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +83,11 @@ struct DepartmentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -114,6 +123,10 @@ struct Inner {
     audit_entries: Gauge,
     audit_log_bytes: Gauge,
     watched_applications: Gauge,
+    tls_reloads: Family<ResultLabels, Counter>,
+    tls_handshakes_refused: Counter,
+    crl_expired: Gauge,
+    crl_next_update_seconds: Gauge,
 }
 
 impl Default for Metrics {
@@ -189,6 +202,35 @@ impl Default for Metrics {
             "Pending applications being followed",
             watched_applications.clone(),
         );
+        let tls_reloads = Family::<ResultLabels, Counter>::default();
+        for result in ["ok", "failed"] {
+            drop(tls_reloads.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            }));
+        }
+        registry.register(
+            "tls_reloads",
+            "TLS reloads (certificate, key, CA, CRLs): ok, or failed (the old configuration kept serving)",
+            tls_reloads.clone(),
+        );
+        let tls_handshakes_refused = Counter::default();
+        registry.register(
+            "tls_handshakes_refused",
+            "TLS handshakes refused at the gRPC listener",
+            tls_handshakes_refused.clone(),
+        );
+        let crl_expired = Gauge::default();
+        registry.register(
+            "crl_expired",
+            "1 while a configured certificate revocation list is past its nextUpdate: every peer certificate is refused",
+            crl_expired.clone(),
+        );
+        let crl_next_update_seconds = Gauge::default();
+        registry.register(
+            "crl_next_update_seconds",
+            "Earliest nextUpdate of the configured revocation lists (Unix time; 0: none configured)",
+            crl_next_update_seconds.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -203,6 +245,10 @@ impl Default for Metrics {
                 audit_entries,
                 audit_log_bytes,
                 watched_applications,
+                tls_reloads,
+                tls_handshakes_refused,
+                crl_expired,
+                crl_next_update_seconds,
             }),
         }
     }
@@ -275,6 +321,31 @@ impl Metrics {
             .inc();
     }
 
+    /// A TLS reload ended: "ok" (new files serving) or "failed" (the old
+    /// configuration keeps serving).
+    pub fn tls_reload(&self, result: &'static str) {
+        self.inner
+            .tls_reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A TLS handshake at a listener failed (refused certificate, timeout).
+    pub fn tls_handshake_refused(&self) {
+        self.inner.tls_handshakes_refused.inc();
+    }
+
+    /// Whether a configured CRL is past its nextUpdate (then certificates
+    /// are refused), and the earliest nextUpdate (Unix ms), if any CRL.
+    pub fn set_crl_state(&self, expired: bool, next_update_unix_ms: Option<i64>) {
+        self.inner.crl_expired.set(i64::from(expired));
+        self.inner
+            .crl_next_update_seconds
+            .set(next_update_unix_ms.map_or(0, |ms| ms.div_euclid(1000)));
+    }
+
     /// Replaces the gauges read from the running node.
     pub fn set_node_gauges(&self, gauges: &NodeGauges) {
         let inner = &self.inner;
@@ -292,6 +363,11 @@ impl Metrics {
         inner.audit_entries.set(gauges.audit_entries);
         inner.audit_log_bytes.set(gauges.audit_log_bytes);
         inner.watched_applications.set(gauges.watched_applications);
+    }
+
+    /// Appends [`Metrics::encode`]'s text to `out`.
+    pub fn render(&self, out: &mut String) {
+        out.push_str(&self.encode());
     }
 
     /// The whole exposition in the OpenMetrics text format ([`CONTENT_TYPE`]).
@@ -338,6 +414,25 @@ mod tests {
         );
         assert!(out.contains("proofgate_circuit_state{department=\"health\"} 2"));
         assert!(out.contains("proofgate_audit_entries 7"));
+        assert!(out.contains("proofgate_tls_reloads_total{result=\"failed\"} 0"));
+        recorder.tls_reload("failed");
+        recorder.tls_handshake_refused();
+        recorder.set_crl_state(true, Some(1_700_000_000_500));
+        let mut tls = String::new();
+        metrics.render(&mut tls);
+        assert!(
+            tls.contains("proofgate_tls_reloads_total{result=\"failed\"} 1"),
+            "{tls}"
+        );
+        assert!(
+            tls.contains("proofgate_tls_handshakes_refused_total 1"),
+            "{tls}"
+        );
+        assert!(tls.contains("proofgate_crl_expired 1"), "{tls}");
+        assert!(
+            tls.contains("proofgate_crl_next_update_seconds 1700000000"),
+            "{tls}"
+        );
         assert!(out.ends_with("# EOF\n"), "{out}");
         assert_eq!(metrics.department_calls("health", "bad_signature"), 1);
         assert_eq!(metrics.department_calls("health", "timeout"), 0);

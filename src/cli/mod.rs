@@ -24,7 +24,8 @@ pub mod node;
 pub mod policy;
 
 pub use args::{
-    AuditCommand, BenchArgs, Cli, Command, ConfigCommand, LogSource, PolicyCommand, ServeArgs,
+    AuditCommand, BenchArgs, Cli, Command, ConfigCommand, DevCertsArgs, LogSource, PolicyCommand,
+    ServeArgs,
 };
 
 use std::path::PathBuf;
