@@ -12,7 +12,7 @@
 //!  → cli              one function per subcommand: a report or an error, the exit code
 //!  → config, bench    configuration precedence; the load generator
 //!  → server           assembly, gRPC service impls, the error boundary, GET /metrics
-//!  → operations       spot checks, dishonesty records, statistics
+//!  → operations, cluster  spot checks, dishonesty records, statistics; etcd session and node directory
 //!  → gateway          ApplicationService logic: one application from request to log
 //!  → departments      directory and clients, registry, mocks (used by server/cli only)
 //!  → security         keys and key rotation, certificates, identities, roles, the gates, policy signatures
@@ -32,6 +32,7 @@
 //! | [`bench`](mod@bench) | the load generator                                          |
 //! | [`server`]      | assembling and running a node; gRPC services; error boundary|
 //! | [`operations`]  | spot checks, dishonesty records, statistics                 |
+//! | [`cluster`]     | cluster mode: etcd session, node directory (`serve --etcd`) |
 //! | [`gateway`]     | one application from request to log, watchers               |
 //! | [`departments`] | data-source directory, registry, mock departments           |
 //! | [`security`]    | keys, mutual TLS certificates, caller roles, rate limits, signed policy sets |
@@ -51,6 +52,7 @@ pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod departments;
 pub mod gateway;

@@ -10,6 +10,7 @@
 mod application;
 mod audit;
 pub mod catalog;
+mod cluster_hook;
 pub mod metrics;
 mod operations;
 mod registry;
@@ -114,6 +115,9 @@ pub struct ServeOptions {
     /// The wall clock decisions, deadlines, completions and the overdue
     /// sweep read (tests drive a [`crate::clock::ManualClock`]).
     pub clock: crate::clock::SharedClock,
+    /// Cluster mode (`--etcd`): join the node directory in etcd and decide
+    /// only while the etcd session is live. None: one node, no etcd.
+    pub cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 impl Default for ServeOptions {
@@ -135,6 +139,7 @@ impl Default for ServeOptions {
             metrics_listen: None,
             monotonic_clock: crate::clock::Monotonic::default(),
             clock: crate::clock::system(),
+            cluster: None,
         }
     }
 }
@@ -187,6 +192,9 @@ pub enum ServeError {
     Tls(#[from] tonic::transport::Error),
     #[error("--insecure-plaintext is allowed only on a loopback address, not {0}")]
     PlaintextOffLoopback(SocketAddr),
+    /// Cluster mode: etcd options, etcd unreachable, or the node id taken.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Exit codes of the `proofgate` command (sysexits.h), documented in README.
@@ -198,13 +206,29 @@ pub mod exit {
     /// Bad data: a refused policy set, a log that does not verify or replay.
     pub const DATA: u8 = 65;
     /// A resource the node needs is unavailable: an address cannot be
-    /// bound, or the store is in use by another process.
+    /// bound, the store is in use by another process, etcd does not answer,
+    /// or (cluster mode) a live node already holds this node id.
     pub const UNAVAILABLE: u8 = 69;
     /// Anything else.
     pub const FAILURE: u8 = 1;
 
     use crate::audit::{RecordError, StoreError};
     use crate::security::LogKeyError;
+
+    /// Cluster mode: options that cannot work are configuration; etcd
+    /// unreachable, or the node id held by another live node, is a
+    /// resource in use or unavailable, like a bound port or a locked store.
+    pub fn of_cluster(e: &crate::cluster::ClusterError) -> u8 {
+        use crate::cluster::ClusterError;
+        match e {
+            ClusterError::Config(_) | ClusterError::ReadTls { .. } => CONFIG,
+            ClusterError::Etcd { .. }
+            | ClusterError::Timeout { .. }
+            | ClusterError::NodeIdTaken { .. }
+            | ClusterError::NotLive => UNAVAILABLE,
+            ClusterError::BadRecord { .. } => DATA,
+        }
+    }
 
     /// A store that cannot be opened: in use by another process, or not.
     pub fn of_store(e: &StoreError) -> u8 {
@@ -250,6 +274,7 @@ impl ServeError {
             }
             ServeError::Bind { .. } | ServeError::MetricsBind { .. } => exit::UNAVAILABLE,
             ServeError::Store(e) => exit::of_store(e),
+            ServeError::Cluster(e) => exit::of_cluster(e),
             ServeError::Log(e) => exit::of_log_key(e),
             ServeError::Certs(_) => exit::CONFIG,
             ServeError::Audit(_)
@@ -282,6 +307,8 @@ pub struct Running {
     sweeper: JoinHandle<()>,
     policy_watcher: JoinHandle<()>,
     metrics_task: Option<JoinHandle<()>>,
+    /// Cluster mode: the etcd session (None: one node, no etcd).
+    cluster: Option<cluster_hook::Joined>,
 }
 
 impl Running {
@@ -314,6 +341,11 @@ impl Running {
 
     /// Stops accepting, lets in-flight calls finish, stops the mocks.
     pub async fn shutdown(mut self) {
+        // First leave the cluster: no decision after this, and the node's
+        // record goes now instead of when its lease runs out.
+        if let Some(joined) = self.cluster.take() {
+            joined.leave().await;
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -559,9 +591,21 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         options.monotonic_clock.clone(),
     )
     .with_metrics(metrics.clone());
+    // Cluster mode: register in the node directory before serving anything,
+    // so a node whose id is taken stops here (exit 69).
+    let endpoint = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    let cluster = match &options.cluster {
+        Some(cluster) => {
+            Some(cluster_hook::join(cluster, &options.node_id, &endpoint, &gateway, &log).await?)
+        }
+        None => None,
+    };
     let applications = InterceptedService::new(
-        ApplicationServiceServer::new(ApplicationApi::new(Arc::clone(&gateway), metrics.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        ApplicationServiceServer::new(
+            ApplicationApi::new(Arc::clone(&gateway), metrics.clone())
+                .with_decide_gate(cluster.as_ref().map(cluster_hook::Joined::gate)),
+        )
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service("proofgate.v1.ApplicationService", &["hall", "admin"]),
     );
     let registry = InterceptedService::new(
@@ -621,7 +665,6 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
                 },
             ),
     );
-    let endpoint = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
     let mut mocks = Vec::new();
     if options.mock_departments {
         for (name, _) in BUILTIN_DEPARTMENTS {
@@ -655,6 +698,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     health_reporter
         .set_serving::<AuditServiceServer<AuditApi>>()
         .await;
+    let cluster = cluster.map(|joined| joined.report_health(health_reporter.clone()));
     let metrics_task = metrics_listener.map(|listener| {
         tokio::spawn(metrics::serve_metrics(
             listener,
@@ -707,6 +751,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         policy_trust,
         shutdown: Some(shutdown),
         task,
+        cluster,
     })
 }
 
