@@ -127,6 +127,25 @@ async fn submit(
         .map(|r| r.into_inner())
 }
 
+/// Submits until the node decides: UNAVAILABLE (no etcd session, e.g. on a
+/// machine so busy a renewal timed out) is retried within [`BOUND`].
+async fn submit_until_decided(
+    channel: &tonic::transport::Channel,
+    request_id: &str,
+) -> SubmitApplicationResponse {
+    let started = Instant::now();
+    loop {
+        match submit(channel, request_id).await {
+            Ok(reply) => return reply,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(started.elapsed() < BOUND, "never decided: {status:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
 async fn wait_for_health(channel: &tonic::transport::Channel, want: ServingStatus) {
     let started = Instant::now();
     while application_health(channel).await != want {
@@ -147,9 +166,7 @@ async fn without_an_etcd_quorum_nothing_is_decided_and_the_node_recovers_by_itse
     let node = spawn_node(&etcd.endpoints(), "node-3", &dir.path().join("n3"));
     let hall = connect_with(&node.endpoint, &node.certs(), HALL).await;
     let auditor = connect_with(&node.endpoint, &node.certs(), AUDITOR).await;
-    let before = submit(&hall, "quorum-0")
-        .await
-        .expect("decides with etcd up");
+    let before = submit_until_decided(&hall, "quorum-0").await;
     assert!(!before.replayed);
 
     // Two of three members gone: no quorum.
@@ -172,17 +189,7 @@ async fn without_an_etcd_quorum_nothing_is_decided_and_the_node_recovers_by_itse
     etcd.restart(2);
     etcd.wait_healthy().await;
     wait_for_health(&hall, ServingStatus::Serving).await;
-    let started = Instant::now();
-    let after = loop {
-        match submit(&hall, "quorum-1").await {
-            Ok(reply) => break reply,
-            Err(status) => {
-                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-                assert!(started.elapsed() < BOUND, "never decided again: {status:?}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    };
+    let after = submit_until_decided(&hall, "quorum-1").await;
     // The refused request was never decided: this is its first decision.
     assert!(!after.replayed);
     assert!(tree_size(&auditor).await > size);
