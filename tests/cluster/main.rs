@@ -1,8 +1,8 @@
 //! Cluster mode against a real etcd (3 members on loopback) and gateway
 //! nodes as child processes: joining and the node directory, a node id
-//! taken twice, a killed node leaving the directory with its lease, and
-//! losing the etcd quorum — nothing decided meanwhile, recovery without a
-//! restart.
+//! taken twice, a killed node leaving the directory with its lease, one
+//! etcd member down (still deciding), and losing the etcd quorum — nothing
+//! decided meanwhile, recovery without a restart.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -158,7 +158,7 @@ async fn wait_for_health(channel: &tonic::transport::Channel, want: ServingStatu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_an_etcd_quorum_nothing_is_decided_and_the_node_recovers_by_itself() {
+async fn one_member_down_still_decides_without_a_quorum_nothing_is_decided_and_the_node_recovers() {
     let Some(mut etcd) = EtcdCluster::start().await else {
         return;
     };
@@ -169,9 +169,13 @@ async fn without_an_etcd_quorum_nothing_is_decided_and_the_node_recovers_by_itse
     let before = submit_until_decided(&hall, "quorum-0").await;
     assert!(!before.replayed);
 
+    // One member gone: two of three are a quorum, the node keeps deciding.
+    etcd.kill(2);
+    let one_down = submit_until_decided(&hall, "quorum-half").await;
+    assert!(!one_down.replayed);
+
     // Two of three members gone: no quorum.
     etcd.kill(1);
-    etcd.kill(2);
     wait_for_health(&hall, ServingStatus::NotServing).await;
     let size = tree_size(&auditor).await;
     let refused = submit(&hall, "quorum-1")
