@@ -110,5 +110,38 @@ fn answers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, merkle, checkpoints, policy, subjects, answers);
+/// Policy load at Jinhua scale (4,052 proofs, 1,000 matters): what `policy
+/// check` and a node's start-up pay, split into reading+TOML and the whole.
+fn policy_load(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    proofgate::policy::synthetic::write_jinhua_catalogue(dir.path(), 4052, 1000).unwrap();
+    let mut group = c.benchmark_group("jinhua catalog");
+    group.sample_size(10);
+    group.bench_function("load_dir (parse, compile, canonical form, digest)", |b| {
+        b.iter(|| load_dir(black_box(dir.path())).unwrap().proofs.len())
+    });
+    let texts: Vec<String> = ["matters.toml", "proofs.toml"]
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap())
+        .collect();
+    group.bench_function("TOML parse only (toml::Table)", |b| {
+        b.iter(|| {
+            texts
+                .iter()
+                .map(|t| t.parse::<toml::Table>().unwrap().len())
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    merkle,
+    checkpoints,
+    policy,
+    subjects,
+    answers,
+    policy_load
+);
 criterion_main!(benches);

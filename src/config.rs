@@ -8,6 +8,7 @@
 //! Policy keys (`policy_keys`, `PROOFGATE_POLICY_KEYS`, `--policy-key`): the
 //! last place that names any replaces the earlier ones; none may name an
 //! empty list, so no layer can quietly turn the signature check off.
+//! Revocation lists (`crls`, `PROOFGATE_CRLS`, `--crl`) follow the same rule.
 //!
 //! ```toml
 //! listen = "127.0.0.1:50051"
@@ -19,6 +20,7 @@
 //! metrics_listen = "127.0.0.1:9464"   # or "off"
 //! max_in_flight = 4096
 //! policy_keys = ["keys/policy-signing.vkey"]  # any: every set must be signed
+//! crls = ["proofgate-data/certs/ca.crl"]       # revoked certificates are refused
 //!
 //! [rate_limits.per_role]        # calls per second
 //! hall = 5000
@@ -79,6 +81,7 @@ struct FileConfig {
     metrics_listen: Option<MetricsListen>,
     max_in_flight: Option<usize>,
     policy_keys: Option<Vec<PathBuf>>,
+    crls: Option<Vec<PathBuf>>,
     #[serde(default)]
     rate_limits: FileRateLimits,
     #[serde(default)]
@@ -156,6 +159,8 @@ pub struct Flags {
     pub policy_keys: Vec<PathBuf>,
     pub no_mock_departments: bool,
     pub insecure_plaintext: bool,
+    /// `--crl` (repeatable); empty: not given.
+    pub crls: Vec<PathBuf>,
     /// `--etcd URL[,URL…]`; empty: not given.
     pub etcd: Vec<String>,
     pub etcd_ca: Option<PathBuf>,
@@ -189,6 +194,9 @@ pub fn resolve(
     }
     if !flags.policy_keys.is_empty() {
         serve.policy_keys = flags.policy_keys.clone();
+    }
+    if !flags.crls.is_empty() {
+        serve.crls = flags.crls.clone();
     }
     if flags.no_mock_departments {
         serve.mock_departments = false;
@@ -323,6 +331,15 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
         }
         serve.policy_keys = keys;
     }
+    if let Some(crls) = parsed.crls {
+        if crls.is_empty() {
+            return Err(invalid(
+                "crls is empty: name at least one revocation list file, or remove the setting"
+                    .into(),
+            ));
+        }
+        serve.crls = crls;
+    }
     if let Some(v) = parsed.max_in_flight {
         if v == 0 {
             return Err(invalid("max_in_flight must be at least 1".into()));
@@ -411,6 +428,19 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
         }
         serve.policy_keys = keys;
     }
+    if let Some(v) = env.get("PROOFGATE_CRLS") {
+        // PATH-style, like PROOFGATE_POLICY_KEYS.
+        let crls: Vec<PathBuf> = std::env::split_paths(v)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        if crls.is_empty() {
+            return Err(env_error(
+                "PROOFGATE_CRLS",
+                "empty: name at least one revocation list file, or unset it".into(),
+            ));
+        }
+        serve.crls = crls;
+    }
     if let Some(v) = env.get("PROOFGATE_METRICS_LISTEN") {
         serve.metrics_listen = v
             .parse::<MetricsListen>()
@@ -458,6 +488,39 @@ mod tests {
         let env = HashMap::from([("PROOFGATE_POLICY_KEYS".to_owned(), String::new())]);
         let err = load(Some(file.path()), &env).unwrap_err();
         assert!(err.to_string().contains("PROOFGATE_POLICY_KEYS"), "{err}");
+    }
+
+    #[test]
+    fn crls_follow_file_then_environment_then_flags_and_are_never_empty() {
+        let file = write("crls = [\"a.crl\"]\n");
+        let config = load(Some(file.path()), &HashMap::new()).unwrap();
+        assert_eq!(config.serve.crls, [PathBuf::from("a.crl")]);
+        let env = HashMap::from([("PROOFGATE_CRLS".to_owned(), "b.crl".to_owned())]);
+        assert_eq!(
+            load(Some(file.path()), &env).unwrap().serve.crls,
+            [PathBuf::from("b.crl")]
+        );
+        let flags = Flags {
+            crls: vec![PathBuf::from("c.crl"), PathBuf::from("d.crl")],
+            ..Flags::default()
+        };
+        assert_eq!(
+            resolve(Some(file.path()), &env, &flags).unwrap().serve.crls,
+            [PathBuf::from("c.crl"), PathBuf::from("d.crl")]
+        );
+        assert_eq!(
+            resolve(Some(file.path()), &env, &Flags::default())
+                .unwrap()
+                .serve
+                .crls,
+            [PathBuf::from("b.crl")],
+            "flags naming none leave the environment's"
+        );
+        let empty = write("crls = []\n");
+        let err = load(Some(empty.path()), &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("crls is empty"), "{err}");
+        let env = HashMap::from([("PROOFGATE_CRLS".to_owned(), String::new())]);
+        assert!(load(None, &env).is_err());
     }
 
     fn write(text: &str) -> tempfile::NamedTempFile {

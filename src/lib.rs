@@ -15,7 +15,8 @@
 //!  → operations, cluster  spot checks, dishonesty records, statistics; etcd session and node directory
 //!  → gateway          ApplicationService logic: one application from request to log
 //!  → departments      directory and clients, registry, mocks (used by server/cli only)
-//!  → security         keys and key rotation, certificates, identities, roles, the gates, policy signatures
+//!  → security         keys and key rotation, certificates and CRLs, the node's reloadable TLS,
+//!                     identities, roles, the gates, policy signatures
 //!  → audit            entries, store, writer, checkpoints, reads, verify, replay
 //!  → policy           pure: catalog, conditions, the decision core
 //!  → leaves           signing, subject, merkle, metrics, clock, telemetry, pb
@@ -35,7 +36,7 @@
 //! | [`cluster`]     | cluster mode: etcd session, node directory (`serve --etcd`) |
 //! | [`gateway`]     | one application from request to log, watchers               |
 //! | [`departments`] | data-source directory, registry, mock departments           |
-//! | [`security`]    | keys, mutual TLS certificates, caller roles, rate limits, signed policy sets |
+//! | [`security`]    | keys, mutual TLS certificates, revocation lists and reloads, caller roles, rate limits, signed policy sets |
 //! | [`audit`]       | entries, checkpoints, sled store, writer, reads, replay     |
 //! | [`policy`]      | parse, validate, compile and evaluate the catalog (pure)    |
 //! | [`signing`]     | department answer batch signatures and their verification   |

@@ -38,7 +38,7 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => cli::node::config_check(&file),
-        Command::DevCerts { dir, issue } => cli::node::dev_certs(&dir, issue.as_deref()),
+        Command::DevCerts(args) => cli::node::dev_certs(&args),
         Command::Keygen { data_dir } => cli::node::keygen(&data_dir),
         Command::MockDepartment {
             name,
@@ -72,6 +72,7 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
             AuditCommand::Verify { source, vkey, json } => cli::audit::verify(&source, vkey, json),
             AuditCommand::Replay { source, json } => cli::audit::replay(&source, json),
             AuditCommand::Rebuild { data_dir, json } => cli::audit::rebuild(&data_dir, json),
+            AuditCommand::Usage { data_dir, json } => cli::audit::usage(&data_dir, json),
             AuditCommand::RotateKey { data_dir, node_id } => {
                 cli::audit::rotate_key(&data_dir, &node_id).await
             }

@@ -69,6 +69,17 @@ struct Counters {
     department_calls: Mutex<BTreeMap<(String, String), u64>>,
     department_latency: Mutex<BTreeMap<String, Arc<Histogram>>>,
     policy_reloads_refused: Mutex<BTreeMap<&'static str, u64>>,
+    tls: TlsFigures,
+}
+
+/// The node's TLS: reloads, refused handshakes, the CRLs' freshness.
+#[derive(Default)]
+struct TlsFigures {
+    reloads: Mutex<BTreeMap<&'static str, u64>>,
+    handshakes_refused: AtomicU64,
+    crl_expired: AtomicU64,
+    /// Earliest nextUpdate of the configured CRLs, Unix seconds; 0: none.
+    crl_next_update_s: std::sync::atomic::AtomicI64,
 }
 
 /// Why a policy reload is refused, as the `reason` label: an invalid set,
@@ -126,6 +137,47 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// A TLS reload ended: "ok" (new files serving) or "failed" (the old
+    /// configuration keeps serving).
+    pub fn tls_reload(&self, result: &'static str) {
+        *lock(&self.inner.tls.reloads).entry(result).or_default() += 1;
+    }
+
+    /// A TLS handshake at a listener failed (refused certificate, timeout).
+    pub fn tls_handshake_refused(&self) {
+        self.inner
+            .tls
+            .handshakes_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether a configured CRL is past its nextUpdate (then certificates
+    /// are refused), and the earliest nextUpdate (Unix ms), if any CRL.
+    pub fn set_crl_state(&self, expired: bool, next_update_unix_ms: Option<i64>) {
+        let tls = &self.inner.tls;
+        tls.crl_expired.store(u64::from(expired), Ordering::Relaxed);
+        tls.crl_next_update_s.store(
+            next_update_unix_ms.map_or(0, |ms| ms.div_euclid(1000)),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn render_tls(&self, out: &mut String) {
+        let tls = &self.inner.tls;
+        out.push_str("# HELP proofgate_tls_reloads_total TLS reloads (certificate, key, CA, CRLs): ok, or failed (the old configuration kept serving).\n# TYPE proofgate_tls_reloads_total counter\n");
+        let reloads = lock(&tls.reloads);
+        for result in ["ok", "failed"] {
+            let n = reloads.get(result).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "proofgate_tls_reloads_total{{result=\"{result}\"}} {n}"
+            );
+        }
+        let _ = writeln!(out, "# HELP proofgate_tls_handshakes_refused_total TLS handshakes refused at the gRPC listener.\n# TYPE proofgate_tls_handshakes_refused_total counter\nproofgate_tls_handshakes_refused_total {}", tls.handshakes_refused.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP proofgate_crl_expired 1 while a configured certificate revocation list is past its nextUpdate: every peer certificate is refused.\n# TYPE proofgate_crl_expired gauge\nproofgate_crl_expired {}", tls.crl_expired.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP proofgate_crl_next_update_seconds Earliest nextUpdate of the configured revocation lists (Unix time; 0: none configured).\n# TYPE proofgate_crl_next_update_seconds gauge\nproofgate_crl_next_update_seconds {}", tls.crl_next_update_s.load(Ordering::Relaxed));
+    }
+
     /// Appends the counters and histograms in the exposition format.
     pub fn render(&self, out: &mut String) {
         out.push_str("# HELP proofgate_requests_total Calls at the service gates, by verdict.\n# TYPE proofgate_requests_total counter\n");
@@ -172,6 +224,8 @@ impl Metrics {
                 "proofgate_policy_reload_refused_total{{reason=\"{reason}\"}} {n}"
             );
         }
+        drop(refused);
+        self.render_tls(out);
     }
 }
 

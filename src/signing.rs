@@ -25,9 +25,6 @@ const BATCH_DOMAIN: &[u8] = b"proofgate.v1.AnswerBatch\0";
 const COMPLETION_DOMAIN: &[u8] = b"proofgate.v1.CompleteVerificationRequest\0";
 /// Most answers under one signature.
 const MAX_BATCH: usize = 512;
-/// How long the first answer of a batch waits for company: the "last
-/// millisecond" of answers shares one signature (and one verification).
-pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
 /// Verified roots remembered; the cache is emptied when full.
 const CACHE_ROOTS: usize = 65_536;
 
@@ -73,10 +70,11 @@ fn root_message(root: &[u8]) -> Vec<u8> {
 
 type SignRequest = (Vec<u8>, oneshot::Sender<(Vec<u8>, AnswerBatchProof)>);
 
-/// Signs answers in batches on one task: the answers given within
-/// [`BATCH_WINDOW`] of the first go under one signature, so a burst costs one
-/// signature here and one verification at the gateway, for at most a
-/// millisecond of added latency.
+/// Signs answers in batches on one task. Batching is adaptive, like group
+/// commit: the signer takes every answer already queued and signs at once,
+/// never waiting for company. Alone, an answer is signed immediately; under
+/// load, the answers that queue while one batch is signed form the next, so a
+/// burst costs one signature here and one verification at the gateway.
 #[derive(Clone)]
 pub struct BatchSigner {
     tx: mpsc::Sender<SignRequest>,
@@ -89,11 +87,10 @@ impl BatchSigner {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while let Some(first) = rx.recv().await {
                 batch.push(first);
-                let close = tokio::time::Instant::now() + BATCH_WINDOW;
                 while batch.len() < MAX_BATCH {
-                    match tokio::time::timeout_at(close, rx.recv()).await {
-                        Ok(Some(next)) => batch.push(next),
-                        Ok(None) | Err(_) => break,
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
                     }
                 }
                 let leaves: Vec<Hash> = batch.iter().map(|(bytes, _)| leaf_hash(bytes)).collect();
@@ -273,6 +270,19 @@ mod tests {
             !verifier.verify(other.public_key().as_ref(), &answers[0]),
             "cache is per key"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_alone_is_signed_without_waiting_for_company() {
+        let department_key = key();
+        let signer = BatchSigner::start(Arc::clone(&department_key));
+        let started = tokio::time::Instant::now();
+        let mut a = answer("alone");
+        signer.sign(&mut a).await.unwrap();
+        // The clock is paused: any timer in the signer would have moved it.
+        assert_eq!(tokio::time::Instant::now(), started, "the signer waited");
+        assert_eq!(a.batch.as_ref().unwrap().size, 1);
+        assert!(AnswerVerifier::default().verify(department_key.public_key().as_ref(), &a));
     }
 
     #[test]

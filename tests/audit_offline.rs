@@ -294,7 +294,7 @@ async fn every_projection_rebuilds_from_the_entries_and_a_changed_one_is_named()
     app.status = proofgate::pb::ApplicationStatus::Unspecified as i32;
     drop(store);
     {
-        let db = sled::open(dir.path().join("log")).unwrap();
+        let db = open_raw(&dir.path().join("log"));
         db.insert(application_key(&first), app.encode_to_vec())
             .unwrap();
         db.insert(application_key("node-1.forged"), vec![]).unwrap();
@@ -493,7 +493,7 @@ async fn changing_a_stored_entry_in_the_data_folder_is_caught() {
             .unwrap();
         let index = size / 2;
         // Flip the entry's last byte, leaving its recorded leaf hash as it was.
-        let db = sled::open(dir.path().join("log")).unwrap();
+        let db = open_raw(&dir.path().join("log"));
         let mut key = vec![b'e'];
         key.extend_from_slice(&index.to_be_bytes());
         let mut value = db.get(&key).unwrap().unwrap().to_vec();
@@ -605,4 +605,21 @@ async fn a_rotated_key_is_followed_from_the_first_key() {
     )
     .unwrap();
     assert!(report.problem.is_some());
+}
+
+/// The store's sled database, raw, for tampering. sled frees the lock of a
+/// store closed a moment ago only when its background writes end, so this
+/// waits for it (as `AuditStore::open` does), within a bound.
+fn open_raw(path: &std::path::Path) -> sled::Db {
+    let mut attempts = 0;
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e) if attempts < 150 && e.to_string().contains("could not acquire lock") => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open {}: {e}", path.display()),
+        }
+    }
 }

@@ -29,7 +29,8 @@ pub use records::{data_dir_records, export, file_records, LogRecord, RecordError
 pub use replay::{replay_records, Discrepancy, PolicyApproval, ReplayReport};
 pub use store::{
     application_key, data_source_key, dishonesty_key, request_key, spot_check_key, ticket_key,
-    AuditStore, DishonestyRecord, SpotCheckRecord, StoreError, TicketRecord, POLICY_VERSION_KEY,
+    AuditStore, DishonestyRecord, KindUsage, SpotCheckRecord, StoreError, TicketRecord, Usage,
+    POLICY_VERSION_KEY,
 };
 pub use verify::{rotation_message, verify_records, Problem, VerifyReport};
 pub use writer::{AuditError, AuditLog, Receipt, WriterOptions};

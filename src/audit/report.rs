@@ -170,3 +170,67 @@ pub fn rebuild_json(report: &super::RebuildReport, seconds: f64) -> String {
     })
     .to_string()
 }
+
+/// `audit usage` as a table: where a data folder's bytes go.
+pub fn usage_table(usage: &super::Usage) -> String {
+    let mut out = String::from("audit usage\n");
+    let applications = usage
+        .kinds
+        .iter()
+        .find(|k| k.prefix == 'a')
+        .map_or(0, |k| k.keys);
+    out.push_str(&format!(
+        "  {:<30} {:>10} {:>12} {:>12} {:>10}\n",
+        "kind (key prefix)", "keys", "key bytes", "value bytes", "B/app"
+    ));
+    let per_app = |bytes: u64| {
+        if applications == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.0}", bytes as f64 / applications as f64)
+        }
+    };
+    for k in &usage.kinds {
+        out.push_str(&format!(
+            "  {:<30} {:>10} {:>12} {:>12} {:>10}\n",
+            format!("{} ({})", k.kind, k.prefix),
+            k.keys,
+            k.key_bytes,
+            k.value_bytes,
+            per_app(k.key_bytes + k.value_bytes)
+        ));
+    }
+    let payload = usage.payload();
+    let overhead = usage.on_disk.saturating_sub(payload);
+    out.push_str(&format!(
+        "  {:<30} {:>10} {:>25} {:>10}\n",
+        "payload (keys + values)",
+        "",
+        payload,
+        per_app(payload)
+    ));
+    out.push_str(&format!(
+        "  {:<30} {:>10} {:>25} {:>10}\n",
+        "sled overhead (disk - payload)",
+        "",
+        overhead,
+        per_app(overhead)
+    ));
+    out.push_str(&format!(
+        "  {:<30} {:>10} {:>25} {:>10}\n",
+        "on disk (files of the store)",
+        applications,
+        usage.on_disk,
+        per_app(usage.on_disk)
+    ));
+    out
+}
+
+/// `audit usage --json`.
+pub fn usage_json(usage: &super::Usage) -> serde_json::Value {
+    serde_json::json!({
+        "kinds": usage.kinds,
+        "payload_bytes": usage.payload(),
+        "on_disk_bytes": usage.on_disk,
+    })
+}

@@ -352,6 +352,87 @@ impl AuditStore {
     }
 }
 
+/// Keys and bytes of one key kind (first key byte) of the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KindUsage {
+    pub kind: &'static str,
+    pub prefix: char,
+    pub keys: u64,
+    pub key_bytes: u64,
+    pub value_bytes: u64,
+}
+
+/// What the store holds, by key kind, against what it takes on disk.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Usage {
+    pub kinds: Vec<KindUsage>,
+    /// Bytes of the files under the store's folder (what `du` counts).
+    pub on_disk: u64,
+}
+
+impl Usage {
+    pub fn payload(&self) -> u64 {
+        self.kinds.iter().map(|k| k.key_bytes + k.value_bytes).sum()
+    }
+}
+
+/// The key kinds of the table at the top of this file.
+fn kind_name(prefix: u8) -> &'static str {
+    match prefix {
+        b'e' => "entries",
+        b'c' => "checkpoints",
+        b'm' => "bookkeeping (frontier, meta)",
+        b'a' => "application projections",
+        b'r' => "request keys",
+        b't' => "tickets",
+        b'd' => "data sources",
+        b'n' => "Merkle nodes",
+        b'x' => "access index",
+        b's' => "spot checks",
+        b'h' => "dishonesty records",
+        _ => "other",
+    }
+}
+
+fn folder_bytes(path: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            folder_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+impl AuditStore {
+    /// Keys and bytes per key kind, one pass over the store, and the bytes of
+    /// the folder `path` it lives in: where a data folder's disk goes.
+    pub fn usage(&self, path: &Path) -> Result<Usage, StoreError> {
+        let mut kinds: std::collections::BTreeMap<u8, KindUsage> = Default::default();
+        for item in self.db.iter() {
+            let (key, value) = item?;
+            let prefix = key.first().copied().unwrap_or(0);
+            let kind = kinds.entry(prefix).or_insert_with(|| KindUsage {
+                kind: kind_name(prefix),
+                prefix: char::from(prefix),
+                ..Default::default()
+            });
+            kind.keys += 1;
+            kind.key_bytes += key.len() as u64;
+            kind.value_bytes += value.len() as u64;
+        }
+        let on_disk = folder_bytes(path)
+            .map_err(|e| StoreError::Corrupt(format!("cannot size {}: {e}", path.display())))?;
+        let mut kinds: Vec<KindUsage> = kinds.into_values().collect();
+        kinds.sort_by_key(|k| std::cmp::Reverse(k.key_bytes + k.value_bytes));
+        Ok(Usage { kinds, on_disk })
+    }
+}
+
 impl AuditStore {
     /// A bookkeeping value written by a batch (prefix `m`).
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -499,5 +580,41 @@ impl AuditStore {
             .next_back()
             .map(|item| decode_checkpoint(item?))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_keys_and_bytes_per_kind_and_sizes_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let store = AuditStore::open(&path).unwrap();
+        store
+            .db
+            .insert(application_key("app-1"), vec![0u8; 100])
+            .unwrap();
+        store
+            .db
+            .insert(application_key("app-22"), vec![0u8; 50])
+            .unwrap();
+        store
+            .db
+            .insert(b"e\0\0\0\0\0\0\0\x01", vec![0u8; 300])
+            .unwrap();
+        store.db.flush().unwrap();
+        let usage = store.usage(&path).unwrap();
+        let apps = usage.kinds.iter().find(|k| k.prefix == 'a').unwrap();
+        assert_eq!(
+            (apps.keys, apps.key_bytes, apps.value_bytes),
+            (2, 6 + 7, 150)
+        );
+        assert_eq!(apps.kind, "application projections");
+        // Largest kind first.
+        assert_eq!(usage.kinds[0].kind, "entries");
+        assert_eq!(usage.payload(), 13 + 150 + 9 + 300);
+        assert!(usage.on_disk >= usage.payload(), "{usage:?}");
     }
 }

@@ -24,6 +24,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start and matched once: the size of the largest variant
+// (serve's options) costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Run a gateway node. With no arguments: sled in ./proofgate-data, policies
@@ -36,17 +39,10 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Create a development CA and certificates for the gateway, halls, every
-    /// mock department, an auditor, a citizen portal and an admin; or issue one more.
-    DevCerts {
-        /// Folder of the CA and certificates.
-        #[arg(long, default_value = "proofgate-data/certs")]
-        dir: PathBuf,
-        /// Issue a certificate for this identity (<name>.<role>.proofgate, role one of
-        /// hall, department, auditor, citizen-portal, admin) with the existing CA.
-        #[arg(long)]
-        issue: Option<String>,
-    },
+    /// Create a development CA, its (empty, signed) revocation list ca.crl and
+    /// certificates for the gateway, halls, every mock department, an auditor,
+    /// a citizen portal and an admin; or issue, re-issue or revoke one.
+    DevCerts(DevCertsArgs),
     /// Run one built-in mock department standalone.
     MockDepartment {
         /// public-security, civil-affairs, human-resources, provident-fund,
@@ -145,6 +141,33 @@ pub enum ClusterCommand {
     },
 }
 
+// No doc comment here: the `DevCerts` variant's is the subcommand's help.
+#[derive(clap::Args)]
+pub struct DevCertsArgs {
+    /// Folder of the CA and certificates.
+    #[arg(long, default_value = "proofgate-data/certs")]
+    pub dir: PathBuf,
+    /// Issue a certificate for this identity (<name>.<role>.proofgate, role one of
+    /// hall, department, auditor, citizen-portal, admin) with the existing CA.
+    /// An identity that has one gets a new one (key included): how a node's
+    /// certificate is rotated; a running node picks it up by itself.
+    #[arg(
+        long,
+        visible_alias = "reissue",
+        value_name = "IDENTITY",
+        group = "dev_certs_action"
+    )]
+    pub issue: Option<String>,
+    /// Add this identity's current certificate to DIR/ca.crl (earlier
+    /// revocations kept, CRL number incremented, current for 30 days).
+    #[arg(long, value_name = "IDENTITY", group = "dev_certs_action")]
+    pub revoke: Option<String>,
+    /// Re-sign DIR/ca.crl with the same revocations for another 30 days
+    /// (before its nextUpdate passes, or nodes refuse every certificate).
+    #[arg(long, group = "dev_certs_action")]
+    pub renew_crl: bool,
+}
+
 #[derive(clap::Args)]
 #[group(required = true, multiple = false)]
 pub struct LogSource {
@@ -187,6 +210,15 @@ pub enum AuditCommand {
     /// checks, dishonesty records, data sources, access index) from the
     /// entries of a stopped node's data folder; report what differs (exit 65).
     Rebuild {
+        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where a stopped node's disk goes: keys and bytes per key kind (entries,
+    /// projections, request keys, access index, Merkle nodes...) against the
+    /// bytes of the store's files (sled's overhead), per application.
+    Usage {
         #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
         #[arg(long)]
@@ -281,6 +313,12 @@ pub struct ServeArgs {
     /// No TLS (loopback only; callers name themselves in a header). For development.
     #[arg(long)]
     pub insecure_plaintext: bool,
+    /// A certificate revocation list (PEM or DER; `dev-certs` writes
+    /// certs/ca.crl); repeatable. Revoked client and department certificates
+    /// are refused; reloaded on SIGHUP and when the file changes. Once one is
+    /// past its nextUpdate, every certificate is refused (fail closed).
+    #[arg(long = "crl", value_name = "FILE")]
+    pub crls: Vec<PathBuf>,
     /// Cluster mode: join the cluster whose shared state is on this etcd.
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -298,6 +336,7 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             no_mock_departments: self.no_mock_departments,
             insecure_plaintext: self.insecure_plaintext,
+            crls: self.crls.clone(),
             etcd: self.etcd.etcd.clone(),
             etcd_ca: self.etcd.etcd_ca.clone(),
             etcd_cert: self.etcd.etcd_cert.clone(),

@@ -84,6 +84,24 @@ pub fn rebuild(data_dir: &Path, json: bool) -> Result<Report, CliError> {
     })
 }
 
+/// `proofgate audit usage`: keys and bytes per key kind of a stopped node's
+/// store, against the bytes its files take; per application where there are
+/// applications.
+pub fn usage(data_dir: &Path, json: bool) -> Result<Report, CliError> {
+    let path = data_dir.join("log");
+    let usage = audit::AuditStore::open(&path)?.usage(&path)?;
+    let text = if json {
+        format!("{}\n", report::usage_json(&usage))
+    } else {
+        report::usage_table(&usage)
+    };
+    Ok(Report {
+        text,
+        warnings: Vec::new(),
+        found_problem: false,
+    })
+}
+
 /// `proofgate audit rotate-key`: replaces the checkpoint key of `data_dir`'s
 /// log; the change is logged and signed by the old key.
 pub async fn rotate_key(data_dir: &Path, node_id: &str) -> Result<Report, CliError> {

@@ -26,8 +26,8 @@ pub mod node;
 pub mod policy;
 
 pub use args::{
-    AuditCommand, BenchArgs, Cli, ClusterCommand, Command, ConfigCommand, EtcdArgs, LogSource,
-    PolicyCommand, ServeArgs,
+    AuditCommand, BenchArgs, Cli, ClusterCommand, Command, ConfigCommand, DevCertsArgs, EtcdArgs,
+    LogSource, PolicyCommand, ServeArgs,
 };
 
 use std::path::PathBuf;

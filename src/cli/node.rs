@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::{CliError, Report};
+use super::{CliError, DevCertsArgs, Report};
 use crate::config::{self, NodeConfig};
 use crate::departments::department_identity;
 use crate::departments::mock::{builtin_fixture, dev_identities, RunningMock};
@@ -40,6 +40,18 @@ pub fn config_check(file: &Path) -> Result<Report, CliError> {
         format!("  mutual TLS       {}", o.tls),
         format!("  mock departments {}", o.mock_departments),
         format!("  max in flight    {}", o.max_in_flight),
+        format!(
+            "  CRLs             {}",
+            if o.crls.is_empty() {
+                "none: certificates are not checked for revocation".to_owned()
+            } else {
+                o.crls
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
         format!("  metrics          {metrics}"),
         format!(
             "  policy keys      {}",
@@ -62,28 +74,53 @@ pub fn config_check(file: &Path) -> Result<Report, CliError> {
     })
 }
 
-/// `proofgate dev-certs`: a development CA and the certificates of every
-/// standard identity in `dir` (unless it has a CA already), or with `issue`
-/// one more certificate from the existing CA.
-pub fn dev_certs(dir: &Path, issue: Option<&str>) -> Result<Report, CliError> {
-    let message = match issue {
-        None => {
-            if security::ensure_dev_certs(dir, &dev_identities())? {
-                format!(
-                    "development CA and certificates written to {}",
-                    dir.display()
-                )
+/// `proofgate dev-certs`: a development CA, its empty CRL and the
+/// certificates of every standard identity in `dir` (unless it has a CA
+/// already); or with `--issue` one more (or a new one) from the existing CA;
+/// or with `--revoke` an identity's certificate added to `ca.crl`; or with
+/// `--renew-crl` the list re-signed.
+pub fn dev_certs(args: &DevCertsArgs) -> Result<Report, CliError> {
+    let dir = args.dir.as_path();
+    let now = crate::clock::system_now_unix_ms();
+    let message = if let Some(identity) = &args.issue {
+        let path = security::issue(dir, identity, Validity::Normal)?;
+        format!("issued {}", path.display())
+    } else if let Some(identity) = &args.revoke {
+        let done = security::crl::revoke(dir, identity, now)?;
+        format!(
+            "{} certificate {identity} (serial {}) in {}: CRL number {}, {} revoked, next update {}",
+            if done.already {
+                "already revoked:"
             } else {
-                format!(
-                    "{} already has a CA; pass --issue NAME to add a certificate",
-                    dir.display()
-                )
-            }
-        }
-        Some(identity) => {
-            let path = security::issue(dir, identity, Validity::Normal)?;
-            format!("issued {}", path.display())
-        }
+                "revoked"
+            },
+            done.serial,
+            done.path.display(),
+            done.crl_number,
+            done.revoked,
+            crate::security::tls::rfc3339(now + security::crl::CRL_VALIDITY.as_millis() as i64)
+        )
+    } else if args.renew_crl {
+        let (path, info) = security::crl::renew_crl(dir, now)?;
+        format!(
+            "re-signed {}: CRL number {}, {} revoked, next update {}",
+            path.display(),
+            info.crl_number,
+            info.revoked.len(),
+            info.next_update_unix_ms
+                .map(crate::security::tls::rfc3339)
+                .unwrap_or_default()
+        )
+    } else if security::ensure_dev_certs(dir, &dev_identities())? {
+        format!(
+            "development CA, revocation list and certificates written to {}",
+            dir.display()
+        )
+    } else {
+        format!(
+            "{} already has a CA; pass --issue NAME to add a certificate, --revoke NAME to revoke one",
+            dir.display()
+        )
     };
     Ok(Report::line(message))
 }

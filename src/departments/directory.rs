@@ -27,7 +27,8 @@ use crate::pb::{
     CompleteVerificationRequest, DataSource, QueryRequest, QueryResponse, VerifyRequest,
     VerifyResponse,
 };
-use crate::security::TlsFiles;
+use crate::security::tls::NodeTls;
+use rustls_pki_types::CertificateDer;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_ID_LEN: usize = 64;
@@ -97,9 +98,15 @@ impl CallFailure {
     }
 }
 
+/// The certificate the department presented on its latest connection.
+type PeerCertificate = Arc<std::sync::Mutex<Option<CertificateDer<'static>>>>;
+
 struct Source {
     info: DataSource,
     client: DepartmentServiceClient<Channel>,
+    /// Checked against the node's revocation lists before every call, so a
+    /// revocation reaches a connection opened before it.
+    peer: PeerCertificate,
     breaker: CircuitBreaker,
     limiter: Limiter<Monotonic>,
 }
@@ -114,9 +121,9 @@ pub struct DepartmentDirectory {
     sources: RwLock<HashMap<String, Arc<Source>>>,
     answers: AnswerVerifier,
     rng: SystemRandom,
-    /// The gateway's client identity for mutual TLS to departments; None in
-    /// plaintext dev mode.
-    client_tls: Option<TlsFiles>,
+    /// The node's TLS (its client identity, the CA, the revocation lists)
+    /// for mutual TLS to departments, reloadable; None in plaintext dev mode.
+    client_tls: Option<NodeTls>,
     /// Where call results and latencies are counted (handed in by the server).
     metrics: Metrics,
     /// Drives the circuit breakers and rate limits. Deadlines and retry
@@ -144,12 +151,12 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl DepartmentDirectory {
-    pub fn new(client_tls: Option<TlsFiles>) -> Self {
+    pub fn new(client_tls: Option<NodeTls>) -> Self {
         Self::with_clock(client_tls, Monotonic::default())
     }
 
     /// A directory whose breakers and rate limits run on `clock`.
-    pub fn with_clock(client_tls: Option<TlsFiles>, clock: Monotonic) -> Self {
+    pub fn with_clock(client_tls: Option<NodeTls>, clock: Monotonic) -> Self {
         Self {
             sources: RwLock::default(),
             answers: AnswerVerifier::default(),
@@ -197,26 +204,44 @@ impl DepartmentDirectory {
     /// lazily and reconnects by itself, so a department that starts later
     /// or restarts is picked up without re-registering.
     pub fn upsert(&self, info: DataSource) -> Result<(), DirectoryError> {
-        let mut endpoint = Self::validate(&info)?
+        let endpoint = Self::validate(&info)?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
-        if let Some(tls) = &self.client_tls {
-            if !info.endpoint.starts_with("https://") {
-                return Err(DirectoryError::PlaintextEndpoint(info.endpoint.clone()));
+        let peer = PeerCertificate::default();
+        let channel = match &self.client_tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => {
+                let Some(authority) = info.endpoint.strip_prefix("https://") else {
+                    return Err(DirectoryError::PlaintextEndpoint(info.endpoint.clone()));
+                };
+                // The TLS is done by the node's connector (with the client
+                // configuration current at each connection: reloaded
+                // certificates and revocation lists), so tonic sees http.
+                // The department must present its own certificate: an
+                // answer over this channel comes from that department.
+                let bad = || DirectoryError::BadEndpoint(info.endpoint.clone());
+                Endpoint::from_shared(format!("http://{authority}"))
+                    .map_err(|_| bad())?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_with_connector_lazy(
+                        tls.connector(&department_identity(&info.department_id), Arc::clone(&peer)),
+                    )
             }
-            // The department must present its own certificate: an answer
-            // over this channel comes from that department.
-            endpoint = endpoint
-                .tls_config(tls.client_config(&department_identity(&info.department_id)))
-                .map_err(|_| DirectoryError::BadEndpoint(info.endpoint.clone()))?;
-        }
-        self.insert(info, endpoint.connect_lazy());
+        };
+        self.insert_with_peer(info, channel, peer);
         Ok(())
     }
 
     /// Puts a source on `channel` in place, with a fresh breaker and limiter.
+    #[cfg(test)]
     fn insert(&self, info: DataSource, channel: Channel) {
+        self.insert_with_peer(info, channel, PeerCertificate::default());
+    }
+
+    fn insert_with_peer(&self, info: DataSource, channel: Channel, peer: PeerCertificate) {
         let source = Arc::new(Source {
+            peer,
             limiter: rate_limiter(info.capacity_per_second, self.clock.clone()),
             breaker: CircuitBreaker::default(),
             info,
@@ -253,10 +278,34 @@ impl DepartmentDirectory {
     }
 
     fn source(&self, department: &str) -> Result<Arc<Source>, CallFailure> {
-        self.read()
+        let source = self
+            .read()
             .get(department)
             .cloned()
-            .ok_or_else(|| CallFailure::NotRegistered(department.to_owned()))
+            .ok_or_else(|| CallFailure::NotRegistered(department.to_owned()))?;
+        // A department whose certificate was revoked (or any, once the
+        // revocation lists expired) is not asked, even over a connection
+        // opened before: what it says can no longer be trusted.
+        if let Some(tls) = &self.client_tls {
+            let peer = source
+                .peer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let refusal = match peer {
+                Some(cert) => tls.refusal(std::slice::from_ref(&cert)),
+                None => tls.crl_problem(),
+            };
+            if let Some(reason) = refusal {
+                tracing::warn!(%department, %reason, "department not asked: its certificate is not trusted now");
+                self.metrics
+                    .department_call(department, "untrusted", Duration::ZERO);
+                return Err(CallFailure::Unreachable(format!(
+                    "department certificate refused: {reason}"
+                )));
+            }
+        }
+        Ok(source)
     }
 
     /// The circuit state of a department's source, if registered.
@@ -711,7 +760,7 @@ mod tests {
         assert!(answered.answer.found);
         assert_eq!(h.calls(), MAX_QUERY_ATTEMPTS);
         // Two jittered pauses of 5–10 ms and 10–20 ms, on tokio's paused
-        // clock (plus the department's 1 ms signing windows).
+        // clock.
         let waited = started.elapsed();
         assert!(
             waited >= Duration::from_millis(15) && waited <= Duration::from_millis(40),

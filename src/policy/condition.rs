@@ -10,10 +10,11 @@ use thiserror::Error;
 
 use crate::pb::{field_value, FieldValue};
 
-/// A compiled CEL expression and its source text.
+/// A compiled CEL expression and its source text. Clones share the program.
+#[derive(Clone)]
 pub struct Condition {
     source: String,
-    program: Program,
+    program: Arc<Program>,
     env: Arc<Env>,
 }
 
@@ -62,7 +63,7 @@ impl Condition {
         }
         Ok(Self {
             source: source.to_owned(),
-            program,
+            program: Arc::new(program),
             env: Arc::clone(env),
         })
     }

@@ -80,6 +80,9 @@ pub struct Guard<C: Clock = Monotonic> {
     state: Arc<GuardState<C>>,
     /// Where each gate's verdicts are counted (handed in by the server).
     metrics: Metrics,
+    /// The node's revocation lists, checked per call (so a revocation
+    /// reaches connections opened before it); None: none configured here.
+    revocations: Option<super::tls::NodeTls>,
 }
 
 impl<C: Clock> Clone for Guard<C> {
@@ -87,6 +90,7 @@ impl<C: Clock> Clone for Guard<C> {
         Self {
             state: Arc::clone(&self.state),
             metrics: self.metrics.clone(),
+            revocations: self.revocations.clone(),
         }
     }
 }
@@ -109,7 +113,15 @@ impl<C: Clock + Clone> Guard<C> {
                 limiters: Mutex::new(HashMap::new()),
             }),
             metrics: Metrics::default(),
+            revocations: None,
         }
+    }
+
+    /// Refuses, per call, callers whose certificate `tls` says is revoked
+    /// (or every caller, while its revocation lists are expired).
+    pub fn with_revocations(mut self, tls: super::tls::NodeTls) -> Self {
+        self.revocations = Some(tls);
+        self
     }
 
     /// Counts the gates' verdicts in `metrics`.
@@ -133,14 +145,22 @@ impl<C: Clock + Clone> Guard<C> {
 
     fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let identity = if self.state.tls {
-            request
-                .peer_certs()
-                .and_then(|certs| identity_of(&certs))
-                .ok_or_else(|| {
-                    Status::unauthenticated(
-                        "a client certificate issued by the gateway's CA, naming a .proofgate identity, is required",
-                    )
-                })?
+            let certs = request.peer_certs().unwrap_or_default();
+            if let Some(reason) = self
+                .revocations
+                .as_ref()
+                .and_then(|tls| tls.refusal(&certs))
+            {
+                warn!(identity = ?identity_of(&certs), %reason, "refused: client certificate not trusted now");
+                return Err(Status::unauthenticated(format!(
+                    "client certificate refused: {reason}"
+                )));
+            }
+            identity_of(&certs).ok_or_else(|| {
+                Status::unauthenticated(
+                    "a client certificate issued by the gateway's CA, naming a .proofgate identity, is required",
+                )
+            })?
         } else {
             request
                 .metadata()

@@ -14,7 +14,8 @@ use rcgen::{
 use thiserror::Error;
 
 pub const CA_CERT: &str = "ca.pem";
-const CA_KEY: &str = "ca.key";
+/// The CA's private key (0600); `dev-certs --issue/--revoke` sign with it.
+pub const CA_KEY: &str = "ca.key";
 /// The gateway's identity; departments' TLS clients expect it.
 pub const GATEWAY_IDENTITY: &str = "gateway.proofgate";
 
@@ -30,9 +31,11 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("identity `{0}` must look like <name>.<role>.proofgate with name of a-z, 0-9 and '-'")]
     BadIdentity(String),
+    #[error("{path}: {problem}")]
+    Crl { path: PathBuf, problem: String },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
     move |source| CertError::Io {
         path: path.to_path_buf(),
         source,
@@ -69,7 +72,7 @@ pub fn standard_identities<'a>(departments: impl IntoIterator<Item = &'a str>) -
     names
 }
 
-fn ca_params() -> Result<CertificateParams, CertError> {
+pub(super) fn ca_params() -> Result<CertificateParams, CertError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "proofgate development CA");
@@ -82,7 +85,7 @@ fn ca_params() -> Result<CertificateParams, CertError> {
     Ok(params)
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), CertError> {
+pub(super) fn write_private(path: &Path, text: &str) -> Result<(), CertError> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -95,7 +98,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), CertError> {
     file.write_all(text.as_bytes()).map_err(io(path))
 }
 
-fn valid_identity(identity: &str) -> bool {
+pub(super) fn valid_identity(identity: &str) -> bool {
     identity.ends_with(".proofgate")
         && identity.len() <= 128
         && identity.split('.').all(|label| {
@@ -106,10 +109,14 @@ fn valid_identity(identity: &str) -> bool {
         })
 }
 
-/// Creates the CA and a certificate for each of `identities` in `dir` unless
-/// a CA exists. Returns whether anything was created.
+/// Creates the CA, its empty revocation list (`ca.crl`) and a certificate
+/// for each of `identities` in `dir` unless a CA exists. Returns whether
+/// anything was created. A CA made before CRLs existed gets its `ca.crl`.
 pub fn ensure_dev_certs(dir: &Path, identities: &[String]) -> Result<bool, CertError> {
     if dir.join(CA_CERT).exists() {
+        if dir.join(CA_KEY).exists() {
+            super::crl::ensure_crl(dir, crate::clock::system_now_unix_ms())?;
+        }
         return Ok(false);
     }
     fs::create_dir_all(dir).map_err(io(dir))?;
@@ -120,6 +127,7 @@ pub fn ensure_dev_certs(dir: &Path, identities: &[String]) -> Result<bool, CertE
     for identity in identities {
         issue(dir, identity, Validity::Normal)?;
     }
+    super::crl::ensure_crl(dir, crate::clock::system_now_unix_ms())?;
     Ok(true)
 }
 
@@ -159,9 +167,18 @@ pub fn issue(dir: &Path, identity: &str, validity: Validity) -> Result<PathBuf, 
     }
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
+    // Written beside and renamed into place, one right after the other, so a
+    // node reloading its certificate (see `tls`) almost never reads a new
+    // certificate with the old key (a reload that does is refused and the
+    // next one takes the pair).
     let cert_path = dir.join(format!("{identity}.pem"));
-    fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
-    write_private(&dir.join(format!("{identity}.key")), &key.serialize_pem())?;
+    let key_path = dir.join(format!("{identity}.key"));
+    let cert_partial = dir.join(format!("{identity}.pem.partial"));
+    let key_partial = dir.join(format!("{identity}.key.partial"));
+    write_private(&key_partial, &key.serialize_pem())?;
+    fs::write(&cert_partial, cert.pem()).map_err(io(&cert_partial))?;
+    fs::rename(&key_partial, &key_path).map_err(io(&key_path))?;
+    fs::rename(&cert_partial, &cert_path).map_err(io(&cert_path))?;
     Ok(cert_path)
 }
 

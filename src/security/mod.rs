@@ -5,9 +5,11 @@
 
 pub mod authz;
 pub mod certs;
+pub mod crl;
 pub mod identity;
 mod keys;
 pub mod policy_signing;
+pub mod tls;
 
 pub use authz::{
     caller, connect, denied, resource_exhausted, Guard, IdentityHeader, RateLimits, ServiceGate,

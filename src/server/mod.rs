@@ -43,6 +43,7 @@ use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::department_registry_server::DepartmentRegistryServer;
 use crate::pb::operations_service_server::OperationsServiceServer;
 use crate::policy::{load_dir, PolicyErrors, PolicySet};
+use crate::security::tls::{NodeTls, TlsError, TlsReload, TlsSources, TLS_POLL_EVERY};
 use crate::security::{
     ensure_dev_certs, Approval, CertError, Guard, LogKeyError, PolicyKeyError, PolicyTrust,
     RateLimits, RoleMap, SignatureError, TlsFiles, GATEWAY_IDENTITY,
@@ -67,6 +68,10 @@ pub const OVERDUE_SWEEP_EVERY: Duration = Duration::from_secs(60);
 pub const MAX_IN_FLIGHT: usize = 4096;
 /// How often the policy folder is checked for changes.
 pub const POLICY_POLL_EVERY: Duration = Duration::from_secs(2);
+/// The health service name that is NOT_SERVING while a configured
+/// certificate revocation list is expired (and the node refuses every
+/// certificate); SERVING otherwise.
+pub const CRL_HEALTH_SERVICE: &str = "proofgate.crl";
 
 /// Names, sizes and modification times of the policy files: a change to any
 /// of them is a reason to reload.
@@ -104,6 +109,10 @@ pub struct ServeOptions {
     /// DATA_DIR/certs, a dev CA made on first start). Off only on explicit
     /// request, and then only on loopback.
     pub tls: bool,
+    /// Certificate revocation lists (`--crl`, PEM or DER), checked on every
+    /// listener and on the calls to departments; reloaded with the node's
+    /// certificate on SIGHUP and when the files change. Needs TLS.
+    pub crls: Vec<PathBuf>,
     pub roles: RoleMap,
     pub rate_limits: RateLimits,
     pub max_in_flight: usize,
@@ -133,6 +142,7 @@ impl Default for ServeOptions {
             mock_departments: true,
             writer: WriterOptions::default(),
             tls: true,
+            crls: Vec::new(),
             roles: RoleMap::default(),
             rate_limits: RateLimits::default(),
             max_in_flight: MAX_IN_FLIGHT,
@@ -192,6 +202,12 @@ pub enum ServeError {
     Tls(#[from] tonic::transport::Error),
     #[error("--insecure-plaintext is allowed only on a loopback address, not {0}")]
     PlaintextOffLoopback(SocketAddr),
+    #[error(
+        "--crl needs TLS: certificate revocation lists cannot apply with --insecure-plaintext"
+    )]
+    CrlWithoutTls,
+    #[error(transparent)]
+    NodeTls(#[from] TlsError),
     /// Cluster mode: etcd options, etcd unreachable, or the node id taken.
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
@@ -268,7 +284,12 @@ impl ServeError {
             ServeError::NodeId(_)
             | ServeError::PoliciesMissing(_)
             | ServeError::PlaintextOffLoopback(_)
+            | ServeError::CrlWithoutTls
             | ServeError::PolicyKey(_) => exit::CONFIG,
+            // A revocation list past its nextUpdate is bad data, like a
+            // refused policy set; files that cannot be used are configuration.
+            ServeError::NodeTls(TlsError::Expired { .. }) => exit::DATA,
+            ServeError::NodeTls(_) => exit::CONFIG,
             ServeError::Policy(_) | ServeError::PolicySignature(_) | ServeError::Fixture(_) => {
                 exit::DATA
             }
@@ -302,6 +323,10 @@ pub struct Running {
     pub metrics: crate::metrics::Metrics,
     /// The policy keys reloads check signatures against.
     policy_trust: Arc<PolicyTrust>,
+    /// The node's reloadable TLS (None in plaintext mode).
+    node_tls: Option<NodeTls>,
+    health: tonic_health::server::HealthReporter,
+    tls_watcher: JoinHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
@@ -335,6 +360,26 @@ impl Running {
         }
     }
 
+    /// Reads the node's certificate, key, CA and revocation lists again
+    /// (what SIGHUP and a change of the files do): new connections use
+    /// them, open connections are kept. A set of files that does not load
+    /// is refused, logged and counted, and the old one keeps serving. Also
+    /// re-judges the lists' expiry on the node's clock and shows it in
+    /// health and metrics. None in plaintext mode.
+    pub async fn reload_tls(&self) -> Result<Option<TlsReload>, ServeError> {
+        let Some(tls) = &self.node_tls else {
+            return Ok(None);
+        };
+        let reloaded = tls.reload();
+        show_tls_health(&self.health, tls.check_expiry().as_deref()).await;
+        Ok(Some(reloaded?))
+    }
+
+    /// The node's live TLS (certificate now serving, CRL status).
+    pub fn tls(&self) -> Option<&NodeTls> {
+        self.node_tls.as_ref()
+    }
+
     pub fn mock(&self, department: &str) -> Option<&RunningMock> {
         self.mocks.iter().find(|m| m.department_id == department)
     }
@@ -353,6 +398,8 @@ impl Running {
         let _ = (&mut self.sweeper).await;
         self.policy_watcher.abort();
         let _ = (&mut self.policy_watcher).await;
+        self.tls_watcher.abort();
+        let _ = (&mut self.tls_watcher).await;
         if let Some(mut task) = self.metrics_task.take() {
             task.abort();
             let _ = (&mut task).await;
@@ -389,6 +436,28 @@ fn valid_node_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The health of the services that need a client certificate follows the
+/// revocation lists: NOT_SERVING while one is expired (every certificate is
+/// refused), SERVING otherwise; [`CRL_HEALTH_SERVICE`] says the same alone.
+async fn show_tls_health(health: &tonic_health::server::HealthReporter, problem: Option<&str>) {
+    use tonic::server::NamedService;
+    use tonic_health::ServingStatus;
+    let status = if problem.is_some() {
+        ServingStatus::NotServing
+    } else {
+        ServingStatus::Serving
+    };
+    for service in [
+        CRL_HEALTH_SERVICE,
+        "",
+        <ApplicationServiceServer<ApplicationApi> as NamedService>::NAME,
+        <DepartmentRegistryServer<RegistryApi> as NamedService>::NAME,
+        <AuditServiceServer<AuditApi> as NamedService>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
 }
 
 /// See [`Running::reload_policies`].
@@ -503,6 +572,38 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             info!(version = %policy.version, proofs = policy.proofs.len(), matters = policy.matters.len(), "no policy folder (no --policies, no ./policies): serving the sample catalog compiled into the binary")
         }
     }
+    // One metrics handle per node, handed to everything that records.
+    // TLS before the store: a certificate or CRL that cannot be used stops
+    // the start before anything is opened.
+    let metrics = crate::metrics::Metrics::default();
+    let certs_dir = options.data_dir.join("certs");
+    let tls = if options.tls {
+        if ensure_dev_certs(&certs_dir, &crate::departments::mock::dev_identities())? {
+            info!(dir = %certs_dir.display(), "development CA and certificates created");
+        }
+        let node_tls = NodeTls::load(
+            TlsSources {
+                dir: certs_dir.clone(),
+                identity: GATEWAY_IDENTITY.to_owned(),
+                crls: options.crls.clone(),
+            },
+            Arc::clone(&options.clock),
+            metrics.clone(),
+        )?;
+        if options.crls.is_empty() {
+            info!("no --crl: client and department certificates are not checked for revocation");
+        }
+        Some(node_tls)
+    } else {
+        if !options.crls.is_empty() {
+            return Err(ServeError::CrlWithoutTls);
+        }
+        if !options.listen.ip().is_loopback() {
+            return Err(ServeError::PlaintextOffLoopback(options.listen));
+        }
+        warn!("PLAINTEXT: no TLS, callers name themselves in a header; for local development only");
+        None
+    };
     std::fs::create_dir_all(&options.data_dir).map_err(|source| ServeError::Write {
         path: options.data_dir.clone(),
         source,
@@ -510,21 +611,6 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     let (log, pseudonyms) = open_log(&options.data_dir, &options.node_id, options.writer)?;
     record_policy(&log, &policy, approval.as_ref()).await?;
 
-    let certs_dir = options.data_dir.join("certs");
-    let tls = if options.tls {
-        if ensure_dev_certs(&certs_dir, &crate::departments::mock::dev_identities())? {
-            info!(dir = %certs_dir.display(), "development CA and certificates created");
-        }
-        Some(TlsFiles::load(&certs_dir, GATEWAY_IDENTITY)?)
-    } else {
-        if !options.listen.ip().is_loopback() {
-            return Err(ServeError::PlaintextOffLoopback(options.listen));
-        }
-        warn!("PLAINTEXT: no TLS, callers name themselves in a header; for local development only");
-        None
-    };
-    // One metrics handle per node, handed to everything that records.
-    let metrics = crate::metrics::Metrics::default();
     let directory = Arc::new(
         DepartmentDirectory::with_clock(tls.clone(), options.monotonic_clock.clone())
             .with_metrics(metrics.clone()),
@@ -584,13 +670,16 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(ServeError::Reflection)?;
-    let guard = Guard::with_clock(
+    let mut guard = Guard::with_clock(
         tls.is_some(),
         options.roles.clone(),
         options.rate_limits.clone(),
         options.monotonic_clock.clone(),
     )
     .with_metrics(metrics.clone());
+    if let Some(node_tls) = &tls {
+        guard = guard.with_revocations(node_tls.clone());
+    }
     // Cluster mode: register in the node directory before serving anything,
     // so a node whose id is taken stops here (exit 69).
     let endpoint = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
@@ -644,27 +733,34 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     let limits = tower::ServiceBuilder::new().load_shed().layer(
         tower::limit::GlobalConcurrencyLimitLayer::new(options.max_in_flight.max(1)),
     );
-    let mut builder = tonic::transport::Server::builder().timeout(REQUEST_TIMEOUT);
-    if let Some(files) = &tls {
-        builder = builder.tls_config(files.server_config())?;
+    let router = tonic::transport::Server::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .layer(limits)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(applications)
+        .add_service(registry)
+        .add_service(audit)
+        .add_service(operations);
+    let stop = async {
+        let _ = on_shutdown.await;
+    };
+    let task = match &tls {
+        // TLS by our own acceptor, not tonic's: it takes the server
+        // configuration current at each connection (reloaded certificate,
+        // CRLs), and tonic still sees the peer's certificates.
+        Some(node_tls) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(node_tls.incoming(listener), stop))
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            // Without nodelay, replies split over two writes wait on a delayed ACK (~40 ms).
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop,
+        )),
+    };
+    if let Some(node_tls) = &tls {
+        show_tls_health(&health_reporter, node_tls.check_expiry().as_deref()).await;
     }
-    let task = tokio::spawn(
-        builder
-            .layer(limits)
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(applications)
-            .add_service(registry)
-            .add_service(audit)
-            .add_service(operations)
-            .serve_with_incoming_shutdown(
-                // Without nodelay, replies split over two writes wait on a delayed ACK (~40 ms).
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async {
-                    let _ = on_shutdown.await;
-                },
-            ),
-    );
     let mut mocks = Vec::new();
     if options.mock_departments {
         for (name, _) in BUILTIN_DEPARTMENTS {
@@ -725,6 +821,25 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             }
         }
     });
+    let tls_watcher = {
+        let node_tls = tls.clone();
+        let health = health_reporter.clone();
+        tokio::spawn(async move {
+            let Some(node_tls) = node_tls else { return };
+            let mut every = tokio::time::interval(TLS_POLL_EVERY);
+            let mut shown = node_tls.crl_problem().is_some();
+            loop {
+                every.tick().await;
+                // A refused reload is logged and counted by reload itself.
+                let _ = node_tls.reload_if_changed();
+                let expired = node_tls.check_expiry();
+                if expired.is_some() != shown {
+                    shown = expired.is_some();
+                    show_tls_health(&health, expired.as_deref()).await;
+                }
+            }
+        })
+    };
     let sweeping = Arc::clone(&gateway);
     let sweeper = tokio::spawn(async move {
         let mut every = tokio::time::interval(OVERDUE_SWEEP_EVERY);
@@ -749,17 +864,27 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         mocks,
         metrics,
         policy_trust,
+        node_tls: tls,
+        health: health_reporter,
+        tls_watcher,
         shutdown: Some(shutdown),
         task,
         cluster,
     })
 }
 
-/// Runs a node until SIGINT or SIGTERM (SIGHUP reloads the policy folder),
+/// Runs a node until SIGINT or SIGTERM (SIGHUP reloads the policy folder
+/// and the TLS files),
 /// then shuts it down. Prints the bound addresses on stdout, for people and
 /// for scripts that started it on port 0.
 pub async fn serve_until_signal(options: ServeOptions) -> Result<(), ServeError> {
     let running = start(options).await?;
+    // Before the address is printed: whoever read it may send SIGHUP at
+    // once, and SIGHUP's default action would end the process.
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hangup = None::<()>;
     {
         // Whoever started us may stop reading after the first line: a closed
         // stdout must not stop the node, so write errors are ignored.
@@ -776,30 +901,35 @@ pub async fn serve_until_signal(options: ServeOptions) -> Result<(), ServeError>
         }
         let _ = out.flush();
     }
-    wait_reloading(&running).await;
+    wait_reloading(&running, hangup).await;
     running.shutdown().await;
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM; SIGHUP reloads the policy folder meanwhile.
-async fn wait_reloading(running: &Running) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
-            let stop = wait_for_signal();
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = hangup.recv() => {
-                        // A refused set is logged and the old one keeps serving.
-                        let _ = running.reload_policies().await;
-                    }
-                }
+/// Waits for SIGINT or SIGTERM; SIGHUP reloads the policy folder and the
+/// TLS files meanwhile.
+#[cfg(unix)]
+async fn wait_reloading(running: &Running, hangup: Option<tokio::signal::unix::Signal>) {
+    let Some(mut hangup) = hangup else {
+        return wait_for_signal().await;
+    };
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = hangup.recv() => {
+                // A refused set (or TLS file) is logged and the old one
+                // keeps serving.
+                let _ = running.reload_policies().await;
+                let _ = running.reload_tls().await;
             }
         }
     }
+}
+
+#[cfg(not(unix))]
+async fn wait_reloading(_running: &Running, _hangup: Option<()>) {
     wait_for_signal().await;
 }
 
