@@ -33,7 +33,16 @@
 //! [roles]                       # identities outside the naming convention
 //! "ops-console.example.proofgate" = "admin"
 //! "jinhua-tax.example.proofgate" = "department:tax"
+//!
+//! [cluster]                     # cluster mode; absent: one node, no etcd
+//! etcd = ["http://127.0.0.1:2379", "http://127.0.0.1:22379"]
+//! etcd_prefix = "/proofgate/"
+//! # etcd_ca = "etcd/ca.pem"; etcd_cert = "..."; etcd_key = "..."  (etcd over TLS)
 //! ```
+//!
+//! Cluster flags (`--etcd`, `--etcd-ca`, `--etcd-cert`, `--etcd-key`,
+//! `--etcd-prefix`) override the `[cluster]` table field by field;
+//! `--etcd` (or the table's `etcd`) is what turns cluster mode on.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -81,6 +90,19 @@ struct FileConfig {
     rate_limits: FileRateLimits,
     #[serde(default)]
     roles: HashMap<String, String>,
+    cluster: Option<FileCluster>,
+}
+
+/// `[cluster]`: see [`crate::cluster::ClusterOptions`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    #[serde(default)]
+    etcd: Vec<String>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    etcd_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +197,12 @@ pub struct Flags {
     pub insecure_plaintext: bool,
     /// `--crl` (repeatable); empty: not given.
     pub crls: Vec<PathBuf>,
+    /// `--etcd URL[,URL…]`; empty: not given.
+    pub etcd: Vec<String>,
+    pub etcd_ca: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+    pub etcd_prefix: Option<String>,
 }
 
 /// The whole precedence: defaults < `file` < `env` < `flags`.
@@ -215,7 +243,47 @@ pub fn resolve(
     if flags.insecure_plaintext {
         serve.tls = false;
     }
+    resolve_cluster(&mut serve.cluster, flags).map_err(|problem| ConfigError::Invalid {
+        file: file.map_or_else(|| PathBuf::from("<flags>"), Path::to_path_buf),
+        line: 0,
+        problem,
+    })?;
     Ok(node)
+}
+
+/// Cluster flags over the `[cluster]` table, then the whole checked.
+fn resolve_cluster(
+    cluster: &mut Option<crate::cluster::ClusterOptions>,
+    flags: &Flags,
+) -> Result<(), String> {
+    let given = !flags.etcd.is_empty()
+        || flags.etcd_ca.is_some()
+        || flags.etcd_cert.is_some()
+        || flags.etcd_key.is_some()
+        || flags.etcd_prefix.is_some();
+    if !given {
+        return Ok(());
+    }
+    let mut options = cluster
+        .take()
+        .unwrap_or_else(|| crate::cluster::ClusterOptions::new(Vec::new()));
+    if !flags.etcd.is_empty() {
+        options.endpoints = flags.etcd.clone();
+    }
+    if let Some(v) = &flags.etcd_ca {
+        options.ca = Some(v.clone());
+    }
+    if let Some(v) = &flags.etcd_cert {
+        options.cert = Some(v.clone());
+    }
+    if let Some(v) = &flags.etcd_key {
+        options.key = Some(v.clone());
+    }
+    if let Some(v) = &flags.etcd_prefix {
+        options.prefix = v.clone();
+    }
+    *cluster = Some(options.validated().map_err(|e| e.to_string())?);
+    Ok(())
 }
 
 fn parse_role(text: &str) -> Option<Role> {
@@ -354,6 +422,22 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
         roles = roles.with(&identity, parsed_role);
     }
     serve.roles = roles;
+    if let Some(table) = parsed.cluster {
+        let options = crate::cluster::ClusterOptions {
+            endpoints: table.etcd,
+            ca: table.etcd_ca,
+            cert: table.etcd_cert,
+            key: table.etcd_key,
+            prefix: table
+                .etcd_prefix
+                .unwrap_or_else(|| crate::cluster::DEFAULT_PREFIX.into()),
+        };
+        serve.cluster = Some(
+            options
+                .validated()
+                .map_err(|e| invalid(format!("[cluster]: {e}")))?,
+        );
+    }
 
     let env_error = |name: &str, problem: String| ConfigError::Env {
         name: name.to_owned(),
@@ -524,6 +608,38 @@ mod tests {
         let env = HashMap::from([("PROOFGATE_LISTEN".to_owned(), "nowhere".to_owned())]);
         let err = load(None, &env).unwrap_err().to_string();
         assert!(err.contains("PROOFGATE_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn cluster_mode_comes_from_the_table_or_the_flags_and_is_off_by_default() {
+        assert!(resolve(None, &HashMap::new(), &Flags::default())
+            .unwrap()
+            .serve
+            .cluster
+            .is_none());
+        let file = write("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\netcd_prefix = \"/a\"\n");
+        let config = resolve(Some(file.path()), &HashMap::new(), &Flags::default()).unwrap();
+        let cluster = config.serve.cluster.unwrap();
+        assert_eq!(cluster.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(cluster.prefix, "/a/");
+        let flags = Flags {
+            etcd: vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            ..Flags::default()
+        };
+        let config = resolve(Some(file.path()), &HashMap::new(), &flags).unwrap();
+        let cluster = config.serve.cluster.unwrap();
+        assert_eq!(cluster.endpoints.len(), 2);
+        assert_eq!(cluster.prefix, "/a/", "the table's prefix stays");
+        let config = resolve(None, &HashMap::new(), &flags).unwrap();
+        assert_eq!(config.serve.cluster.unwrap().prefix, "/proofgate/");
+        let no_url = Flags {
+            etcd_prefix: Some("/x/".into()),
+            ..Flags::default()
+        };
+        let err = resolve(None, &HashMap::new(), &no_url).unwrap_err();
+        assert!(err.to_string().contains("--etcd"), "{err}");
+        let empty = write("[cluster]\netcd = []\n");
+        assert!(load(Some(empty.path()), &HashMap::new()).is_err());
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! The `proofgate` command: parse arguments, load the configuration, set up
 //! tracing, hand over to the library ([`proofgate::cli`], one function per
 //! subcommand), and map the result to an exit code (64 bad configuration or
-//! arguments, 65 bad data, 69 cannot bind or the store is in use, 1 anything
+//! arguments, 65 bad data, 69 cannot bind, the store is in use, etcd is
+//! unreachable or the node id is taken in the cluster, 1 anything
 //! else; see README "Exit codes").
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use proofgate::cli::{self, AuditCommand, Cli, Command, ConfigCommand, PolicyCommand};
+use proofgate::cli::{
+    self, AuditCommand, Cli, ClusterCommand, Command, ConfigCommand, PolicyCommand,
+};
 use proofgate::{config, server, telemetry};
 
 fn main() -> ExitCode {
@@ -76,5 +79,8 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
         },
         Command::Stats { data_dir, json } => cli::audit::stats(&data_dir, json),
         Command::Bench(args) => cli::bench::run(args).await,
+        Command::Cluster {
+            command: ClusterCommand::Status { etcd, json },
+        } => cli::cluster::status(&etcd, json).await,
     }
 }

@@ -15,6 +15,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("bench", 10),
     ("server", 9),
     ("operations", 8),
+    // Cluster mode: etcd session and node directory; used by server and cli.
+    ("cluster", 8),
     ("gateway", 7),
     ("departments", 6),
     ("security", 5),

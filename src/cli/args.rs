@@ -24,6 +24,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start and matched once: the size of the largest variant
+// (serve's options) costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Run a gateway node. With no arguments: sled in ./proofgate-data, policies
@@ -81,6 +84,61 @@ pub enum Command {
     },
     /// Drive SubmitApplication against a running gateway and report applications/s and latency.
     Bench(BenchArgs),
+    /// Cluster mode: look at the nodes registered in etcd.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+/// Where the cluster's etcd is (`serve --etcd …` takes the same options).
+#[derive(clap::Args, Clone, Debug)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma-separated or repeated (e.g.
+    /// http://127.0.0.1:2379). Turns cluster mode on.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub etcd: Vec<String>,
+    /// CA of the etcd members' certificates (etcd over TLS; https:// URLs).
+    #[arg(long, value_name = "PEM")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-key).
+    #[arg(long, value_name = "PEM")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key for etcd (with --etcd-cert).
+    #[arg(long, value_name = "PEM")]
+    pub etcd_key: Option<PathBuf>,
+    /// Every key of this cluster lives under it [default: /proofgate/]
+    #[arg(long, value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
+}
+
+impl EtcdArgs {
+    /// The options, checked (exit 64 when wrong).
+    pub fn options(&self) -> Result<crate::cluster::ClusterOptions, crate::cluster::ClusterError> {
+        crate::cluster::ClusterOptions {
+            endpoints: self.etcd.clone(),
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            prefix: self
+                .etcd_prefix
+                .clone()
+                .unwrap_or_else(|| crate::cluster::DEFAULT_PREFIX.into()),
+        }
+        .validated()
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The nodes registered in etcd: liveness (lease), address, log origin,
+    /// tree size, policy version, verifier key.
+    Status {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 // No doc comment here: the `DevCerts` variant's is the subcommand's help.
@@ -264,6 +322,9 @@ pub struct ServeArgs {
     /// past its nextUpdate, every certificate is refused (fail closed).
     #[arg(long = "crl", value_name = "FILE")]
     pub crls: Vec<PathBuf>,
+    /// Cluster mode: join the cluster whose shared state is on this etcd.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 }
 
 impl ServeArgs {
@@ -280,6 +341,11 @@ impl ServeArgs {
             no_mock_departments: self.no_mock_departments,
             insecure_plaintext: self.insecure_plaintext,
             crls: self.crls.clone(),
+            etcd: self.etcd.etcd.clone(),
+            etcd_ca: self.etcd.etcd_ca.clone(),
+            etcd_cert: self.etcd.etcd_cert.clone(),
+            etcd_key: self.etcd.etcd_key.clone(),
+            etcd_prefix: self.etcd.etcd_prefix.clone(),
         }
     }
 }

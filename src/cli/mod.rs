@@ -13,6 +13,7 @@
 //! | `policy.rs` | policy check, policy generate-jinhua                            |
 //! | `audit.rs`  | audit export / verify / replay / rebuild / rotate-key, stats    |
 //! | `bench.rs`  | bench                                                           |
+//! | `cluster.rs`| cluster status                                                  |
 
 // The doc comments of the clap types are the command's help text, printed
 // as is: `<name>.<role>.proofgate` there is a placeholder, not an HTML tag.
@@ -20,12 +21,13 @@
 mod args;
 pub mod audit;
 pub mod bench;
+pub mod cluster;
 pub mod node;
 pub mod policy;
 
 pub use args::{
-    AuditCommand, BenchArgs, Cli, Command, ConfigCommand, DevCertsArgs, LogSource, PolicyCommand,
-    ServeArgs,
+    AuditCommand, BenchArgs, Cli, ClusterCommand, Command, ConfigCommand, DevCertsArgs, EtcdArgs,
+    LogSource, PolicyCommand, ServeArgs,
 };
 
 use std::path::PathBuf;
@@ -112,6 +114,9 @@ pub enum CliError {
     /// `policy keygen` / `policy sign`.
     #[error(transparent)]
     PolicySigning(#[from] crate::security::policy_signing::SigningToolError),
+    /// `cluster status`: etcd options, or etcd itself.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// The process exit code of a command's result: 0, or what failed (64 bad
@@ -133,6 +138,7 @@ pub fn exit_code(result: &Result<Report, CliError>) -> u8 {
             CliError::Records(e) => exit::of_records(e),
             CliError::LogKey(e) => exit::of_log_key(e),
             CliError::PolicySigning(e) => policy::signing_exit_code(e),
+            CliError::Cluster(e) => exit::of_cluster(e),
             CliError::Mock(_)
             | CliError::Generate { .. }
             | CliError::Keys(_)

@@ -10,6 +10,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::status::invalid_field;
+use crate::cluster::DecideGate;
 use crate::gateway::{is_final, receipt_index, Gateway, GatewayError};
 use crate::metrics::Metrics;
 use crate::pb::application_service_server::ApplicationService;
@@ -23,11 +24,25 @@ use crate::security::{caller, denied, Caller, Role};
 pub struct ApplicationApi {
     gateway: Arc<Gateway>,
     metrics: Metrics,
+    /// Cluster mode: asked before every submission; None: one node, always
+    /// free to decide.
+    decide_gate: Option<DecideGate>,
 }
 
 impl ApplicationApi {
     pub fn new(gateway: Arc<Gateway>, metrics: Metrics) -> Self {
-        Self { gateway, metrics }
+        Self {
+            gateway,
+            metrics,
+            decide_gate: None,
+        }
+    }
+
+    /// Submissions wait for `gate` to allow a decision (cluster mode: a
+    /// live etcd session); refused ones are UNAVAILABLE, nothing decided.
+    pub fn with_decide_gate(mut self, gate: Option<DecideGate>) -> Self {
+        self.decide_gate = gate;
+        self
     }
 }
 
@@ -77,6 +92,9 @@ impl ApplicationService for ApplicationApi {
                     ),
                 ));
             }
+        }
+        if let Some(gate) = &self.decide_gate {
+            gate.check().await?;
         }
         let started = std::time::Instant::now();
         let (application, replayed) = self.gateway.submit(&caller.identity, request).await?;

@@ -10,6 +10,7 @@
 mod application;
 mod audit;
 pub mod catalog;
+mod cluster_hook;
 pub mod console;
 pub mod http;
 mod operations;
@@ -127,6 +128,9 @@ pub struct ServeOptions {
     /// The wall clock decisions, deadlines, completions and the overdue
     /// sweep read (tests drive a [`crate::clock::ManualClock`]).
     pub clock: crate::clock::SharedClock,
+    /// Cluster mode (`--etcd`): join the node directory in etcd and decide
+    /// only while the etcd session is live. None: one node, no etcd.
+    pub cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 impl Default for ServeOptions {
@@ -150,6 +154,7 @@ impl Default for ServeOptions {
             console: true,
             monotonic_clock: crate::clock::Monotonic::default(),
             clock: crate::clock::system(),
+            cluster: None,
         }
     }
 }
@@ -208,6 +213,9 @@ pub enum ServeError {
     CrlWithoutTls,
     #[error(transparent)]
     NodeTls(#[from] TlsError),
+    /// Cluster mode: etcd options, etcd unreachable, or the node id taken.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Exit codes of the `proofgate` command (sysexits.h), documented in README.
@@ -219,13 +227,29 @@ pub mod exit {
     /// Bad data: a refused policy set, a log that does not verify or replay.
     pub const DATA: u8 = 65;
     /// A resource the node needs is unavailable: an address cannot be
-    /// bound, or the store is in use by another process.
+    /// bound, the store is in use by another process, etcd does not answer,
+    /// or (cluster mode) a live node already holds this node id.
     pub const UNAVAILABLE: u8 = 69;
     /// Anything else.
     pub const FAILURE: u8 = 1;
 
     use crate::audit::{RecordError, StoreError};
     use crate::security::LogKeyError;
+
+    /// Cluster mode: options that cannot work are configuration; etcd
+    /// unreachable, or the node id held by another live node, is a
+    /// resource in use or unavailable, like a bound port or a locked store.
+    pub fn of_cluster(e: &crate::cluster::ClusterError) -> u8 {
+        use crate::cluster::ClusterError;
+        match e {
+            ClusterError::Config(_) | ClusterError::ReadTls { .. } => CONFIG,
+            ClusterError::Etcd { .. }
+            | ClusterError::Timeout { .. }
+            | ClusterError::NodeIdTaken { .. }
+            | ClusterError::NotLive => UNAVAILABLE,
+            ClusterError::BadRecord { .. } => DATA,
+        }
+    }
 
     /// A store that cannot be opened: in use by another process, or not.
     pub fn of_store(e: &StoreError) -> u8 {
@@ -276,6 +300,7 @@ impl ServeError {
             }
             ServeError::Bind { .. } | ServeError::MetricsBind { .. } => exit::UNAVAILABLE,
             ServeError::Store(e) => exit::of_store(e),
+            ServeError::Cluster(e) => exit::of_cluster(e),
             ServeError::Log(e) => exit::of_log_key(e),
             ServeError::Certs(_) => exit::CONFIG,
             ServeError::Audit(_)
@@ -314,6 +339,8 @@ pub struct Running {
     sweeper: JoinHandle<()>,
     policy_watcher: JoinHandle<()>,
     metrics_task: Option<JoinHandle<()>>,
+    /// Cluster mode: the etcd session (None: one node, no etcd).
+    cluster: Option<cluster_hook::Joined>,
 }
 
 impl Running {
@@ -366,6 +393,11 @@ impl Running {
 
     /// Stops accepting, lets in-flight calls finish, stops the mocks.
     pub async fn shutdown(mut self) {
+        // First leave the cluster: no decision after this, and the node's
+        // record goes now instead of when its lease runs out.
+        if let Some(joined) = self.cluster.take() {
+            joined.leave().await;
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -654,9 +686,21 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     if let Some(node_tls) = &tls {
         guard = guard.with_revocations(node_tls.clone());
     }
+    // Cluster mode: register in the node directory before serving anything,
+    // so a node whose id is taken stops here (exit 69).
+    let endpoint = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    let cluster = match &options.cluster {
+        Some(cluster) => {
+            Some(cluster_hook::join(cluster, &options.node_id, &endpoint, &gateway, &log).await?)
+        }
+        None => None,
+    };
     let applications = InterceptedService::new(
-        ApplicationServiceServer::new(ApplicationApi::new(Arc::clone(&gateway), metrics.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        ApplicationServiceServer::new(
+            ApplicationApi::new(Arc::clone(&gateway), metrics.clone())
+                .with_decide_gate(cluster.as_ref().map(cluster_hook::Joined::gate)),
+        )
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service("proofgate.v1.ApplicationService", &["hall", "admin"]),
     );
     let registry = InterceptedService::new(
@@ -720,7 +764,6 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             stop,
         )),
     };
-    let endpoint = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
     if let Some(node_tls) = &tls {
         show_tls_health(&health_reporter, node_tls.check_expiry().as_deref()).await;
     }
@@ -757,6 +800,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     health_reporter
         .set_serving::<AuditServiceServer<AuditApi>>()
         .await;
+    let cluster = cluster.map(|joined| joined.report_health(health_reporter.clone()));
     let metrics_task = metrics_listener.map(|listener| {
         let state = http::HttpState {
             metrics: metrics.clone(),
@@ -838,6 +882,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         tls_watcher,
         shutdown: Some(shutdown),
         task,
+        cluster,
     })
 }
 

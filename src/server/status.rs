@@ -16,6 +16,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use tracing::warn;
 
 use crate::audit::ReadError;
+use crate::cluster::ClusterError;
 use crate::departments::{DirectoryError, RegistryError};
 use crate::gateway::GatewayError;
 use crate::merkle::ProofError;
@@ -160,6 +161,24 @@ impl From<OperationsError> for Status {
     }
 }
 
+impl From<ClusterError> for Status {
+    fn from(e: ClusterError) -> Self {
+        match &e {
+            // The node may not decide without a live etcd session: nothing
+            // was decided, the caller retries later or on another node.
+            ClusterError::NotLive => Status::unavailable(e.to_string()),
+            ClusterError::Etcd { .. } | ClusterError::Timeout { .. } => log_unavailable(
+                &e,
+                "the cluster's etcd cannot be reached, so nothing was decided; retry later or on another node".into(),
+            ),
+            ClusterError::NodeIdTaken { .. }
+            | ClusterError::Config(_)
+            | ClusterError::ReadTls { .. }
+            | ClusterError::BadRecord { .. } => internal(&e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +209,13 @@ mod tests {
             .map(|v| v.field.as_str())
             .collect();
         assert_eq!(fields, ["request_id", "applicant.name"]);
+    }
+
+    #[test]
+    fn a_node_without_its_etcd_session_says_nothing_was_decided() {
+        let status: Status = ClusterError::NotLive.into();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("nothing was decided"));
     }
 
     #[test]

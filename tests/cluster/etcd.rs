@@ -1,0 +1,290 @@
+//! Test helpers of cluster mode: a real 3-member etcd cluster on free
+//! loopback ports in a temp dir, and gateway nodes as child processes of
+//! the built binary joined to it with `--etcd`.
+//!
+//! Without an `etcd` binary (Debian: `apt-get install -y etcd-server`) the
+//! tests skip, saying why — except in CI (`CI=true`), where they fail.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use proofgate::cluster::{list_nodes, ClusterOptions, ListedNode};
+
+/// How long a test waits for a condition (etcd healthy, a lease expired, a
+/// session lost or regained) before calling it failed: a bound, generous so
+/// that a slow machine cannot fail a test, never a measurement.
+pub const BOUND: Duration = Duration::from_secs(120);
+
+/// The etcd binary: `$ETCD_BIN`, else `etcd` on PATH. None (outside CI):
+/// skip the test; the reason is printed.
+pub fn etcd_binary() -> Option<PathBuf> {
+    let candidate = std::env::var_os("ETCD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("etcd"));
+    let works = Command::new(&candidate)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        return Some(candidate);
+    }
+    let why = format!(
+        "no etcd binary ({} does not run): install it with `apt-get install -y etcd-server`, or set ETCD_BIN",
+        candidate.display()
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why} (CI=true: cluster tests must run)");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+struct Member {
+    args: Vec<String>,
+    client_url: String,
+    child: Option<Child>,
+}
+
+/// A 3-member etcd cluster; killed (and its data removed) on drop.
+pub struct EtcdCluster {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+impl EtcdCluster {
+    /// Starts three members and waits until the cluster answers a
+    /// linearizable read (it has a leader and a quorum). None: no etcd
+    /// binary outside CI (skip).
+    pub async fn start() -> Option<Self> {
+        let binary = etcd_binary()?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = format!(
+            "proofgate-test-{}-{}",
+            std::process::id(),
+            dir.path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                let client_url = format!("http://127.0.0.1:{client}");
+                let peer_url = format!("http://127.0.0.1:{peer}");
+                let args = vec![
+                    format!("--name=m{i}"),
+                    format!("--data-dir={}", dir.path().join(format!("m{i}")).display()),
+                    format!("--listen-client-urls={client_url}"),
+                    format!("--advertise-client-urls={client_url}"),
+                    format!("--listen-peer-urls={peer_url}"),
+                    format!("--initial-advertise-peer-urls={peer_url}"),
+                    format!("--initial-cluster={initial}"),
+                    "--initial-cluster-state=new".to_owned(),
+                    format!("--initial-cluster-token={token}"),
+                ];
+                Member {
+                    args,
+                    client_url,
+                    child: None,
+                }
+            })
+            .collect();
+        let mut cluster = Self {
+            binary,
+            dir,
+            members,
+        };
+        for i in 0..3 {
+            cluster.restart(i);
+        }
+        cluster.wait_healthy().await;
+        Some(cluster)
+    }
+
+    /// The client URLs, comma-separated, for `--etcd`.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.client_url.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn options(&self) -> ClusterOptions {
+        ClusterOptions::new(self.members.iter().map(|m| m.client_url.clone()).collect())
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// (Re)starts member `i` on its data dir (a restarted member rejoins;
+    /// the --initial-* flags are ignored once the data dir exists).
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let log = File::create(self.dir.path().join(format!("m{i}.log"))).expect("member log");
+        let child = Command::new(&self.binary)
+            .args(&self.members[i].args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("etcd starts");
+        self.members[i].child = Some(child);
+    }
+
+    /// Waits until a linearizable read succeeds.
+    pub async fn wait_healthy(&self) {
+        let options = self.options();
+        let started = Instant::now();
+        loop {
+            if list_nodes(&options).await.is_ok() {
+                return;
+            }
+            assert!(
+                started.elapsed() < BOUND,
+                "etcd cluster not healthy within {BOUND:?}; member logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The nodes registered now (default prefix).
+    pub async fn nodes(&self) -> Vec<ListedNode> {
+        list_nodes(&self.options()).await.expect("etcd answers")
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A gateway node process joined to etcd; SIGKILLed on drop.
+pub struct Node {
+    pub child: Child,
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+}
+
+impl Node {
+    pub fn certs(&self) -> PathBuf {
+        self.data_dir.join("certs")
+    }
+
+    /// The verifier key the node wrote for its log.
+    pub fn vkey(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("log.vkey"))
+            .expect("log.vkey written at start")
+            .trim()
+            .to_owned()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node_command(etcd: &str, node_id: &str, data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_proofgate"));
+    command
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--policies")
+        .arg(super::common::policies_dir())
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .args(["--node-id", node_id, "--etcd", etcd])
+        .env("RUST_LOG", "info");
+    command
+}
+
+/// Starts a node and waits until it serves (it prints its address).
+pub fn spawn_node(etcd: &str, node_id: &str, data_dir: &Path) -> Node {
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let log = File::create(data_dir.with_extension("log")).expect("node log");
+    let mut child = node_command(etcd, node_id, data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("proofgate starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let endpoint = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.strip_prefix("proofgate serving on ") {
+                    break rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                }
+            }
+            _ => {
+                let _ = child.kill();
+                let log =
+                    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+                panic!("node {node_id} did not start:\n{log}");
+            }
+        }
+    };
+    Node {
+        child,
+        endpoint,
+        data_dir: data_dir.to_path_buf(),
+    }
+}
+
+/// Runs a node that is expected to stop by itself; its output.
+pub fn run_node_to_end(etcd: &str, node_id: &str, data_dir: &Path) -> Output {
+    node_command(etcd, node_id, data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("proofgate runs")
+}
+
+/// `proofgate cluster status --etcd … [args]`: its output.
+pub fn cluster_status(etcd: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_proofgate"))
+        .args(["cluster", "status", "--etcd", etcd])
+        .args(args)
+        .output()
+        .expect("proofgate runs")
+}
