@@ -357,6 +357,51 @@ async fn a_node_does_not_start_on_an_expired_crl() {
     assert_eq!(err.exit_code(), server::exit::CONFIG, "{err}");
 }
 
+#[tokio::test]
+async fn a_lost_crl_or_an_older_one_after_a_restart_stops_the_start() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let crl = data_dir.path().join("certs").join(CA_CRL);
+    let start = || {
+        let mut options = options(data_dir.path());
+        options.mock_departments = false;
+        options.crls = vec![crl.clone()];
+        server::start(options)
+    };
+    let running = start().await.expect("starts on the list dev-certs made");
+    let certs = running.certs_dir.clone().expect("TLS is on");
+    let now = proofgate::clock::system_now_unix_ms();
+    revoke(&certs, OTHER_HALL, now).unwrap();
+    let older = std::fs::read(&crl).unwrap();
+    revoke(&certs, HALL, now).unwrap();
+    let reloaded = running.reload_tls().await.unwrap().expect("TLS is on");
+    assert_eq!(reloaded.crls[0].crl_number, 3);
+    running.shutdown().await;
+
+    // An older list put back while the node was down: refused at start.
+    std::fs::write(&crl, &older).unwrap();
+    let err = match start().await {
+        Ok(_) => panic!("started on an older CRL (number 2 after 3)"),
+        Err(e) => e,
+    };
+    assert_eq!(err.exit_code(), server::exit::DATA, "{err}");
+    assert!(err.to_string().contains("lower than 3"), "{err}");
+
+    // A lost list: refused, never recreated empty.
+    std::fs::remove_file(&crl).unwrap();
+    let err = match start().await {
+        Ok(_) => panic!("started without its CRL"),
+        Err(e) => e,
+    };
+    assert_eq!(err.exit_code(), server::exit::DATA, "{err}");
+    assert!(err.to_string().contains(&*crl.to_string_lossy()), "{err}");
+    assert!(!crl.exists(), "a lost CRL was recreated");
+
+    // Nor do --renew-crl and --revoke start an empty one.
+    renew_crl(&certs, now).unwrap_err();
+    revoke(&certs, HALL, now).unwrap_err();
+    assert!(!crl.exists());
+}
+
 /// Kills the server when the test ends, however it ends.
 struct Child(std::process::Child);
 

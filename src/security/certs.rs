@@ -111,12 +111,11 @@ pub(super) fn valid_identity(identity: &str) -> bool {
 
 /// Creates the CA, its empty revocation list (`ca.crl`) and a certificate
 /// for each of `identities` in `dir` unless a CA exists. Returns whether
-/// anything was created. A CA made before CRLs existed gets its `ca.crl`.
+/// anything was created. The list is made with the CA only: a missing
+/// `ca.crl` beside an existing CA is never recreated (an empty list would
+/// un-revoke every certificate on the lost one).
 pub fn ensure_dev_certs(dir: &Path, identities: &[String]) -> Result<bool, CertError> {
     if dir.join(CA_CERT).exists() {
-        if dir.join(CA_KEY).exists() {
-            super::crl::ensure_crl(dir, crate::clock::system_now_unix_ms())?;
-        }
         return Ok(false);
     }
     fs::create_dir_all(dir).map_err(io(dir))?;
@@ -127,7 +126,7 @@ pub fn ensure_dev_certs(dir: &Path, identities: &[String]) -> Result<bool, CertE
     for identity in identities {
         issue(dir, identity, Validity::Normal)?;
     }
-    super::crl::ensure_crl(dir, crate::clock::system_now_unix_ms())?;
+    super::crl::first_crl(dir, crate::clock::system_now_unix_ms())?;
     Ok(true)
 }
 

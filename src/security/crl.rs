@@ -1,5 +1,6 @@
 //! Certificate revocation lists (RFC 5280 CRLs) of the development CA:
-//! `dev-certs` writes an empty, signed `ca.crl` beside `ca.pem`;
+//! `dev-certs` writes an empty, signed `ca.crl` beside `ca.pem` when it
+//! creates the CA (only then: a lost list is never recreated empty);
 //! `dev-certs --revoke IDENTITY` adds that identity's certificate serial,
 //! keeping every earlier revocation, with the CRL number incremented and a
 //! fresh `nextUpdate` ([`CRL_VALIDITY`] ahead). The node reads CRLs with
@@ -102,6 +103,36 @@ fn crl_info(der: &[u8]) -> Result<CrlInfo, String> {
     })
 }
 
+/// Whether the CRL `der` is signed by one of `roots` whose subject is its
+/// issuer: only such a list may revoke (or un-revoke) anything.
+pub fn verify_crl(der: &[u8], roots: &[CertificateDer<'_>]) -> Result<(), String> {
+    let (_, crl) = x509_parser::parse_x509_crl(der).map_err(|e| format!("not a DER CRL: {e}"))?;
+    let mut named = false;
+    for root in roots {
+        let Ok((_, root)) = x509_parser::parse_x509_certificate(root.as_ref()) else {
+            continue;
+        };
+        if root.subject().as_raw() != crl.issuer().as_raw() {
+            continue;
+        }
+        named = true;
+        if crl.verify_signature(root.public_key()).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(if named {
+        format!(
+            "its signature does not verify with the configured CA `{}`: not issued by it",
+            crl.issuer()
+        )
+    } else {
+        format!(
+            "issued by `{}`, which is not a configured CA (ca.pem)",
+            crl.issuer()
+        )
+    })
+}
+
 /// The issuer name (DER) and serial of a certificate.
 pub fn issuer_and_serial(cert: &CertificateDer<'_>) -> Option<(Vec<u8>, Vec<u8>)> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
@@ -164,29 +195,29 @@ fn write_crl(
     Ok(path)
 }
 
-/// The CRL of `dir` read back (None: there is none yet). An unreadable or
-/// unparseable list is an error, never taken as empty: that would quietly
-/// un-revoke every certificate on it.
-pub fn read_ca_crl(dir: &Path) -> Result<Option<CrlInfo>, CertError> {
+/// The CRL of `dir` read back. A missing, unreadable or unparseable list
+/// is an error, never taken as empty: that would quietly un-revoke every
+/// certificate on it.
+pub fn read_ca_crl(dir: &Path) -> Result<CrlInfo, CertError> {
     let path = dir.join(CA_CRL);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CertError::Crl {
+                path,
+                problem: "no revocation list here; it is made with the CA only and never recreated empty (that would un-revoke every certificate on the lost one): restore it from a backup".into(),
+            })
+        }
         Err(e) => return Err(io(&path)(e)),
     };
     parse_crl(&bytes)
-        .map(|(_, info)| Some(info))
+        .map(|(_, info)| info)
         .map_err(|problem| CertError::Crl { path, problem })
 }
 
-/// Writes an empty, signed CRL in `dir` unless it has one. Returns whether
-/// it wrote one.
-pub fn ensure_crl(dir: &Path, now_unix_ms: i64) -> Result<bool, CertError> {
-    if dir.join(CA_CRL).exists() {
-        return Ok(false);
-    }
-    write_crl(dir, &[], 1, now_unix_ms)?;
-    Ok(true)
+/// Writes the first, empty, signed CRL of a CA just created in `dir`.
+pub(super) fn first_crl(dir: &Path, now_unix_ms: i64) -> Result<PathBuf, CertError> {
+    write_crl(dir, &[], 1, now_unix_ms)
 }
 
 /// What [`revoke`] did.
@@ -202,7 +233,7 @@ pub struct Revocation {
     pub revoked: usize,
 }
 
-/// Adds the serial of `dir/<identity>.pem` to `dir/ca.crl` (made if absent),
+/// Adds the serial of `dir/<identity>.pem` to `dir/ca.crl` (which must exist),
 /// keeping earlier revocations; re-signs it with the next CRL number.
 pub fn revoke(dir: &Path, identity: &str, now_unix_ms: i64) -> Result<Revocation, CertError> {
     if !valid_identity(identity) {
@@ -225,9 +256,7 @@ pub fn revoke(dir: &Path, identity: &str, now_unix_ms: i64) -> Result<Revocation
         problem: "not a parseable X.509 certificate".into(),
     })?;
     let current = read_ca_crl(dir)?;
-    let (mut revoked, number) = current
-        .map(|info| (info.revoked, info.crl_number))
-        .unwrap_or_default();
+    let (mut revoked, number) = (current.revoked, current.crl_number);
     let already = revoked.iter().any(|(s, _)| *s == serial);
     if !already {
         revoked.push((serial.clone(), now_unix_ms));
@@ -246,8 +275,8 @@ pub fn revoke(dir: &Path, identity: &str, now_unix_ms: i64) -> Result<Revocation
 /// Re-signs `dir/ca.crl` with the same revocations, the next CRL number and
 /// a new `nextUpdate`: what a CA does before its list expires.
 pub fn renew_crl(dir: &Path, now_unix_ms: i64) -> Result<(PathBuf, CrlInfo), CertError> {
-    let current = read_ca_crl(dir)?.map(|i| (i.revoked, i.crl_number));
-    let (revoked, number) = current.unwrap_or_default();
+    let current = read_ca_crl(dir)?;
+    let (revoked, number) = (current.revoked, current.crl_number);
     // Duplicates in a hand-edited list would be kept once.
     let mut seen = HashSet::new();
     let revoked: Vec<_> = revoked
@@ -255,10 +284,7 @@ pub fn renew_crl(dir: &Path, now_unix_ms: i64) -> Result<(PathBuf, CrlInfo), Cer
         .filter(|(s, _)| seen.insert(s.clone()))
         .collect();
     let path = write_crl(dir, &revoked, number.saturating_add(1), now_unix_ms)?;
-    let info = read_ca_crl(dir)?.ok_or_else(|| CertError::Crl {
-        path: path.clone(),
-        problem: "vanished after writing".into(),
-    })?;
+    let info = read_ca_crl(dir)?;
     Ok((path, info))
 }
 
@@ -283,10 +309,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         ensure_dev_certs(dir.path(), &standard_identities([])).unwrap();
         assert!(dir.path().join(CA_CRL).exists());
-        assert!(!ensure_crl(dir.path(), NOW).unwrap(), "kept");
+        // A lost list is not recreated empty: not by dev-certs, not by
+        // --revoke, not by --renew-crl.
         fs::remove_file(dir.path().join(CA_CRL)).unwrap();
-        assert!(ensure_crl(dir.path(), NOW).unwrap());
-        let info = read_ca_crl(dir.path()).unwrap().unwrap();
+        assert!(!ensure_dev_certs(dir.path(), &standard_identities([])).unwrap());
+        assert!(!dir.path().join(CA_CRL).exists(), "recreated");
+        let err = revoke(dir.path(), HALL, NOW).unwrap_err();
+        assert!(err.to_string().contains("never recreated"), "{err}");
+        assert!(renew_crl(dir.path(), NOW).is_err());
+        assert!(!dir.path().join(CA_CRL).exists(), "recreated");
+        first_crl(dir.path(), NOW).unwrap();
+        let info = read_ca_crl(dir.path()).unwrap();
         assert!(info.revoked.is_empty());
         assert_eq!(info.crl_number, 1);
         assert_eq!(info.this_update_unix_ms, NOW);
@@ -302,13 +335,13 @@ mod tests {
     fn revoking_adds_the_serial_keeps_earlier_ones_and_numbers_up() {
         let dir = tempfile::tempdir().unwrap();
         ensure_dev_certs(dir.path(), &standard_identities([])).unwrap();
-        let first = read_ca_crl(dir.path()).unwrap().unwrap();
+        let first = read_ca_crl(dir.path()).unwrap();
 
         let revoked = revoke(dir.path(), HALL, NOW).unwrap();
         assert!(!revoked.already);
         assert_eq!(revoked.revoked, 1);
         assert_eq!(revoked.crl_number, first.crl_number + 1);
-        let info = read_ca_crl(dir.path()).unwrap().unwrap();
+        let info = read_ca_crl(dir.path()).unwrap();
         assert!(info.is_revoked(&serial_of(dir.path(), HALL)));
         assert!(!info.is_revoked(&serial_of(dir.path(), OTHER)));
         assert_eq!(info.crl_number, revoked.crl_number);
@@ -318,7 +351,7 @@ mod tests {
         let second = revoke(dir.path(), OTHER, later).unwrap();
         assert_eq!(second.revoked, 2);
         assert_eq!(second.crl_number, revoked.crl_number + 1);
-        let info = read_ca_crl(dir.path()).unwrap().unwrap();
+        let info = read_ca_crl(dir.path()).unwrap();
         assert!(info.is_revoked(&serial_of(dir.path(), HALL)), "kept");
         assert!(info.is_revoked(&serial_of(dir.path(), OTHER)));
         assert_eq!(info.revoked[0].1, NOW, "first revocation keeps its date");
@@ -345,7 +378,6 @@ mod tests {
         ));
         assert!(parse_crl(b"garbage").is_err());
         assert!(parse_crl(b"").is_err());
-        fs::remove_file(dir.path().join(CA_CRL)).unwrap();
         let err = revoke(dir.path(), "nobody.hall.proofgate", NOW).unwrap_err();
         assert!(err.to_string().contains("nothing to revoke"), "{err}");
         assert!(matches!(

@@ -71,6 +71,9 @@ pub const POLICY_POLL_EVERY: Duration = Duration::from_secs(2);
 /// certificate revocation list is expired (and the node refuses every
 /// certificate); SERVING otherwise.
 pub const CRL_HEALTH_SERVICE: &str = "proofgate.crl";
+/// In the data folder: the highest CRL number seen per revocation list, so
+/// a restart refuses an older list (one line per list).
+pub const CRL_NUMBERS: &str = "crl-numbers";
 
 /// Names, sizes and modification times of the policy files: a change to any
 /// of them is a reason to reload.
@@ -264,7 +267,7 @@ impl ServeError {
             | ServeError::PolicyKey(_) => exit::CONFIG,
             // A revocation list past its nextUpdate is bad data, like a
             // refused policy set; files that cannot be used are configuration.
-            ServeError::NodeTls(TlsError::Expired { .. }) => exit::DATA,
+            ServeError::NodeTls(e) if e.is_bad_crl() => exit::DATA,
             ServeError::NodeTls(_) => exit::CONFIG,
             ServeError::Policy(_) | ServeError::PolicySignature(_) | ServeError::Fixture(_) => {
                 exit::DATA
@@ -554,6 +557,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
                 dir: certs_dir.clone(),
                 identity: GATEWAY_IDENTITY.to_owned(),
                 crls: options.crls.clone(),
+                watermarks: Some(options.data_dir.join(CRL_NUMBERS)),
             },
             Arc::clone(&options.clock),
             metrics.clone(),
