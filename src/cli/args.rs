@@ -261,6 +261,10 @@ pub struct ServeArgs {
     /// past its nextUpdate, every certificate is refused (fail closed).
     #[arg(long = "crl", value_name = "FILE")]
     pub crls: Vec<PathBuf>,
+    /// How often the TLS files (certificate, key, CA, CRLs) are checked for
+    /// changes, in seconds; 0: never, only SIGHUP reloads them [default: 2]
+    #[arg(long, value_name = "SECONDS")]
+    pub tls_poll_seconds: Option<u64>,
 }
 
 impl ServeArgs {
@@ -276,6 +280,7 @@ impl ServeArgs {
             no_mock_departments: self.no_mock_departments,
             insecure_plaintext: self.insecure_plaintext,
             crls: self.crls.clone(),
+            tls_poll_seconds: self.tls_poll_seconds,
         }
     }
 }

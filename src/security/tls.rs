@@ -883,7 +883,6 @@ impl NodeTls {
         if let Some(refusal) = &verdict {
             // Once per certificate and load, not per call.
             warn!(certificate = %hex::encode(&key.0), %refusal, "peer certificate refused on an open connection");
-            self.shared.metrics.tls_handshake_refused();
         }
         let mut verdicts = self
             .shared

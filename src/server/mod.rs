@@ -115,6 +115,9 @@ pub struct ServeOptions {
     /// listener and on the calls to departments; reloaded with the node's
     /// certificate on SIGHUP and when the files change. Needs TLS.
     pub crls: Vec<PathBuf>,
+    /// How often the TLS files are checked for changes; None: never (only
+    /// SIGHUP reloads them). `serve --tls-poll-seconds`, 0 for None.
+    pub tls_poll: Option<Duration>,
     pub roles: RoleMap,
     pub rate_limits: RateLimits,
     pub max_in_flight: usize,
@@ -142,6 +145,7 @@ impl Default for ServeOptions {
             writer: WriterOptions::default(),
             tls: true,
             crls: Vec::new(),
+            tls_poll: Some(TLS_POLL_EVERY),
             roles: RoleMap::default(),
             rate_limits: RateLimits::default(),
             max_in_flight: MAX_IN_FLIGHT,
@@ -783,15 +787,20 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     });
     let tls_watcher = {
         let node_tls = tls.clone();
+        let tls_poll = options.tls_poll;
         let health = health_reporter.clone();
         tokio::spawn(async move {
             let Some(node_tls) = node_tls else { return };
-            let mut every = tokio::time::interval(TLS_POLL_EVERY);
+            // Without polling, the health still follows the CRLs' expiry.
+            let polling = tls_poll.is_some();
+            let mut every = tokio::time::interval(tls_poll.unwrap_or(TLS_POLL_EVERY));
             let mut shown = node_tls.crl_problem().is_some();
             loop {
                 every.tick().await;
                 // A refused reload is logged and counted by reload itself.
-                let _ = node_tls.reload_if_changed();
+                if polling {
+                    let _ = node_tls.reload_if_changed();
+                }
                 let expired = node_tls.check_expiry();
                 if expired.is_some() != shown {
                     shown = expired.is_some();
