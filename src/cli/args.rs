@@ -104,6 +104,10 @@ pub struct DevCertsArgs {
     /// revocations kept, CRL number incremented, current for 30 days).
     #[arg(long, value_name = "IDENTITY", group = "dev_certs_action")]
     pub revoke: Option<String>,
+    /// With --revoke: that identity's certificate of this serial (hex), the
+    /// current one or one a re-issue kept as IDENTITY.SERIAL.pem.
+    #[arg(long, value_name = "HEX", requires = "revoke")]
+    pub serial: Option<String>,
     /// Re-sign DIR/ca.crl with the same revocations for another 30 days
     /// (before its nextUpdate passes, or nodes refuse every certificate).
     #[arg(long, group = "dev_certs_action")]

@@ -176,6 +176,19 @@ pub fn issue(dir: &Path, identity: &str, validity: Validity) -> Result<PathBuf, 
     let key_partial = dir.join(format!("{identity}.key.partial"));
     write_private(&key_partial, &key.serialize_pem())?;
     fs::write(&cert_partial, cert.pem()).map_err(io(&cert_partial))?;
+    // The certificate replaced stays beside as `<identity>.<serial>.pem`:
+    // it is still valid until revoked (`dev-certs --revoke IDENTITY
+    // --serial HEX`).
+    if let Ok(old) = fs::read(&cert_path) {
+        use rustls_pki_types::pem::PemObject;
+        if let Some((_, serial)) = rustls_pki_types::CertificateDer::from_pem_slice(&old)
+            .ok()
+            .and_then(|c| super::crl::issuer_and_serial(&c))
+        {
+            let kept = dir.join(format!("{identity}.{}.pem", hex::encode(serial)));
+            fs::write(&kept, &old).map_err(io(&kept))?;
+        }
+    }
     fs::rename(&key_partial, &key_path).map_err(io(&key_path))?;
     fs::rename(&cert_partial, &cert_path).map_err(io(&cert_path))?;
     Ok(cert_path)

@@ -236,25 +236,68 @@ pub struct Revocation {
 /// Adds the serial of `dir/<identity>.pem` to `dir/ca.crl` (which must exist),
 /// keeping earlier revocations; re-signs it with the next CRL number.
 pub fn revoke(dir: &Path, identity: &str, now_unix_ms: i64) -> Result<Revocation, CertError> {
+    revoke_serial(dir, identity, None, now_unix_ms)
+}
+
+/// The serial (normalized) of the PEM certificate at `path`.
+fn serial_at(path: &Path, identity: &str) -> Result<Vec<u8>, CertError> {
+    let pem = fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CertError::Crl {
+            path: path.to_path_buf(),
+            problem: format!("no certificate of `{identity}` here: nothing to revoke"),
+        },
+        _ => io(path)(e),
+    })?;
+    let cert = CertificateDer::from_pem_slice(&pem).map_err(|e| CertError::Crl {
+        path: path.to_path_buf(),
+        problem: format!("not a PEM certificate: {e}"),
+    })?;
+    let (_, serial) = issuer_and_serial(&cert).ok_or_else(|| CertError::Crl {
+        path: path.to_path_buf(),
+        problem: "not a parseable X.509 certificate".into(),
+    })?;
+    Ok(serial)
+}
+
+/// Like [`revoke`]; with `serial` (hex), that certificate of `identity`:
+/// the current one or one kept by a re-issue (`<identity>.<serial>.pem`).
+pub fn revoke_serial(
+    dir: &Path,
+    identity: &str,
+    serial: Option<&str>,
+    now_unix_ms: i64,
+) -> Result<Revocation, CertError> {
     if !valid_identity(identity) {
         return Err(CertError::BadIdentity(identity.to_owned()));
     }
     let cert_path = dir.join(format!("{identity}.pem"));
-    let pem = fs::read(&cert_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => CertError::Crl {
-            path: cert_path.clone(),
-            problem: format!("no certificate of `{identity}` here: nothing to revoke"),
-        },
-        _ => io(&cert_path)(e),
-    })?;
-    let cert = CertificateDer::from_pem_slice(&pem).map_err(|e| CertError::Crl {
-        path: cert_path.clone(),
-        problem: format!("not a PEM certificate: {e}"),
-    })?;
-    let (_, serial) = issuer_and_serial(&cert).ok_or_else(|| CertError::Crl {
-        path: cert_path.clone(),
-        problem: "not a parseable X.509 certificate".into(),
-    })?;
+    let serial = match serial {
+        None => serial_at(&cert_path, identity)?,
+        Some(wanted) => {
+            let wanted_bytes = hex::decode(wanted.trim_start_matches("0x"))
+                .ok()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| CertError::Crl {
+                    path: cert_path.clone(),
+                    problem: format!("serial `{wanted}` is not hex"),
+                })?;
+            let wanted_bytes = normalized(&wanted_bytes).to_vec();
+            let current = serial_at(&cert_path, identity).ok();
+            let kept = dir.join(format!("{identity}.{}.pem", hex::encode(&wanted_bytes)));
+            if current.as_ref() != Some(&wanted_bytes)
+                && serial_at(&kept, identity).ok().as_ref() != Some(&wanted_bytes)
+            {
+                return Err(CertError::Crl {
+                    path: kept,
+                    problem: format!(
+                        "no certificate of `{identity}` with serial {} here (neither the current one nor one kept by a re-issue)",
+                        hex::encode(&wanted_bytes)
+                    ),
+                });
+            }
+            wanted_bytes
+        }
+    };
     let current = read_ca_crl(dir)?;
     let (mut revoked, number) = (current.revoked, current.crl_number);
     let already = revoked.iter().any(|(s, _)| *s == serial);
@@ -384,6 +427,29 @@ mod tests {
             revoke(dir.path(), "../ca.hall.proofgate", NOW),
             Err(CertError::BadIdentity(_))
         ));
+    }
+
+    #[test]
+    fn a_reissue_keeps_the_old_certificate_which_can_be_revoked_by_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_dev_certs(dir.path(), &standard_identities([])).unwrap();
+        let old = serial_of(dir.path(), HALL);
+        crate::security::issue(dir.path(), HALL, crate::security::Validity::Normal).unwrap();
+        let new = serial_of(dir.path(), HALL);
+        assert_ne!(old, new);
+        let kept = dir.path().join(format!("{HALL}.{}.pem", hex::encode(&old)));
+        assert!(kept.exists(), "the replaced certificate is kept");
+        let done = revoke_serial(dir.path(), HALL, Some(&hex::encode(&old)), NOW).unwrap();
+        assert_eq!(done.serial, hex::encode(&old));
+        let info = read_ca_crl(dir.path()).unwrap();
+        assert!(info.is_revoked(&old));
+        assert!(!info.is_revoked(&new), "the new certificate stays valid");
+        let err = revoke_serial(dir.path(), HALL, Some("abcdef"), NOW).unwrap_err();
+        assert!(err.to_string().contains("serial abcdef"), "{err}");
+        assert!(revoke_serial(dir.path(), HALL, Some("zz"), NOW).is_err());
+        // Without --serial: the current one.
+        revoke(dir.path(), HALL, NOW).unwrap();
+        assert!(read_ca_crl(dir.path()).unwrap().is_revoked(&new));
     }
 
     #[test]

@@ -111,8 +111,9 @@ pub struct ServeOptions {
     /// DATA_DIR/certs, a dev CA made on first start). Off only on explicit
     /// request, and then only on loopback.
     pub tls: bool,
-    /// Certificate revocation lists (`--crl`, PEM or DER), checked on every
-    /// listener and on the calls to departments; reloaded with the node's
+    /// Certificate revocation lists (`--crl`, PEM or DER), checked on the
+    /// node's gRPC listener and on its calls to departments (not by the
+    /// in-process mock departments); reloaded with the node's
     /// certificate on SIGHUP and when the files change. Needs TLS.
     pub crls: Vec<PathBuf>,
     /// How often the TLS files are checked for changes; None: never (only
