@@ -203,6 +203,8 @@ pub struct Flags {
     pub etcd_cert: Option<PathBuf>,
     pub etcd_key: Option<PathBuf>,
     pub etcd_prefix: Option<String>,
+    /// `--tls-poll-seconds` (0: no polling); None: not given.
+    pub tls_poll_seconds: Option<u64>,
 }
 
 /// The whole precedence: defaults < `file` < `env` < `flags`.
@@ -236,6 +238,9 @@ pub fn resolve(
     }
     if !flags.crls.is_empty() {
         serve.crls = flags.crls.clone();
+    }
+    if let Some(seconds) = flags.tls_poll_seconds {
+        serve.tls_poll = (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
     }
     if flags.no_mock_departments {
         serve.mock_departments = false;
@@ -661,6 +666,16 @@ mod tests {
         };
         let config = resolve(None, &HashMap::new(), &off).unwrap();
         assert_eq!(config.serve.metrics_listen, None);
+        assert_eq!(
+            config.serve.tls_poll,
+            Some(crate::security::tls::TLS_POLL_EVERY)
+        );
+        let no_poll = Flags {
+            tls_poll_seconds: Some(0),
+            ..Flags::default()
+        };
+        let config = resolve(None, &HashMap::new(), &no_poll).unwrap();
+        assert_eq!(config.serve.tls_poll, None);
         assert!("nowhere".parse::<MetricsListen>().is_err());
     }
 

@@ -80,6 +80,29 @@ async fn anonymous(gw: &TestGateway) -> Channel {
         .unwrap()
 }
 
+/// The sum of the metric lines that start with `prefix` and contain all of `with`.
+fn metric(gw: &TestGateway, prefix: &str, with: &[&str]) -> u64 {
+    let mut text = String::new();
+    gw.running.metrics.render(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && with.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+const HANDSHAKES_REFUSED: &str = "proofgate_tls_handshakes_refused_total";
+
+/// Waits (bounded) until the listener counted a refused handshake after `before`.
+async fn handshake_refused_since(gw: &TestGateway, before: u64) {
+    let counted = tokio::time::timeout(POLL_BOUND, async {
+        while metric(gw, HANDSHAKES_REFUSED, &[]) <= before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "no refused TLS handshake was counted");
+}
+
 async fn health(channel: &Channel, service: &str) -> ServingStatus {
     HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
@@ -125,7 +148,14 @@ async fn a_revoked_hall_is_refused_after_the_reload_while_other_callers_and_open
     let status = list_matters(&revoked_hall).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("revoked"), "{status:?}");
-    assert!(fresh_call(&gw, OTHER_HALL).await.is_err());
+    assert!(
+        !status.message().contains(&*certs.to_string_lossy()),
+        "a file path sent to the caller: {status:?}"
+    );
+    let refused = metric(&gw, HANDSHAKES_REFUSED, &[]);
+    let err = fresh_call(&gw, OTHER_HALL).await.unwrap_err();
+    assert!(!err.contains("PermissionDenied"), "{err}");
+    handshake_refused_since(&gw, refused).await;
 
     // Everyone else goes on: the same channel, the open stream, new connections.
     list_matters(&staying).await.unwrap();
@@ -161,6 +191,14 @@ async fn a_revoked_department_is_never_asked_and_cannot_register() {
     gw.running.reload_tls().await.unwrap();
 
     let mock = gw.running.mock("public-security").expect("mock runs");
+    let untrusted = |gw: &TestGateway| {
+        metric(
+            gw,
+            "proofgate_department_calls",
+            &["public-security", "untrusted"],
+        )
+    };
+    let untrusted_before = untrusted(&gw);
     let asked = mock
         .controls
         .calls
@@ -176,6 +214,15 @@ async fn a_revoked_department_is_never_asked_and_cannot_register() {
             .load(std::sync::atomic::Ordering::SeqCst),
         asked,
         "the revoked department was not asked over its open connection"
+    );
+    assert!(
+        untrusted(&gw) > untrusted_before,
+        "refused as untrusted, not for another reason"
+    );
+    // What is kept (the audit log) names no file.
+    assert!(
+        !format!("{after:?}").contains(&*certs.to_string_lossy()),
+        "{after:?}"
     );
     // Nor over a new one: the node's handshake refuses its server certificate.
     gw.running.directory.upsert(mock.data_source()).unwrap();
@@ -193,8 +240,10 @@ async fn a_revoked_department_is_never_asked_and_cannot_register() {
         asked
     );
     // And it cannot register: its client certificate is refused at the listener.
+    let handshakes = metric(&gw, HANDSHAKES_REFUSED, &[]);
     let refused = mock.register(&gw.running.endpoint()).await;
     assert!(refused.is_err(), "a revoked department registered");
+    handshake_refused_since(&gw, handshakes).await;
 }
 
 /// The certificate a new TLS connection to the node is served, checked
@@ -269,17 +318,13 @@ async fn a_replaced_node_certificate_is_served_to_new_connections_without_a_rest
     list_matters(&gw.channel).await.unwrap();
 
     // A broken certificate file is refused; the rotated one keeps serving.
+    let failed_before = metric(&gw, "proofgate_tls_reloads_total{result=\"failed\"}", &[]);
     std::fs::write(certs.join(format!("{GATEWAY_IDENTITY}.pem")), "garbage").unwrap();
     assert!(gw.running.reload_tls().await.is_err());
     assert_eq!(served_certificate(&gw).await, again);
-    let mut text = String::new();
-    gw.running.metrics.render(&mut text);
-    let failed: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("proofgate_tls_reloads_total{result=\"failed\"} "))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(failed >= 1, "the refused reload is counted: {text}");
+    // Counted once, however often the poller sees the same broken file.
+    let failed = metric(&gw, "proofgate_tls_reloads_total{result=\"failed\"}", &[]);
+    assert_eq!(failed, failed_before + 1, "the refused reload is counted");
 }
 
 #[tokio::test]
@@ -313,7 +358,14 @@ async fn an_expired_crl_shows_in_health_and_metrics_and_refuses_every_certificat
     let status = list_matters(&gw.channel).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("expired"), "{status:?}");
-    assert!(fresh_call(&gw, HALL).await.is_err());
+    assert!(
+        !status.message().contains(&*certs.to_string_lossy()),
+        "a file path sent to the caller: {status:?}"
+    );
+    let refused = metric(&gw, HANDSHAKES_REFUSED, &[]);
+    let err = fresh_call(&gw, HALL).await.unwrap_err();
+    assert!(!err.contains("PermissionDenied"), "{err}");
+    handshake_refused_since(&gw, refused).await;
 
     // A fresh list (signed at the node's "now") brings everything back.
     renew_crl(&certs, clock.now_unix_ms()).unwrap();
@@ -357,6 +409,51 @@ async fn a_node_does_not_start_on_an_expired_crl() {
     assert_eq!(err.exit_code(), server::exit::CONFIG, "{err}");
 }
 
+#[tokio::test]
+async fn a_lost_crl_or_an_older_one_after_a_restart_stops_the_start() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let crl = data_dir.path().join("certs").join(CA_CRL);
+    let start = || {
+        let mut options = options(data_dir.path());
+        options.mock_departments = false;
+        options.crls = vec![crl.clone()];
+        server::start(options)
+    };
+    let running = start().await.expect("starts on the list dev-certs made");
+    let certs = running.certs_dir.clone().expect("TLS is on");
+    let now = proofgate::clock::system_now_unix_ms();
+    revoke(&certs, OTHER_HALL, now).unwrap();
+    let older = std::fs::read(&crl).unwrap();
+    revoke(&certs, HALL, now).unwrap();
+    let reloaded = running.reload_tls().await.unwrap().expect("TLS is on");
+    assert_eq!(reloaded.crls[0].crl_number, 3);
+    running.shutdown().await;
+
+    // An older list put back while the node was down: refused at start.
+    std::fs::write(&crl, &older).unwrap();
+    let err = match start().await {
+        Ok(_) => panic!("started on an older CRL (number 2 after 3)"),
+        Err(e) => e,
+    };
+    assert_eq!(err.exit_code(), server::exit::DATA, "{err}");
+    assert!(err.to_string().contains("lower than 3"), "{err}");
+
+    // A lost list: refused, never recreated empty.
+    std::fs::remove_file(&crl).unwrap();
+    let err = match start().await {
+        Ok(_) => panic!("started without its CRL"),
+        Err(e) => e,
+    };
+    assert_eq!(err.exit_code(), server::exit::DATA, "{err}");
+    assert!(err.to_string().contains(&*crl.to_string_lossy()), "{err}");
+    assert!(!crl.exists(), "a lost CRL was recreated");
+
+    // Nor do --renew-crl and --revoke start an empty one.
+    renew_crl(&certs, now).unwrap_err();
+    revoke(&certs, HALL, now).unwrap_err();
+    assert!(!crl.exists());
+}
+
 /// Kills the server when the test ends, however it ends.
 struct Child(std::process::Child);
 
@@ -398,6 +495,8 @@ async fn the_commands_revoke_and_a_served_node_reloads_on_sighup() {
         .arg(policies_dir())
         .arg("--crl")
         .arg(&crl)
+        // No file poller: only SIGHUP can load the new list.
+        .args(["--tls-poll-seconds", "0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -440,13 +539,14 @@ async fn the_commands_revoke_and_a_served_node_reloads_on_sighup() {
         said.contains("CRL number 2") && said.contains("1 revoked"),
         "{said}"
     );
+    // Still admitted: with the poller off nothing reloads the list but SIGHUP.
+    call(OTHER_HALL).await.unwrap();
     // The shell's builtin kill: no procps needed (and no unsafe libc call).
     let hup = std::process::Command::new("sh")
         .args(["-c", &format!("kill -HUP {}", child.0.id())])
         .status()
         .unwrap();
     assert!(hup.success());
-    // SIGHUP (or the file poller, whichever comes first) loads the new list.
     let refused = tokio::time::timeout(POLL_BOUND, async {
         while call(OTHER_HALL).await.is_ok() {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -162,6 +162,10 @@ pub struct DevCertsArgs {
     /// revocations kept, CRL number incremented, current for 30 days).
     #[arg(long, value_name = "IDENTITY", group = "dev_certs_action")]
     pub revoke: Option<String>,
+    /// With --revoke: that identity's certificate of this serial (hex), the
+    /// current one or one a re-issue kept as IDENTITY.SERIAL.pem.
+    #[arg(long, value_name = "HEX", requires = "revoke")]
+    pub serial: Option<String>,
     /// Re-sign DIR/ca.crl with the same revocations for another 30 days
     /// (before its nextUpdate passes, or nodes refuse every certificate).
     #[arg(long, group = "dev_certs_action")]
@@ -325,6 +329,10 @@ pub struct ServeArgs {
     /// Cluster mode: join the cluster whose shared state is on this etcd.
     #[command(flatten)]
     pub etcd: EtcdArgs,
+    /// How often the TLS files (certificate, key, CA, CRLs) are checked for
+    /// changes, in seconds; 0: never, only SIGHUP reloads them [default: 2]
+    #[arg(long, value_name = "SECONDS")]
+    pub tls_poll_seconds: Option<u64>,
 }
 
 impl ServeArgs {
@@ -346,6 +354,7 @@ impl ServeArgs {
             etcd_cert: self.etcd.etcd_cert.clone(),
             etcd_key: self.etcd.etcd_key.clone(),
             etcd_prefix: self.etcd.etcd_prefix.clone(),
+            tls_poll_seconds: self.tls_poll_seconds,
         }
     }
 }

@@ -92,9 +92,12 @@ pub fn dev_certs(args: &DevCertsArgs) -> Result<Report, CliError> {
     let now = crate::clock::system_now_unix_ms();
     let message = if let Some(identity) = &args.issue {
         let path = security::issue(dir, identity, Validity::Normal)?;
-        format!("issued {}", path.display())
+        format!(
+            "issued {} (a certificate it replaced is kept beside as {identity}.<serial>.pem: revoke it with --revoke {identity} --serial <serial>)",
+            path.display()
+        )
     } else if let Some(identity) = &args.revoke {
-        let done = security::crl::revoke(dir, identity, now)?;
+        let done = security::crl::revoke_serial(dir, identity, args.serial.as_deref(), now)?;
         format!(
             "{} certificate {identity} (serial {}) in {}: CRL number {}, {} revoked, next update {}",
             if done.already {

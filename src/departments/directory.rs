@@ -27,7 +27,7 @@ use crate::pb::{
     CompleteVerificationRequest, DataSource, QueryRequest, QueryResponse, VerifyRequest,
     VerifyResponse,
 };
-use crate::security::tls::NodeTls;
+use crate::security::tls::{NodeTls, Refusal};
 use rustls_pki_types::CertificateDer;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -98,8 +98,9 @@ impl CallFailure {
     }
 }
 
-/// The certificate the department presented on its latest connection.
-type PeerCertificate = Arc<std::sync::Mutex<Option<CertificateDer<'static>>>>;
+/// The certificates (leaf first) the department presented on its latest
+/// connection.
+type PeerCertificate = Arc<std::sync::Mutex<Option<Vec<CertificateDer<'static>>>>>;
 
 struct Source {
     info: DataSource,
@@ -293,15 +294,17 @@ impl DepartmentDirectory {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             let refusal = match peer {
-                Some(cert) => tls.refusal(std::slice::from_ref(&cert)),
-                None => tls.crl_problem(),
+                Some(chain) => tls.server_refusal(&chain, &department_identity(department)),
+                None => tls.crl_problem().map(|_| Refusal::CrlsExpired),
             };
-            if let Some(reason) = refusal {
-                tracing::warn!(%department, %reason, "department not asked: its certificate is not trusted now");
+            // Logged by the TLS once per certificate and load (an expiry
+            // once per episode), counted here per call; the text names no
+            // file (it is kept in the audit log).
+            if let Some(refusal) = refusal {
                 self.metrics
                     .department_call(department, "untrusted", Duration::ZERO);
                 return Err(CallFailure::Unreachable(format!(
-                    "department certificate refused: {reason}"
+                    "department certificate refused: {refusal}"
                 )));
             }
         }

@@ -146,14 +146,15 @@ impl<C: Clock + Clone> Guard<C> {
     fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let identity = if self.state.tls {
             let certs = request.peer_certs().unwrap_or_default();
-            if let Some(reason) = self
+            // Logged once per certificate and load by the TLS (an expiry
+            // once per episode), not per call; the text names no file.
+            if let Some(refusal) = self
                 .revocations
                 .as_ref()
                 .and_then(|tls| tls.refusal(&certs))
             {
-                warn!(identity = ?identity_of(&certs), %reason, "refused: client certificate not trusted now");
                 return Err(Status::unauthenticated(format!(
-                    "client certificate refused: {reason}"
+                    "client certificate refused: {refusal}"
                 )));
             }
             identity_of(&certs).ok_or_else(|| {

@@ -111,12 +111,11 @@ pub(super) fn valid_identity(identity: &str) -> bool {
 
 /// Creates the CA, its empty revocation list (`ca.crl`) and a certificate
 /// for each of `identities` in `dir` unless a CA exists. Returns whether
-/// anything was created. A CA made before CRLs existed gets its `ca.crl`.
+/// anything was created. The list is made with the CA only: a missing
+/// `ca.crl` beside an existing CA is never recreated (an empty list would
+/// un-revoke every certificate on the lost one).
 pub fn ensure_dev_certs(dir: &Path, identities: &[String]) -> Result<bool, CertError> {
     if dir.join(CA_CERT).exists() {
-        if dir.join(CA_KEY).exists() {
-            super::crl::ensure_crl(dir, crate::clock::system_now_unix_ms())?;
-        }
         return Ok(false);
     }
     fs::create_dir_all(dir).map_err(io(dir))?;
@@ -127,7 +126,7 @@ pub fn ensure_dev_certs(dir: &Path, identities: &[String]) -> Result<bool, CertE
     for identity in identities {
         issue(dir, identity, Validity::Normal)?;
     }
-    super::crl::ensure_crl(dir, crate::clock::system_now_unix_ms())?;
+    super::crl::first_crl(dir, crate::clock::system_now_unix_ms())?;
     Ok(true)
 }
 
@@ -177,6 +176,19 @@ pub fn issue(dir: &Path, identity: &str, validity: Validity) -> Result<PathBuf, 
     let key_partial = dir.join(format!("{identity}.key.partial"));
     write_private(&key_partial, &key.serialize_pem())?;
     fs::write(&cert_partial, cert.pem()).map_err(io(&cert_partial))?;
+    // The certificate replaced stays beside as `<identity>.<serial>.pem`:
+    // it is still valid until revoked (`dev-certs --revoke IDENTITY
+    // --serial HEX`).
+    if let Ok(old) = fs::read(&cert_path) {
+        use rustls_pki_types::pem::PemObject;
+        if let Some((_, serial)) = rustls_pki_types::CertificateDer::from_pem_slice(&old)
+            .ok()
+            .and_then(|c| super::crl::issuer_and_serial(&c))
+        {
+            let kept = dir.join(format!("{identity}.{}.pem", hex::encode(serial)));
+            fs::write(&kept, &old).map_err(io(&kept))?;
+        }
+    }
     fs::rename(&key_partial, &key_path).map_err(io(&key_path))?;
     fs::rename(&cert_partial, &cert_path).map_err(io(&cert_path))?;
     Ok(cert_path)

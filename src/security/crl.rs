@@ -1,5 +1,6 @@
 //! Certificate revocation lists (RFC 5280 CRLs) of the development CA:
-//! `dev-certs` writes an empty, signed `ca.crl` beside `ca.pem`;
+//! `dev-certs` writes an empty, signed `ca.crl` beside `ca.pem` when it
+//! creates the CA (only then: a lost list is never recreated empty);
 //! `dev-certs --revoke IDENTITY` adds that identity's certificate serial,
 //! keeping every earlier revocation, with the CRL number incremented and a
 //! fresh `nextUpdate` ([`CRL_VALIDITY`] ahead). The node reads CRLs with
@@ -102,6 +103,36 @@ fn crl_info(der: &[u8]) -> Result<CrlInfo, String> {
     })
 }
 
+/// Whether the CRL `der` is signed by one of `roots` whose subject is its
+/// issuer: only such a list may revoke (or un-revoke) anything.
+pub fn verify_crl(der: &[u8], roots: &[CertificateDer<'_>]) -> Result<(), String> {
+    let (_, crl) = x509_parser::parse_x509_crl(der).map_err(|e| format!("not a DER CRL: {e}"))?;
+    let mut named = false;
+    for root in roots {
+        let Ok((_, root)) = x509_parser::parse_x509_certificate(root.as_ref()) else {
+            continue;
+        };
+        if root.subject().as_raw() != crl.issuer().as_raw() {
+            continue;
+        }
+        named = true;
+        if crl.verify_signature(root.public_key()).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(if named {
+        format!(
+            "its signature does not verify with the configured CA `{}`: not issued by it",
+            crl.issuer()
+        )
+    } else {
+        format!(
+            "issued by `{}`, which is not a configured CA (ca.pem)",
+            crl.issuer()
+        )
+    })
+}
+
 /// The issuer name (DER) and serial of a certificate.
 pub fn issuer_and_serial(cert: &CertificateDer<'_>) -> Option<(Vec<u8>, Vec<u8>)> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
@@ -164,29 +195,29 @@ fn write_crl(
     Ok(path)
 }
 
-/// The CRL of `dir` read back (None: there is none yet). An unreadable or
-/// unparseable list is an error, never taken as empty: that would quietly
-/// un-revoke every certificate on it.
-pub fn read_ca_crl(dir: &Path) -> Result<Option<CrlInfo>, CertError> {
+/// The CRL of `dir` read back. A missing, unreadable or unparseable list
+/// is an error, never taken as empty: that would quietly un-revoke every
+/// certificate on it.
+pub fn read_ca_crl(dir: &Path) -> Result<CrlInfo, CertError> {
     let path = dir.join(CA_CRL);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CertError::Crl {
+                path,
+                problem: "no revocation list here; it is made with the CA only and never recreated empty (that would un-revoke every certificate on the lost one): restore it from a backup".into(),
+            })
+        }
         Err(e) => return Err(io(&path)(e)),
     };
     parse_crl(&bytes)
-        .map(|(_, info)| Some(info))
+        .map(|(_, info)| info)
         .map_err(|problem| CertError::Crl { path, problem })
 }
 
-/// Writes an empty, signed CRL in `dir` unless it has one. Returns whether
-/// it wrote one.
-pub fn ensure_crl(dir: &Path, now_unix_ms: i64) -> Result<bool, CertError> {
-    if dir.join(CA_CRL).exists() {
-        return Ok(false);
-    }
-    write_crl(dir, &[], 1, now_unix_ms)?;
-    Ok(true)
+/// Writes the first, empty, signed CRL of a CA just created in `dir`.
+pub(super) fn first_crl(dir: &Path, now_unix_ms: i64) -> Result<PathBuf, CertError> {
+    write_crl(dir, &[], 1, now_unix_ms)
 }
 
 /// What [`revoke`] did.
@@ -202,32 +233,73 @@ pub struct Revocation {
     pub revoked: usize,
 }
 
-/// Adds the serial of `dir/<identity>.pem` to `dir/ca.crl` (made if absent),
+/// Adds the serial of `dir/<identity>.pem` to `dir/ca.crl` (which must exist),
 /// keeping earlier revocations; re-signs it with the next CRL number.
 pub fn revoke(dir: &Path, identity: &str, now_unix_ms: i64) -> Result<Revocation, CertError> {
+    revoke_serial(dir, identity, None, now_unix_ms)
+}
+
+/// The serial (normalized) of the PEM certificate at `path`.
+fn serial_at(path: &Path, identity: &str) -> Result<Vec<u8>, CertError> {
+    let pem = fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CertError::Crl {
+            path: path.to_path_buf(),
+            problem: format!("no certificate of `{identity}` here: nothing to revoke"),
+        },
+        _ => io(path)(e),
+    })?;
+    let cert = CertificateDer::from_pem_slice(&pem).map_err(|e| CertError::Crl {
+        path: path.to_path_buf(),
+        problem: format!("not a PEM certificate: {e}"),
+    })?;
+    let (_, serial) = issuer_and_serial(&cert).ok_or_else(|| CertError::Crl {
+        path: path.to_path_buf(),
+        problem: "not a parseable X.509 certificate".into(),
+    })?;
+    Ok(serial)
+}
+
+/// Like [`revoke`]; with `serial` (hex), that certificate of `identity`:
+/// the current one or one kept by a re-issue (`<identity>.<serial>.pem`).
+pub fn revoke_serial(
+    dir: &Path,
+    identity: &str,
+    serial: Option<&str>,
+    now_unix_ms: i64,
+) -> Result<Revocation, CertError> {
     if !valid_identity(identity) {
         return Err(CertError::BadIdentity(identity.to_owned()));
     }
     let cert_path = dir.join(format!("{identity}.pem"));
-    let pem = fs::read(&cert_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => CertError::Crl {
-            path: cert_path.clone(),
-            problem: format!("no certificate of `{identity}` here: nothing to revoke"),
-        },
-        _ => io(&cert_path)(e),
-    })?;
-    let cert = CertificateDer::from_pem_slice(&pem).map_err(|e| CertError::Crl {
-        path: cert_path.clone(),
-        problem: format!("not a PEM certificate: {e}"),
-    })?;
-    let (_, serial) = issuer_and_serial(&cert).ok_or_else(|| CertError::Crl {
-        path: cert_path.clone(),
-        problem: "not a parseable X.509 certificate".into(),
-    })?;
+    let serial = match serial {
+        None => serial_at(&cert_path, identity)?,
+        Some(wanted) => {
+            let wanted_bytes = hex::decode(wanted.trim_start_matches("0x"))
+                .ok()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| CertError::Crl {
+                    path: cert_path.clone(),
+                    problem: format!("serial `{wanted}` is not hex"),
+                })?;
+            let wanted_bytes = normalized(&wanted_bytes).to_vec();
+            let current = serial_at(&cert_path, identity).ok();
+            let kept = dir.join(format!("{identity}.{}.pem", hex::encode(&wanted_bytes)));
+            if current.as_ref() != Some(&wanted_bytes)
+                && serial_at(&kept, identity).ok().as_ref() != Some(&wanted_bytes)
+            {
+                return Err(CertError::Crl {
+                    path: kept,
+                    problem: format!(
+                        "no certificate of `{identity}` with serial {} here (neither the current one nor one kept by a re-issue)",
+                        hex::encode(&wanted_bytes)
+                    ),
+                });
+            }
+            wanted_bytes
+        }
+    };
     let current = read_ca_crl(dir)?;
-    let (mut revoked, number) = current
-        .map(|info| (info.revoked, info.crl_number))
-        .unwrap_or_default();
+    let (mut revoked, number) = (current.revoked, current.crl_number);
     let already = revoked.iter().any(|(s, _)| *s == serial);
     if !already {
         revoked.push((serial.clone(), now_unix_ms));
@@ -246,8 +318,8 @@ pub fn revoke(dir: &Path, identity: &str, now_unix_ms: i64) -> Result<Revocation
 /// Re-signs `dir/ca.crl` with the same revocations, the next CRL number and
 /// a new `nextUpdate`: what a CA does before its list expires.
 pub fn renew_crl(dir: &Path, now_unix_ms: i64) -> Result<(PathBuf, CrlInfo), CertError> {
-    let current = read_ca_crl(dir)?.map(|i| (i.revoked, i.crl_number));
-    let (revoked, number) = current.unwrap_or_default();
+    let current = read_ca_crl(dir)?;
+    let (revoked, number) = (current.revoked, current.crl_number);
     // Duplicates in a hand-edited list would be kept once.
     let mut seen = HashSet::new();
     let revoked: Vec<_> = revoked
@@ -255,10 +327,7 @@ pub fn renew_crl(dir: &Path, now_unix_ms: i64) -> Result<(PathBuf, CrlInfo), Cer
         .filter(|(s, _)| seen.insert(s.clone()))
         .collect();
     let path = write_crl(dir, &revoked, number.saturating_add(1), now_unix_ms)?;
-    let info = read_ca_crl(dir)?.ok_or_else(|| CertError::Crl {
-        path: path.clone(),
-        problem: "vanished after writing".into(),
-    })?;
+    let info = read_ca_crl(dir)?;
     Ok((path, info))
 }
 
@@ -283,10 +352,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         ensure_dev_certs(dir.path(), &standard_identities([])).unwrap();
         assert!(dir.path().join(CA_CRL).exists());
-        assert!(!ensure_crl(dir.path(), NOW).unwrap(), "kept");
+        // A lost list is not recreated empty: not by dev-certs, not by
+        // --revoke, not by --renew-crl.
         fs::remove_file(dir.path().join(CA_CRL)).unwrap();
-        assert!(ensure_crl(dir.path(), NOW).unwrap());
-        let info = read_ca_crl(dir.path()).unwrap().unwrap();
+        assert!(!ensure_dev_certs(dir.path(), &standard_identities([])).unwrap());
+        assert!(!dir.path().join(CA_CRL).exists(), "recreated");
+        let err = revoke(dir.path(), HALL, NOW).unwrap_err();
+        assert!(err.to_string().contains("never recreated"), "{err}");
+        assert!(renew_crl(dir.path(), NOW).is_err());
+        assert!(!dir.path().join(CA_CRL).exists(), "recreated");
+        first_crl(dir.path(), NOW).unwrap();
+        let info = read_ca_crl(dir.path()).unwrap();
         assert!(info.revoked.is_empty());
         assert_eq!(info.crl_number, 1);
         assert_eq!(info.this_update_unix_ms, NOW);
@@ -302,13 +378,13 @@ mod tests {
     fn revoking_adds_the_serial_keeps_earlier_ones_and_numbers_up() {
         let dir = tempfile::tempdir().unwrap();
         ensure_dev_certs(dir.path(), &standard_identities([])).unwrap();
-        let first = read_ca_crl(dir.path()).unwrap().unwrap();
+        let first = read_ca_crl(dir.path()).unwrap();
 
         let revoked = revoke(dir.path(), HALL, NOW).unwrap();
         assert!(!revoked.already);
         assert_eq!(revoked.revoked, 1);
         assert_eq!(revoked.crl_number, first.crl_number + 1);
-        let info = read_ca_crl(dir.path()).unwrap().unwrap();
+        let info = read_ca_crl(dir.path()).unwrap();
         assert!(info.is_revoked(&serial_of(dir.path(), HALL)));
         assert!(!info.is_revoked(&serial_of(dir.path(), OTHER)));
         assert_eq!(info.crl_number, revoked.crl_number);
@@ -318,7 +394,7 @@ mod tests {
         let second = revoke(dir.path(), OTHER, later).unwrap();
         assert_eq!(second.revoked, 2);
         assert_eq!(second.crl_number, revoked.crl_number + 1);
-        let info = read_ca_crl(dir.path()).unwrap().unwrap();
+        let info = read_ca_crl(dir.path()).unwrap();
         assert!(info.is_revoked(&serial_of(dir.path(), HALL)), "kept");
         assert!(info.is_revoked(&serial_of(dir.path(), OTHER)));
         assert_eq!(info.revoked[0].1, NOW, "first revocation keeps its date");
@@ -345,13 +421,35 @@ mod tests {
         ));
         assert!(parse_crl(b"garbage").is_err());
         assert!(parse_crl(b"").is_err());
-        fs::remove_file(dir.path().join(CA_CRL)).unwrap();
         let err = revoke(dir.path(), "nobody.hall.proofgate", NOW).unwrap_err();
         assert!(err.to_string().contains("nothing to revoke"), "{err}");
         assert!(matches!(
             revoke(dir.path(), "../ca.hall.proofgate", NOW),
             Err(CertError::BadIdentity(_))
         ));
+    }
+
+    #[test]
+    fn a_reissue_keeps_the_old_certificate_which_can_be_revoked_by_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_dev_certs(dir.path(), &standard_identities([])).unwrap();
+        let old = serial_of(dir.path(), HALL);
+        crate::security::issue(dir.path(), HALL, crate::security::Validity::Normal).unwrap();
+        let new = serial_of(dir.path(), HALL);
+        assert_ne!(old, new);
+        let kept = dir.path().join(format!("{HALL}.{}.pem", hex::encode(&old)));
+        assert!(kept.exists(), "the replaced certificate is kept");
+        let done = revoke_serial(dir.path(), HALL, Some(&hex::encode(&old)), NOW).unwrap();
+        assert_eq!(done.serial, hex::encode(&old));
+        let info = read_ca_crl(dir.path()).unwrap();
+        assert!(info.is_revoked(&old));
+        assert!(!info.is_revoked(&new), "the new certificate stays valid");
+        let err = revoke_serial(dir.path(), HALL, Some("abcdef"), NOW).unwrap_err();
+        assert!(err.to_string().contains("serial abcdef"), "{err}");
+        assert!(revoke_serial(dir.path(), HALL, Some("zz"), NOW).is_err());
+        // Without --serial: the current one.
+        revoke(dir.path(), HALL, NOW).unwrap();
+        assert!(read_ca_crl(dir.path()).unwrap().is_revoked(&new));
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub const POLICY_POLL_EVERY: Duration = Duration::from_secs(2);
 /// certificate revocation list is expired (and the node refuses every
 /// certificate); SERVING otherwise.
 pub const CRL_HEALTH_SERVICE: &str = "proofgate.crl";
+/// In the data folder: the highest CRL number seen per revocation list, so
+/// a restart refuses an older list (one line per list).
+pub const CRL_NUMBERS: &str = "crl-numbers";
 
 /// Names, sizes and modification times of the policy files: a change to any
 /// of them is a reason to reload.
@@ -110,10 +113,14 @@ pub struct ServeOptions {
     /// DATA_DIR/certs, a dev CA made on first start). Off only on explicit
     /// request, and then only on loopback.
     pub tls: bool,
-    /// Certificate revocation lists (`--crl`, PEM or DER), checked on every
-    /// listener and on the calls to departments; reloaded with the node's
+    /// Certificate revocation lists (`--crl`, PEM or DER), checked on the
+    /// node's gRPC listener and on its calls to departments (not by the
+    /// in-process mock departments); reloaded with the node's
     /// certificate on SIGHUP and when the files change. Needs TLS.
     pub crls: Vec<PathBuf>,
+    /// How often the TLS files are checked for changes; None: never (only
+    /// SIGHUP reloads them). `serve --tls-poll-seconds`, 0 for None.
+    pub tls_poll: Option<Duration>,
     pub roles: RoleMap,
     pub rate_limits: RateLimits,
     pub max_in_flight: usize,
@@ -147,6 +154,7 @@ impl Default for ServeOptions {
             writer: WriterOptions::default(),
             tls: true,
             crls: Vec::new(),
+            tls_poll: Some(TLS_POLL_EVERY),
             roles: RoleMap::default(),
             rate_limits: RateLimits::default(),
             max_in_flight: MAX_IN_FLIGHT,
@@ -293,7 +301,7 @@ impl ServeError {
             | ServeError::PolicyKey(_) => exit::CONFIG,
             // A revocation list past its nextUpdate is bad data, like a
             // refused policy set; files that cannot be used are configuration.
-            ServeError::NodeTls(TlsError::Expired { .. }) => exit::DATA,
+            ServeError::NodeTls(e) if e.is_bad_crl() => exit::DATA,
             ServeError::NodeTls(_) => exit::CONFIG,
             ServeError::Policy(_) | ServeError::PolicySignature(_) | ServeError::Fixture(_) => {
                 exit::DATA
@@ -593,6 +601,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
                 dir: certs_dir.clone(),
                 identity: GATEWAY_IDENTITY.to_owned(),
                 crls: options.crls.clone(),
+                watermarks: Some(options.data_dir.join(CRL_NUMBERS)),
             },
             Arc::clone(&options.clock),
             metrics.clone(),
@@ -835,15 +844,20 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     });
     let tls_watcher = {
         let node_tls = tls.clone();
+        let tls_poll = options.tls_poll;
         let health = health_reporter.clone();
         tokio::spawn(async move {
             let Some(node_tls) = node_tls else { return };
-            let mut every = tokio::time::interval(TLS_POLL_EVERY);
+            // Without polling, the health still follows the CRLs' expiry.
+            let polling = tls_poll.is_some();
+            let mut every = tokio::time::interval(tls_poll.unwrap_or(TLS_POLL_EVERY));
             let mut shown = node_tls.crl_problem().is_some();
             loop {
                 every.tick().await;
                 // A refused reload is logged and counted by reload itself.
-                let _ = node_tls.reload_if_changed();
+                if polling {
+                    let _ = node_tls.reload_if_changed();
+                }
                 let expired = node_tls.check_expiry();
                 if expired.is_some() != shown {
                     shown = expired.is_some();
