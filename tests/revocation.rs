@@ -21,7 +21,7 @@ use proofgate::security::{issue, Validity, GATEWAY_IDENTITY};
 use proofgate::server::{self, ServeError, CRL_HEALTH_SERVICE};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -61,23 +61,6 @@ async fn fresh_call(gw: &TestGateway, identity: &str) -> Result<(), String> {
             .await
             .map_err(|e| format!("connect: {e}"))?;
     list_matters(&channel).await.map_err(|s| format!("{s:?}"))
-}
-
-/// TLS that trusts the gateway but presents no client certificate (health
-/// needs none).
-async fn anonymous(gw: &TestGateway) -> Channel {
-    let ca = std::fs::read(certs_of(gw).join("ca.pem")).unwrap();
-    Endpoint::from_shared(gw.running.endpoint())
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .domain_name(GATEWAY_IDENTITY),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 /// The sum of the metric lines that start with `prefix` and contain all of `with`.
@@ -337,7 +320,7 @@ async fn an_expired_crl_shows_in_health_and_metrics_and_refuses_every_certificat
     })
     .await;
     let certs = certs_of(&gw);
-    let probe = anonymous(&gw).await;
+    let probe = connect_without_certificate(&gw.running).await;
     assert_eq!(
         health(&probe, CRL_HEALTH_SERVICE).await,
         ServingStatus::Serving

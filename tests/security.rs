@@ -163,27 +163,10 @@ fn every_rpc() -> Vec<(&'static str, Call, &'static str)> {
     ]
 }
 
-/// TLS that trusts the gateway but presents no client certificate.
-async fn without_certificate(gw: &TestGateway) -> Channel {
-    let certs = gw.running.certs_dir.clone().unwrap();
-    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
-    Endpoint::from_shared(gw.running.endpoint())
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .domain_name(GATEWAY_IDENTITY),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn every_rpc_refuses_callers_without_a_certificate_or_of_the_wrong_role() {
     let gw = TestGateway::start().await;
-    let anonymous = without_certificate(&gw).await;
+    let anonymous = connect_without_certificate(&gw.running).await;
     for (name, call, wrong_role) in every_rpc() {
         let status = call(anonymous.clone()).await.expect_err(name);
         assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");

@@ -91,6 +91,24 @@ pub async fn connect_as(running: &Running, identity: &str) -> Channel {
     connect_with(&running.endpoint(), certs, identity).await
 }
 
+/// TLS that trusts the gateway but presents no client certificate (health
+/// needs none; every other service refuses it).
+pub async fn connect_without_certificate(running: &Running) -> Channel {
+    let certs = running.certs_dir.as_ref().expect("TLS is on");
+    let ca = std::fs::read(certs.join("ca.pem")).expect("the CA certificate exists");
+    tonic::transport::Endpoint::from_shared(running.endpoint())
+        .expect("a valid endpoint")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name(proofgate::security::GATEWAY_IDENTITY),
+        )
+        .expect("a valid TLS configuration")
+        .connect()
+        .await
+        .expect("gateway reachable")
+}
+
 /// A served gateway that shuts itself down when dropped, so a test that
 /// ends (or fails) without [`Served::shutdown`] leaks no server. Derefs to
 /// the [`Running`] node.
