@@ -115,7 +115,11 @@ fn every_rpc() -> Vec<(&'static str, Call, &'static str)> {
         ),
         (
             "GetCheckpoint",
-            rpc!(AuditServiceClient, get_checkpoint, GetCheckpointRequest::default()),
+            rpc!(
+                AuditServiceClient,
+                get_checkpoint,
+                GetCheckpointRequest::default()
+            ),
             PORTAL,
         ),
         (
@@ -123,7 +127,11 @@ fn every_rpc() -> Vec<(&'static str, Call, &'static str)> {
             rpc!(
                 AuditServiceClient,
                 get_entries,
-                GetEntriesRequest { start: 0, end: 0, ..Default::default() }
+                GetEntriesRequest {
+                    start: 0,
+                    end: 0,
+                    ..Default::default()
+                }
             ),
             HALL,
         ),

@@ -61,7 +61,9 @@ pub enum MirrorError {
         served: String,
     },
     /// Two histories under one key: refused, recorded, mirroring stopped.
-    #[error("FORK of {origin}: {reason}; nothing of it was stored and mirroring this log is stopped")]
+    #[error(
+        "FORK of {origin}: {reason}; nothing of it was stored and mirroring this log is stopped"
+    )]
     Fork { origin: String, reason: String },
     /// A fork was found before: this log is no longer mirrored.
     #[error("mirroring {origin} stopped after a fork was found: {reason}")]
@@ -238,7 +240,13 @@ impl MirrorLog {
             };
         }
         if size > 0
-            && !verify_consistency(size, checkpoint.size, &frontier.root(), &checkpoint.root, proof)
+            && !verify_consistency(
+                size,
+                checkpoint.size,
+                &frontier.root(),
+                &checkpoint.root,
+                proof,
+            )
         {
             return Err(fork(format!(
                 "the checkpoint at size {} is not consistent with the {size} entries already mirrored (its consistency proof fails)",
@@ -480,9 +488,12 @@ mod tests {
     fn bad_signatures_other_keys_and_bad_entries_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let signer = signer();
-        let mirror =
-            MirrorLog::open(&dir.path().join("m"), "proofgate/node-1", &signer.verifier_key())
-                .unwrap();
+        let mirror = MirrorLog::open(
+            &dir.path().join("m"),
+            "proofgate/node-1",
+            &signer.verifier_key(),
+        )
+        .unwrap();
         let origin = Origin::new("a", 10);
         let impostor = self::signer();
         assert!(matches!(
@@ -494,7 +505,9 @@ mod tests {
         let checkpoint = mirror.check_signature(&note).unwrap();
         let mut wrong = origin.entries[..5].to_vec();
         wrong[2] = b"edited".to_vec();
-        let err = mirror.append(&checkpoint, &note, 0, &wrong, &[]).unwrap_err();
+        let err = mirror
+            .append(&checkpoint, &note, 0, &wrong, &[])
+            .unwrap_err();
         assert!(matches!(err, MirrorError::BadPeer { .. }), "{err}");
         assert!(!err.is_fork());
         assert_eq!(mirror.store().tree_size().unwrap(), 0);

@@ -314,7 +314,13 @@ impl Writer {
             let index = self.frontier.size();
             let bytes = entry_bytes(index, logged_unix_ms, &self.node_id, &request.event);
             let leaf = leaf_hash(&bytes);
-            stage_entry(&mut self.frontier, leaf, &bytes, &mut sled_batch, &mut nodes);
+            stage_entry(
+                &mut self.frontier,
+                leaf,
+                &bytes,
+                &mut sled_batch,
+                &mut nodes,
+            );
             receipts.push(Receipt {
                 index,
                 leaf_hash: leaf,

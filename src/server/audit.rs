@@ -72,7 +72,8 @@ impl Logs {
         if origin.is_empty() || origin == self.own_origin {
             return Ok(self.own.clone());
         }
-        if origin.len() > MAX_ORIGIN_LEN || origin.chars().any(|c| c.is_whitespace() || c.is_control())
+        if origin.len() > MAX_ORIGIN_LEN
+            || origin.chars().any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(ReadError::Invalid {
                 field: "origin",

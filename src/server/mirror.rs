@@ -26,7 +26,9 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{error, info, warn};
 
 use super::audit::Logs;
-use crate::audit::{mirror_identity, AuditReader, AuditStore, Hash, MirrorError, MirrorLog, Standing};
+use crate::audit::{
+    mirror_identity, AuditReader, AuditStore, Hash, MirrorError, MirrorLog, Standing,
+};
 use crate::metrics::Metrics;
 use crate::pb::audit_service_client::AuditServiceClient;
 use crate::pb::{GetCheckpointRequest, GetConsistencyProofRequest, GetEntriesRequest};
@@ -103,7 +105,11 @@ impl PullError {
 /// A client of the AuditService at `url`: mutual TLS through `tls` (the
 /// node's own, reloaded, certificate; the peer must be a gateway of the
 /// PKI) or, without, plaintext naming `identity` in a header.
-pub fn node_client(url: &str, tls: Option<&NodeTls>, identity: &str) -> Result<AuditClient, PullError> {
+pub fn node_client(
+    url: &str,
+    tls: Option<&NodeTls>,
+    identity: &str,
+) -> Result<AuditClient, PullError> {
     let bad = |problem: String| PullError::Connect {
         url: url.to_owned(),
         problem,
@@ -276,7 +282,10 @@ pub async fn pull(
         if entries.is_empty() {
             return Err(PullError::BadAnswer {
                 url: url.to_owned(),
-                problem: format!("no entries from {at} though its checkpoint has {}", checkpoint.size),
+                problem: format!(
+                    "no entries from {at} though its checkpoint has {}",
+                    checkpoint.size
+                ),
             });
         }
         let chunk_end = at + entries.len() as u64;
@@ -351,7 +360,9 @@ pub(super) fn start(plan: MirrorPlan, logs: Logs, metrics: Metrics) -> Option<Jo
                     mirrored.insert(origin, Mirrored { log });
                 }
                 Ok(None) => warn!(path = %path.display(), "not a mirror store; ignored"),
-                Err(e) => warn!(path = %path.display(), error = %e, "mirror store cannot be opened; ignored"),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "mirror store cannot be opened; ignored")
+                }
             }
         }
     }
@@ -402,7 +413,9 @@ async fn run(
                         });
                     }
                 }
-                Err(e) => warn!(error = %e, "node directory unreadable; mirroring the peers already known"),
+                Err(e) => {
+                    warn!(error = %e, "node directory unreadable; mirroring the peers already known")
+                }
             }
         }
         for peer in peers {
@@ -419,7 +432,16 @@ async fn run(
                     }
                 },
             };
-            round(&plan, &logs, &metrics, &mut mirrored, &mut origins, peer, client).await;
+            round(
+                &plan,
+                &logs,
+                &metrics,
+                &mut mirrored,
+                &mut origins,
+                peer,
+                client,
+            )
+            .await;
         }
     }
 }
@@ -475,7 +497,12 @@ async fn round(
     if !mirrored.contains_key(&origin) {
         let path = mirror_path(&plan.data_dir, &origin);
         let opened = std::fs::create_dir_all(&path)
-            .map_err(|e| MirrorError::from(crate::audit::StoreError::Corrupt(format!("{}: {e}", path.display()))))
+            .map_err(|e| {
+                MirrorError::from(crate::audit::StoreError::Corrupt(format!(
+                    "{}: {e}",
+                    path.display()
+                )))
+            })
             .and_then(|_| Ok(AuditStore::open(&path)?));
         let store = match opened {
             Ok(store) => store,

@@ -306,7 +306,7 @@ pub mod exit {
     pub fn of_log_key(e: &LogKeyError) -> u8 {
         match e {
             LogKeyError::Store(e) => of_store(e),
-            LogKeyError::NoKey(_) => CONFIG,
+            LogKeyError::NoKey(_) | LogKeyError::ForeignLog { .. } => CONFIG,
             LogKeyError::Keys(_)
             | LogKeyError::Audit(_)
             | LogKeyError::Checkpoint(_)
@@ -824,7 +824,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     );
     let audit = InterceptedService::new(
         AuditServiceServer::new(AuditApi::new(logs.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES),
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service(
             "proofgate.v1.AuditService",
             // A gateway identity: a peer node mirroring this node's log.
@@ -976,10 +976,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     let mirror_task = mirror::start(
         mirror::MirrorPlan {
             targets: options.mirrors.clone(),
-            cluster: options
-                .cluster
-                .clone()
-                .filter(|_| !options.mirror_off),
+            cluster: options.cluster.clone().filter(|_| !options.mirror_off),
             node_id: options.node_id.clone(),
             data_dir: options.data_dir.clone(),
             tls: tls.clone(),
