@@ -386,5 +386,33 @@ async fn a_mirror_refuses_a_forked_log_and_stores_nothing_of_it() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // A restore of an origin the node does not serve, or one asking for
+    // witness cosignatures this build cannot check, fails (exit 64) and
+    // leaves the folder empty, so it can be run again.
+    let target = dirs.path().join("restore");
+    let args = RestoreArgs {
+        from: b.endpoint(),
+        origin: "proofgate/node-9".into(),
+        data_dir: target.clone(),
+        certs: pki.path().to_path_buf(),
+        vkey: None,
+        witnesses: Vec::new(),
+        quorum: None,
+    };
+    let err = proofgate::cli::audit::restore(&args).await.unwrap_err();
+    assert!(err.to_string().contains("proofgate/node-9"), "{err}");
+    assert_eq!(proofgate::cli::exit_code(&Err(err)), 64);
+    assert_eq!(std::fs::read_dir(&target).map_or(0, |d| d.count()), 0);
+    let err = proofgate::cli::audit::restore(&RestoreArgs {
+        origin: ORIGIN_A.into(),
+        witnesses: vec!["witness+00000000+AAAA".into()],
+        quorum: Some(1),
+        ..args
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("--witness"), "{err}");
+    assert_eq!(proofgate::cli::exit_code(&Err(err)), 64);
     b.shutdown().await;
 }

@@ -219,9 +219,36 @@ pub async fn restore(args: &RestoreArgs) -> Result<Report, CliError> {
         source: e,
     })?;
     let staging = data_dir.join("log.restoring");
-    let log = audit::MirrorLog::open(&staging, &args.origin, &vkey)
+    let restored = restore_into(args, &mut client, &vkey, &staging, warnings).await;
+    if restored.is_err() {
+        // Nothing half-restored is left behind: the folder is empty again,
+        // so the restore can simply be run again.
+        if let Ok(entries) = std::fs::read_dir(data_dir) {
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+    }
+    restored
+}
+
+async fn restore_into(
+    args: &RestoreArgs,
+    client: &mut crate::server::mirror::AuditClient,
+    vkey: &str,
+    staging: &Path,
+    mut warnings: Vec<String>,
+) -> Result<Report, CliError> {
+    let data_dir = args.data_dir.as_path();
+    let vkey = vkey.to_owned();
+    let log = audit::MirrorLog::open(staging, &args.origin, &vkey)
         .map_err(|e| CliError::RestoreConfig(e.to_string()))?;
-    let size = crate::server::mirror::pull(&mut client, &args.from, &args.origin, &log).await?;
+    let size = crate::server::mirror::pull(client, &args.from, &args.origin, &log).await?;
     if size == 0 {
         return Err(CliError::Restored(format!(
             "{} serves no checkpoint of {}",
@@ -234,8 +261,8 @@ pub async fn restore(args: &RestoreArgs) -> Result<Report, CliError> {
     let final_path = data_dir.join("log");
     // The store's file lock goes with its last handle: reopen-and-drop
     // waits for it, so the rename never moves a store still held.
-    drop(audit::AuditStore::open(&staging)?);
-    std::fs::rename(&staging, &final_path).map_err(|e| CliError::Generate {
+    drop(audit::AuditStore::open(staging)?);
+    std::fs::rename(staging, &final_path).map_err(|e| CliError::Generate {
         dir: final_path.clone(),
         source: e,
     })?;

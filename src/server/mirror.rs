@@ -330,6 +330,8 @@ pub(super) struct MirrorPlan {
 /// it is still served as it is.
 struct Mirrored {
     log: Option<MirrorLog>,
+    /// The last failure logged, so a peer down for an hour is one line.
+    last_problem: Option<String>,
 }
 
 /// Opens the mirror stores already in the data folder and serves them (a
@@ -346,18 +348,30 @@ pub(super) fn start(plan: MirrorPlan, logs: Logs, metrics: Metrics) -> Option<Jo
             match opened {
                 Ok(Some((store, (origin, vkey)))) => {
                     logs.add_mirror(&origin, AuditReader::mirrored(store.clone(), vkey.clone()));
+                    let verified = store
+                        .latest_checkpoint()
+                        .ok()
+                        .flatten()
+                        .map_or(0, |(size, _)| size);
                     let log = match MirrorLog::over(store.clone(), &origin, &vkey) {
                         Ok(log) => Some(log),
                         Err(e) => {
                             error!(%origin, error = %e, "mirror stays stopped; it is still served as it is");
-                            metrics.mirror_pull(&origin, "fork", 0);
+                            let result = if e.is_fork() { "fork" } else { "error" };
+                            metrics.mirror_pull(&origin, result, verified);
                             None
                         }
                     };
                     if let Some(log) = &log {
                         metrics.mirror_pull(&origin, "ok", log.verified_size().unwrap_or(0));
                     }
-                    mirrored.insert(origin, Mirrored { log });
+                    mirrored.insert(
+                        origin,
+                        Mirrored {
+                            log,
+                            last_problem: None,
+                        },
+                    );
                 }
                 Ok(None) => warn!(path = %path.display(), "not a mirror store; ignored"),
                 Err(e) => {
@@ -370,6 +384,14 @@ pub(super) fn start(plan: MirrorPlan, logs: Logs, metrics: Metrics) -> Option<Jo
         return None;
     }
     Some(tokio::spawn(run(plan, logs, metrics, mirrored)))
+}
+
+/// What first contact with a URL learnt: the origin it serves, or the last
+/// failure logged (logged again only when it changes).
+#[derive(Default)]
+struct Contact {
+    origin: Option<String>,
+    problem: Option<String>,
 }
 
 /// One peer to pull this round: where, which origin, which key.
@@ -387,8 +409,8 @@ async fn run(
     mut mirrored: BTreeMap<String, Mirrored>,
 ) {
     let mut clients: BTreeMap<String, AuditClient> = BTreeMap::new();
-    // URL -> origin learnt on first contact.
-    let mut origins: BTreeMap<String, String> = BTreeMap::new();
+    // URL -> what first contact learnt (or why it failed).
+    let mut origins: BTreeMap<String, Contact> = BTreeMap::new();
     let mut every = tokio::time::interval(MIRROR_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -398,7 +420,10 @@ async fn run(
             .iter()
             .map(|t| Peer {
                 url: t.url.clone(),
-                origin: origins.get(&t.url).cloned().unwrap_or_default(),
+                origin: origins
+                    .get(&t.url)
+                    .and_then(|c| c.origin.clone())
+                    .unwrap_or_default(),
                 vkey: t.vkey.clone(),
             })
             .collect();
@@ -468,10 +493,19 @@ async fn round(
     logs: &Logs,
     metrics: &Metrics,
     mirrored: &mut BTreeMap<String, Mirrored>,
-    origins: &mut BTreeMap<String, String>,
+    origins: &mut BTreeMap<String, Contact>,
     peer: Peer,
     mut client: AuditClient,
 ) {
+    // After first contact a URL given without a key keeps the pinned one.
+    let pinned = mirrored
+        .get(&peer.origin)
+        .and_then(|m| m.log.as_ref())
+        .map(|log| log.verifier_key().to_owned());
+    let peer = Peer {
+        vkey: peer.vkey.or(pinned),
+        ..peer
+    };
     // First contact: learn the origin (and, unless given, the key).
     let (origin, vkey) = if peer.origin.is_empty() || peer.vkey.is_none() {
         match peer_checkpoint(&mut client, &peer.url, &peer.origin).await {
@@ -483,11 +517,22 @@ async fn round(
                     warn!(url = %peer.url, "mirror peer serves a checkpoint without an origin");
                     return;
                 }
-                origins.insert(peer.url.clone(), origin.clone());
+                origins.insert(
+                    peer.url.clone(),
+                    Contact {
+                        origin: Some(origin.clone()),
+                        problem: None,
+                    },
+                );
                 (origin, peer.vkey.unwrap_or(served.verifier_key))
             }
             Err(e) => {
-                warn!(error = %e, "mirror peer not reachable; retrying");
+                let contact = origins.entry(peer.url.clone()).or_default();
+                let problem = e.to_string();
+                if contact.problem.as_deref() != Some(problem.as_str()) {
+                    warn!(error = %problem, "mirror peer not reachable; retrying every {}s", MIRROR_EVERY.as_secs());
+                    contact.problem = Some(problem);
+                }
                 return;
             }
         }
@@ -523,7 +568,13 @@ async fn round(
                 None
             }
         };
-        mirrored.insert(origin.clone(), Mirrored { log });
+        mirrored.insert(
+            origin.clone(),
+            Mirrored {
+                log,
+                last_problem: None,
+            },
+        );
     }
     let Some(entry) = mirrored.get_mut(&origin) else {
         return;
@@ -546,9 +597,18 @@ async fn round(
             entry.log = None;
         }
         Err(e) => {
-            warn!(%origin, error = %e, "mirror round failed; retrying");
+            let problem = e.to_string();
+            // Logged when the problem changes, not every second.
+            if entry.last_problem.as_deref() != Some(problem.as_str()) {
+                warn!(%origin, error = %problem, "mirror round failed; retrying every {}s", MIRROR_EVERY.as_secs());
+                entry.last_problem = Some(problem);
+            }
             metrics.mirror_pull(&origin, "error", log.verified_size().unwrap_or(0));
+            return;
         }
+    }
+    if entry.last_problem.take().is_some() {
+        info!(%origin, "mirror rounds succeed again");
     }
 }
 

@@ -973,10 +973,19 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             }
         }
     });
+    // In a cluster each node mirrors the next one by default, over mutual
+    // TLS: that needs one PKI for all nodes (`--certs`); a node with its own
+    // dev CA could not reach its peers, so it does not try.
+    let default_mirror = options.cluster.is_some()
+        && !options.mirror_off
+        && (options.certs.is_some() || tls.is_none());
+    if options.cluster.is_some() && !options.mirror_off && !default_mirror {
+        warn!("cluster mode without --certs: this node mirrors no peer by default (its dev CA is its own; give every node the same --certs DIR)");
+    }
     let mirror_task = mirror::start(
         mirror::MirrorPlan {
             targets: options.mirrors.clone(),
-            cluster: options.cluster.clone().filter(|_| !options.mirror_off),
+            cluster: options.cluster.clone().filter(|_| default_mirror),
             node_id: options.node_id.clone(),
             data_dir: options.data_dir.clone(),
             tls: tls.clone(),
