@@ -380,7 +380,8 @@ pub struct ServeArgs {
     /// Keep a verified copy of this node's log (repeatable): URL, or
     /// URL=VKEY to pin the origin's key (else the key the peer serves on
     /// first contact is pinned). `off`: in a cluster, mirror no peer (by
-    /// default each node mirrors the next node in the directory).
+    /// default, with a shared --certs, each node mirrors the next node in
+    /// the directory).
     #[arg(long = "mirror", value_name = "URL[=VKEY]|off")]
     pub mirrors: Vec<String>,
 }

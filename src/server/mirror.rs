@@ -110,31 +110,39 @@ pub fn node_client(
     tls: Option<&NodeTls>,
     identity: &str,
 ) -> Result<AuditClient, PullError> {
-    let bad = |problem: String| PullError::Connect {
+    let channel = node_channel(url, tls).map_err(|problem| PullError::Connect {
         url: url.to_owned(),
         problem,
-    };
+    })?;
+    Ok(AuditServiceClient::with_interceptor(
+        channel,
+        IdentityHeader::new(identity),
+    ))
+}
+
+/// A lazy channel from this node to another node at `url` (`https://` with
+/// `tls`): the node's own certificate, reloaded, is presented, and the peer
+/// must present a gateway certificate of the PKI (every node certificate
+/// names `gateway.proofgate`). Plaintext (`http://`) without `tls`.
+pub fn node_channel(url: &str, tls: Option<&NodeTls>) -> Result<Channel, String> {
     let channel = match tls {
         Some(tls) => {
             let authority = url
                 .strip_prefix("https://")
-                .ok_or_else(|| bad("with TLS the URL must be https://".into()))?;
+                .ok_or_else(|| "with TLS the URL must be https://".to_owned())?;
             let peer = Arc::new(Mutex::new(None));
             Endpoint::from_shared(format!("http://{}", authority.trim_end_matches('/')))
-                .map_err(|e| bad(e.to_string()))?
+                .map_err(|e| e.to_string())?
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
                 .connect_with_connector_lazy(tls.connector(GATEWAY_IDENTITY, peer))
         }
         None => Endpoint::from_shared(url.to_owned())
-            .map_err(|e| bad(e.to_string()))?
+            .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy(),
     };
-    Ok(AuditServiceClient::with_interceptor(
-        channel,
-        IdentityHeader::new(identity),
-    ))
+    Ok(channel)
 }
 
 /// A client over an open channel (e.g. `security::connect` with a client
