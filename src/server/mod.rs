@@ -712,12 +712,20 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         }
         None => None,
     };
-    let shared_sources = match (&options.cluster, &cluster) {
-        (Some(options), Some(joined)) => Some(
-            cluster_shared::start(options, joined.gate(), &directory, &gateway, &pseudonyms)
-                .await?,
-        ),
-        _ => None,
+    let (shared_sources, cluster) = match (&options.cluster, cluster) {
+        (Some(options), Some(joined)) => {
+            match cluster_shared::start(options, joined.gate(), &directory, &gateway, &pseudonyms)
+                .await
+            {
+                Ok(shared) => (Some(shared), Some(joined)),
+                Err(e) => {
+                    // Leave at once rather than when the lease runs out.
+                    joined.leave().await;
+                    return Err(e);
+                }
+            }
+        }
+        (_, cluster) => (None, cluster),
     };
     let applications = InterceptedService::new(
         ApplicationServiceServer::new(

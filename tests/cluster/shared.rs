@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::common::*;
-use super::etcd::{spawn_node_with, EtcdCluster, Node, BOUND};
+use super::etcd::{run_node_to_end, spawn_node_with, EtcdCluster, Node, BOUND};
 use proofgate::pb::application_service_client::ApplicationServiceClient;
 use proofgate::pb::department_registry_client::DepartmentRegistryClient;
 use proofgate::pb::operations_service_client::OperationsServiceClient;
@@ -210,6 +210,16 @@ async fn a_data_source_registered_through_node_1_is_used_by_node_3_and_removed_t
         .map(|id| setup.node(&etcd, id))
         .collect();
     let pki = setup.pki();
+    // A node with another pseudonym key (its own, generated) is refused:
+    // dishonesty records would not name the same subjects on it.
+    let stranger = run_node_to_end(&etcd.endpoints(), "node-4", &setup.dir.path().join("n4"));
+    assert_eq!(stranger.status.code(), Some(64), "{stranger:?}");
+    let stderr = String::from_utf8_lossy(&stranger.stderr);
+    assert!(
+        stderr.contains("pseudonym key") && stderr.contains("differs from the cluster's"),
+        "{stderr}"
+    );
+    assert_eq!(etcd.nodes().await.len(), 3, "the refused node left at once");
     let hall_3 = connect_with(&nodes[2].endpoint, &pki, HALL).await;
     let auditor_3 = connect_with(&nodes[2].endpoint, &pki, AUDITOR).await;
     // With --etcd no in-process mock departments: nothing is registered.
