@@ -674,6 +674,40 @@ mod tests {
     }
 
     #[test]
+    fn in_cluster_mode_the_in_process_mocks_are_off_unless_asked_for() {
+        let mocks = |file: Option<&Path>, flags: &Flags| {
+            resolve(file, &HashMap::new(), flags)
+                .map(|c| c.serve.mock_departments)
+                .map_err(|e| e.to_string())
+        };
+        let etcd = vec!["http://127.0.0.1:2379".to_owned()];
+        assert_eq!(mocks(None, &Flags::default()), Ok(true), "one node: on");
+        let cluster = Flags {
+            etcd: etcd.clone(),
+            ..Flags::default()
+        };
+        assert_eq!(mocks(None, &cluster), Ok(false));
+        let asked = Flags {
+            etcd: etcd.clone(),
+            mock_departments: true,
+            ..Flags::default()
+        };
+        assert_eq!(mocks(None, &asked), Ok(true));
+        let file = write("mock_departments = true\n");
+        assert_eq!(
+            mocks(Some(file.path()), &cluster),
+            Ok(true),
+            "the file asks"
+        );
+        let both = Flags {
+            mock_departments: true,
+            no_mock_departments: true,
+            ..Flags::default()
+        };
+        assert!(mocks(None, &both).is_err_and(|e| e.contains("contradict")));
+    }
+
+    #[test]
     fn flags_override_environment_and_metrics_default_on_until_off() {
         let file = write("node_id = \"node-7\"\nmetrics_listen = \"127.0.0.1:9500\"\n");
         let env = HashMap::from([("PROOFGATE_NODE_ID".to_owned(), "node-9".to_owned())]);

@@ -230,10 +230,20 @@ async fn a_data_source_registered_through_node_1_is_used_by_node_3_and_removed_t
         ProofOutcome::Unavailable
     );
 
-    // A department process registers through node 1 (the first URL).
+    // A department process registers through node 1: the first URL of its
+    // list is a node that is down, passed over.
+    let down = format!("https://127.0.0.1:{}", {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    });
     let _department = MockProcess::start(
         "public-security",
-        &[&nodes[0].endpoint, &nodes[1].endpoint, &nodes[2].endpoint],
+        &[
+            &down,
+            &nodes[0].endpoint,
+            &nodes[1].endpoint,
+            &nodes[2].endpoint,
+        ],
         &pki,
     );
     let auditor_1 = connect_with(&nodes[0].endpoint, &pki, AUDITOR).await;
