@@ -36,7 +36,8 @@ pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 pub const STALE_AFTER: Duration = Duration::from_secs(3);
 
 /// Told about every change of a record: its name (the key after the
-/// folder) and its new value, None when it was deleted.
+/// folder) and its new value, None when it was deleted. Called under the
+/// mirror's lock: it must not call back into the folder.
 pub type ChangeFn = Arc<dyn Fn(&str, Option<&[u8]>) + Send + Sync>;
 
 /// A record as mirrored: its value (None: deleted) and the revision that
@@ -73,26 +74,22 @@ impl Inner {
     }
 
     /// Applies one change unless the mirror already holds a newer one; tells
-    /// the owner when the value changed.
+    /// the owner when the value changed — under the lock, so two changes of
+    /// one record reach the owner in the order of their revisions.
     fn apply(&self, name: &str, value: Option<&[u8]>, revision: i64) {
-        let changed = {
-            let mut records = lock(&self.records);
-            match records.get(name) {
-                Some(held) if held.revision >= revision => false,
-                held => {
-                    let changed = held.and_then(|h| h.value.as_deref()) != value;
-                    records.insert(
-                        name.to_owned(),
-                        Held {
-                            value: value.map(<[u8]>::to_vec),
-                            revision,
-                        },
-                    );
-                    changed
-                }
-            }
+        let mut records = lock(&self.records);
+        let before = match records.get(name) {
+            Some(held) if held.revision >= revision => return,
+            held => held.and_then(|h| h.value.clone()),
         };
-        if changed {
+        records.insert(
+            name.to_owned(),
+            Held {
+                value: value.map(<[u8]>::to_vec),
+                revision,
+            },
+        );
+        if before.as_deref() != value {
             (self.on_change)(name, value);
         }
     }
