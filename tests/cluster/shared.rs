@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 use super::common::*;
 use super::etcd::{run_node_to_end, spawn_node_with, EtcdCluster, Node, BOUND};
 use proofgate::pb::application_service_client::ApplicationServiceClient;
+use proofgate::pb::audit_service_client::AuditServiceClient;
 use proofgate::pb::department_registry_client::DepartmentRegistryClient;
 use proofgate::pb::operations_service_client::OperationsServiceClient;
 use proofgate::pb::{
-    Application, DataSource, DeregisterDataSourceRequest, GetApplicationRequest, IdType,
-    ListDataSourcesRequest, ProofOutcome, RecordSpotCheckRequest, RegisterDataSourceRequest,
-    RevokeDishonestyRequest, Subject, SubmitApplicationRequest,
+    Application, AuditEntry, DataSource, DeregisterDataSourceRequest, GetApplicationRequest,
+    GetEntriesRequest, IdType, ListDataSourcesRequest, ProofOutcome, RecordSpotCheckRequest,
+    RegisterDataSourceRequest, RevokeDishonestyRequest, Subject, SubmitApplicationRequest,
 };
 use tonic::transport::Channel;
 
@@ -182,6 +183,32 @@ fn company() -> Subject {
     }
 }
 
+/// How many registry changes of `department` a node's own log holds.
+async fn logged_changes(auditor: &Channel, department: &str) -> usize {
+    use proofgate::pb::audit_entry::Event;
+    use prost::Message;
+    use tokio_stream::StreamExt;
+    let mut stream = AuditServiceClient::new(auditor.clone())
+        .get_entries(GetEntriesRequest { start: 0, end: 0 })
+        .await
+        .expect("entries readable")
+        .into_inner();
+    let mut changes = 0;
+    while let Some(stored) = stream.next().await {
+        let entry =
+            AuditEntry::decode(stored.expect("an entry").entry.as_slice()).expect("an audit entry");
+        if let Some(Event::DataSourceChanged(changed)) = entry.event {
+            if changed
+                .source
+                .is_some_and(|s| s.department_id == department)
+            {
+                changes += 1;
+            }
+        }
+    }
+    changes
+}
+
 /// Replays a stopped node's log: no discrepancy.
 fn replays(node: &mut Node) {
     node.kill();
@@ -271,6 +298,11 @@ async fn a_data_source_registered_through_node_1_is_used_by_node_3_and_removed_t
         .await
         .expect("deregistered through node 2");
     wait_listed(&auditor_3, "public-security", false).await;
+    // Each change is logged by the node that received it, and only there.
+    assert_eq!(logged_changes(&auditor_1, "public-security").await, 1);
+    let auditor_2 = connect_with(&nodes[1].endpoint, &pki, AUDITOR).await;
+    assert_eq!(logged_changes(&auditor_2, "public-security").await, 1);
+    assert_eq!(logged_changes(&auditor_3, "public-security").await, 0);
     let gone = submit(&hall_3, request("elderly-subsidy", ELDERLY)).await;
     assert_eq!(
         outcome(&gone, "jinhua-household"),
