@@ -218,7 +218,14 @@ impl SharedFolder {
         });
         let revision = inner.load().await?;
         info!(folder = %inner.folder, records = inner.len(), revision, "shared records loaded");
+        let mut watching = inner.watching.subscribe();
         let task = tokio::spawn(keep_following(Arc::clone(&inner), revision));
+        // Serve with the watch up, so the first decisions are not judged on
+        // a copy that is not yet known to be current.
+        let up = tokio::time::timeout(super::CALL_TIMEOUT, watching.wait_for(|up| *up)).await;
+        if !matches!(up, Ok(Ok(_))) {
+            warn!(folder = %inner.folder, "the watch of shared records is not up yet; they count as stale until it is");
+        }
         Ok(SharedFolder { inner, task })
     }
 
