@@ -511,3 +511,80 @@ async fn without_an_etcd_quorum_no_commitment_and_no_registry_change_is_accepted
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_folder_follows_changes_and_knows_when_it_may_be_stale() {
+    use proofgate::cluster::SharedFolder;
+    use std::sync::{Arc, Mutex};
+    let Some(mut etcd) = EtcdCluster::start().await else {
+        return;
+    };
+    let options = etcd.options();
+    let heard: Arc<Mutex<Vec<(String, Option<Vec<u8>>)>>> = Arc::default();
+    let told = Arc::clone(&heard);
+    let folder = SharedFolder::start(
+        &options,
+        "test-folder",
+        Arc::new(move |name, value| {
+            told.lock()
+                .unwrap()
+                .push((name.to_owned(), value.map(<[u8]>::to_vec)))
+        }),
+    )
+    .await
+    .expect("etcd answers");
+    let mirror = folder.handle();
+    assert!(mirror.is_current());
+
+    // Written by another client (another node): seen here.
+    let other = SharedFolder::start(&options, "test-folder", Arc::new(|_, _| {}))
+        .await
+        .expect("etcd answers");
+    other.handle().put("a", b"one".to_vec()).await.unwrap();
+    let started = Instant::now();
+    while mirror.get("a").as_deref() != Some(&b"one"[..]) {
+        assert!(started.elapsed() < BOUND, "the change never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        *heard.lock().unwrap(),
+        vec![("a".to_owned(), Some(b"one".to_vec()))]
+    );
+
+    // No quorum: the mirror stops calling itself current, and a write fails.
+    etcd.kill(2);
+    etcd.kill(1);
+    let started = Instant::now();
+    while mirror.is_current() {
+        assert!(
+            started.elapsed() < BOUND,
+            "a mirror without etcd stayed current"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(mirror.put("b", b"two".to_vec()).await.is_err());
+    assert_eq!(mirror.get("a").as_deref(), Some(&b"one"[..]), "reads work");
+
+    // Quorum back: current again by itself, with what changed meanwhile.
+    etcd.restart(1);
+    etcd.restart(2);
+    etcd.wait_healthy().await;
+    let started = Instant::now();
+    while let Err(e) = other.handle().delete("a").await {
+        assert!(
+            started.elapsed() < BOUND,
+            "etcd never took a write again: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let started = Instant::now();
+    while !(mirror.is_current() && mirror.get("a").is_none()) {
+        assert!(started.elapsed() < BOUND, "the mirror never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        heard.lock().unwrap().last(),
+        Some(&("a".to_owned(), None)),
+        "the owner heard of the deletion"
+    );
+}
