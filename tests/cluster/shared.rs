@@ -520,7 +520,8 @@ async fn a_shared_folder_follows_changes_and_knows_when_it_may_be_stale() {
         return;
     };
     let options = etcd.options();
-    let heard: Arc<Mutex<Vec<(String, Option<Vec<u8>>)>>> = Arc::default();
+    type Heard = Arc<Mutex<Vec<(String, Option<Vec<u8>>)>>>;
+    let heard: Heard = Arc::default();
     let told = Arc::clone(&heard);
     let folder = SharedFolder::start(
         &options,
