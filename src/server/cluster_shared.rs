@@ -15,11 +15,12 @@
 use std::sync::Arc;
 
 use prost::Message;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::ServeError;
 use crate::audit::DishonestyRecord;
-use crate::cluster::{self, ChangeFn, ClusterOptions, DecideGate, SharedFolder, SharedHandle};
+use crate::cluster::{self, ChangeFn, ClusterOptions, SharedFolder, SharedHandle};
 use crate::departments::{DepartmentDirectory, SharedSources};
 use crate::gateway::{Gateway, SharedDishonesty};
 use crate::pb::DataSource;
@@ -69,15 +70,22 @@ fn apply_source(directory: &DepartmentDirectory, department: &str, value: Option
 struct ClusterSources {
     _folder: SharedFolder,
     handle: SharedHandle,
-    gate: DecideGate,
+    live: watch::Receiver<bool>,
+}
+
+/// Ok if a change can be written now: the node's session is live and etcd
+/// answers a linearizable read (it has a leader and a quorum).
+async fn writable(live: &watch::Receiver<bool>, handle: &SharedHandle) -> Result<(), String> {
+    if !*live.borrow() {
+        return Err("this node's etcd session is not live".into());
+    }
+    handle.check_reachable().await.map_err(|e| e.to_string())
 }
 
 #[tonic::async_trait]
 impl SharedSources for ClusterSources {
     async fn writable(&self) -> Result<(), String> {
-        // A linearizable read of this node's record under its lease: etcd
-        // has a quorum and this node a live session.
-        self.gate.check().await.map_err(|e| e.to_string())
+        writable(&self.live, &self.handle).await
     }
 
     async fn put(&self, source: &DataSource) -> Result<(), String> {
@@ -100,13 +108,13 @@ impl SharedSources for ClusterSources {
 struct ClusterDishonesty {
     _folder: SharedFolder,
     handle: SharedHandle,
-    gate: DecideGate,
+    live: watch::Receiver<bool>,
 }
 
 #[tonic::async_trait]
 impl SharedDishonesty for ClusterDishonesty {
     fn lookup(&self, pseudonym: &[u8]) -> Result<Option<DishonestyRecord>, String> {
-        if !self.gate.is_live() {
+        if !*self.live.borrow() {
             return Err("this node's etcd session is not live".into());
         }
         if !self.handle.is_current() {
@@ -122,7 +130,7 @@ impl SharedDishonesty for ClusterDishonesty {
     }
 
     async fn record(&self, pseudonym: &[u8], record: DishonestyRecord) -> Result<(), String> {
-        self.gate.check().await.map_err(|e| e.to_string())?;
+        writable(&self.live, &self.handle).await?;
         self.handle
             .put(&hex::encode(pseudonym), record.encode_to_vec())
             .await
@@ -143,7 +151,7 @@ impl SharedDishonesty for ClusterDishonesty {
 /// gateway); returns the registry for [`crate::departments::Registry`].
 pub(super) async fn start(
     options: &ClusterOptions,
-    gate: DecideGate,
+    live: watch::Receiver<bool>,
     directory: &Arc<DepartmentDirectory>,
     gateway: &Gateway,
     pseudonyms: &PseudonymKey,
@@ -164,12 +172,12 @@ pub(super) async fn start(
     gateway.share_dishonesty(Arc::new(ClusterDishonesty {
         handle: dishonesty.handle(),
         _folder: dishonesty,
-        gate: gate.clone(),
+        live: live.clone(),
     }));
     Ok(Arc::new(ClusterSources {
         handle: sources.handle(),
         _folder: sources,
-        gate,
+        live,
     }))
 }
 

@@ -714,7 +714,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     };
     let (shared_sources, cluster) = match (&options.cluster, cluster) {
         (Some(options), Some(joined)) => {
-            match cluster_shared::start(options, joined.gate(), &directory, &gateway, &pseudonyms)
+            match cluster_shared::start(options, joined.live(), &directory, &gateway, &pseudonyms)
                 .await
             {
                 Ok(shared) => (Some(shared), Some(joined)),
