@@ -189,7 +189,11 @@ async fn logged_changes(auditor: &Channel, department: &str) -> usize {
     use prost::Message;
     use tokio_stream::StreamExt;
     let mut stream = AuditServiceClient::new(auditor.clone())
-        .get_entries(GetEntriesRequest { start: 0, end: 0 })
+        .get_entries(GetEntriesRequest {
+            start: 0,
+            end: 0,
+            ..Default::default()
+        })
         .await
         .expect("entries readable")
         .into_inner();
