@@ -110,6 +110,11 @@ pub struct EtcdArgs {
     /// Every key of this cluster lives under it [default: /proofgate/]
     #[arg(long, value_name = "PREFIX")]
     pub etcd_prefix: Option<String>,
+    /// How long a request's reservation is kept across the cluster: a retry
+    /// of the same request_id within it gets the first decision (e.g. 7d,
+    /// 36h, 90m) [default: 7d]
+    #[arg(long, value_name = "DURATION", value_parser = crate::cluster::parse_window)]
+    pub idempotency_window: Option<std::time::Duration>,
 }
 
 impl EtcdArgs {
@@ -124,6 +129,9 @@ impl EtcdArgs {
                 .etcd_prefix
                 .clone()
                 .unwrap_or_else(|| crate::cluster::DEFAULT_PREFIX.into()),
+            idempotency_window: self
+                .idempotency_window
+                .unwrap_or(crate::cluster::DEFAULT_IDEMPOTENCY_WINDOW),
         }
         .validated()
     }
@@ -354,6 +362,7 @@ impl ServeArgs {
             etcd_cert: self.etcd.etcd_cert.clone(),
             etcd_key: self.etcd.etcd_key.clone(),
             etcd_prefix: self.etcd.etcd_prefix.clone(),
+            idempotency_window: self.etcd.idempotency_window,
             tls_poll_seconds: self.tls_poll_seconds,
         }
     }

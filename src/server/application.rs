@@ -10,7 +10,6 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::status::invalid_field;
-use crate::cluster::DecideGate;
 use crate::gateway::{is_final, receipt_index, Gateway, GatewayError};
 use crate::metrics::Metrics;
 use crate::pb::application_service_server::ApplicationService;
@@ -24,9 +23,9 @@ use crate::security::{caller, denied, Caller, Role};
 pub struct ApplicationApi {
     gateway: Arc<Gateway>,
     metrics: Metrics,
-    /// Cluster mode: asked before every submission; None: one node, always
-    /// free to decide.
-    decide_gate: Option<DecideGate>,
+    /// Cluster mode: submissions reserve their request in etcd first; None:
+    /// one node, always free to decide.
+    cluster: Option<super::cluster_hook::ClusterSubmit>,
 }
 
 impl ApplicationApi {
@@ -34,14 +33,17 @@ impl ApplicationApi {
         Self {
             gateway,
             metrics,
-            decide_gate: None,
+            cluster: None,
         }
     }
 
-    /// Submissions wait for `gate` to allow a decision (cluster mode: a
-    /// live etcd session); refused ones are UNAVAILABLE, nothing decided.
-    pub fn with_decide_gate(mut self, gate: Option<DecideGate>) -> Self {
-        self.decide_gate = gate;
+    /// Cluster mode: submissions go through `cluster` (reserved in etcd, so
+    /// a retry on any node finds them; no live session, nothing decided).
+    pub(super) fn with_cluster(
+        mut self,
+        cluster: Option<super::cluster_hook::ClusterSubmit>,
+    ) -> Self {
+        self.cluster = cluster;
         self
     }
 }
@@ -78,6 +80,12 @@ impl ApplicationService for ApplicationApi {
         request: Request<SubmitApplicationRequest>,
     ) -> Result<Response<SubmitApplicationResponse>, Status> {
         let caller = caller(&request)?;
+        let budget = super::cluster_hook::wait_budget(
+            request
+                .metadata()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok()),
+        );
         let request = request.into_inner();
         let Role::ServiceHall { hall_id } = &caller.role else {
             return Err(denied(&caller, "submit applications (service halls only)"));
@@ -93,11 +101,11 @@ impl ApplicationService for ApplicationApi {
                 ));
             }
         }
-        if let Some(gate) = &self.decide_gate {
-            gate.check().await?;
-        }
         let started = std::time::Instant::now();
-        let (application, replayed) = self.gateway.submit(&caller.identity, request).await?;
+        let (application, replayed) = match &self.cluster {
+            Some(cluster) => cluster.submit(&caller.identity, request, budget).await?,
+            None => self.gateway.submit(&caller.identity, request).await?,
+        };
         if !replayed {
             self.metrics
                 .application(application.status().as_str_name(), started.elapsed());

@@ -250,11 +250,17 @@ pub mod exit {
     pub fn of_cluster(e: &crate::cluster::ClusterError) -> u8 {
         use crate::cluster::ClusterError;
         match e {
-            ClusterError::Config(_) | ClusterError::ReadTls { .. } => CONFIG,
+            ClusterError::Config(_)
+            | ClusterError::ReadTls { .. }
+            | ClusterError::DigestKeyMismatch { .. } => CONFIG,
             ClusterError::Etcd { .. }
             | ClusterError::Timeout { .. }
             | ClusterError::NodeIdTaken { .. }
-            | ClusterError::NotLive => UNAVAILABLE,
+            | ClusterError::NotLive
+            | ClusterError::StillDeciding { .. }
+            | ClusterError::Unconfirmed { .. }
+            | ClusterError::TakenOver { .. }
+            | ClusterError::OwnerUnreachable { .. } => UNAVAILABLE,
             ClusterError::BadRecord { .. } => DATA,
         }
     }
@@ -707,7 +713,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     let applications = InterceptedService::new(
         ApplicationServiceServer::new(
             ApplicationApi::new(Arc::clone(&gateway), metrics.clone())
-                .with_decide_gate(cluster.as_ref().map(cluster_hook::Joined::gate)),
+                .with_cluster(cluster.as_ref().map(cluster_hook::Joined::submit)),
         )
         .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service("proofgate.v1.ApplicationService", &["hall", "admin"]),
