@@ -16,6 +16,7 @@ use tonic::Status;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
+use super::peers::Peers;
 use super::{ApplicationApi, ServeError};
 use crate::audit::AuditLog;
 use crate::cluster::{
@@ -24,6 +25,7 @@ use crate::cluster::{
 use crate::gateway::Gateway;
 use crate::pb::application_service_server::ApplicationServiceServer;
 use crate::pb::{Application, SubmitApplicationRequest};
+use crate::security::tls::NodeTls;
 
 /// A node in the cluster: its session, and the task that mirrors the
 /// session's liveness into health.
@@ -41,6 +43,7 @@ pub(super) async fn join(
     endpoint: &str,
     gateway: &Arc<Gateway>,
     log: &AuditLog,
+    tls: Option<NodeTls>,
 ) -> Result<Joined, ServeError> {
     let node_id = node_id.to_owned();
     let progress: ProgressFn = {
@@ -69,6 +72,7 @@ pub(super) async fn join(
         gateway.digest_key_id(),
     );
     let submit = ClusterSubmit {
+        peers: Peers::new(tls, reservations.clone()),
         reservations,
         gateway: Arc::clone(gateway),
         deciding: Arc::new(Mutex::new(HashSet::new())),
@@ -146,6 +150,7 @@ pub(super) fn wait_budget(grpc_timeout: Option<&str>) -> Duration {
 #[derive(Clone)]
 pub(super) struct ClusterSubmit {
     reservations: Reservations,
+    peers: Peers,
     gateway: Arc<Gateway>,
     /// Requests this process holds the reservation of and is deciding or
     /// marking now; a reservation of this node's session not in here is
@@ -205,7 +210,7 @@ impl ClusterSubmit {
             }
             if let Some(application_id) = held.decided() {
                 let application = self
-                    .decided_application(&held.owner, &request_id, application_id)
+                    .decided_application(caller, &held.owner, &request_id, application_id)
                     .await?;
                 return Ok((application, true));
             }
@@ -329,6 +334,7 @@ impl ClusterSubmit {
     /// its owner node.
     async fn decided_application(
         &self,
+        caller: &str,
         owner: &str,
         request_id: &str,
         application_id: &str,
@@ -336,14 +342,9 @@ impl ClusterSubmit {
         if owner == self.reservations.node_id() {
             return Ok(self.gateway.application(application_id)?);
         }
-        Err(ClusterError::OwnerUnreachable {
-            owner: owner.to_owned(),
-            request_id: request_id.to_owned(),
-            application_id: application_id.to_owned(),
-            reason: "reading another node's applications needs node certificates, not set up yet"
-                .into(),
-        }
-        .into())
+        self.peers
+            .get_application(owner, request_id, application_id, caller)
+            .await
     }
 }
 

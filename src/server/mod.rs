@@ -14,6 +14,7 @@ mod cluster_hook;
 pub mod console;
 pub mod http;
 mod operations;
+mod peers;
 mod registry;
 pub mod status;
 
@@ -705,9 +706,17 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     // so a node whose id is taken stops here (exit 69).
     let endpoint = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
     let cluster = match &options.cluster {
-        Some(cluster) => {
-            Some(cluster_hook::join(cluster, &options.node_id, &endpoint, &gateway, &log).await?)
-        }
+        Some(cluster) => Some(
+            cluster_hook::join(
+                cluster,
+                &options.node_id,
+                &endpoint,
+                &gateway,
+                &log,
+                tls.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let applications = InterceptedService::new(

@@ -222,6 +222,10 @@ impl Drop for Node {
 }
 
 fn node_command(etcd: &str, node_id: &str, data_dir: &Path) -> Command {
+    node_command_on(etcd, node_id, data_dir, "127.0.0.1:0")
+}
+
+fn node_command_on(etcd: &str, node_id: &str, data_dir: &Path, listen: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_proofgate"));
     command
         .arg("serve")
@@ -229,7 +233,7 @@ fn node_command(etcd: &str, node_id: &str, data_dir: &Path) -> Command {
         .arg(data_dir)
         .arg("--policies")
         .arg(super::common::policies_dir())
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .args(["--listen", listen, "--metrics-listen", "off"])
         .args(["--node-id", node_id, "--etcd", etcd])
         .env("RUST_LOG", "info");
     command
@@ -237,9 +241,29 @@ fn node_command(etcd: &str, node_id: &str, data_dir: &Path) -> Command {
 
 /// Starts a node and waits until it serves (it prints its address).
 pub fn spawn_node(etcd: &str, node_id: &str, data_dir: &Path) -> Node {
+    spawn_node_on(etcd, node_id, data_dir, "127.0.0.1:0")
+}
+
+/// Restarts a node that was killed, on its data and its address (so
+/// clients' channels reconnect to it by themselves).
+pub fn restart_node(etcd: &str, node_id: &str, old: &Node) -> Node {
+    let listen = old
+        .endpoint
+        .split("://")
+        .nth(1)
+        .unwrap_or(&old.endpoint)
+        .to_owned();
+    spawn_node_on(etcd, node_id, &old.data_dir, &listen)
+}
+
+fn spawn_node_on(etcd: &str, node_id: &str, data_dir: &Path, listen: &str) -> Node {
     std::fs::create_dir_all(data_dir).expect("data dir");
-    let log = File::create(data_dir.with_extension("log")).expect("node log");
-    let mut child = node_command(etcd, node_id, data_dir)
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.with_extension("log"))
+        .expect("node log");
+    let mut child = node_command_on(etcd, node_id, data_dir, listen)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
@@ -269,6 +293,32 @@ pub fn spawn_node(etcd: &str, node_id: &str, data_dir: &Path) -> Node {
         child,
         endpoint,
         data_dir: data_dir.to_path_buf(),
+    }
+}
+
+/// Prepares `data_dir` to join the same cluster as `seed`: its own signing
+/// key, but `seed`'s pseudonym key (nodes of one cluster compare request
+/// digests and pseudonyms made with it) and `seed`'s development CA and
+/// certificates (one PKI: a hall's certificate works on every node, and
+/// nodes call each other).
+pub fn share_keys_and_certs(seed: &Path, data_dir: &Path) {
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let keygen = Command::new(env!("CARGO_BIN_EXE_proofgate"))
+        .args(["keygen", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("proofgate keygen runs");
+    assert!(keygen.status.success(), "{keygen:?}");
+    let key = data_dir.join("keys").join("pseudonym.key");
+    std::fs::remove_file(&key).expect("generated pseudonym key");
+    std::fs::copy(seed.join("keys").join("pseudonym.key"), &key).expect("shared pseudonym key");
+    let certs = data_dir.join("certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    for file in std::fs::read_dir(seed.join("certs")).expect("seed certs") {
+        let file = file.expect("seed cert");
+        if file.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::copy(file.path(), certs.join(file.file_name())).expect("cert copied");
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod etcd;
+mod idempotency;
 
 use std::time::{Duration, Instant};
 

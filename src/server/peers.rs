@@ -1,0 +1,154 @@
+//! Calls from this node to the other nodes of its cluster: reading an
+//! application from the node that owns it (a retry of a request another node
+//! decided). Mutual TLS with this node's own certificate; the call names the
+//! hall it acts for in [`ON_BEHALF_OF_HEADER`], which the owner honours only
+//! from a gateway identity. The owner's address comes from the node
+//! directory in etcd.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::cluster::{ClusterError, Reservations};
+use crate::pb::application_service_client::ApplicationServiceClient;
+use crate::pb::{Application, GetApplicationRequest};
+use crate::security::tls::NodeTls;
+use crate::security::{GATEWAY_IDENTITY, ON_BEHALF_OF_HEADER, PLAINTEXT_IDENTITY_HEADER};
+
+/// Bound on one call to another node.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The other nodes, by node id: one lazily connected channel per address.
+#[derive(Clone)]
+pub(super) struct Peers {
+    tls: Option<NodeTls>,
+    reservations: Reservations,
+    channels: Arc<Mutex<HashMap<String, (String, Channel)>>>,
+}
+
+/// What went wrong reaching a node, for [`ClusterError::OwnerUnreachable`].
+pub(super) struct Unreachable(pub String);
+
+impl Peers {
+    pub(super) fn new(tls: Option<NodeTls>, reservations: Reservations) -> Self {
+        Self {
+            tls,
+            reservations,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The certificate name a node presents. Until nodes have their own
+    /// certificates (`<node-id>.gateway.proofgate`), every node of a shared
+    /// development PKI presents the gateway's.
+    fn server_identity(_node_id: &str) -> &'static str {
+        GATEWAY_IDENTITY
+    }
+
+    async fn channel(&self, node_id: &str) -> Result<Channel, Unreachable> {
+        let address = self
+            .reservations
+            .owner_address(node_id)
+            .await
+            .map_err(|e| Unreachable(format!("the node directory cannot be read: {e}")))?
+            .ok_or_else(|| Unreachable("it is not in the node directory (down?)".into()))?;
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, channel)) = channels.get(node_id) {
+            if *known == address {
+                return Ok(channel.clone());
+            }
+        }
+        let bad = |what: &str| Unreachable(format!("its address `{address}` {what}"));
+        let channel = match &self.tls {
+            Some(tls) => {
+                let authority = address
+                    .strip_prefix("https://")
+                    .ok_or_else(|| bad("is not https:// while this node uses TLS"))?;
+                // TLS by the node's connector (current certificates), so
+                // tonic sees http.
+                let peer = Arc::new(Mutex::new(None));
+                Endpoint::from_shared(format!("http://{authority}"))
+                    .map_err(|_| bad("is not a URI"))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_with_connector_lazy(
+                        tls.connector(Self::server_identity(node_id), peer),
+                    )
+            }
+            None => Endpoint::from_shared(address.clone())
+                .map_err(|_| bad("is not a URI"))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        };
+        channels.insert(node_id.to_owned(), (address, channel.clone()));
+        Ok(channel)
+    }
+
+    fn on_behalf<T>(&self, message: T, caller: &str) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(PEER_TIMEOUT);
+        if let Ok(value) = caller.parse() {
+            request.metadata_mut().insert(ON_BEHALF_OF_HEADER, value);
+        }
+        if self.tls.is_none() {
+            // Plaintext development mode: name this node as the caller.
+            if let Ok(value) = GATEWAY_IDENTITY.parse() {
+                request
+                    .metadata_mut()
+                    .insert(PLAINTEXT_IDENTITY_HEADER, value);
+            }
+        }
+        request
+    }
+
+    /// GetApplication at its owner, for `caller`. The owner's own refusals
+    /// (not found, not this hall's) come back as they are; a node that
+    /// cannot be reached is [`ClusterError::OwnerUnreachable`].
+    pub(super) async fn get_application(
+        &self,
+        owner: &str,
+        request_id: &str,
+        application_id: &str,
+        caller: &str,
+    ) -> Result<Application, Status> {
+        let unreachable = |reason: String| -> Status {
+            ClusterError::OwnerUnreachable {
+                owner: owner.to_owned(),
+                request_id: request_id.to_owned(),
+                application_id: application_id.to_owned(),
+                reason,
+            }
+            .into()
+        };
+        let channel = self
+            .channel(owner)
+            .await
+            .map_err(|Unreachable(why)| unreachable(why))?;
+        let request = self.on_behalf(
+            GetApplicationRequest {
+                application_id: application_id.to_owned(),
+            },
+            caller,
+        );
+        match ApplicationServiceClient::new(channel)
+            .get_application(request)
+            .await
+        {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+                ) =>
+            {
+                Err(unreachable(status.message().to_owned()))
+            }
+            Err(status) => Err(status),
+        }
+    }
+}

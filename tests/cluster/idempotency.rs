@@ -1,0 +1,391 @@
+//! Idempotency across nodes (issue 10, item 4): a request retried on another
+//! node gets the first decision (`replayed`), a request id reused for a
+//! different request is refused, and — node failover — halls that retry
+//! unacknowledged requests on another node after the first was SIGKILLed
+//! end with exactly one acknowledged decision per request in the cluster.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tokio_stream::StreamExt;
+
+use super::common::*;
+use super::etcd::{restart_node, share_keys_and_certs, spawn_node, EtcdCluster, Node, BOUND};
+use proofgate::pb::application_service_client::ApplicationServiceClient;
+use proofgate::pb::audit_entry::Event;
+use proofgate::pb::audit_service_client::AuditServiceClient;
+use proofgate::pb::{
+    Application, AuditEntry, GetApplicationRequest, GetCheckpointRequest, GetEntriesRequest,
+    SubmitApplicationRequest, SubmitApplicationResponse,
+};
+
+async fn submit_on(
+    channel: &tonic::transport::Channel,
+    request: &SubmitApplicationRequest,
+) -> Result<SubmitApplicationResponse, tonic::Status> {
+    let mut call = tonic::Request::new(request.clone());
+    call.set_timeout(Duration::from_secs(20));
+    ApplicationServiceClient::new(channel.clone())
+        .submit_application(call)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Submits until answered: UNAVAILABLE (a session renewal that timed out on
+/// a busy machine, a request still being decided) is retried within BOUND.
+async fn submit_until_answered(
+    channel: &tonic::transport::Channel,
+    request: &SubmitApplicationRequest,
+) -> Result<SubmitApplicationResponse, tonic::Status> {
+    let started = Instant::now();
+    loop {
+        match submit_on(channel, request).await {
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                assert!(started.elapsed() < BOUND, "never answered: {status:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Every entry of a node's log, read over AuditService as the auditor.
+async fn log_of(node: &Node) -> Vec<AuditEntry> {
+    let auditor = connect_with(&node.endpoint, &node.certs(), AUDITOR).await;
+    let mut client = AuditServiceClient::new(auditor);
+    let size = client
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner()
+        .tree_size;
+    let mut stream = client
+        .get_entries(GetEntriesRequest {
+            start: 0,
+            end: size,
+        })
+        .await
+        .expect("entries")
+        .into_inner();
+    let mut entries = Vec::new();
+    while let Some(item) = stream.next().await {
+        let item = item.expect("entry");
+        entries.push(AuditEntry::decode(item.entry.as_slice()).expect("entry decodes"));
+    }
+    entries
+}
+
+/// Per (caller, request id): the application ids decided for it and not
+/// marked superseded, across these logs.
+fn live_decisions(logs: &[Vec<AuditEntry>]) -> HashMap<(String, String), Vec<String>> {
+    let superseded: HashSet<String> = logs
+        .iter()
+        .flatten()
+        .filter_map(|e| match &e.event {
+            Some(Event::DecisionSuperseded(s)) => Some(s.application_id.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut out: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for entry in logs.iter().flatten() {
+        if let Some(Event::ApplicationDecided(d)) = &entry.event {
+            let ids = out
+                .entry((d.caller.clone(), d.request_id.clone()))
+                .or_default();
+            if !superseded.contains(&d.application_id) {
+                ids.push(d.application_id.clone());
+            }
+        }
+    }
+    out
+}
+
+fn elderly(request_id: &str) -> SubmitApplicationRequest {
+    let mut request = request("elderly-subsidy", ELDERLY);
+    request.request_id = request_id.to_owned();
+    request
+}
+
+/// Two nodes of one cluster: one PKI, one pseudonym key.
+fn two_nodes(etcd: &EtcdCluster, dir: &Path) -> (Node, Node) {
+    let first = spawn_node(&etcd.endpoints(), "node-1", &dir.join("n1"));
+    share_keys_and_certs(&first.data_dir, &dir.join("n2"));
+    let second = spawn_node(&etcd.endpoints(), "node-2", &dir.join("n2"));
+    (first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_retried_on_another_node_gets_the_same_application_and_a_reused_id_is_refused() {
+    let Some(etcd) = EtcdCluster::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (n1, n2) = two_nodes(&etcd, dir.path());
+    let hall1 = connect_with(&n1.endpoint, &n1.certs(), HALL).await;
+    let hall2 = connect_with(&n2.endpoint, &n2.certs(), HALL).await;
+
+    let request = elderly("idem-across-1");
+    let first = submit_until_answered(&hall1, &request).await.unwrap();
+    assert!(!first.replayed);
+    let application = first.application.unwrap();
+    assert!(application.application_id.starts_with("node-1."));
+
+    // The same request again, on the same node and on the other one.
+    let again = submit_until_answered(&hall1, &request).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.application.as_ref(), Some(&application));
+    let elsewhere = submit_until_answered(&hall2, &request).await.unwrap();
+    assert!(elsewhere.replayed, "{elsewhere:?}");
+    assert_eq!(elsewhere.application.as_ref(), Some(&application));
+
+    // The same request id for a different request: refused on both nodes.
+    let mut other = request.clone();
+    other.applicant.as_mut().unwrap().id_number = PASSES_ALL.into();
+    for hall in [&hall2, &hall1] {
+        let refused = submit_until_answered(hall, &other).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+        assert!(refused.message().contains("idem-across-1"), "{refused:?}");
+    }
+
+    // Another hall may use the same request id: it is a different request.
+    let other_hall = connect_with(&n2.endpoint, &n2.certs(), OTHER_HALL).await;
+    let mut theirs = request.clone();
+    theirs.officer.as_mut().unwrap().hall_id = "hall-jindong".into();
+    let own = submit_until_answered(&other_hall, &theirs).await.unwrap();
+    assert!(!own.replayed);
+    assert!(own
+        .application
+        .unwrap()
+        .application_id
+        .starts_with("node-2."));
+
+    // No log holds a second decision of the first request.
+    let logs = [log_of(&n1).await, log_of(&n2).await];
+    let decided = live_decisions(&logs);
+    assert_eq!(
+        decided[&(HALL.to_owned(), "idem-across-1".to_owned())],
+        vec![application.application_id.clone()]
+    );
+    let all: usize = logs
+        .iter()
+        .flatten()
+        .filter(|e| matches!(&e.event, Some(Event::ApplicationDecided(d)) if d.request_id == "idem-across-1"))
+        .count();
+    assert_eq!(all, 2, "one decision per hall, none twice");
+
+    // etcd names the decision.
+    let mut client =
+        etcd_client::Client::connect(etcd.endpoints().split(',').collect::<Vec<_>>(), None)
+            .await
+            .unwrap();
+    let key = proofgate::cluster::request_key("/proofgate/", HALL, "idem-across-1");
+    let got = client.get(key.as_bytes(), None).await.unwrap();
+    let record: proofgate::cluster::Reservation =
+        serde_json::from_slice(got.kvs()[0].value()).unwrap();
+    assert_eq!(record.owner, "node-1");
+    assert_eq!(record.decided(), Some(application.application_id.as_str()));
+    assert!(
+        got.kvs()[0].lease() != 0,
+        "reservations expire with a lease"
+    );
+}
+
+/// A hall: submits its requests one after another on its current node; a
+/// request that gets no answer (UNAVAILABLE, connection error) is retried
+/// with the same request id on the next node, as a hall would.
+async fn hall_loop(
+    halls: Arc<Vec<tonic::transport::Channel>>,
+    prefix: String,
+    count: usize,
+    start_on: usize,
+    acknowledged: Arc<tokio::sync::Mutex<Vec<(String, Application)>>>,
+) -> (usize, usize) {
+    let (mut retries, mut replayed) = (0, 0);
+    let mut node = start_on;
+    for i in 0..count {
+        let request = elderly(&format!("{prefix}-{i}"));
+        let started = Instant::now();
+        loop {
+            match submit_on(&halls[node], &request).await {
+                Ok(reply) => {
+                    replayed += usize::from(reply.replayed);
+                    acknowledged
+                        .lock()
+                        .await
+                        .push((request.request_id.clone(), reply.application.unwrap()));
+                    break;
+                }
+                Err(status) => {
+                    assert!(
+                        matches!(
+                            status.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::Unknown
+                                | tonic::Code::Internal
+                                | tonic::Code::Cancelled
+                                | tonic::Code::DeadlineExceeded
+                        ),
+                        "{status:?}"
+                    );
+                    assert!(started.elapsed() < BOUND, "never answered: {status:?}");
+                    retries += 1;
+                    node = (node + 1) % halls.len();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    (retries, replayed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_failover_leaves_one_acknowledged_decision_per_request_and_every_log_replays() {
+    let Some(etcd) = EtcdCluster::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut n1, n2) = two_nodes(&etcd, dir.path());
+    let halls = Arc::new(vec![
+        connect_with(&n1.endpoint, &n1.certs(), HALL).await,
+        connect_with(&n2.endpoint, &n2.certs(), HALL).await,
+    ]);
+    let acknowledged = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    // Four halls on node 1 under load.
+    const PER_HALL: usize = 40;
+    let tasks: Vec<_> = (0..4)
+        .map(|h| {
+            tokio::spawn(hall_loop(
+                Arc::clone(&halls),
+                format!("failover-{h}"),
+                PER_HALL,
+                0,
+                Arc::clone(&acknowledged),
+            ))
+        })
+        .collect();
+    // Node 1 dies once some decisions were acknowledged.
+    let started = Instant::now();
+    while acknowledged.lock().await.len() < 10 {
+        assert!(started.elapsed() < BOUND, "no decisions before the kill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    n1.kill();
+    // Halls retry on node 2; a request node 1 reserved is taken over there
+    // once node 1's session is gone. Node 1 restarts (same data, same
+    // address) after that, while the halls go on: a retry of a request node
+    // 1 decided and acknowledged is read from it, so it must come back.
+    let started = Instant::now();
+    while etcd
+        .nodes()
+        .await
+        .iter()
+        .any(|n| n.record.node_id == "node-1")
+    {
+        assert!(started.elapsed() < BOUND, "node 1's lease never expired");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let n1 = restart_node(&etcd.endpoints(), "node-1", &n1);
+    let (mut retries, mut replayed) = (0, 0);
+    for task in tasks {
+        let (r, p) = task.await.expect("hall task");
+        retries += r;
+        replayed += p;
+    }
+    let acknowledged = acknowledged.lock().await.clone();
+    assert_eq!(acknowledged.len(), 4 * PER_HALL);
+    assert!(retries > 0, "the kill made halls retry elsewhere");
+    // One answer per request id, and a replay is the same application.
+    let mut by_request: HashMap<String, String> = HashMap::new();
+    for (request_id, application) in &acknowledged {
+        let known = by_request
+            .entry(request_id.clone())
+            .or_insert_with(|| application.application_id.clone());
+        assert_eq!(known, &application.application_id, "{request_id}");
+    }
+
+    let nodes = [&n1, &n2];
+    // Every acknowledged application is readable through its owner.
+    for (_, application) in &acknowledged {
+        let owner = if application.application_id.starts_with("node-1.") {
+            &n1
+        } else {
+            &n2
+        };
+        let hall = connect_with(&owner.endpoint, &owner.certs(), HALL).await;
+        let read = ApplicationServiceClient::new(hall)
+            .get_application(GetApplicationRequest {
+                application_id: application.application_id.clone(),
+            })
+            .await
+            .expect("acknowledged application readable")
+            .into_inner();
+        assert_eq!(read.application_id, application.application_id);
+    }
+    // Across the logs, exactly one decision per request that is not
+    // superseded, and it is the acknowledged one (node 1 settles its
+    // orphans at start: wait for it within the bound).
+    let started = Instant::now();
+    loop {
+        let logs = [log_of(nodes[0]).await, log_of(nodes[1]).await];
+        let decided = live_decisions(&logs);
+        let settled = by_request.iter().all(|(request_id, application_id)| {
+            decided.get(&(HALL.to_owned(), request_id.clone()))
+                == Some(&vec![application_id.clone()])
+        });
+        if settled {
+            assert_eq!(
+                decided.len(),
+                by_request.len(),
+                "no decision for an unknown request"
+            );
+            let superseded = logs
+                .iter()
+                .flatten()
+                .filter(|e| matches!(e.event, Some(Event::DecisionSuperseded(_))))
+                .count();
+            let on_node_2 = by_request
+                .values()
+                .filter(|id| id.starts_with("node-2."))
+                .count();
+            eprintln!(
+                "failover: {} requests, {retries} retries, {replayed} answered as replayed, {on_node_2} decided on node 2, {superseded} orphans superseded",
+                by_request.len()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "requests with other than one live decision: {:?}",
+            by_request
+                .iter()
+                .filter(
+                    |(r, _)| decided.get(&(HALL.to_owned(), (*r).clone())).map(Vec::len) != Some(1)
+                )
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Every log verifies and replays (nodes stopped: the store is theirs).
+    let data_dirs = [n1.data_dir.clone(), n2.data_dir.clone()];
+    drop(n1);
+    drop(n2);
+    for data_dir in &data_dirs {
+        for command in ["verify", "replay"] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_proofgate"))
+                .args(["audit", command, "--data-dir"])
+                .arg(data_dir)
+                .output()
+                .expect("proofgate audit runs");
+            assert!(
+                out.status.success(),
+                "audit {command} {}: {}{}",
+                data_dir.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
