@@ -24,6 +24,8 @@
 //! max_in_flight = 4096
 //! policy_keys = ["keys/policy-signing.vkey"]  # any: every set must be signed
 //! crls = ["proofgate-data/certs/ca.crl"]       # revoked certificates are refused
+//! certs = "pki"                 # a shared PKI folder (dev-certs --dir pki); default DATA_DIR/certs
+//! advertise_address = "https://10.0.0.5:50051"  # published in the node directory
 //!
 //! [rate_limits.per_role]        # calls per second
 //! hall = 5000
@@ -87,6 +89,8 @@ struct FileConfig {
     max_in_flight: Option<usize>,
     policy_keys: Option<Vec<PathBuf>>,
     crls: Option<Vec<PathBuf>>,
+    certs: Option<PathBuf>,
+    advertise_address: Option<String>,
     #[serde(default)]
     rate_limits: FileRateLimits,
     #[serde(default)]
@@ -209,6 +213,10 @@ pub struct Flags {
     pub idempotency_window: Option<std::time::Duration>,
     /// `--tls-poll-seconds` (0: no polling); None: not given.
     pub tls_poll_seconds: Option<u64>,
+    /// `--certs DIR`: a shared PKI folder.
+    pub certs: Option<PathBuf>,
+    /// `--advertise-address URL`.
+    pub advertise_address: Option<String>,
 }
 
 /// The whole precedence: defaults < `file` < `env` < `flags`.
@@ -242,6 +250,12 @@ pub fn resolve(
     }
     if !flags.crls.is_empty() {
         serve.crls = flags.crls.clone();
+    }
+    if let Some(v) = &flags.certs {
+        serve.certs = Some(v.clone());
+    }
+    if let Some(v) = &flags.advertise_address {
+        serve.advertise_address = Some(v.clone());
     }
     if let Some(seconds) = flags.tls_poll_seconds {
         serve.tls_poll = (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
@@ -378,6 +392,12 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
     if let Some(v) = parsed.console {
         serve.console = v.0;
     }
+    if let Some(v) = parsed.certs {
+        serve.certs = Some(v);
+    }
+    if let Some(v) = parsed.advertise_address {
+        serve.advertise_address = Some(v);
+    }
     if let Some(keys) = parsed.policy_keys {
         if keys.is_empty() {
             return Err(invalid(
@@ -468,6 +488,12 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
     }
     if let Some(v) = env.get("PROOFGATE_DATA_DIR") {
         serve.data_dir = PathBuf::from(v);
+    }
+    if let Some(v) = env.get("PROOFGATE_CERTS") {
+        serve.certs = Some(PathBuf::from(v));
+    }
+    if let Some(v) = env.get("PROOFGATE_ADVERTISE_ADDRESS") {
+        serve.advertise_address = Some(v.clone());
     }
     if let Some(v) = env.get("PROOFGATE_POLICIES") {
         serve.policies = Some(PathBuf::from(v));
@@ -609,6 +635,44 @@ mod tests {
             config.serve.roles.role_of("ops.example.proofgate"),
             Some(Role::Admin)
         );
+    }
+
+    #[test]
+    fn certs_and_advertise_address_follow_file_then_environment_then_flags() {
+        let file = write("certs = \"pki\"\nadvertise_address = \"https://10.0.0.5:50051\"\n");
+        let config = load(Some(file.path()), &HashMap::new()).unwrap();
+        assert_eq!(config.serve.certs, Some(PathBuf::from("pki")));
+        assert_eq!(
+            config.serve.advertise_address.as_deref(),
+            Some("https://10.0.0.5:50051")
+        );
+        let env = HashMap::from([
+            ("PROOFGATE_CERTS".to_owned(), "shared".to_owned()),
+            (
+                "PROOFGATE_ADVERTISE_ADDRESS".to_owned(),
+                "https://node-2:50051".to_owned(),
+            ),
+        ]);
+        let config = load(Some(file.path()), &env).unwrap();
+        assert_eq!(config.serve.certs, Some(PathBuf::from("shared")));
+        assert_eq!(
+            config.serve.advertise_address.as_deref(),
+            Some("https://node-2:50051")
+        );
+        let flags = Flags {
+            certs: Some("flag-pki".into()),
+            advertise_address: Some("https://node-3:1".into()),
+            ..Flags::default()
+        };
+        let config = resolve(Some(file.path()), &env, &flags).unwrap();
+        assert_eq!(config.serve.certs, Some(PathBuf::from("flag-pki")));
+        assert_eq!(
+            config.serve.advertise_address.as_deref(),
+            Some("https://node-3:1")
+        );
+        let config = resolve(None, &HashMap::new(), &Flags::default()).unwrap();
+        assert_eq!(config.serve.certs, None, "default: DATA_DIR/certs");
+        assert_eq!(config.serve.advertise_address, None);
     }
 
     #[test]

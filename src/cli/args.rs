@@ -40,8 +40,9 @@ pub enum Command {
         command: ConfigCommand,
     },
     /// Create a development CA, its (empty, signed) revocation list ca.crl and
-    /// certificates for the gateway, halls, every mock department, an auditor,
-    /// a citizen portal and an admin; or issue, re-issue or revoke one.
+    /// certificates for the gateway, nodes node-1 to node-3, halls, every
+    /// mock department, an auditor, a citizen portal and an admin; or issue,
+    /// re-issue or revoke one.
     DevCerts(DevCertsArgs),
     /// Run one built-in mock department standalone.
     MockDepartment {
@@ -156,7 +157,9 @@ pub struct DevCertsArgs {
     #[arg(long, default_value = "proofgate-data/certs")]
     pub dir: PathBuf,
     /// Issue a certificate for this identity (<name>.<role>.proofgate, role one of
-    /// hall, department, auditor, citizen-portal, admin) with the existing CA.
+    /// hall, department, auditor, citizen-portal, admin, gateway) with the
+    /// existing CA. A node certificate is <node-id>.gateway.proofgate (node-1
+    /// to node-3 are made with the CA); it also names gateway.proofgate.
     /// An identity that has one gets a new one (key included): how a node's
     /// certificate is rotated; a running node picks it up by itself.
     #[arg(
@@ -341,6 +344,15 @@ pub struct ServeArgs {
     /// changes, in seconds; 0: never, only SIGHUP reloads them [default: 2]
     #[arg(long, value_name = "SECONDS")]
     pub tls_poll_seconds: Option<u64>,
+    /// A shared PKI folder (from `dev-certs --dir DIR`) instead of one made
+    /// in DATA_DIR/certs. The node presents <node-id>.gateway.proofgate if
+    /// DIR holds it, else gateway.proofgate, on its listener and its calls.
+    #[arg(long, value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// The URL other nodes reach this one at, published in the node
+    /// directory [default: https://<bound listen address>]
+    #[arg(long, value_name = "URL")]
+    pub advertise_address: Option<String>,
 }
 
 impl ServeArgs {
@@ -364,6 +376,8 @@ impl ServeArgs {
             etcd_prefix: self.etcd.etcd_prefix.clone(),
             idempotency_window: self.etcd.idempotency_window,
             tls_poll_seconds: self.tls_poll_seconds,
+            certs: self.certs.clone(),
+            advertise_address: self.advertise_address.clone(),
         }
     }
 }

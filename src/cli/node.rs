@@ -38,6 +38,22 @@ pub fn config_check(file: &Path) -> Result<Report, CliError> {
         format!("  policies         {policies}"),
         format!("  node_id          {}", o.node_id),
         format!("  mutual TLS       {}", o.tls),
+        format!(
+            "  certificates     {}",
+            o.certs.as_ref().map_or_else(
+                || format!(
+                    "{} (made on first start)",
+                    o.data_dir.join("certs").display()
+                ),
+                |d| format!("{} (shared PKI)", d.display())
+            )
+        ),
+        format!(
+            "  advertise        {}",
+            o.advertise_address
+                .clone()
+                .unwrap_or_else(|| "https://<bound listen address>".into())
+        ),
         format!("  mock departments {}", o.mock_departments),
         format!("  max in flight    {}", o.max_in_flight),
         format!(

@@ -14,12 +14,13 @@ use crate::pb::{
 };
 use crate::security::{caller, denied, Role};
 
-/// The log itself is for auditors (and admins); citizen portals see only
-/// the accesses of the subject they ask about.
+/// The log itself is for auditors, admins and gateway nodes (a mirror reads
+/// as its node's identity); citizen portals see only the accesses of the
+/// subject they ask about.
 fn log_reader<T>(request: &Request<T>) -> Result<(), Status> {
     let caller = caller(request)?;
     match caller.role {
-        Role::Auditor | Role::Admin => Ok(()),
+        Role::Auditor | Role::Admin | Role::Gateway => Ok(()),
         _ => Err(denied(&caller, "read the audit log")),
     }
 }

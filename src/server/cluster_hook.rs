@@ -44,6 +44,7 @@ pub(super) async fn join(
     gateway: &Arc<Gateway>,
     log: &AuditLog,
     tls: Option<NodeTls>,
+    identity: &str,
 ) -> Result<Joined, ServeError> {
     let node_id = node_id.to_owned();
     let progress: ProgressFn = {
@@ -72,7 +73,7 @@ pub(super) async fn join(
         gateway.digest_key_id(),
     );
     let submit = ClusterSubmit {
-        peers: Peers::new(tls, reservations.clone()),
+        peers: Peers::new(tls, identity.to_owned(), reservations.clone()),
         reservations,
         gateway: Arc::clone(gateway),
         deciding: Arc::new(Mutex::new(HashSet::new())),

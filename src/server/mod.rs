@@ -111,9 +111,17 @@ pub struct ServeOptions {
     pub mock_departments: bool,
     pub writer: WriterOptions,
     /// Mutual TLS on every listener and outgoing call (certificates from
-    /// DATA_DIR/certs, a dev CA made on first start). Off only on explicit
-    /// request, and then only on loopback.
+    /// DATA_DIR/certs, a dev CA made on first start, unless `certs`). Off
+    /// only on explicit request, and then only on loopback.
     pub tls: bool,
+    /// A shared PKI folder (`--certs DIR`, e.g. made by `dev-certs`) used
+    /// instead of DATA_DIR/certs; nothing is generated in it. The node
+    /// presents `<node-id>.gateway.proofgate` if DIR holds that certificate,
+    /// else `gateway.proofgate`, to callers and on its own outgoing calls.
+    pub certs: Option<PathBuf>,
+    /// The URL other nodes reach this one at, published in the node
+    /// directory (`--advertise-address`); None: `https://<bound address>`.
+    pub advertise_address: Option<String>,
     /// Certificate revocation lists (`--crl`, PEM or DER), checked on the
     /// node's gRPC listener and on its calls to departments (not by the
     /// in-process mock departments); reloaded with the node's
@@ -154,6 +162,8 @@ impl Default for ServeOptions {
             mock_departments: true,
             writer: WriterOptions::default(),
             tls: true,
+            certs: None,
+            advertise_address: None,
             crls: Vec::new(),
             tls_poll: Some(TLS_POLL_EVERY),
             roles: RoleMap::default(),
@@ -214,6 +224,12 @@ pub enum ServeError {
     Certs(#[from] CertError),
     #[error("TLS: {0}")]
     Tls(#[from] tonic::transport::Error),
+    #[error("--certs {}: no ca.pem there (make the folder with `proofgate dev-certs --dir {}`, or copy the shared PKI there)", .0.display(), .0.display())]
+    CertsMissing(PathBuf),
+    #[error("--certs needs TLS: it cannot apply with --insecure-plaintext")]
+    CertsWithoutTls,
+    #[error("--advertise-address `{0}`: give the URL other nodes reach this one at, e.g. https://10.0.0.5:50051")]
+    AdvertiseAddress(String),
     #[error("--insecure-plaintext is allowed only on a loopback address, not {0}")]
     PlaintextOffLoopback(SocketAddr),
     #[error(
@@ -305,6 +321,9 @@ impl ServeError {
             | ServeError::PoliciesMissing(_)
             | ServeError::PlaintextOffLoopback(_)
             | ServeError::CrlWithoutTls
+            | ServeError::CertsMissing(_)
+            | ServeError::CertsWithoutTls
+            | ServeError::AdvertiseAddress(_)
             | ServeError::PolicyKey(_) => exit::CONFIG,
             // A revocation list past its nextUpdate is bad data, like a
             // refused policy set; files that cannot be used are configuration.
@@ -338,6 +357,9 @@ pub struct Running {
     pub policies: Option<PathBuf>,
     /// Where the node's certificates are (None in plaintext mode).
     pub certs_dir: Option<PathBuf>,
+    /// The identity the node presents (None in plaintext mode):
+    /// `gateway.proofgate`, or `<node-id>.gateway.proofgate` from `--certs`.
+    pub identity: Option<String>,
     pub gateway: Arc<Gateway>,
     pub directory: Arc<DepartmentDirectory>,
     pub mocks: Vec<RunningMock>,
@@ -449,6 +471,45 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         info!("gateway stopped");
+    }
+}
+
+/// An advertised address: `http(s)://host:port`, nothing after it.
+pub fn valid_advertise_address(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tonic::transport::Uri>() else {
+        return false;
+    };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && uri.port_u16().is_some()
+        && uri
+            .path_and_query()
+            .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty())
+}
+
+/// The certificates folder and the identity the node presents: the shared
+/// `--certs` folder (which must exist) with the node's own certificate if
+/// it holds one, else DATA_DIR/certs (made on first start) as
+/// `gateway.proofgate`.
+fn node_certs(options: &ServeOptions) -> Result<(PathBuf, String, bool), ServeError> {
+    match &options.certs {
+        Some(dir) => {
+            if !dir.join(crate::security::certs::CA_CERT).is_file() {
+                return Err(ServeError::CertsMissing(dir.clone()));
+            }
+            let node = crate::security::node_identity(&options.node_id);
+            let identity = if dir.join(format!("{node}.pem")).is_file() {
+                node
+            } else {
+                GATEWAY_IDENTITY.to_owned()
+            };
+            Ok((dir.clone(), identity, false))
+        }
+        None => {
+            let dir = options.data_dir.join("certs");
+            let created = ensure_dev_certs(&dir, &crate::departments::mock::dev_identities())?;
+            Ok((dir, GATEWAY_IDENTITY.to_owned(), created))
+        }
     }
 }
 
@@ -598,15 +659,28 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     // TLS before the store: a certificate or CRL that cannot be used stops
     // the start before anything is opened.
     let metrics = crate::metrics::Metrics::default();
-    let certs_dir = options.data_dir.join("certs");
-    let tls = if options.tls {
-        if ensure_dev_certs(&certs_dir, &crate::departments::mock::dev_identities())? {
-            info!(dir = %certs_dir.display(), "development CA and certificates created");
+    if let Some(url) = &options.advertise_address {
+        if !valid_advertise_address(url) {
+            return Err(ServeError::AdvertiseAddress(url.clone()));
         }
+    }
+    if options.certs.is_some() && !options.tls {
+        return Err(ServeError::CertsWithoutTls);
+    }
+    let mut certs_dir = options.data_dir.join("certs");
+    let mut identity = GATEWAY_IDENTITY.to_owned();
+    let tls = if options.tls {
+        let (dir, presented, created) = node_certs(&options)?;
+        if created {
+            info!(dir = %dir.display(), "development CA and certificates created");
+        }
+        certs_dir = dir;
+        identity = presented;
+        info!(dir = %certs_dir.display(), %identity, "node certificate");
         let node_tls = NodeTls::load(
             TlsSources {
                 dir: certs_dir.clone(),
-                identity: GATEWAY_IDENTITY.to_owned(),
+                identity: identity.clone(),
                 crls: options.crls.clone(),
                 watermarks: Some(options.data_dir.join(CRL_NUMBERS)),
             },
@@ -705,15 +779,20 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     // Cluster mode: register in the node directory before serving anything,
     // so a node whose id is taken stops here (exit 69).
     let endpoint = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    let advertised = options
+        .advertise_address
+        .clone()
+        .unwrap_or_else(|| endpoint.clone());
     let cluster = match &options.cluster {
         Some(cluster) => Some(
             cluster_hook::join(
                 cluster,
                 &options.node_id,
-                &endpoint,
+                &advertised,
                 &gateway,
                 &log,
                 tls.clone(),
+                &identity,
             )
             .await?,
         ),
@@ -746,7 +825,8 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service(
             "proofgate.v1.AuditService",
-            &["auditor", "admin", "citizen-portal"],
+            // A gateway identity: a peer node mirroring this node's log.
+            &["auditor", "admin", "citizen-portal", "gateway"],
         ),
     );
 
@@ -898,6 +978,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         metrics_task,
         policy_watcher,
         policies,
+        identity: tls.is_some().then_some(identity),
         certs_dir: tls.is_some().then_some(certs_dir),
         sweeper,
         addr,
@@ -998,5 +1079,22 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_advertised_address_is_a_url_with_a_port() {
+        assert!(valid_advertise_address("https://10.0.0.5:50051"));
+        assert!(valid_advertise_address("https://node-2.example:443/"));
+        assert!(valid_advertise_address("http://127.0.0.1:50051"));
+        assert!(!valid_advertise_address("10.0.0.5:50051"));
+        assert!(!valid_advertise_address("https://10.0.0.5"));
+        assert!(!valid_advertise_address("ftp://10.0.0.5:21"));
+        assert!(!valid_advertise_address("https://10.0.0.5:1/path"));
+        assert!(!valid_advertise_address(""));
     }
 }

@@ -26,6 +26,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub(super) struct Peers {
     tls: Option<NodeTls>,
+    /// The identity this node presents (its certificate's name).
+    identity: String,
     reservations: Reservations,
     channels: Arc<Mutex<HashMap<String, (String, Channel)>>>,
 }
@@ -34,19 +36,26 @@ pub(super) struct Peers {
 pub(super) struct Unreachable(pub String);
 
 impl Peers {
-    pub(super) fn new(tls: Option<NodeTls>, reservations: Reservations) -> Self {
+    pub(super) fn new(tls: Option<NodeTls>, identity: String, reservations: Reservations) -> Self {
         Self {
             tls,
+            identity,
             reservations,
             channels: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// The certificate name a node presents. Until nodes have their own
-    /// certificates (`<node-id>.gateway.proofgate`), every node of a shared
-    /// development PKI presents the gateway's.
-    fn server_identity(_node_id: &str) -> &'static str {
-        GATEWAY_IDENTITY
+    /// The certificate name another node must present: its own
+    /// `<node-id>.gateway.proofgate` when this node has one of a shared PKI
+    /// (`serve --certs DIR`), so a call reaches that node and no other;
+    /// `gateway.proofgate` when nodes share a development PKI without node
+    /// certificates.
+    fn server_identity(&self, node_id: &str) -> String {
+        if self.identity == GATEWAY_IDENTITY {
+            GATEWAY_IDENTITY.to_owned()
+        } else {
+            crate::security::node_identity(node_id)
+        }
     }
 
     async fn channel(&self, node_id: &str) -> Result<Channel, Unreachable> {
@@ -76,7 +85,7 @@ impl Peers {
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .connect_with_connector_lazy(
-                        tls.connector(Self::server_identity(node_id), peer),
+                        tls.connector(&self.server_identity(node_id), peer),
                     )
             }
             None => Endpoint::from_shared(address.clone())
@@ -97,7 +106,7 @@ impl Peers {
         }
         if self.tls.is_none() {
             // Plaintext development mode: name this node as the caller.
-            if let Ok(value) = GATEWAY_IDENTITY.parse() {
+            if let Ok(value) = self.identity.parse() {
                 request
                     .metadata_mut()
                     .insert(PLAINTEXT_IDENTITY_HEADER, value);

@@ -194,11 +194,15 @@ pub struct Node {
     pub child: Child,
     pub endpoint: String,
     pub data_dir: PathBuf,
+    /// The shared PKI folder (`serve --certs`); None: DATA_DIR/certs.
+    pub shared_certs: Option<PathBuf>,
 }
 
 impl Node {
     pub fn certs(&self) -> PathBuf {
-        self.data_dir.join("certs")
+        self.shared_certs
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("certs"))
     }
 
     /// The verifier key the node wrote for its log.
@@ -222,10 +226,16 @@ impl Drop for Node {
 }
 
 fn node_command(etcd: &str, node_id: &str, data_dir: &Path) -> Command {
-    node_command_on(etcd, node_id, data_dir, "127.0.0.1:0")
+    node_command_on(etcd, node_id, data_dir, "127.0.0.1:0", None)
 }
 
-fn node_command_on(etcd: &str, node_id: &str, data_dir: &Path, listen: &str) -> Command {
+fn node_command_on(
+    etcd: &str,
+    node_id: &str,
+    data_dir: &Path,
+    listen: &str,
+    certs: Option<&Path>,
+) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_proofgate"));
     command
         .arg("serve")
@@ -234,14 +244,23 @@ fn node_command_on(etcd: &str, node_id: &str, data_dir: &Path, listen: &str) -> 
         .arg("--policies")
         .arg(super::common::policies_dir())
         .args(["--listen", listen, "--metrics-listen", "off"])
-        .args(["--node-id", node_id, "--etcd", etcd])
-        .env("RUST_LOG", "info");
+        .args(["--node-id", node_id, "--etcd", etcd]);
+    if let Some(certs) = certs {
+        command.arg("--certs").arg(certs);
+    }
+    command.env("RUST_LOG", "info");
     command
 }
 
 /// Starts a node and waits until it serves (it prints its address).
 pub fn spawn_node(etcd: &str, node_id: &str, data_dir: &Path) -> Node {
-    spawn_node_on(etcd, node_id, data_dir, "127.0.0.1:0")
+    spawn_node_on(etcd, node_id, data_dir, "127.0.0.1:0", None)
+}
+
+/// Starts a node of a shared PKI (`serve --certs certs`, made by
+/// `proofgate dev-certs`: the node presents `<node-id>.gateway.proofgate`).
+pub fn spawn_pki_node(etcd: &str, node_id: &str, data_dir: &Path, certs: &Path) -> Node {
+    spawn_node_on(etcd, node_id, data_dir, "127.0.0.1:0", Some(certs))
 }
 
 /// Restarts a node that was killed, on its data and its address (so
@@ -253,17 +272,29 @@ pub fn restart_node(etcd: &str, node_id: &str, old: &Node) -> Node {
         .nth(1)
         .unwrap_or(&old.endpoint)
         .to_owned();
-    spawn_node_on(etcd, node_id, &old.data_dir, &listen)
+    spawn_node_on(
+        etcd,
+        node_id,
+        &old.data_dir,
+        &listen,
+        old.shared_certs.as_deref(),
+    )
 }
 
-fn spawn_node_on(etcd: &str, node_id: &str, data_dir: &Path, listen: &str) -> Node {
+fn spawn_node_on(
+    etcd: &str,
+    node_id: &str,
+    data_dir: &Path,
+    listen: &str,
+    certs: Option<&Path>,
+) -> Node {
     std::fs::create_dir_all(data_dir).expect("data dir");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(data_dir.with_extension("log"))
         .expect("node log");
-    let mut child = node_command_on(etcd, node_id, data_dir, listen)
+    let mut child = node_command_on(etcd, node_id, data_dir, listen, certs)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
@@ -293,32 +324,45 @@ fn spawn_node_on(etcd: &str, node_id: &str, data_dir: &Path, listen: &str) -> No
         child,
         endpoint,
         data_dir: data_dir.to_path_buf(),
+        shared_certs: certs.map(Path::to_path_buf),
     }
 }
 
-/// Prepares `data_dir` to join the same cluster as `seed`: its own signing
-/// key, but `seed`'s pseudonym key (nodes of one cluster compare request
-/// digests and pseudonyms made with it) and `seed`'s development CA and
-/// certificates (one PKI: a hall's certificate works on every node, and
-/// nodes call each other).
-pub fn share_keys_and_certs(seed: &Path, data_dir: &Path) {
-    std::fs::create_dir_all(data_dir).expect("data dir");
-    let keygen = Command::new(env!("CARGO_BIN_EXE_proofgate"))
-        .args(["keygen", "--data-dir"])
-        .arg(data_dir)
+/// A shared PKI for a cluster's nodes and its clients: `proofgate dev-certs
+/// --dir DIR` (CA, hall/auditor/... certificates, node-1..3).
+pub fn dev_certs(dir: &Path) -> PathBuf {
+    let certs = dir.join("pki");
+    let out = Command::new(env!("CARGO_BIN_EXE_proofgate"))
+        .args(["dev-certs", "--dir"])
+        .arg(&certs)
         .output()
-        .expect("proofgate keygen runs");
-    assert!(keygen.status.success(), "{keygen:?}");
-    let key = data_dir.join("keys").join("pseudonym.key");
-    std::fs::remove_file(&key).expect("generated pseudonym key");
-    std::fs::copy(seed.join("keys").join("pseudonym.key"), &key).expect("shared pseudonym key");
-    let certs = data_dir.join("certs");
-    std::fs::create_dir_all(&certs).expect("certs dir");
-    for file in std::fs::read_dir(seed.join("certs")).expect("seed certs") {
-        let file = file.expect("seed cert");
-        if file.file_type().is_ok_and(|t| t.is_file()) {
-            std::fs::copy(file.path(), certs.join(file.file_name())).expect("cert copied");
-        }
+        .expect("proofgate dev-certs runs");
+    assert!(out.status.success(), "{out:?}");
+    certs
+}
+
+/// Node data folders that share one pseudonym key (nodes of a cluster
+/// compare request digests and pseudonyms made with it), each with its own
+/// signing key: `proofgate keygen` for each, then the first's pseudonym key
+/// copied to the others.
+pub fn share_pseudonym_key(data_dirs: &[&Path]) {
+    for data_dir in data_dirs {
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let keygen = Command::new(env!("CARGO_BIN_EXE_proofgate"))
+            .args(["keygen", "--data-dir"])
+            .arg(data_dir)
+            .output()
+            .expect("proofgate keygen runs");
+        assert!(keygen.status.success(), "{keygen:?}");
+    }
+    let Some((first, rest)) = data_dirs.split_first() else {
+        return;
+    };
+    let seed = first.join("keys").join("pseudonym.key");
+    for data_dir in rest {
+        let key = data_dir.join("keys").join("pseudonym.key");
+        std::fs::remove_file(&key).expect("generated pseudonym key");
+        std::fs::copy(&seed, &key).expect("shared pseudonym key");
     }
 }
 

@@ -13,7 +13,9 @@ use prost::Message;
 use tokio_stream::StreamExt;
 
 use super::common::*;
-use super::etcd::{restart_node, share_keys_and_certs, spawn_node, EtcdCluster, Node, BOUND};
+use super::etcd::{
+    dev_certs, restart_node, share_pseudonym_key, spawn_pki_node, EtcdCluster, Node, BOUND,
+};
 use proofgate::pb::application_service_client::ApplicationServiceClient;
 use proofgate::pb::audit_entry::Event;
 use proofgate::pb::audit_service_client::AuditServiceClient;
@@ -109,11 +111,14 @@ fn elderly(request_id: &str) -> SubmitApplicationRequest {
     request
 }
 
-/// Two nodes of one cluster: one PKI, one pseudonym key.
+/// Two nodes of one cluster: one PKI (each node with its own certificate),
+/// one pseudonym key.
 fn two_nodes(etcd: &EtcdCluster, dir: &Path) -> (Node, Node) {
-    let first = spawn_node(&etcd.endpoints(), "node-1", &dir.join("n1"));
-    share_keys_and_certs(&first.data_dir, &dir.join("n2"));
-    let second = spawn_node(&etcd.endpoints(), "node-2", &dir.join("n2"));
+    let certs = dev_certs(dir);
+    let (d1, d2) = (dir.join("n1"), dir.join("n2"));
+    share_pseudonym_key(&[&d1, &d2]);
+    let first = spawn_pki_node(&etcd.endpoints(), "node-1", &d1, &certs);
+    let second = spawn_pki_node(&etcd.endpoints(), "node-2", &d2, &certs);
     (first, second)
 }
 
