@@ -394,3 +394,137 @@ async fn node_failover_leaves_one_acknowledged_decision_per_request_and_every_lo
         }
     }
 }
+
+/// Runs `proofgate ARGS` to its end; stdout as JSON.
+fn proofgate_json(args: &[&str], data_dir: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proofgate"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--json")
+        .output()
+        .expect("proofgate runs");
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// Orphans, made deterministic: a node decides two requests and is killed;
+/// meanwhile (as etcd then says) one was taken over and decided by another
+/// node, and the other's mark never reached etcd while its owner's session
+/// is gone. Restarted, the node marks the first superseded (replay and the
+/// statistics count its request once) and confirms the second as decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_supersedes_its_orphans_and_confirms_its_unmarked_decisions() {
+    let Some(etcd) = EtcdCluster::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dev_certs(dir.path());
+    let data = dir.path().join("n1");
+    let mut node = spawn_pki_node(&etcd.endpoints(), "node-1", &data, &certs);
+    let hall = connect_with(&node.endpoint, &node.certs(), HALL).await;
+    let orphan = submit_until_answered(&hall, &elderly("orphan-1"))
+        .await
+        .unwrap()
+        .application
+        .unwrap();
+    let unmarked = submit_until_answered(&hall, &elderly("unmarked-1"))
+        .await
+        .unwrap()
+        .application
+        .unwrap();
+    node.kill();
+
+    // What etcd says happened meanwhile.
+    let mut client =
+        etcd_client::Client::connect(etcd.endpoints().split(',').collect::<Vec<_>>(), None)
+            .await
+            .unwrap();
+    let reservation =
+        |request_id: &str| proofgate::cluster::request_key("/proofgate/", HALL, request_id);
+    let read = |got: etcd_client::GetResponse| -> proofgate::cluster::Reservation {
+        serde_json::from_slice(got.kvs()[0].value()).unwrap()
+    };
+    let mut taken = read(client.get(reservation("orphan-1"), None).await.unwrap());
+    taken.owner = "node-2".into();
+    taken.owner_lease = 1;
+    taken.application_id = "node-2.0123456789abcdef01234567".into();
+    client
+        .put(
+            reservation("orphan-1"),
+            serde_json::to_string(&taken).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut left = read(client.get(reservation("unmarked-1"), None).await.unwrap());
+    left.owner_lease = 1; // a session that is gone
+    left.application_id.clear();
+    client
+        .put(
+            reservation("unmarked-1"),
+            serde_json::to_string(&left).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    // ... and the node's notes of both (as if it died before marking them).
+    {
+        let store = proofgate::audit::AuditStore::open(&data.join("log")).unwrap();
+        store.note_reservation(HALL, "orphan-1").unwrap();
+        store.note_reservation(HALL, "unmarked-1").unwrap();
+    } // dropped: flushed
+
+    // The killed node's record goes with its lease; then it may rejoin.
+    let started = Instant::now();
+    while etcd
+        .nodes()
+        .await
+        .iter()
+        .any(|n| n.record.node_id == "node-1")
+    {
+        assert!(started.elapsed() < BOUND, "node 1's lease never expired");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let node = restart_node(&etcd.endpoints(), "node-1", &node);
+    // Settled at start: the orphan superseded, the other marked decided.
+    let log = log_of(&node).await;
+    let superseded: Vec<_> = log
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::DecisionSuperseded(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(superseded.len(), 1, "{superseded:?}");
+    assert_eq!(superseded[0].application_id, orphan.application_id);
+    assert_eq!(superseded[0].request_id, "orphan-1");
+    assert_eq!(superseded[0].superseded_by, taken.application_id);
+    let confirmed = read(client.get(reservation("unmarked-1"), None).await.unwrap());
+    assert_eq!(confirmed.owner, "node-1");
+    assert_eq!(confirmed.decided(), Some(unmarked.application_id.as_str()));
+
+    // A retry of the confirmed request gets its decision.
+    let hall = connect_with(&node.endpoint, &node.certs(), HALL).await;
+    let again = submit_until_answered(&hall, &elderly("unmarked-1"))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(
+        again.application.unwrap().application_id,
+        unmarked.application_id
+    );
+
+    // Offline: the log verifies, replays (the orphan re-derived, counted
+    // superseded) and the statistics leave the orphan out.
+    let data = node.data_dir.clone();
+    drop(node);
+    let replay = proofgate_json(&["audit", "replay"], &data);
+    assert_eq!(replay["ok"], true, "{replay}");
+    assert_eq!(replay["superseded"], 1, "{replay}");
+    assert_eq!(replay["requests_decided"], 1, "{replay}");
+    let verify = proofgate_json(&["audit", "verify"], &data);
+    assert_eq!(verify["ok"], true, "{verify}");
+    let stats = proofgate_json(&["stats"], &data);
+    assert_eq!(stats["applications"], 1, "{stats}");
+}
