@@ -385,8 +385,17 @@ impl ServeArgs {
 // No doc comment here: the `Bench` variant's is the subcommand's help.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    #[arg(long, default_value = "https://127.0.0.1:50051")]
-    pub endpoint: String,
+    /// The gateway, or the nodes of a cluster, comma-separated: workers are
+    /// spread over them, and a request a node does not answer is sent with
+    /// the same request_id to the next node (retries and `replayed` answers
+    /// are reported).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "URL",
+        default_value = "https://127.0.0.1:50051"
+    )]
+    pub endpoint: Vec<String>,
     /// Certificates folder (the load generator is hall-wucheng.hall.proofgate).
     #[arg(long, default_value = "proofgate-data/certs")]
     pub certs: PathBuf,

@@ -528,3 +528,77 @@ async fn a_restarted_node_supersedes_its_orphans_and_confirms_its_unmarked_decis
     let stats = proofgate_json(&["stats"], &data);
     assert_eq!(stats["applications"], 1, "{stats}");
 }
+
+async fn tree_size_of(node: &Node) -> u64 {
+    let auditor = connect_with(&node.endpoint, &node.certs(), AUDITOR).await;
+    AuditServiceClient::new(auditor)
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner()
+        .tree_size
+}
+
+/// `proofgate bench --endpoint A,B`: spread over both nodes; when one is
+/// SIGKILLed, its requests go to the other with the same ids, and the
+/// report counts the retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_spreads_over_the_nodes_and_retries_elsewhere_when_one_dies() {
+    let Some(etcd) = EtcdCluster::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (n1, n2) = two_nodes(&etcd, dir.path());
+    let before = (tree_size_of(&n1).await, tree_size_of(&n2).await);
+    let bench = std::process::Command::new(env!("CARGO_BIN_EXE_proofgate"))
+        .args(["bench", "--concurrency", "4", "--seconds", "4"])
+        .args(["--matter", "elderly-subsidy", "--endpoint"])
+        .arg(format!("{},{}", n1.endpoint, n2.endpoint))
+        .arg("--certs")
+        .arg(n1.certs())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bench starts");
+    // Both nodes take load (the workers are spread) ...
+    let started = Instant::now();
+    while tree_size_of(&n1).await < before.0 + 10 || tree_size_of(&n2).await < before.1 + 10 {
+        assert!(
+            started.elapsed() < BOUND,
+            "the bench never loaded both nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ... until node 1 dies; it comes back once its session is gone.
+    let mut n1 = n1;
+    n1.kill();
+    while etcd
+        .nodes()
+        .await
+        .iter()
+        .any(|n| n.record.node_id == "node-1")
+    {
+        assert!(started.elapsed() < BOUND, "node 1's lease never expired");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _n1 = restart_node(&etcd.endpoints(), "node-1", &n1);
+    let out = tokio::task::spawn_blocking(move || bench.wait_with_output())
+        .await
+        .unwrap()
+        .expect("bench ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("SubmitApplication"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let figure = |name: &str| -> u64 {
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == name);
+        words.next().and_then(|w| w.parse().ok()).unwrap_or(0)
+    };
+    assert!(figure("ok") > 0, "{line}");
+    assert!(figure("retries") > 0, "{line}");
+    assert_eq!(figure("failed"), 0, "{line}");
+    assert!(line.contains("replayed"), "{line}");
+}
