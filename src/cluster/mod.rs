@@ -214,12 +214,13 @@ pub enum ClusterError {
     /// Another node took the request over while this one decided it.
     #[error("request `{request_id}` was taken over by another node while this node decided it; retry with the same request_id to get the decision the cluster keeps")]
     TakenOver { request_id: String },
-    /// The node that owns a decided application cannot be asked now.
-    #[error("request `{request_id}` was decided by node `{owner}` (application {application_id}), which cannot be reached now ({reason}); retry later or on another node (nothing new was decided)")]
+    /// The node that owns an application (or holds a request's decision)
+    /// cannot be asked now. `what` names it: "application X", "request `r`
+    /// (application X)".
+    #[error("{what} belongs to node `{owner}`, which cannot be reached now ({reason}); retry later (nothing was decided here)")]
     OwnerUnreachable {
         owner: String,
-        request_id: String,
-        application_id: String,
+        what: String,
         reason: String,
     },
     /// A reservation made by a node whose request digests are keyed

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::status::invalid_field;
@@ -18,7 +18,7 @@ use crate::pb::{
     MatterProof, ProofMode, SubmitApplicationRequest, SubmitApplicationResponse,
     WatchApplicationRequest,
 };
-use crate::security::{caller, denied, Caller, Role};
+use crate::security::{caller, denied, Caller, ForwardedBy, Role};
 
 pub struct ApplicationApi {
     gateway: Arc<Gateway>,
@@ -45,6 +45,23 @@ impl ApplicationApi {
     ) -> Self {
         self.cluster = cluster;
         self
+    }
+}
+
+impl ApplicationApi {
+    /// Cluster mode: the node that owns `id` when it is another one, and
+    /// the call did not come forwarded already (forwarded calls are
+    /// answered where they land, so no call goes round).
+    fn owner_elsewhere(
+        &self,
+        id: &str,
+        forwarded: bool,
+    ) -> Option<(&super::cluster_hook::ClusterSubmit, String)> {
+        let cluster = self.cluster.as_ref()?;
+        if forwarded {
+            return None;
+        }
+        cluster.owner_elsewhere(id).map(|owner| (cluster, owner))
     }
 }
 
@@ -121,8 +138,18 @@ impl ApplicationService for ApplicationApi {
         request: Request<GetApplicationRequest>,
     ) -> Result<Response<Application>, Status> {
         let caller = caller(&request)?;
+        let forwarded = request.extensions().get::<ForwardedBy>().is_some();
         let id = request.into_inner().application_id;
         application_id_of(&id)?;
+        if let Some((cluster, owner)) = self.owner_elsewhere(&id, forwarded) {
+            // The owner checks who may read it, as for its own callers.
+            let what = format!("application {id}");
+            let application = cluster
+                .peers()
+                .get_application(&owner, &what, &id, &caller.identity)
+                .await?;
+            return Ok(Response::new(application));
+        }
         let application = self.gateway.application(&id)?;
         may_read(&caller, &application)?;
         Ok(Response::new(application))
@@ -135,8 +162,20 @@ impl ApplicationService for ApplicationApi {
         request: Request<WatchApplicationRequest>,
     ) -> Result<Response<Self::WatchApplicationStream>, Status> {
         let caller = caller(&request)?;
+        let forwarded = request.extensions().get::<ForwardedBy>().is_some();
         let id = request.into_inner().application_id;
         application_id_of(&id)?;
+        if let Some((cluster, owner)) = self.owner_elsewhere(&id, forwarded) {
+            let stream = cluster
+                .peers()
+                .watch_application(&owner, &id, &caller.identity)
+                .await?;
+            let what = format!("application {id}");
+            // The owner's updates as they come; a broken stream says who.
+            return Ok(Response::new(Box::pin(stream.map(move |item| {
+                item.map_err(|status| super::peers::Peers::owner_status(&owner, &what, status))
+            }))));
+        }
         let current = Arc::new(self.gateway.application(&id)?);
         may_read(&caller, &current)?;
         let (tx, rx) = mpsc::channel(4);

@@ -331,6 +331,19 @@ impl ClusterSubmit {
         }
     }
 
+    /// The node that owns `application_id` when it is not this one
+    /// (application ids are `<node-id>.<24 hex digits>`); None: this node's,
+    /// or not an application id at all (answered here: not found).
+    pub(super) fn owner_elsewhere(&self, application_id: &str) -> Option<String> {
+        let (node, rest) = application_id.split_once('.')?;
+        let shaped = rest.len() == 24 && rest.bytes().all(|b| b.is_ascii_hexdigit());
+        (shaped && !node.is_empty() && node != self.reservations.node_id()).then(|| node.to_owned())
+    }
+
+    pub(super) fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
     /// The application a reservation names: from this node's store, or from
     /// its owner node.
     async fn decided_application(
@@ -343,8 +356,9 @@ impl ClusterSubmit {
         if owner == self.reservations.node_id() {
             return Ok(self.gateway.application(application_id)?);
         }
+        let what = format!("request `{request_id}` (application {application_id})");
         self.peers
-            .get_application(owner, request_id, application_id, caller)
+            .get_application(owner, &what, application_id, caller)
             .await
     }
 }

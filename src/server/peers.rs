@@ -14,7 +14,7 @@ use tonic::{Code, Request, Status};
 
 use crate::cluster::{ClusterError, Reservations};
 use crate::pb::application_service_client::ApplicationServiceClient;
-use crate::pb::{Application, GetApplicationRequest};
+use crate::pb::{Application, GetApplicationRequest, WatchApplicationRequest};
 use crate::security::tls::NodeTls;
 use crate::security::{GATEWAY_IDENTITY, ON_BEHALF_OF_HEADER, PLAINTEXT_IDENTITY_HEADER};
 
@@ -115,49 +115,86 @@ impl Peers {
         request
     }
 
+    fn unreachable(owner: &str, what: &str, reason: String) -> Status {
+        ClusterError::OwnerUnreachable {
+            owner: owner.to_owned(),
+            what: what.to_owned(),
+            reason,
+        }
+        .into()
+    }
+
+    /// The owner's answer as it is, except that a node that cannot be
+    /// reached (or is shutting down) is [`ClusterError::OwnerUnreachable`].
+    pub(super) fn owner_status(owner: &str, what: &str, status: Status) -> Status {
+        if matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+        ) {
+            Self::unreachable(owner, what, status.message().to_owned())
+        } else {
+            status
+        }
+    }
+
+    async fn client(
+        &self,
+        owner: &str,
+        what: &str,
+    ) -> Result<ApplicationServiceClient<Channel>, Status> {
+        self.channel(owner)
+            .await
+            .map(ApplicationServiceClient::new)
+            .map_err(|Unreachable(why)| Self::unreachable(owner, what, why))
+    }
+
     /// GetApplication at its owner, for `caller`. The owner's own refusals
     /// (not found, not this hall's) come back as they are; a node that
-    /// cannot be reached is [`ClusterError::OwnerUnreachable`].
+    /// cannot be reached is [`ClusterError::OwnerUnreachable`] naming `what`.
     pub(super) async fn get_application(
         &self,
         owner: &str,
-        request_id: &str,
+        what: &str,
         application_id: &str,
         caller: &str,
     ) -> Result<Application, Status> {
-        let unreachable = |reason: String| -> Status {
-            ClusterError::OwnerUnreachable {
-                owner: owner.to_owned(),
-                request_id: request_id.to_owned(),
-                application_id: application_id.to_owned(),
-                reason,
-            }
-            .into()
-        };
-        let channel = self
-            .channel(owner)
-            .await
-            .map_err(|Unreachable(why)| unreachable(why))?;
         let request = self.on_behalf(
             GetApplicationRequest {
                 application_id: application_id.to_owned(),
             },
             caller,
         );
-        match ApplicationServiceClient::new(channel)
+        self.client(owner, what)
+            .await?
             .get_application(request)
             .await
-        {
-            Ok(response) => Ok(response.into_inner()),
-            Err(status)
-                if matches!(
-                    status.code(),
-                    Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
-                ) =>
-            {
-                Err(unreachable(status.message().to_owned()))
-            }
-            Err(status) => Err(status),
-        }
+            .map(|r| r.into_inner())
+            .map_err(|status| Self::owner_status(owner, what, status))
+    }
+
+    /// WatchApplication at its owner, for `caller`: its stream, each item
+    /// as the owner sends it. No timeout: a watch lasts until the
+    /// application is final or the watcher leaves.
+    pub(super) async fn watch_application(
+        &self,
+        owner: &str,
+        application_id: &str,
+        caller: &str,
+    ) -> Result<tonic::Streaming<Application>, Status> {
+        let what = format!("application {application_id}");
+        let mut request = self.on_behalf(
+            WatchApplicationRequest {
+                application_id: application_id.to_owned(),
+            },
+            caller,
+        );
+        // on_behalf bounds unary calls; a watch is open-ended.
+        request.metadata_mut().remove("grpc-timeout");
+        self.client(owner, &what)
+            .await?
+            .watch_application(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|status| Self::owner_status(owner, &what, status))
     }
 }

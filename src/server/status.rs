@@ -266,8 +266,7 @@ mod tests {
         assert_eq!(retry.retry_delay, Some(CLUSTER_RETRY_AFTER));
         let owner_down: Status = ClusterError::OwnerUnreachable {
             owner: "node-2".into(),
-            request_id: "r-8".into(),
-            application_id: "node-2.ab".into(),
+            what: "application node-2.ab".into(),
             reason: "connection refused".into(),
         }
         .into();

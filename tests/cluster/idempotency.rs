@@ -312,22 +312,23 @@ async fn node_failover_leaves_one_acknowledged_decision_per_request_and_every_lo
     }
 
     let nodes = [&n1, &n2];
-    // Every acknowledged application is readable through its owner.
+    // Every acknowledged application is readable through every node (the
+    // owner answers, forwarded from the other).
+    let readers = [
+        connect_with(&n1.endpoint, &n1.certs(), HALL).await,
+        connect_with(&n2.endpoint, &n2.certs(), HALL).await,
+    ];
     for (_, application) in &acknowledged {
-        let owner = if application.application_id.starts_with("node-1.") {
-            &n1
-        } else {
-            &n2
-        };
-        let hall = connect_with(&owner.endpoint, &owner.certs(), HALL).await;
-        let read = ApplicationServiceClient::new(hall)
-            .get_application(GetApplicationRequest {
-                application_id: application.application_id.clone(),
-            })
-            .await
-            .expect("acknowledged application readable")
-            .into_inner();
-        assert_eq!(read.application_id, application.application_id);
+        for reader in &readers {
+            let read = ApplicationServiceClient::new(reader.clone())
+                .get_application(GetApplicationRequest {
+                    application_id: application.application_id.clone(),
+                })
+                .await
+                .expect("acknowledged application readable")
+                .into_inner();
+            assert_eq!(read.application_id, application.application_id);
+        }
     }
     // Across the logs, exactly one decision per request that is not
     // superseded, and it is the acknowledged one (node 1 settles its
@@ -601,4 +602,94 @@ async fn the_bench_spreads_over_the_nodes_and_retries_elsewhere_when_one_dies() 
     assert!(figure("retries") > 0, "{line}");
     assert_eq!(figure("failed"), 0, "{line}");
     assert!(line.contains("replayed"), "{line}");
+}
+
+/// Owner routing (issue 10, item 6): GetApplication and WatchApplication of
+/// another node's application, asked at any node, are answered by its owner
+/// for the caller who asked (the owner checks who may read it); with the
+/// owner down, UNAVAILABLE names it, with a retry hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_watches_at_any_node_are_answered_by_the_owner() {
+    let Some(etcd) = EtcdCluster::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut n1, n2) = two_nodes(&etcd, dir.path());
+    let hall1 = connect_with(&n1.endpoint, &n1.certs(), HALL).await;
+    let hall2 = connect_with(&n2.endpoint, &n2.certs(), HALL).await;
+    let mut pending = request("coach-licence-renewal", PENDING_THEN_VERIFIED);
+    pending.request_id = "routed-1".into();
+    let decided = submit_until_answered(&hall1, &pending)
+        .await
+        .unwrap()
+        .application
+        .unwrap();
+    assert!(decided.application_id.starts_with("node-1."));
+    assert_eq!(status(&decided), proofgate::pb::ApplicationStatus::Pending);
+
+    // A watcher on node 2 follows it to its final status.
+    let mut watch = ApplicationServiceClient::new(hall2.clone())
+        .watch_application(proofgate::pb::WatchApplicationRequest {
+            application_id: decided.application_id.clone(),
+        })
+        .await
+        .expect("watch through node 2")
+        .into_inner();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.application_id, decided.application_id);
+    let mut last = first;
+    while let Some(item) = tokio::time::timeout(BOUND, watch.next())
+        .await
+        .expect("the watch moves on")
+    {
+        last = item.expect("an update");
+    }
+    assert_eq!(status(&last), proofgate::pb::ApplicationStatus::Complete);
+
+    // Read through node 2: the owner's current state.
+    let read = ApplicationServiceClient::new(hall2.clone())
+        .get_application(GetApplicationRequest {
+            application_id: decided.application_id.clone(),
+        })
+        .await
+        .expect("read through node 2")
+        .into_inner();
+    assert_eq!(read, last);
+
+    // The owner decides who may read: another hall may not, through any node.
+    let other = connect_with(&n2.endpoint, &n2.certs(), OTHER_HALL).await;
+    let denied = ApplicationServiceClient::new(other)
+        .get_application(GetApplicationRequest {
+            application_id: decided.application_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains(OTHER_HALL), "{denied:?}");
+    let unknown = ApplicationServiceClient::new(hall2.clone())
+        .get_application(GetApplicationRequest {
+            application_id: "node-1.000000000000000000000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+
+    // Owner down: UNAVAILABLE naming it, with a retry hint.
+    n1.kill();
+    let down = ApplicationServiceClient::new(hall2.clone())
+        .get_application(GetApplicationRequest {
+            application_id: decided.application_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+    assert!(down.message().contains("node `node-1`"), "{down:?}");
+    assert!(down.metadata().get("retry-after-ms").is_some(), "{down:?}");
+    // Node 2's own applications are still read.
+    let own = submit_until_answered(&hall2, &elderly("routed-2"))
+        .await
+        .unwrap()
+        .application
+        .unwrap();
+    assert!(own.application_id.starts_with("node-2."));
 }
