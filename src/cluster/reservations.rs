@@ -426,6 +426,32 @@ impl Reservations {
         }))
     }
 
+    /// The ids of the nodes in the directory now, this one excluded.
+    pub async fn other_nodes(&self) -> Result<Vec<String>, ClusterError> {
+        let shared = &self.inner.shared;
+        let prefix = shared.options.nodes_prefix();
+        let response = bounded(
+            &shared.options,
+            shared.client.clone().get(
+                prefix.as_bytes(),
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only(),
+                ),
+            ),
+        )
+        .await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key().strip_prefix(prefix.as_bytes()))
+            .filter_map(|id| std::str::from_utf8(id).ok())
+            .filter(|id| *id != self.inner.node_id)
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// Waits until the reservation changes after `revision` (decided, taken
     /// over, expired), or `at_most` passes, whichever is first.
     pub async fn wait_change(

@@ -24,7 +24,10 @@ use crate::cluster::{
 };
 use crate::gateway::Gateway;
 use crate::pb::application_service_server::ApplicationServiceServer;
-use crate::pb::{Application, SubmitApplicationRequest};
+use crate::pb::{
+    Application, CompleteVerificationRequest, CompleteVerificationResponse,
+    SubmitApplicationRequest,
+};
 use crate::security::tls::NodeTls;
 
 /// A node in the cluster: its session, and the task that mirrors the
@@ -342,6 +345,42 @@ impl ClusterSubmit {
 
     pub(super) fn peers(&self) -> &Peers {
         &self.peers
+    }
+
+    /// A completion for a ticket this node does not hold: asked of the
+    /// other nodes in turn (the one that asked the department for the
+    /// ticket holds it); the first that knows the ticket answers. None
+    /// knows it: NOT_FOUND; a node that cannot be reached while none of
+    /// the others knows it: UNAVAILABLE naming it (the ticket may be its).
+    pub(super) async fn complete_elsewhere(
+        &self,
+        request: CompleteVerificationRequest,
+        caller: &str,
+    ) -> Result<CompleteVerificationResponse, Status> {
+        let unknown = crate::gateway::GatewayError::UnknownTicket {
+            department: request.department_id.clone(),
+            ticket: request.ticket.clone(),
+        };
+        let what = format!(
+            "ticket `{}` of department `{}`, if not this node's,",
+            request.ticket, request.department_id
+        );
+        let mut unreachable = None;
+        for node in self.reservations.other_nodes().await? {
+            match self
+                .peers
+                .complete_verification(&node, &what, request.clone(), caller)
+                .await
+            {
+                Ok(done) => return Ok(done),
+                Err(status) if status.code() == tonic::Code::NotFound => continue,
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    unreachable = Some(status)
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Err(unreachable.unwrap_or_else(|| unknown.into()))
     }
 
     /// The application a reservation names: from this node's store, or from

@@ -807,10 +807,13 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         guard.for_service("proofgate.v1.ApplicationService", &["hall", "admin"]),
     );
     let registry = InterceptedService::new(
-        DepartmentRegistryServer::new(RegistryApi::new(
-            Registry::new(Arc::clone(&directory), log.clone()),
-            Arc::clone(&gateway),
-        ))
+        DepartmentRegistryServer::new(
+            RegistryApi::new(
+                Registry::new(Arc::clone(&directory), log.clone()),
+                Arc::clone(&gateway),
+            )
+            .with_cluster(cluster.as_ref().map(cluster_hook::Joined::submit)),
+        )
         .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service(
             "proofgate.v1.DepartmentRegistry",

@@ -14,7 +14,11 @@ use tonic::{Code, Request, Status};
 
 use crate::cluster::{ClusterError, Reservations};
 use crate::pb::application_service_client::ApplicationServiceClient;
-use crate::pb::{Application, GetApplicationRequest, WatchApplicationRequest};
+use crate::pb::department_registry_client::DepartmentRegistryClient;
+use crate::pb::{
+    Application, CompleteVerificationRequest, CompleteVerificationResponse, GetApplicationRequest,
+    WatchApplicationRequest,
+};
 use crate::security::tls::NodeTls;
 use crate::security::{GATEWAY_IDENTITY, ON_BEHALF_OF_HEADER, PLAINTEXT_IDENTITY_HEADER};
 
@@ -196,5 +200,24 @@ impl Peers {
             .await
             .map(|r| r.into_inner())
             .map_err(|status| Self::owner_status(owner, &what, status))
+    }
+
+    /// CompleteVerification at `node`, for the department `caller`.
+    pub(super) async fn complete_verification(
+        &self,
+        node: &str,
+        what: &str,
+        request: CompleteVerificationRequest,
+        caller: &str,
+    ) -> Result<CompleteVerificationResponse, Status> {
+        let channel = self
+            .channel(node)
+            .await
+            .map_err(|Unreachable(why)| Self::unreachable(node, what, why))?;
+        DepartmentRegistryClient::new(channel)
+            .complete_verification(self.on_behalf(request, caller))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|status| Self::owner_status(node, what, status))
     }
 }

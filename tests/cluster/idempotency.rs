@@ -693,3 +693,59 @@ async fn reads_and_watches_at_any_node_are_answered_by_the_owner() {
         .unwrap();
     assert!(own.application_id.starts_with("node-2."));
 }
+
+/// Owner routing of completions: a department completing, at node 2, a
+/// ticket node 1 holds is answered by node 1 (here: its signature check
+/// refuses a forged completion — node 2 alone would not know the ticket);
+/// a ticket no node holds is NOT_FOUND; with node 1 down, UNAVAILABLE names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_at_any_node_reaches_the_node_that_holds_the_ticket() {
+    use proofgate::pb::department_registry_client::DepartmentRegistryClient;
+    use proofgate::pb::{CompleteVerificationRequest, VerificationOutcome};
+
+    let Some(etcd) = EtcdCluster::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut n1, n2) = two_nodes(&etcd, dir.path());
+    let hall1 = connect_with(&n1.endpoint, &n1.certs(), HALL).await;
+    // The education department answers "pending" for an hour here.
+    let mut teacher = with_commitments(
+        request("teacher-qualification", PENDING_THEN_VERIFIED),
+        &[("character-reference", "character-v2")],
+    );
+    teacher.request_id = "ticket-1".into();
+    let decided = submit_until_answered(&hall1, &teacher)
+        .await
+        .unwrap()
+        .application
+        .unwrap();
+    let ticket = proof(&decided, "degree-certificate").ticket.clone();
+    assert!(!ticket.is_empty());
+
+    let education = connect_with(&n2.endpoint, &n2.certs(), "education.department.proofgate").await;
+    let complete = |ticket: String| {
+        let channel = education.clone();
+        async move {
+            DepartmentRegistryClient::new(channel)
+                .complete_verification(CompleteVerificationRequest {
+                    department_id: "education".into(),
+                    ticket,
+                    outcome: VerificationOutcome::Verified as i32,
+                    reason: String::new(),
+                    signature: vec![0; 64],
+                })
+                .await
+        }
+    };
+    let forged = complete(ticket.clone()).await.unwrap_err();
+    assert_eq!(forged.code(), tonic::Code::Unauthenticated, "{forged:?}");
+    assert!(forged.message().contains("education"), "{forged:?}");
+    let unknown = complete("no-such-ticket".into()).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+
+    n1.kill();
+    let down = complete(ticket).await.unwrap_err();
+    assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+    assert!(down.message().contains("node `node-1`"), "{down:?}");
+}
