@@ -725,6 +725,43 @@ mod tests {
     }
 
     #[test]
+    fn the_idempotency_window_comes_from_the_table_or_the_flag() {
+        let file =
+            write("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nidempotency_window = \"36h\"\n");
+        let config = resolve(Some(file.path()), &HashMap::new(), &Flags::default()).unwrap();
+        assert_eq!(
+            config.serve.cluster.unwrap().idempotency_window,
+            std::time::Duration::from_secs(36 * 3600)
+        );
+        let flags = Flags {
+            idempotency_window: Some(std::time::Duration::from_secs(600)),
+            ..Flags::default()
+        };
+        let config = resolve(Some(file.path()), &HashMap::new(), &flags).unwrap();
+        assert_eq!(
+            config.serve.cluster.unwrap().idempotency_window,
+            std::time::Duration::from_secs(600)
+        );
+        let config = resolve(
+            None,
+            &HashMap::new(),
+            &Flags {
+                etcd: vec!["http://127.0.0.1:1".into()],
+                ..Flags::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            config.serve.cluster.unwrap().idempotency_window,
+            crate::cluster::DEFAULT_IDEMPOTENCY_WINDOW
+        );
+        let bad =
+            write("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nidempotency_window = \"7w\"\n");
+        let err = resolve(Some(bad.path()), &HashMap::new(), &Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("idempotency window `7w`"), "{err}");
+    }
+
+    #[test]
     fn flags_override_environment_and_metrics_default_on_until_off() {
         let file = write("node_id = \"node-7\"\nmetrics_listen = \"127.0.0.1:9500\"\n");
         let env = HashMap::from([("PROOFGATE_NODE_ID".to_owned(), "node-9".to_owned())]);
