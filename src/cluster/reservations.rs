@@ -36,6 +36,9 @@ use super::{bounded, ClusterError};
 /// How long a reservation is kept when `--idempotency-window` is not given.
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Pause before the one retry of a failed transaction.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// Reservations made in the same hour share one lease.
 const BUCKET_MS: u64 = 3_600_000;
 
@@ -170,9 +173,20 @@ impl Reservations {
         Ok(held.digest == hex::encode(digest))
     }
 
+    /// One transaction; an etcd error (e.g. the member this client talked
+    /// to just died) is tried once more after a short pause, on whichever member the
+    /// client reaches then. Every transaction here compares before it
+    /// writes, so a second try never writes twice; a first try whose answer
+    /// was lost shows as a failed compare, which the callers check.
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, ClusterError> {
         let shared = &self.inner.shared;
-        let result = bounded(&shared.options, shared.client.clone().txn(txn)).await;
+        let mut result = bounded(&shared.options, shared.client.clone().txn(txn.clone())).await;
+        if let Err(ClusterError::Etcd { source, .. }) = &result {
+            tracing::debug!(error = %source, "etcd transaction failed; trying once more");
+            // Time for the client to drop a connection that just broke.
+            tokio::time::sleep(RETRY_PAUSE).await;
+            result = bounded(&shared.options, shared.client.clone().txn(txn)).await;
+        }
         if let Err(ClusterError::Etcd { source, .. }) = &result {
             if source.to_string().contains("lease not found") {
                 // A bucket lease etcd no longer knows: grant a new one next time.
@@ -290,6 +304,33 @@ impl Reservations {
                 // Keeps the lease of the hour it was reserved in.
                 Some(PutOptions::new().with_ignore_lease()),
             )]);
+        if self.txn(txn).await?.succeeded() {
+            return Ok(true);
+        }
+        // A first try that wrote, whose answer was lost, looks like this too.
+        Ok(self
+            .get(caller, request_id)
+            .await?
+            .is_some_and(|(held, _)| held.decided() == Some(application_id)))
+    }
+
+    /// Gives up a reservation this node wrote at `revision` and decided
+    /// nothing for, so a retry on any node can reserve it at once. False:
+    /// it changed meanwhile (left as it is).
+    pub async fn release(
+        &self,
+        caller: &str,
+        request_id: &str,
+        revision: i64,
+    ) -> Result<bool, ClusterError> {
+        let key = self.key(caller, request_id);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_bytes(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::delete(key.as_bytes(), None)]);
         Ok(self.txn(txn).await?.succeeded())
     }
 

@@ -303,8 +303,22 @@ impl ClusterSubmit {
         let (application, replayed) = match self.gateway.submit(caller, request).await {
             Ok(decided) => decided,
             Err(e) => {
-                // Nothing was decided (no entry): the note has nothing to settle.
-                let _ = store.forget_reservation(caller, &request_id);
+                // Not decided here: give the reservation up so a retry on
+                // any node may decide it. When the log failed, its entry may
+                // still have reached the disk: the note stays, and settling
+                // supersedes that entry if the request is decided elsewhere.
+                let released = self
+                    .reservations
+                    .release(caller, &request_id, revision)
+                    .await
+                    .unwrap_or(false);
+                let uncertain = matches!(
+                    e,
+                    crate::gateway::GatewayError::Audit(_) | crate::gateway::GatewayError::Task(_)
+                );
+                if released && !uncertain {
+                    let _ = store.forget_reservation(caller, &request_id);
+                }
                 return Err(e.into());
             }
         };
@@ -438,14 +452,30 @@ pub(super) async fn settle_notes(submit: &ClusterSubmit) -> usize {
 /// One note; true: settled.
 async fn settle(submit: &ClusterSubmit, caller: &str, request_id: &str) -> Result<bool, String> {
     let store = submit.gateway.audit().store();
+    let reservations = &submit.reservations;
     let Some((digest, application_id)) = store
         .request(caller, request_id)
         .map_err(|e| e.to_string())?
     else {
-        // Nothing logged for it (or already superseded): nothing to settle.
+        // Nothing logged for it (or already superseded): a reservation this
+        // node still holds for it is given up, so a retry decides it.
+        if let Some((held, revision)) = reservations
+            .get(caller, request_id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if held.decided().is_none()
+                && held.owner == reservations.node_id()
+                && !reservations
+                    .release(caller, request_id, revision)
+                    .await
+                    .map_err(|e| e.to_string())?
+            {
+                return Ok(false);
+            }
+        }
         return Ok(true);
     };
-    let reservations = &submit.reservations;
     let now = submit.now_ms();
     let held = reservations
         .get(caller, request_id)
