@@ -223,6 +223,9 @@ pub enum ClusterError {
         what: String,
         reason: String,
     },
+    /// A live node of the cluster uses another pseudonym key (exit 64).
+    #[error("node `{node}` of this cluster uses another pseudonym key: every node of a cluster needs the same keys/pseudonym.key (copy it from another node's data folder before this node's first start, or start this node with an empty keys folder holding only that copy after `proofgate keygen`)")]
+    PseudonymKeyDiffers { node: String },
     /// A reservation made by a node whose request digests are keyed
     /// differently: the two cannot tell whether requests are the same.
     #[error("request reserved by node `{owner}`, whose pseudonym key differs from this node's: every node of a cluster needs the same keys/pseudonym.key (nothing was decided)")]

@@ -68,7 +68,22 @@ pub(super) async fn join(
         tree_size: 0,
         updated_unix_ms: 0,
         software: env!("CARGO_PKG_VERSION").to_owned(),
+        digest_key: gateway.digest_key_id(),
     };
+    // Nodes compare request digests (and pseudonyms): one key for all.
+    for other in crate::cluster::list_nodes(options).await? {
+        let theirs = &other.record.digest_key;
+        if other.live
+            && other.record.node_id != record.node_id
+            && !theirs.is_empty()
+            && *theirs != record.digest_key
+        {
+            return Err(ClusterError::PseudonymKeyDiffers {
+                node: other.record.node_id,
+            }
+            .into());
+        }
+    }
     let session = Session::join(options.clone(), record, progress).await?;
     let reservations = session.reservations(
         &node_id_of(gateway),

@@ -269,7 +269,8 @@ pub mod exit {
         match e {
             ClusterError::Config(_)
             | ClusterError::ReadTls { .. }
-            | ClusterError::DigestKeyMismatch { .. } => CONFIG,
+            | ClusterError::DigestKeyMismatch { .. }
+            | ClusterError::PseudonymKeyDiffers { .. } => CONFIG,
             ClusterError::Etcd { .. }
             | ClusterError::Timeout { .. }
             | ClusterError::NodeIdTaken { .. }

@@ -202,6 +202,7 @@ impl From<ClusterError> for Status {
             | ClusterError::Config(_)
             | ClusterError::ReadTls { .. }
             | ClusterError::DigestKeyMismatch { .. }
+            | ClusterError::PseudonymKeyDiffers { .. }
             | ClusterError::BadRecord { .. } => internal(&e),
         }
     }

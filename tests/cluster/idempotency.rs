@@ -14,7 +14,8 @@ use tokio_stream::StreamExt;
 
 use super::common::*;
 use super::etcd::{
-    dev_certs, restart_node, share_pseudonym_key, spawn_pki_node, EtcdCluster, Node, BOUND,
+    dev_certs, restart_node, run_node_to_end, share_pseudonym_key, spawn_pki_node, EtcdCluster,
+    Node, BOUND,
 };
 use proofgate::pb::application_service_client::ApplicationServiceClient;
 use proofgate::pb::audit_entry::Event;
@@ -748,4 +749,26 @@ async fn a_completion_at_any_node_reaches_the_node_that_holds_the_ticket() {
     let down = complete(ticket).await.unwrap_err();
     assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
     assert!(down.message().contains("node `node-1`"), "{down:?}");
+}
+
+/// Nodes compare request digests made with the pseudonym key: a node whose
+/// key differs from a live node's is refused at start (exit 64), saying what
+/// to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_pseudonym_key_is_refused_at_start() {
+    let Some(etcd) = EtcdCluster::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dev_certs(dir.path());
+    let _n1 = spawn_pki_node(&etcd.endpoints(), "node-1", &dir.path().join("n1"), &certs);
+    let out = run_node_to_end(&etcd.endpoints(), "node-2", &dir.path().join("n2"));
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("node `node-1` of this cluster uses another pseudonym key")
+            && stderr.contains("keys/pseudonym.key"),
+        "{stderr}"
+    );
+    assert_eq!(etcd.nodes().await.len(), 1, "node-2 never joined");
 }
