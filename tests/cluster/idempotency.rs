@@ -529,6 +529,13 @@ async fn a_restarted_node_supersedes_its_orphans_and_confirms_its_unmarked_decis
     assert_eq!(verify["ok"], true, "{verify}");
     let stats = proofgate_json(&["stats"], &data);
     assert_eq!(stats["applications"], 1, "{stats}");
+    // The store is what its entries say (the orphan's request key is gone).
+    let rebuild = std::process::Command::new(env!("CARGO_BIN_EXE_proofgate"))
+        .args(["audit", "rebuild", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("proofgate runs");
+    assert!(rebuild.status.success(), "{rebuild:?}");
 }
 
 async fn tree_size_of(node: &Node) -> u64 {
@@ -553,7 +560,7 @@ async fn the_bench_spreads_over_the_nodes_and_retries_elsewhere_when_one_dies() 
     let (n1, n2) = two_nodes(&etcd, dir.path());
     let before = (tree_size_of(&n1).await, tree_size_of(&n2).await);
     let bench = std::process::Command::new(env!("CARGO_BIN_EXE_proofgate"))
-        .args(["bench", "--concurrency", "4", "--seconds", "4"])
+        .args(["bench", "--concurrency", "4", "--seconds", "6"])
         .args(["--matter", "elderly-subsidy", "--endpoint"])
         .arg(format!("{},{}", n1.endpoint, n2.endpoint))
         .arg("--certs")
