@@ -26,6 +26,7 @@
 //! crls = ["proofgate-data/certs/ca.crl"]       # revoked certificates are refused
 //! certs = "pki"                 # a shared PKI folder (dev-certs --dir pki); default DATA_DIR/certs
 //! advertise_address = "https://10.0.0.5:50051"  # published in the node directory
+//! mirrors = ["https://10.0.0.6:50051"]  # or ["https://...=VKEY"], or ["off"] (no default mirror in a cluster)
 //!
 //! [rate_limits.per_role]        # calls per second
 //! hall = 5000
@@ -91,6 +92,7 @@ struct FileConfig {
     crls: Option<Vec<PathBuf>>,
     certs: Option<PathBuf>,
     advertise_address: Option<String>,
+    mirrors: Option<Vec<String>>,
     #[serde(default)]
     rate_limits: FileRateLimits,
     #[serde(default)]
@@ -217,6 +219,8 @@ pub struct Flags {
     pub certs: Option<PathBuf>,
     /// `--advertise-address URL`.
     pub advertise_address: Option<String>,
+    /// `--mirror URL[=VKEY]` (repeatable) or `--mirror off`; empty: not given.
+    pub mirrors: Vec<String>,
 }
 
 /// The whole precedence: defaults < `file` < `env` < `flags`.
@@ -256,6 +260,13 @@ pub fn resolve(
     }
     if let Some(v) = &flags.advertise_address {
         serve.advertise_address = Some(v.clone());
+    }
+    if !flags.mirrors.is_empty() {
+        set_mirrors(serve, &flags.mirrors).map_err(|problem| ConfigError::Invalid {
+            file: PathBuf::from("<flags>"),
+            line: 0,
+            problem,
+        })?;
     }
     if let Some(seconds) = flags.tls_poll_seconds {
         serve.tls_poll = (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
@@ -310,6 +321,25 @@ fn resolve_cluster(
         options.idempotency_window = v;
     }
     *cluster = Some(options.validated().map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+/// `--mirror` / `mirrors` / `PROOFGATE_MIRRORS`: URLs (each optionally
+/// `=VKEY`), or `off` alone. The last layer naming any replaces the others.
+fn set_mirrors(serve: &mut ServeOptions, items: &[String]) -> Result<(), String> {
+    if items.iter().any(|i| i.trim() == "off") {
+        if items.len() > 1 {
+            return Err("mirrors: `off` stands alone (no URLs beside it)".into());
+        }
+        serve.mirrors.clear();
+        serve.mirror_off = true;
+        return Ok(());
+    }
+    serve.mirrors = items
+        .iter()
+        .map(|i| i.parse::<crate::server::MirrorTarget>())
+        .collect::<Result<_, _>>()?;
+    serve.mirror_off = false;
     Ok(())
 }
 
@@ -397,6 +427,14 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
     }
     if let Some(v) = parsed.advertise_address {
         serve.advertise_address = Some(v);
+    }
+    if let Some(items) = parsed.mirrors {
+        if items.is_empty() {
+            return Err(invalid(
+                "mirrors is empty: name at least one URL, or \"off\", or remove the setting".into(),
+            ));
+        }
+        set_mirrors(&mut serve, &items).map_err(invalid)?;
     }
     if let Some(keys) = parsed.policy_keys {
         if keys.is_empty() {
@@ -494,6 +532,22 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
     }
     if let Some(v) = env.get("PROOFGATE_ADVERTISE_ADDRESS") {
         serve.advertise_address = Some(v.clone());
+    }
+    if let Some(v) = env.get("PROOFGATE_MIRRORS") {
+        // Comma-separated (a vkey's base64 has no comma).
+        let items: Vec<String> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if items.is_empty() {
+            return Err(env_error(
+                "PROOFGATE_MIRRORS",
+                "empty: name at least one URL, or off, or unset it".into(),
+            ));
+        }
+        set_mirrors(&mut serve, &items).map_err(|e| env_error("PROOFGATE_MIRRORS", e))?;
     }
     if let Some(v) = env.get("PROOFGATE_POLICIES") {
         serve.policies = Some(PathBuf::from(v));
@@ -673,6 +727,34 @@ mod tests {
         let config = resolve(None, &HashMap::new(), &Flags::default()).unwrap();
         assert_eq!(config.serve.certs, None, "default: DATA_DIR/certs");
         assert_eq!(config.serve.advertise_address, None);
+    }
+
+    #[test]
+    fn mirrors_are_urls_with_an_optional_key_or_off() {
+        let file = write("mirrors = [\"https://10.0.0.6:50051\"]\n");
+        let config = load(Some(file.path()), &HashMap::new()).unwrap();
+        assert_eq!(config.serve.mirrors.len(), 1);
+        assert!(!config.serve.mirror_off);
+        let env = HashMap::from([("PROOFGATE_MIRRORS".to_owned(), "off".to_owned())]);
+        let config = load(Some(file.path()), &env).unwrap();
+        assert!(config.serve.mirrors.is_empty() && config.serve.mirror_off);
+        let flags = Flags {
+            mirrors: vec!["https://a:1".into(), "https://b:2".into()],
+            ..Flags::default()
+        };
+        let config = resolve(Some(file.path()), &env, &flags).unwrap();
+        assert_eq!(config.serve.mirrors.len(), 2);
+        assert!(!config.serve.mirror_off);
+        let bad = Flags {
+            mirrors: vec!["off".into(), "https://a:1".into()],
+            ..Flags::default()
+        };
+        assert!(resolve(None, &HashMap::new(), &bad).is_err());
+        let err = load(Some(write("mirrors = [\"a:1\"]\n").path()), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--mirror"), "{err}");
+        assert!(load(Some(write("mirrors = []\n").path()), &HashMap::new()).is_err());
     }
 
     #[test]

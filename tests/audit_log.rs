@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 async fn read_all(gw: &TestGateway) -> (Vec<Vec<u8>>, proofgate::pb::Checkpoint) {
     let checkpoint = gw
         .audit()
-        .get_checkpoint(GetCheckpointRequest {})
+        .get_checkpoint(GetCheckpointRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -21,6 +21,7 @@ async fn read_all(gw: &TestGateway) -> (Vec<Vec<u8>>, proofgate::pb::Checkpoint)
         .get_entries(GetEntriesRequest {
             start: 0,
             end: checkpoint.tree_size,
+            ..Default::default()
         })
         .await
         .unwrap()

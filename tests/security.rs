@@ -115,7 +115,11 @@ fn every_rpc() -> Vec<(&'static str, Call, &'static str)> {
         ),
         (
             "GetCheckpoint",
-            rpc!(AuditServiceClient, get_checkpoint, GetCheckpointRequest {}),
+            rpc!(
+                AuditServiceClient,
+                get_checkpoint,
+                GetCheckpointRequest::default()
+            ),
             PORTAL,
         ),
         (
@@ -123,7 +127,11 @@ fn every_rpc() -> Vec<(&'static str, Call, &'static str)> {
             rpc!(
                 AuditServiceClient,
                 get_entries,
-                GetEntriesRequest { start: 0, end: 0 }
+                GetEntriesRequest {
+                    start: 0,
+                    end: 0,
+                    ..Default::default()
+                }
             ),
             HALL,
         ),
@@ -134,7 +142,8 @@ fn every_rpc() -> Vec<(&'static str, Call, &'static str)> {
                 get_inclusion_proof,
                 GetInclusionProofRequest {
                     index: 0,
-                    tree_size: 0
+                    tree_size: 0,
+                    ..Default::default()
                 }
             ),
             PORTAL,
@@ -146,7 +155,8 @@ fn every_rpc() -> Vec<(&'static str, Call, &'static str)> {
                 get_consistency_proof,
                 GetConsistencyProofRequest {
                     old_size: 0,
-                    new_size: 0
+                    new_size: 0,
+                    ..Default::default()
                 }
             ),
             "civil-affairs.department.proofgate",
@@ -457,6 +467,7 @@ async fn a_gateway_node_may_read_the_audit_log_and_nothing_else() {
         .get_entries(GetEntriesRequest {
             start: 0,
             end: checkpoint.tree_size,
+            ..Default::default()
         })
         .await
         .expect("a gateway node reads entries")
@@ -466,6 +477,7 @@ async fn a_gateway_node_may_read_the_audit_log_and_nothing_else() {
         .get_consistency_proof(GetConsistencyProofRequest {
             old_size: 1,
             new_size: checkpoint.tree_size,
+            ..Default::default()
         })
         .await
         .expect("and proofs");

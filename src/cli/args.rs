@@ -239,6 +239,10 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild a node's data folder from a mirror (or from the node itself):
+    /// entries, checkpoint, Merkle nodes, then projections, each chunk
+    /// verified against the newest checkpoint before it is written.
+    Restore(RestoreArgs),
     /// Replace the checkpoint key; the change is logged and signed by the old key.
     RotateKey {
         #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
@@ -246,6 +250,34 @@ pub enum AuditCommand {
         #[arg(long, default_value = server::DEFAULT_NODE_ID)]
         node_id: String,
     },
+}
+
+// No doc comment here: the `Restore` variant's is the subcommand's help.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// A node that mirrors the log (or serves it as its own), https://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The log to restore, e.g. proofgate/node-1.
+    #[arg(long)]
+    pub origin: String,
+    /// The data folder to write; it must be empty or absent.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The PKI folder; the call is made as its auditor.auditor.proofgate.
+    #[arg(long, value_name = "DIR")]
+    pub certs: PathBuf,
+    /// The origin's verifier key (text or a file holding it, e.g. the lost
+    /// node's log.vkey). Without it, the key the mirror serves is trusted.
+    #[arg(long)]
+    pub vkey: Option<String>,
+    /// A witness key whose cosignature the newest checkpoint must carry
+    /// (repeatable; with --quorum).
+    #[arg(long = "witness", value_name = "VKEY")]
+    pub witnesses: Vec<String>,
+    /// How many of the --witness keys must have cosigned it.
+    #[arg(long, value_name = "K")]
+    pub quorum: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -353,6 +385,13 @@ pub struct ServeArgs {
     /// directory [default: https://<bound listen address>]
     #[arg(long, value_name = "URL")]
     pub advertise_address: Option<String>,
+    /// Keep a verified copy of this node's log (repeatable): URL, or
+    /// URL=VKEY to pin the origin's key (else the key the peer serves on
+    /// first contact is pinned). `off`: in a cluster, mirror no peer (by
+    /// default, with a shared --certs, each node mirrors the next node in
+    /// the directory).
+    #[arg(long = "mirror", value_name = "URL[=VKEY]|off")]
+    pub mirrors: Vec<String>,
 }
 
 impl ServeArgs {
@@ -378,6 +417,7 @@ impl ServeArgs {
             tls_poll_seconds: self.tls_poll_seconds,
             certs: self.certs.clone(),
             advertise_address: self.advertise_address.clone(),
+            mirrors: self.mirrors.clone(),
         }
     }
 }

@@ -11,7 +11,7 @@
 //! | `args.rs`   | the clap derive types                                           |
 //! | `node.rs`   | serve, config check, dev-certs, keygen, mock-department         |
 //! | `policy.rs` | policy check, policy generate-jinhua                            |
-//! | `audit.rs`  | audit export / verify / replay / rebuild / rotate-key, stats    |
+//! | `audit.rs`  | audit export / verify / replay / rebuild / restore / rotate-key, stats |
 //! | `bench.rs`  | bench                                                           |
 //! | `cluster.rs`| cluster status                                                  |
 
@@ -27,7 +27,7 @@ pub mod policy;
 
 pub use args::{
     AuditCommand, BenchArgs, Cli, ClusterCommand, Command, ConfigCommand, DevCertsArgs, EtcdArgs,
-    LogSource, PolicyCommand, ServeArgs,
+    LogSource, PolicyCommand, RestoreArgs, ServeArgs,
 };
 
 use std::path::PathBuf;
@@ -117,6 +117,17 @@ pub enum CliError {
     /// `cluster status`: etcd options, or etcd itself.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// `audit restore`: options that cannot work (a non-empty data folder,
+    /// a bad key, witnesses asked for but not checkable here).
+    #[error("{0}")]
+    RestoreConfig(String),
+    /// `audit restore`: the mirror could not be read, or what it served
+    /// does not verify.
+    #[error("restore: {0}")]
+    Pull(#[from] crate::server::mirror::PullError),
+    /// `audit restore`: the restored folder does not check out.
+    #[error("restore: {0}")]
+    Restored(String),
 }
 
 /// The process exit code of a command's result: 0, or what failed (64 bad
@@ -131,7 +142,10 @@ pub fn exit_code(result: &Result<Report, CliError>) -> u8 {
             | CliError::DepartmentCerts(_)
             | CliError::Fixture(_)
             | CliError::NoLogSource
+            | CliError::RestoreConfig(_)
             | CliError::Fanout(_) => exit::CONFIG,
+            CliError::Pull(e) => audit::pull_exit_code(e),
+            CliError::Restored(_) => exit::DATA,
             CliError::Policy(_) | CliError::Check(_) => exit::DATA,
             CliError::Serve(e) => e.exit_code(),
             CliError::Store(e) => exit::of_store(e),

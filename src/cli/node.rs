@@ -49,6 +49,23 @@ pub fn config_check(file: &Path) -> Result<Report, CliError> {
             )
         ),
         format!(
+            "  mirrors          {}",
+            if o.mirror_off {
+                "off".to_owned()
+            } else if o.mirrors.is_empty() {
+                "none (in a cluster with --certs: the next node)".to_owned()
+            } else {
+                o.mirrors
+                    .iter()
+                    .map(|m| match &m.vkey {
+                        Some(_) => format!("{} (key pinned)", m.url),
+                        None => m.url.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
+        format!(
             "  advertise        {}",
             o.advertise_address
                 .clone()

@@ -196,6 +196,29 @@ impl Reservations {
         result
     }
 
+    /// One read (`get` with `options`), tried once more after a short pause
+    /// on an etcd error, as [`Self::txn`].
+    async fn read(
+        &self,
+        key: &str,
+        options: Option<etcd_client::GetOptions>,
+    ) -> Result<etcd_client::GetResponse, ClusterError> {
+        let shared = &self.inner.shared;
+        let once = || {
+            let mut client = shared.client.clone();
+            let options = options.clone();
+            async move { bounded(&shared.options, client.get(key.as_bytes(), options)).await }
+        };
+        match once().await {
+            Err(ClusterError::Etcd { source, .. }) => {
+                tracing::debug!(error = %source, "etcd read failed; trying once more");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                once().await
+            }
+            result => result,
+        }
+    }
+
     /// The lease of `now`'s hour, granted on first use.
     async fn bucket_lease(&self, now_unix_ms: u64) -> Result<i64, ClusterError> {
         let bucket = now_unix_ms / BUCKET_MS;
@@ -415,13 +438,8 @@ impl Reservations {
         caller: &str,
         request_id: &str,
     ) -> Result<Option<(Reservation, i64)>, ClusterError> {
-        let shared = &self.inner.shared;
         let key = self.key(caller, request_id);
-        let response = bounded(
-            &shared.options,
-            shared.client.clone().get(key.as_bytes(), None),
-        )
-        .await?;
+        let response = self.read(&key, None).await?;
         response
             .kvs()
             .first()
@@ -440,11 +458,7 @@ impl Reservations {
             return Ok(shared.is_live());
         }
         let key = shared.options.node_key(&reservation.owner);
-        let response = bounded(
-            &shared.options,
-            shared.client.clone().get(key.as_bytes(), None),
-        )
-        .await?;
+        let response = self.read(&key, None).await?;
         Ok(response
             .kvs()
             .first()
@@ -453,13 +467,8 @@ impl Reservations {
 
     /// The address the owner node published in the directory, if it is there.
     pub async fn owner_address(&self, owner: &str) -> Result<Option<String>, ClusterError> {
-        let shared = &self.inner.shared;
-        let key = shared.options.node_key(owner);
-        let response = bounded(
-            &shared.options,
-            shared.client.clone().get(key.as_bytes(), None),
-        )
-        .await?;
+        let key = self.inner.shared.options.node_key(owner);
+        let response = self.read(&key, None).await?;
         Ok(response.kvs().first().and_then(|kv| {
             serde_json::from_slice::<super::NodeRecord>(kv.value())
                 .ok()
@@ -469,20 +478,17 @@ impl Reservations {
 
     /// The ids of the nodes in the directory now, this one excluded.
     pub async fn other_nodes(&self) -> Result<Vec<String>, ClusterError> {
-        let shared = &self.inner.shared;
-        let prefix = shared.options.nodes_prefix();
-        let response = bounded(
-            &shared.options,
-            shared.client.clone().get(
-                prefix.as_bytes(),
+        let prefix = self.inner.shared.options.nodes_prefix();
+        let response = self
+            .read(
+                &prefix,
                 Some(
                     etcd_client::GetOptions::new()
                         .with_prefix()
                         .with_keys_only(),
                 ),
-            ),
-        )
-        .await?;
+            )
+            .await?;
         Ok(response
             .kvs()
             .iter()

@@ -13,13 +13,15 @@ pub mod catalog;
 mod cluster_hook;
 pub mod console;
 pub mod http;
+pub mod mirror;
 mod operations;
 mod peers;
 mod registry;
 pub mod status;
 
 pub use application::ApplicationApi;
-pub use audit::AuditApi;
+pub use audit::{AuditApi, Logs};
+pub use mirror::MirrorTarget;
 pub use operations::OperationsApi;
 pub use registry::RegistryApi;
 
@@ -122,6 +124,11 @@ pub struct ServeOptions {
     /// The URL other nodes reach this one at, published in the node
     /// directory (`--advertise-address`); None: `https://<bound address>`.
     pub advertise_address: Option<String>,
+    /// Nodes whose logs this one mirrors (`--mirror URL[=VKEY]`), into
+    /// DATA_DIR/mirrors/, served by origin over AuditService.
+    pub mirrors: Vec<MirrorTarget>,
+    /// `--mirror off`: in a cluster, do not mirror a peer by default.
+    pub mirror_off: bool,
     /// Certificate revocation lists (`--crl`, PEM or DER), checked on the
     /// node's gRPC listener and on its calls to departments (not by the
     /// in-process mock departments); reloaded with the node's
@@ -164,6 +171,8 @@ impl Default for ServeOptions {
             tls: true,
             certs: None,
             advertise_address: None,
+            mirrors: Vec::new(),
+            mirror_off: false,
             crls: Vec::new(),
             tls_poll: Some(TLS_POLL_EVERY),
             roles: RoleMap::default(),
@@ -305,7 +314,7 @@ pub mod exit {
     pub fn of_log_key(e: &LogKeyError) -> u8 {
         match e {
             LogKeyError::Store(e) => of_store(e),
-            LogKeyError::NoKey(_) => CONFIG,
+            LogKeyError::NoKey(_) | LogKeyError::ForeignLog { .. } => CONFIG,
             LogKeyError::Keys(_)
             | LogKeyError::Audit(_)
             | LogKeyError::Checkpoint(_)
@@ -376,6 +385,10 @@ pub struct Running {
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
     policy_watcher: JoinHandle<()>,
+    /// Pulls the mirrored logs (None: nothing to mirror).
+    mirror_task: Option<JoinHandle<()>>,
+    /// The logs AuditService serves: the node's own and its mirrors.
+    pub logs: Logs,
     metrics_task: Option<JoinHandle<()>>,
     /// Cluster mode: the etcd session (None: one node, no etcd).
     cluster: Option<cluster_hook::Joined>,
@@ -441,6 +454,10 @@ impl Running {
         }
         self.sweeper.abort();
         let _ = (&mut self.sweeper).await;
+        if let Some(mut task) = self.mirror_task.take() {
+            task.abort();
+            let _ = (&mut task).await;
+        }
         self.policy_watcher.abort();
         let _ = (&mut self.policy_watcher).await;
         self.tls_watcher.abort();
@@ -821,12 +838,13 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             &["department", "admin", "auditor"],
         ),
     );
+    let logs = Logs::new(
+        crate::security::log_origin(&options.node_id),
+        AuditReader::new(log.clone(), pseudonyms.clone()),
+    );
     let audit = InterceptedService::new(
-        AuditServiceServer::new(AuditApi::new(AuditReader::new(
-            log.clone(),
-            pseudonyms.clone(),
-        )))
-        .max_decoding_message_size(MAX_REQUEST_BYTES),
+        AuditServiceServer::new(AuditApi::new(logs.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service(
             "proofgate.v1.AuditService",
             // A gateway identity: a peer node mirroring this node's log.
@@ -975,6 +993,31 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             }
         }
     });
+    // In a cluster each node mirrors the next one by default, over mutual
+    // TLS: that needs one PKI for all nodes (`--certs`); a node with its own
+    // dev CA could not reach its peers, so it does not try.
+    let default_mirror = options.cluster.is_some()
+        && !options.mirror_off
+        && (options.certs.is_some() || tls.is_none());
+    if options.cluster.is_some() && !options.mirror_off && !default_mirror {
+        warn!("cluster mode without --certs: this node mirrors no peer by default (its dev CA is its own; give every node the same --certs DIR)");
+    }
+    let mirror_task = mirror::start(
+        mirror::MirrorPlan {
+            targets: options.mirrors.clone(),
+            cluster: options.cluster.clone().filter(|_| default_mirror),
+            node_id: options.node_id.clone(),
+            data_dir: options.data_dir.clone(),
+            tls: tls.clone(),
+            identity: if tls.is_some() {
+                identity.clone()
+            } else {
+                crate::security::node_identity(&options.node_id)
+            },
+        },
+        logs.clone(),
+        metrics.clone(),
+    );
     info!(%addr, metrics = ?metrics_addr, node = %options.node_id, mocks = mocks.len(), "gateway serving");
     Ok(Running {
         console: options.console && metrics_addr.is_some(),
@@ -985,6 +1028,8 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         identity: tls.is_some().then_some(identity),
         certs_dir: tls.is_some().then_some(certs_dir),
         sweeper,
+        mirror_task,
+        logs,
         addr,
         gateway,
         directory,

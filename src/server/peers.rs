@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use crate::cluster::{ClusterError, Reservations};
@@ -24,7 +24,6 @@ use crate::security::{GATEWAY_IDENTITY, ON_BEHALF_OF_HEADER, PLAINTEXT_IDENTITY_
 
 /// Bound on one call to another node.
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The other nodes, by node id: one lazily connected channel per address.
 #[derive(Clone)]
@@ -75,29 +74,13 @@ impl Peers {
                 return Ok(channel.clone());
             }
         }
-        let bad = |what: &str| Unreachable(format!("its address `{address}` {what}"));
-        let channel = match &self.tls {
-            Some(tls) => {
-                let authority = address
-                    .strip_prefix("https://")
-                    .ok_or_else(|| bad("is not https:// while this node uses TLS"))?;
-                // TLS by the node's connector (current certificates), so
-                // tonic sees http.
-                let peer = Arc::new(Mutex::new(None));
-                Endpoint::from_shared(format!("http://{authority}"))
-                    .map_err(|_| bad("is not a URI"))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_with_connector_lazy(
-                        tls.connector(&self.server_identity(node_id), peer),
-                    )
-            }
-            None => Endpoint::from_shared(address.clone())
-                .map_err(|_| bad("is not a URI"))?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect_lazy(),
-        };
+        // One way for a node to reach another (mirrors use it too).
+        let channel = super::mirror::node_channel_expecting(
+            &address,
+            self.tls.as_ref(),
+            &self.server_identity(node_id),
+        )
+        .map_err(|problem| Unreachable(format!("its address `{address}`: {problem}")))?;
         channels.insert(node_id.to_owned(), (address, channel.clone()));
         Ok(channel)
     }

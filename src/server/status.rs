@@ -155,6 +155,7 @@ impl From<ReadError> for Status {
     fn from(e: ReadError) -> Self {
         match &e {
             ReadError::NoCheckpoint => Status::not_found(e.to_string()),
+            ReadError::UnknownOrigin { .. } => Status::not_found(e.to_string()),
             ReadError::PastTheLog { .. } => Status::out_of_range(e.to_string()),
             ReadError::Invalid { field, problem } => invalid_field(field, problem.clone()),
             ReadError::Proof(p) => proof_status(p),

@@ -60,7 +60,7 @@ async fn log_of(node: &Node) -> Vec<AuditEntry> {
     let auditor = connect_with(&node.endpoint, &node.certs(), AUDITOR).await;
     let mut client = AuditServiceClient::new(auditor);
     let size = client
-        .get_checkpoint(GetCheckpointRequest {})
+        .get_checkpoint(GetCheckpointRequest::default())
         .await
         .expect("checkpoint")
         .into_inner()
@@ -69,6 +69,7 @@ async fn log_of(node: &Node) -> Vec<AuditEntry> {
         .get_entries(GetEntriesRequest {
             start: 0,
             end: size,
+            ..Default::default()
         })
         .await
         .expect("entries")
@@ -541,7 +542,7 @@ async fn a_restarted_node_supersedes_its_orphans_and_confirms_its_unmarked_decis
 async fn tree_size_of(node: &Node) -> u64 {
     let auditor = connect_with(&node.endpoint, &node.certs(), AUDITOR).await;
     AuditServiceClient::new(auditor)
-        .get_checkpoint(GetCheckpointRequest {})
+        .get_checkpoint(GetCheckpointRequest::default())
         .await
         .expect("checkpoint")
         .into_inner()

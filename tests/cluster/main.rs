@@ -97,7 +97,7 @@ async fn a_killed_node_leaves_the_directory_when_its_lease_expires() {
 
 async fn tree_size(auditor: &tonic::transport::Channel) -> u64 {
     AuditServiceClient::new(auditor.clone())
-        .get_checkpoint(GetCheckpointRequest {})
+        .get_checkpoint(GetCheckpointRequest::default())
         .await
         .expect("checkpoint readable while etcd is down")
         .into_inner()
@@ -233,4 +233,57 @@ async fn the_directory_publishes_the_advertised_address() {
     let err = proofgate::server::start(bad).await.err().expect("refused");
     assert_eq!(err.exit_code(), 64, "{err}");
     assert!(err.to_string().contains("--advertise-address"), "{err}");
+}
+
+/// In a cluster each node mirrors the next node id in the directory by
+/// default (wrapping around), with the key the directory gives, and serves
+/// that mirror by origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_mirrors_the_next_one_by_default() {
+    let Some(etcd) = EtcdCluster::start().await else {
+        return;
+    };
+    let pki = tempfile::tempdir().unwrap();
+    proofgate::security::ensure_dev_certs(
+        pki.path(),
+        &proofgate::departments::mock::dev_identities(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Nodes of one cluster share the pseudonym key (refused at start else).
+    etcd::share_pseudonym_key(&[&dir.path().join("node-1"), &dir.path().join("node-2")]);
+    let mut nodes = Vec::new();
+    for id in ["node-1", "node-2"] {
+        let mut options = options(&dir.path().join(id));
+        options.node_id = id.into();
+        options.mock_departments = false;
+        options.certs = Some(pki.path().to_path_buf());
+        options.cluster = Some(etcd.options());
+        nodes.push(
+            proofgate::server::start(options)
+                .await
+                .expect("node starts"),
+        );
+    }
+    for (node, peer) in [(0, "proofgate/node-2"), (1, "proofgate/node-1")] {
+        let started = Instant::now();
+        loop {
+            let served = nodes[node]
+                .logs
+                .resolve(peer)
+                .ok()
+                .and_then(|r| r.checkpoint().ok());
+            if served.is_some_and(|c| c.tree_size > 0 && c.from_mirror) {
+                break;
+            }
+            assert!(
+                started.elapsed() < BOUND,
+                "{peer} not mirrored by node {node}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
 }
