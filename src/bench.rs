@@ -2,8 +2,17 @@
 //! fixed time against a running gateway, after a baseline of plain gRPC
 //! health checks against the same server over the same connection, so the
 //! figures carry their own yardstick.
+//!
+//! With several endpoints (the nodes of a cluster) the workers are spread
+//! over them, and a worker whose node does not answer (UNAVAILABLE, a broken
+//! connection, no answer in time) sends the same request — same request_id —
+//! to the next node, as a hall would; the report counts those retries and
+//! how many answers were `replayed` (the first attempt had been decided).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
+
+use tonic::Code;
 
 use crate::security::{connect, IdentityHeader, TlsFiles, GATEWAY_IDENTITY};
 use tonic_health::pb::health_client::HealthClient;
@@ -11,11 +20,27 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::pb::application_service_client::ApplicationServiceClient;
 use crate::pb::department_service_client::DepartmentServiceClient;
-use crate::pb::{Commitment, IdType, Officer, QueryRequest, Subject, SubmitApplicationRequest};
+use crate::pb::{
+    Commitment, IdType, Officer, QueryRequest, Subject, SubmitApplicationRequest,
+    SubmitApplicationResponse,
+};
+
+/// How long one submission may take before the hall gives up on that node
+/// and tries the next.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a hall keeps retrying one request (on the nodes in turn) before
+/// counting it failed.
+pub const RETRY_BOUND: Duration = Duration::from_secs(60);
+
+/// Pause before a retry, so that a cluster with every node down is not
+/// hammered.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    pub endpoint: String,
+    /// The gateway, or the nodes of a cluster (workers are spread over them).
+    pub endpoints: Vec<String>,
     pub concurrency: usize,
     pub duration: Duration,
     pub matter: String,
@@ -55,6 +80,11 @@ pub struct PhaseReport {
     pub per_second: f64,
     pub p50: Duration,
     pub p99: Duration,
+    /// Submissions sent again (same request_id) after a node did not answer.
+    pub retries: u64,
+    /// Acknowledged answers that were `replayed`: an earlier attempt of the
+    /// same request had been decided.
+    pub replayed: u64,
 }
 
 impl std::fmt::Display for PhaseReport {
@@ -68,7 +98,80 @@ impl std::fmt::Display for PhaseReport {
             self.p99.as_secs_f64() * 1000.0,
             self.completed,
             self.failed
-        )
+        )?;
+        if self.retries > 0 || self.replayed > 0 {
+            write!(f, "  retries {}  replayed {}", self.retries, self.replayed)?;
+        }
+        Ok(())
+    }
+}
+
+/// What one call of a phase came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallOutcome {
+    pub ok: bool,
+    pub retries: u32,
+    pub replayed: bool,
+}
+
+impl From<bool> for CallOutcome {
+    fn from(ok: bool) -> Self {
+        Self {
+            ok,
+            ..Self::default()
+        }
+    }
+}
+
+/// A node that answered this is not deciding the request now: try the next.
+fn worth_retrying(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
+}
+
+/// Submits one request as a hall does across the nodes of a cluster: to
+/// node `start`, and when a node does not answer, the same request to the
+/// next, until one answers or `bound` passes. `submit(node, request)` is
+/// one attempt.
+pub async fn submit_with_retries<F, Fut>(
+    nodes: usize,
+    start: usize,
+    request: &SubmitApplicationRequest,
+    bound: Duration,
+    submit: F,
+) -> CallOutcome
+where
+    F: Fn(usize, SubmitApplicationRequest) -> Fut,
+    Fut: Future<Output = Result<SubmitApplicationResponse, tonic::Status>>,
+{
+    let started = tokio::time::Instant::now();
+    let nodes = nodes.max(1);
+    let mut node = start % nodes;
+    let mut retries = 0u32;
+    loop {
+        match submit(node, request.clone()).await {
+            Ok(reply) => {
+                return CallOutcome {
+                    ok: true,
+                    retries,
+                    replayed: reply.replayed,
+                }
+            }
+            Err(status) if worth_retrying(status.code()) && started.elapsed() < bound => {
+                retries += 1;
+                node = (node + 1) % nodes;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(_) => {
+                return CallOutcome {
+                    ok: false,
+                    retries,
+                    replayed: false,
+                }
+            }
+        }
     }
 }
 
@@ -88,7 +191,7 @@ async fn run_phase<F, Fut>(
 ) -> PhaseReport
 where
     F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    Fut: std::future::Future<Output = CallOutcome> + Send,
 {
     let started = Instant::now();
     let deadline = started + duration;
@@ -97,26 +200,31 @@ where
         let call = call.clone();
         workers.spawn(async move {
             let mut latencies = Vec::new();
-            let mut failed = 0u64;
+            let (mut failed, mut retries, mut replayed) = (0u64, 0u64, 0u64);
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                if call(worker, n).await {
+                let outcome = call(worker, n).await;
+                if outcome.ok {
                     latencies.push(t.elapsed());
                 } else {
                     failed += 1;
                 }
+                retries += u64::from(outcome.retries);
+                replayed += u64::from(outcome.replayed);
                 n += 1;
             }
-            (latencies, failed)
+            (latencies, failed, retries, replayed)
         });
     }
     let mut latencies = Vec::new();
-    let mut failed = 0;
+    let (mut failed, mut retries, mut replayed) = (0, 0, 0);
     while let Some(joined) = workers.join_next().await {
-        if let Ok((l, f)) = joined {
+        if let Ok((l, f, r, p)) = joined {
             latencies.extend(l);
             failed += f;
+            retries += r;
+            replayed += p;
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -128,6 +236,8 @@ where
         per_second: latencies.len() as f64 / elapsed,
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
+        retries,
+        replayed,
     }
 }
 
@@ -182,9 +292,20 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
     };
     let hall_identity = format!("{BENCH_HALL}.hall.proofgate");
     let hall_tls = load(&hall_identity)?;
-    let channel = connect(&options.endpoint, hall_tls.as_ref(), GATEWAY_IDENTITY)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", options.endpoint))?;
+    if options.endpoints.is_empty() {
+        return Err("no endpoint to drive (--endpoint URL[,URL…])".into());
+    }
+    let mut channels = Vec::with_capacity(options.endpoints.len());
+    for endpoint in &options.endpoints {
+        // Nodes present `<node-id>.gateway.proofgate` certificates that
+        // also name the gateway's identity.
+        channels.push(
+            connect(endpoint, hall_tls.as_ref(), GATEWAY_IDENTITY)
+                .await
+                .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?,
+        );
+    }
+    let channel = channels[0].clone();
     let baseline = if options.fanout.is_empty() {
         let health = HealthClient::new(channel.clone());
         run_phase(
@@ -200,6 +321,7 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
                         })
                         .await
                         .is_ok()
+                        .into()
                 }
             },
         )
@@ -247,13 +369,19 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
                         .await
                         .into_iter()
                         .all(|ok| ok)
+                        .into()
                 }
             },
         )
         .await
     };
-    let applications =
-        ApplicationServiceClient::with_interceptor(channel, IdentityHeader::new(&hall_identity));
+    drop(channel);
+    let clients: Vec<_> = channels
+        .into_iter()
+        .map(|channel| {
+            ApplicationServiceClient::with_interceptor(channel, IdentityHeader::new(&hall_identity))
+        })
+        .collect();
     let run_id = crate::clock::system_now_unix_ms();
     let matter = options.matter.clone();
     let submissions = run_phase(
@@ -261,9 +389,28 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
         options.concurrency,
         options.duration,
         move |worker, n| {
-            let mut client = applications.clone();
+            let clients = clients.clone();
             let request = sample_submission(&matter, format!("bench-{run_id}-{worker}-{n}"));
-            async move { client.submit_application(request).await.is_ok() }
+            async move {
+                submit_with_retries(
+                    clients.len(),
+                    worker,
+                    &request,
+                    RETRY_BOUND,
+                    |node, request| {
+                        let mut client = clients[node].clone();
+                        async move {
+                            let mut call = tonic::Request::new(request);
+                            call.set_timeout(ATTEMPT_TIMEOUT);
+                            client
+                                .submit_application(call)
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    },
+                )
+                .await
+            }
         },
     )
     .await;
@@ -273,6 +420,62 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(replayed: bool) -> Result<SubmitApplicationResponse, tonic::Status> {
+        Ok(SubmitApplicationResponse {
+            application: None,
+            replayed,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_no_node_answers_goes_to_the_next_with_the_same_id() {
+        let request = sample_submission("elderly-subsidy", "r-1".into());
+        let seen = std::sync::Mutex::new(Vec::new());
+        // Node 1 is down; node 2 had decided the first attempt.
+        let outcome = submit_with_retries(3, 1, &request, RETRY_BOUND, |node, r| {
+            seen.lock().unwrap().push((node, r.request_id.clone()));
+            async move {
+                match node {
+                    1 => Err(tonic::Status::unavailable("connection refused")),
+                    _ => answer(true),
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            outcome,
+            CallOutcome {
+                ok: true,
+                retries: 1,
+                replayed: true
+            }
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(1, "r-1".to_owned()), (2, "r-1".to_owned())]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_not_retried_and_retries_stop_at_the_bound() {
+        let request = sample_submission("elderly-subsidy", "r-2".into());
+        let refused = submit_with_retries(2, 0, &request, RETRY_BOUND, |_, _| async {
+            Err(tonic::Status::already_exists("request_id reused"))
+        })
+        .await;
+        assert_eq!(refused, CallOutcome::default());
+        // Every node down: retried (paused clock) until the bound, then failed.
+        let down = submit_with_retries(2, 0, &request, Duration::from_secs(1), |_, _| async {
+            Err(tonic::Status::unavailable("down"))
+        })
+        .await;
+        assert!(!down.ok);
+        assert_eq!(
+            u64::from(down.retries),
+            Duration::from_secs(1).as_millis() as u64 / RETRY_PAUSE.as_millis() as u64
+        );
+    }
 
     #[test]
     fn percentiles_pick_the_nearest_rank() {

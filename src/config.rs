@@ -40,11 +40,12 @@
 //! [cluster]                     # cluster mode; absent: one node, no etcd
 //! etcd = ["http://127.0.0.1:2379", "http://127.0.0.1:22379"]
 //! etcd_prefix = "/proofgate/"
+//! idempotency_window = "7d"     # how long a request_id is remembered cluster-wide
 //! # etcd_ca = "etcd/ca.pem"; etcd_cert = "..."; etcd_key = "..."  (etcd over TLS)
 //! ```
 //!
 //! Cluster flags (`--etcd`, `--etcd-ca`, `--etcd-cert`, `--etcd-key`,
-//! `--etcd-prefix`) override the `[cluster]` table field by field;
+//! `--etcd-prefix`, `--idempotency-window`) override the `[cluster]` table field by field;
 //! `--etcd` (or the table's `etcd`) is what turns cluster mode on.
 
 use std::collections::HashMap;
@@ -109,6 +110,7 @@ struct FileCluster {
     etcd_cert: Option<PathBuf>,
     etcd_key: Option<PathBuf>,
     etcd_prefix: Option<String>,
+    idempotency_window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +216,8 @@ pub struct Flags {
     pub etcd_cert: Option<PathBuf>,
     pub etcd_key: Option<PathBuf>,
     pub etcd_prefix: Option<String>,
+    /// `--idempotency-window`; None: not given.
+    pub idempotency_window: Option<std::time::Duration>,
     /// `--tls-poll-seconds` (0: no polling); None: not given.
     pub tls_poll_seconds: Option<u64>,
     /// `--certs DIR`: a shared PKI folder.
@@ -312,7 +316,8 @@ fn resolve_cluster(
         || flags.etcd_ca.is_some()
         || flags.etcd_cert.is_some()
         || flags.etcd_key.is_some()
-        || flags.etcd_prefix.is_some();
+        || flags.etcd_prefix.is_some()
+        || flags.idempotency_window.is_some();
     if !given {
         return Ok(());
     }
@@ -333,6 +338,9 @@ fn resolve_cluster(
     }
     if let Some(v) = &flags.etcd_prefix {
         options.prefix = v.clone();
+    }
+    if let Some(v) = flags.idempotency_window {
+        options.idempotency_window = v;
     }
     *cluster = Some(options.validated().map_err(|e| e.to_string())?);
     Ok(())
@@ -517,6 +525,11 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
             prefix: table
                 .etcd_prefix
                 .unwrap_or_else(|| crate::cluster::DEFAULT_PREFIX.into()),
+            idempotency_window: match &table.idempotency_window {
+                Some(text) => crate::cluster::parse_window(text)
+                    .map_err(|e| invalid(format!("[cluster]: {e}")))?,
+                None => crate::cluster::DEFAULT_IDEMPOTENCY_WINDOW,
+            },
         };
         serve.cluster = Some(
             options
@@ -851,6 +864,43 @@ mod tests {
             ..Flags::default()
         };
         assert!(mocks(None, &both).is_err_and(|e| e.contains("contradict")));
+    }
+
+    #[test]
+    fn the_idempotency_window_comes_from_the_table_or_the_flag() {
+        let file =
+            write("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nidempotency_window = \"36h\"\n");
+        let config = resolve(Some(file.path()), &HashMap::new(), &Flags::default()).unwrap();
+        assert_eq!(
+            config.serve.cluster.unwrap().idempotency_window,
+            std::time::Duration::from_secs(36 * 3600)
+        );
+        let flags = Flags {
+            idempotency_window: Some(std::time::Duration::from_secs(600)),
+            ..Flags::default()
+        };
+        let config = resolve(Some(file.path()), &HashMap::new(), &flags).unwrap();
+        assert_eq!(
+            config.serve.cluster.unwrap().idempotency_window,
+            std::time::Duration::from_secs(600)
+        );
+        let config = resolve(
+            None,
+            &HashMap::new(),
+            &Flags {
+                etcd: vec!["http://127.0.0.1:1".into()],
+                ..Flags::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            config.serve.cluster.unwrap().idempotency_window,
+            crate::cluster::DEFAULT_IDEMPOTENCY_WINDOW
+        );
+        let bad =
+            write("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nidempotency_window = \"7w\"\n");
+        let err = resolve(Some(bad.path()), &HashMap::new(), &Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("idempotency window `7w`"), "{err}");
     }
 
     #[test]

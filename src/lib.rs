@@ -12,7 +12,7 @@
 //!  → cli              one function per subcommand: a report or an error, the exit code
 //!  → config, bench    configuration precedence; the load generator
 //!  → server           assembly, gRPC service impls, the error boundary, HTTP: /metrics, the console
-//!  → operations, cluster  spot checks, dishonesty records, statistics, console figures; etcd session and node directory
+//!  → operations, cluster  spot checks, dishonesty records, statistics, console figures; etcd session, node directory, reservations
 //!  → gateway          ApplicationService logic: one application from request to log
 //!  → departments      directory and clients, registry, mocks (used by server/cli only)
 //!  → security         keys and key rotation, certificates and CRLs, the node's reloadable TLS,
@@ -33,7 +33,7 @@
 //! | [`bench`](mod@bench) | the load generator                                          |
 //! | [`server`]      | assembling and running a node; gRPC services; error boundary|
 //! | [`operations`]  | spot checks, dishonesty records, statistics                 |
-//! | [`cluster`]     | cluster mode: etcd session, node directory (`serve --etcd`) |
+//! | [`cluster`]     | cluster mode: etcd session, node directory, request reservations (`serve --etcd`) |
 //! | [`gateway`]     | one application from request to log, watchers               |
 //! | [`departments`] | data-source directory, registry, mock departments           |
 //! | [`security`]    | keys, mutual TLS certificates, revocation lists and reloads, caller roles, rate limits, signed policy sets |

@@ -147,6 +147,12 @@ pub fn projections_of(
                 &revoked.subject_pseudonym,
             )));
         }
+        // The orphan no longer answers its request on this node: a retry
+        // goes by the cluster's reservation to the acknowledged decision.
+        Event::DecisionSuperseded(superseded) => out.push(Projection::Delete(request_key(
+            &superseded.caller,
+            &superseded.request_id,
+        ))),
         Event::DataSourceChanged(changed) => {
             if let Some(source) = &changed.source {
                 let key = data_source_key(&source.department_id);

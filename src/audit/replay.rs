@@ -37,6 +37,10 @@ pub struct Discrepancy {
 pub struct ReplayReport {
     pub entries: u64,
     pub decisions: u64,
+    /// Decisions a later entry marks superseded (cluster orphans): replayed
+    /// like the others, but their requests count once, by the decision the
+    /// cluster acknowledged (on another node).
+    pub superseded: u64,
     pub completions: u64,
     pub policy_versions: u64,
     /// Each policy set the log records, in order, with who approved it.
@@ -63,6 +67,8 @@ struct Replayer {
     answers: AnswerVerifier,
     /// Live dishonesty records by pseudonym: their end date.
     dishonest: HashMap<Vec<u8>, String>,
+    /// Decisions marked superseded so far.
+    superseded: std::collections::HashSet<String>,
     report: ReplayReport,
 }
 
@@ -138,6 +144,17 @@ impl Replayer {
             }
             Some(Event::DishonestyRevoked(revoked)) => {
                 self.dishonest.remove(&revoked.subject_pseudonym);
+            }
+            Some(Event::DecisionSuperseded(superseded)) => {
+                if !self.superseded.insert(superseded.application_id.clone()) {
+                    self.differs(
+                        index,
+                        &superseded.application_id,
+                        "decision marked superseded twice".into(),
+                    );
+                } else {
+                    self.report.superseded += 1;
+                }
             }
             Some(Event::KeyRotated(_)) | None => {}
         }

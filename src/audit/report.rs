@@ -74,6 +74,17 @@ pub fn replay_table(report: &ReplayReport, seconds: f64) -> String {
     );
     row(&mut out, "entries", report.entries);
     row(&mut out, "decisions replayed", report.decisions);
+    if report.superseded > 0 {
+        row(
+            &mut out,
+            "superseded (orphans)",
+            format!(
+                "{} (requests decided: {})",
+                report.superseded,
+                report.decisions.saturating_sub(report.superseded)
+            ),
+        );
+    }
     row(&mut out, "completions replayed", report.completions);
     row(&mut out, "policy versions", report.policy_versions);
     row(&mut out, "signatures checked", report.answers_checked);
@@ -110,6 +121,8 @@ pub fn replay_json(report: &ReplayReport, seconds: f64) -> Value {
         "ok": report.discrepancies.is_empty(),
         "entries": report.entries,
         "decisions": report.decisions,
+        "superseded": report.superseded,
+        "requests_decided": report.decisions.saturating_sub(report.superseded),
         "completions": report.completions,
         "policy_versions": report.policy_versions,
         "policy_approvals": report.policy_approvals.iter().map(|p| json!({

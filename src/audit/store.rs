@@ -104,6 +104,9 @@ pub struct AuditStore {
 
 pub(super) const FRONTIER_KEY: &[u8] = b"mfrontier";
 
+/// The sled tree of [`AuditStore::note_reservation`].
+const RESERVATION_NOTES_TREE: &str = "cluster-reservation-notes";
+
 /// The version of the policy set logged last.
 pub const POLICY_VERSION_KEY: &[u8] = b"mpolicy-version";
 
@@ -339,6 +342,50 @@ impl AuditStore {
         let id = String::from_utf8(id.to_vec())
             .map_err(|_| StoreError::Corrupt("request record is not UTF-8".into()))?;
         Ok(Some((*digest, id)))
+    }
+
+    /// Cluster mode: notes that this node reserved a request in etcd and may
+    /// log a decision for it that the cluster has not yet marked decided.
+    /// Kept in their own sled tree, outside the log and its projections
+    /// (`audit rebuild` has nothing to say about them); a note written
+    /// before a decision is made durable by the same flush as the decision.
+    fn reservation_notes(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(RESERVATION_NOTES_TREE)?)
+    }
+
+    /// Notes a reservation (not flushed by itself: the decision's batch
+    /// flushes it).
+    pub fn note_reservation(&self, caller: &str, request_id: &str) -> Result<(), StoreError> {
+        self.reservation_notes()?
+            .insert(request_key(caller, request_id), &[])?;
+        Ok(())
+    }
+
+    /// The reservation is settled (marked decided, or its orphan superseded).
+    pub fn forget_reservation(&self, caller: &str, request_id: &str) -> Result<(), StoreError> {
+        self.reservation_notes()?
+            .remove(request_key(caller, request_id))?;
+        Ok(())
+    }
+
+    /// Every noted reservation: (caller, request id).
+    pub fn noted_reservations(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.reservation_notes()?.iter() {
+            let (key, _) = item?;
+            let rest = key.get(1..).unwrap_or_default();
+            let Some(split) = rest.iter().position(|b| *b == 0) else {
+                return Err(StoreError::Corrupt(
+                    "reservation note has no separator".into(),
+                ));
+            };
+            let text = |bytes: &[u8]| {
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|_| StoreError::Corrupt("reservation note is not UTF-8".into()))
+            };
+            out.push((text(&rest[..split])?, text(&rest[split + 1..])?));
+        }
+        Ok(out)
     }
 
     pub fn ticket(
@@ -610,6 +657,30 @@ impl AuditStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reservation_notes_are_kept_apart_from_the_log_and_listed_by_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let store = AuditStore::open(&path).unwrap();
+        store.note_reservation("hall-1", "r-1").unwrap();
+        store.note_reservation("hall-1", "r-2").unwrap();
+        store.forget_reservation("hall-1", "r-1").unwrap();
+        assert_eq!(
+            store.noted_reservations().unwrap(),
+            vec![("hall-1".to_owned(), "r-2".to_owned())]
+        );
+        // Not a key of the log's tree: rebuild and usage do not see it.
+        assert!(store
+            .db
+            .get(request_key("hall-1", "r-2"))
+            .unwrap()
+            .is_none());
+        store.db.flush().unwrap();
+        drop(store);
+        let again = AuditStore::open(&path).unwrap();
+        assert_eq!(again.noted_reservations().unwrap().len(), 1);
+    }
 
     #[test]
     fn usage_counts_keys_and_bytes_per_kind_and_sizes_the_folder() {

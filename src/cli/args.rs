@@ -113,6 +113,11 @@ pub struct EtcdArgs {
     /// Every key of this cluster lives under it [default: /proofgate/]
     #[arg(long, value_name = "PREFIX")]
     pub etcd_prefix: Option<String>,
+    /// How long a request's reservation is kept across the cluster: a retry
+    /// of the same request_id within it gets the first decision (e.g. 7d,
+    /// 36h, 90m) [default: 7d]
+    #[arg(long, value_name = "DURATION", value_parser = crate::cluster::parse_window)]
+    pub idempotency_window: Option<std::time::Duration>,
 }
 
 impl EtcdArgs {
@@ -127,6 +132,9 @@ impl EtcdArgs {
                 .etcd_prefix
                 .clone()
                 .unwrap_or_else(|| crate::cluster::DEFAULT_PREFIX.into()),
+            idempotency_window: self
+                .idempotency_window
+                .unwrap_or(crate::cluster::DEFAULT_IDEMPOTENCY_WINDOW),
         }
         .validated()
     }
@@ -412,6 +420,7 @@ impl ServeArgs {
             etcd_cert: self.etcd.etcd_cert.clone(),
             etcd_key: self.etcd.etcd_key.clone(),
             etcd_prefix: self.etcd.etcd_prefix.clone(),
+            idempotency_window: self.etcd.idempotency_window,
             tls_poll_seconds: self.tls_poll_seconds,
             certs: self.certs.clone(),
             advertise_address: self.advertise_address.clone(),
@@ -423,8 +432,17 @@ impl ServeArgs {
 // No doc comment here: the `Bench` variant's is the subcommand's help.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    #[arg(long, default_value = "https://127.0.0.1:50051")]
-    pub endpoint: String,
+    /// The gateway, or the nodes of a cluster, comma-separated: workers are
+    /// spread over them, and a request a node does not answer is sent with
+    /// the same request_id to the next node (retries and `replayed` answers
+    /// are reported).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "URL",
+        default_value = "https://127.0.0.1:50051"
+    )]
+    pub endpoint: Vec<String>,
     /// Certificates folder (the load generator is hall-wucheng.hall.proofgate).
     #[arg(long, default_value = "proofgate-data/certs")]
     pub certs: PathBuf,

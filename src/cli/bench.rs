@@ -16,7 +16,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, CliError> {
         fanout.push((name.to_owned(), uri.to_owned()));
     }
     let options = BenchOptions {
-        endpoint: args.endpoint,
+        endpoints: args.endpoint,
         concurrency: args.concurrency,
         duration: Duration::from_secs(args.seconds),
         matter: args.matter,
@@ -26,7 +26,9 @@ pub async fn run(args: BenchArgs) -> Result<Report, CliError> {
     // Printed now: the phases take a while.
     println!(
         "bench: {} for {}s per phase at concurrency {}",
-        options.endpoint, args.seconds, options.concurrency
+        options.endpoints.join(","),
+        args.seconds,
+        options.concurrency
     );
     let reports = bench::run(&options).await.map_err(CliError::Bench)?;
     let text = reports.iter().map(|r| format!("{r}\n")).collect();

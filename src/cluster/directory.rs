@@ -25,6 +25,11 @@ pub struct NodeRecord {
     pub updated_unix_ms: u64,
     /// The proofgate version it runs.
     pub software: String,
+    /// Names (without revealing) the pseudonym key its request digests and
+    /// pseudonyms are made with; every node of a cluster needs the same.
+    /// Empty in records of nodes from before it was published.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest_key: String,
 }
 
 impl NodeRecord {
@@ -165,6 +170,7 @@ mod tests {
                 tree_size: 7,
                 updated_unix_ms: 1,
                 software: "0.1.0".into(),
+                digest_key: "0123abcd".into(),
             },
             lease: "694d8f".into(),
             lease_ttl_s: ttl,

@@ -10,21 +10,28 @@
 //!   when the node dies; [`list_nodes`] for `proofgate cluster status`;
 //! - the node's etcd session ([`Session`]): registers create-if-absent (a
 //!   second live node with the same id is refused), keeps the lease alive,
-//!   republishes tree size and policy version, and answers [`DecideGate::check`]
-//!   before every decision: a node that cannot prove its session is live
-//!   decides nothing. It re-grants and re-registers by itself when etcd
-//!   returns.
+//!   republishes tree size and policy version; it re-grants and re-registers
+//!   by itself when etcd returns;
+//! - idempotency across nodes ([`Reservations`]): each submission reserves
+//!   `(caller, request_id)` under `<prefix>requests/` before it is decided,
+//!   in a transaction that also proves the node's session is live (no
+//!   quorum, no live session: nothing decided), and marks it decided once
+//!   durable; a retry on any node finds it.
 //!
 //! Layer: below `server` (which joins at start and gates submissions), beside
 //! `operations`; it names no module above the leaves, so the node's state
 //! (tree size, policy version) is handed in as a [`ProgressFn`].
 
 pub mod directory;
+mod reservations;
 mod session;
 pub mod shared;
 
 pub use directory::{list_nodes, render_table, ListedNode, NodeRecord};
-pub use session::{DecideGate, Progress, ProgressFn, Session};
+pub use reservations::{
+    request_key, Reservation, Reservations, Reserved, DEFAULT_IDEMPOTENCY_WINDOW,
+};
+pub use session::{Progress, ProgressFn, Session};
 pub use shared::{ChangeFn, SharedFolder, SharedHandle};
 
 use std::path::{Path, PathBuf};
@@ -58,6 +65,9 @@ pub struct ClusterOptions {
     pub key: Option<PathBuf>,
     /// Every key of this cluster lives under it; ends with `/`.
     pub prefix: String,
+    /// How long a request's reservation is kept: a retry within it gets
+    /// the first decision (`--idempotency-window`, default 7 days).
+    pub idempotency_window: Duration,
 }
 
 impl ClusterOptions {
@@ -69,6 +79,7 @@ impl ClusterOptions {
             cert: None,
             key: None,
             prefix: DEFAULT_PREFIX.into(),
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
         }
     }
 
@@ -134,6 +145,30 @@ impl ClusterOptions {
     }
 }
 
+/// Reads an idempotency window: a whole number and a unit, `d`, `h`, `m` or
+/// `s` (`7d`, `36h`, `90m`, `600s`); at least one minute.
+pub fn parse_window(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let problem = || {
+        format!("idempotency window `{text}`: give a whole number and a unit d, h, m or s (e.g. 7d, 36h), at least 1m")
+    };
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let number: u64 = number.parse().map_err(|_| problem())?;
+    let seconds = match unit {
+        "d" => number.checked_mul(86_400),
+        "h" => number.checked_mul(3_600),
+        "m" => number.checked_mul(60),
+        "s" => Some(number),
+        _ => None,
+    }
+    .ok_or_else(problem)?;
+    // etcd keeps a lease for at most about 285 years; a window is far less.
+    if !(60..=100 * 365 * 86_400).contains(&seconds) {
+        return Err(problem());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
 #[derive(Debug, Error)]
 pub enum ClusterError {
     /// Options that cannot work (exit 64).
@@ -173,8 +208,32 @@ pub enum ClusterError {
     /// The watch of shared records broke (they may be stale until it is back).
     #[error("watch of shared records: {0}")]
     Watch(String),
-    /// A record under the prefix that is not a node record.
-    #[error("record {key} is not a node record: {source}")]
+    /// The request is reserved by a live node that has not finished
+    /// deciding it within the caller's deadline.
+    #[error("request `{request_id}` is still being decided by node `{owner}`; retry with the same request_id in a moment (nothing else was decided)")]
+    StillDeciding { owner: String, request_id: String },
+    /// This node decided, but etcd could not confirm the decision, so it is
+    /// not acknowledged.
+    #[error("request `{request_id}`: the cluster's etcd could not confirm the decision, so it is not acknowledged; retry with the same request_id to get the one decision the cluster keeps")]
+    Unconfirmed { request_id: String },
+    /// Another node took the request over while this one decided it.
+    #[error("request `{request_id}` was taken over by another node while this node decided it; retry with the same request_id to get the decision the cluster keeps")]
+    TakenOver { request_id: String },
+    /// The node that owns an application (or holds a request's decision)
+    /// cannot be asked now. `what` names it: "application X", "request `r`
+    /// (application X)".
+    #[error("{what} belongs to node `{owner}`, which cannot be reached now ({reason}); retry later (nothing was decided here)")]
+    OwnerUnreachable {
+        owner: String,
+        what: String,
+        reason: String,
+    },
+    /// A reservation made by a node whose request digests are keyed
+    /// differently: the two cannot tell whether requests are the same.
+    #[error("request reserved by node `{owner}`, whose pseudonym key differs from this node's: every node of a cluster needs the same keys/pseudonym.key (nothing was decided)")]
+    DigestKeyMismatch { owner: String },
+    /// A record under the prefix that is not a node or reservation record.
+    #[error("record {key} is not a record proofgate wrote: {source}")]
     BadRecord {
         key: String,
         #[source]
@@ -249,6 +308,27 @@ mod tests {
         options.prefix = "/city-a".into();
         let options = options.validated().unwrap();
         assert_eq!(options.node_key("node-2"), "/city-a/nodes/node-2");
+    }
+
+    #[test]
+    fn windows_read_with_their_unit_and_nonsense_is_refused() {
+        assert_eq!(parse_window("7d"), Ok(DEFAULT_IDEMPOTENCY_WINDOW));
+        assert_eq!(parse_window("36h"), Ok(Duration::from_secs(36 * 3600)));
+        assert_eq!(parse_window(" 90m "), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_window("600s"), Ok(Duration::from_secs(600)));
+        for bad in [
+            "",
+            "7",
+            "d",
+            "7w",
+            "-1d",
+            "30s",
+            "1.5h",
+            "99999999999999999d",
+        ] {
+            let e = parse_window(bad).expect_err(bad);
+            assert!(e.contains("e.g. 7d"), "{e}");
+        }
     }
 
     #[test]

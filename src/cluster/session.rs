@@ -8,7 +8,7 @@
 //!   when its tree size or policy version changed.
 //! - **Lose**: a renewal that fails or times out, or a lease etcd no longer
 //!   knows, ends the session at once: the node stops deciding
-//!   ([`DecideGate::check`] answers [`ClusterError::NotLive`]) and health
+//!   (reservations answer [`ClusterError::NotLive`]) and health
 //!   says NOT_SERVING for ApplicationService.
 //! - **Recover**: every [`RETRY_EVERY`], grant a new lease and put the record
 //!   under it — if the key is absent, or still held by our previous lease.
@@ -16,10 +16,10 @@
 //!   another node took the id meanwhile: the node keeps not deciding, and
 //!   says so in its log.
 //!
-//! Before each decision [`DecideGate::check`] also reads the record back
-//! (a linearizable read, so it needs a quorum): a node that lost etcd
-//! between two renewals does not decide on a stale belief that it is live.
-//! (The idempotency reservation of issue 10 will take this read's place.)
+//! Each decision is gated by its reservation ([`super::Reservations`]): the
+//! transaction that reserves the request also compares this node's record
+//! against its lease, so a node that lost etcd between two renewals does
+//! not decide on a stale belief that it is live.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,22 +47,34 @@ pub struct Progress {
 /// module needs nothing from the layers that hold the state.
 pub type ProgressFn = Arc<dyn Fn() -> Progress + Send + Sync>;
 
-struct Shared {
-    options: ClusterOptions,
-    client: Client,
-    key: String,
+pub(super) struct Shared {
+    pub(super) options: ClusterOptions,
+    pub(super) client: Client,
+    pub(super) key: String,
     /// The lease the record is attached to now (0: none).
     lease: AtomicI64,
     live: watch::Sender<bool>,
     record: Mutex<NodeRecord>,
     progress: ProgressFn,
-    /// Woken when a gate check finds etcd gone, so recovery starts at once.
+    /// Woken when a reservation finds etcd gone or our record lost, so
+    /// recovery starts at once.
     lost: Notify,
 }
 
 impl Shared {
-    fn lease(&self) -> i64 {
+    pub(super) fn lease(&self) -> i64 {
         self.lease.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn is_live(&self) -> bool {
+        *self.live.borrow()
+    }
+
+    /// A reservation found that this node cannot decide (etcd gone, or its
+    /// record no longer under its lease): stop deciding, recover now.
+    pub(super) fn lost_session(&self) {
+        self.set_live(false);
+        self.lost.notify_one();
     }
 
     fn record_json(&self) -> String {
@@ -224,12 +236,6 @@ pub struct Session {
     task: JoinHandle<()>,
 }
 
-/// Asked before every decision; cheap to clone.
-#[derive(Clone)]
-pub struct DecideGate {
-    shared: Arc<Shared>,
-}
-
 impl Session {
     /// Registers the node: refused with [`ClusterError::NodeIdTaken`] when a
     /// live node holds the id; an etcd that does not answer within
@@ -290,10 +296,20 @@ impl Session {
         Ok(Session { shared, task })
     }
 
-    pub fn gate(&self) -> DecideGate {
-        DecideGate {
-            shared: Arc::clone(&self.shared),
-        }
+    /// The reservations of requests this node decides, kept for `window`;
+    /// `digest_key` names the key request digests are made with.
+    pub fn reservations(
+        &self,
+        node_id: &str,
+        window: std::time::Duration,
+        digest_key: String,
+    ) -> super::Reservations {
+        super::Reservations::new(
+            Arc::clone(&self.shared),
+            node_id.to_owned(),
+            window,
+            digest_key,
+        )
     }
 
     /// True while the session is live; changes as it is lost and regained.
@@ -317,44 +333,6 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-impl DecideGate {
-    /// Ok if the node may decide now: its session is live and etcd (with a
-    /// quorum) still holds its record under its lease. Else
-    /// [`ClusterError::NotLive`]: the caller decides nothing.
-    pub async fn check(&self) -> Result<(), ClusterError> {
-        let shared = &self.shared;
-        if !*shared.live.borrow() {
-            return Err(ClusterError::NotLive);
-        }
-        let lease = shared.lease();
-        let read = bounded(
-            &shared.options,
-            shared.client.clone().get(shared.key.as_bytes(), None),
-        )
-        .await;
-        match read {
-            Ok(response) if response.kvs().first().is_some_and(|kv| kv.lease() == lease) => Ok(()),
-            Ok(_) => {
-                warn!(key = %shared.key, "this node's record is gone or under another lease");
-                shared.set_live(false);
-                shared.lost.notify_one();
-                Err(ClusterError::NotLive)
-            }
-            Err(e) => {
-                warn!(error = %e, "etcd read before a decision failed");
-                shared.set_live(false);
-                shared.lost.notify_one();
-                Err(ClusterError::NotLive)
-            }
-        }
-    }
-
-    /// The last known state, without asking etcd.
-    pub fn is_live(&self) -> bool {
-        *self.shared.live.borrow()
     }
 }
 

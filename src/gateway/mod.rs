@@ -124,6 +124,11 @@ impl Gateway {
         self
     }
 
+    /// The node this gateway decides for (application ids start with it).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     /// The time this gateway decides by.
     pub fn now_unix_ms(&self) -> i64 {
         self.clock.now_unix_ms()
@@ -168,19 +173,23 @@ impl Gateway {
         &self.application_locks[shard]
     }
 
-    /// Decides a submission, or returns the application an earlier request
-    /// with the same `request_id` from the same caller produced. The second
-    /// value is true for such a replay.
-    pub async fn submit(
-        self: &Arc<Self>,
-        caller: &str,
-        request: SubmitApplicationRequest,
-    ) -> Result<(Application, bool), GatewayError> {
-        let now = self.clock.now_unix_ms();
-        let id_type = check_submission(&request, now).map_err(GatewayError::Invalid)?;
+    /// Checks a submission as [`Gateway::submit`] would and returns its keyed
+    /// request digest (the one idempotency compares): cluster mode reserves
+    /// the request under it before deciding. Nothing is decided or stored.
+    pub fn admit(&self, request: &SubmitApplicationRequest) -> Result<[u8; 32], GatewayError> {
+        self.admitted(request, self.clock.now_unix_ms())
+            .map(|(_, _, digest)| digest)
+    }
+
+    fn admitted(
+        &self,
+        request: &SubmitApplicationRequest,
+        now: i64,
+    ) -> Result<(IdType, Arc<PolicySet>, [u8; 32]), GatewayError> {
+        let id_type = check_submission(request, now).map_err(GatewayError::Invalid)?;
         let policy = self.policy();
         if policy.matter(&request.matter_id).is_none() {
-            return Err(GatewayError::UnknownMatter(request.matter_id));
+            return Err(GatewayError::UnknownMatter(request.matter_id.clone()));
         }
         let unknown: Vec<FieldViolation> = request
             .commitments
@@ -195,7 +204,51 @@ impl Gateway {
         if !unknown.is_empty() {
             return Err(GatewayError::Invalid(unknown));
         }
-        let request_digest = self.pseudonyms.digest(&request.encode_to_vec());
+        Ok((
+            id_type,
+            policy,
+            self.pseudonyms.digest(&request.encode_to_vec()),
+        ))
+    }
+
+    /// Names the key request digests are made with, without revealing it:
+    /// nodes of one cluster must share it to compare requests.
+    pub fn digest_key_id(&self) -> String {
+        hex::encode(&self.pseudonyms.digest(b"proofgate digest key id")[..8])
+    }
+
+    /// Cluster mode: logs that `application_id`, decided here for
+    /// `(caller, request_id)` but never acknowledged, was superseded by the
+    /// cluster's decision `superseded_by` (empty: not known here).
+    pub async fn supersede(
+        &self,
+        application_id: &str,
+        caller: &str,
+        request_id: &str,
+        superseded_by: &str,
+    ) -> Result<Receipt, GatewayError> {
+        let event = Event::DecisionSuperseded(crate::pb::DecisionSuperseded {
+            application_id: application_id.to_owned(),
+            caller: caller.to_owned(),
+            request_id: request_id.to_owned(),
+            superseded_by: superseded_by.to_owned(),
+        });
+        let projections = projections_of(&event, None, &|_, _| None);
+        let receipt = self.audit.append(event, projections).await?;
+        info!(%application_id, %superseded_by, index = receipt.index, "orphan decision marked superseded");
+        Ok(receipt)
+    }
+
+    /// Decides a submission, or returns the application an earlier request
+    /// with the same `request_id` from the same caller produced. The second
+    /// value is true for such a replay.
+    pub async fn submit(
+        self: &Arc<Self>,
+        caller: &str,
+        request: SubmitApplicationRequest,
+    ) -> Result<(Application, bool), GatewayError> {
+        let now = self.clock.now_unix_ms();
+        let (id_type, policy, request_digest) = self.admitted(&request, now)?;
         // Under the map's lock, a request is either in flight, or stored
         // (its task leaves the map only once its entry is durable), or new:
         // so it is decided once, however many duplicates arrive, on any

@@ -128,6 +128,16 @@ impl StatisticsFold {
             Some(Event::DishonestyRevoked(r)) => {
                 self.dishonest.remove(&r.subject_pseudonym);
             }
+            // A cluster orphan: its request counts once, by the decision the
+            // cluster acknowledged (on another node), so this one leaves the
+            // figures.
+            Some(Event::DecisionSuperseded(s)) => {
+                if let Some(application) = self.applications.remove(&s.application_id) {
+                    let sampled = application.proofs.iter().filter(|p| p.spot_check).count() as u64;
+                    self.spot_checks_sampled = self.spot_checks_sampled.saturating_sub(sampled);
+                }
+                self.decided_on.remove(&s.application_id);
+            }
             Some(Event::PolicySetLoaded(p)) => self.policy_version = p.policy_version,
             _ => {}
         }

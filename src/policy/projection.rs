@@ -158,7 +158,8 @@ pub fn apply(
         | Event::DataSourceChanged(_)
         | Event::KeyRotated(_)
         | Event::SpotCheckRecorded(_)
-        | Event::DishonestyRevoked(_) => Err(ApplyError::NotAnApplicationEvent),
+        | Event::DishonestyRevoked(_)
+        | Event::DecisionSuperseded(_) => Err(ApplyError::NotAnApplicationEvent),
     }
 }
 

@@ -25,6 +25,17 @@ use crate::metrics::Metrics;
 /// Header naming the caller in `--insecure-plaintext` mode only.
 pub const PLAINTEXT_IDENTITY_HEADER: &str = "x-proofgate-identity";
 
+/// Header by which a gateway node forwarding a call (cluster mode: to the
+/// node that owns the application) names the caller it acts for. Honoured
+/// only from a caller whose role is `gateway`; from anyone else the call is
+/// refused.
+pub const ON_BEHALF_OF_HEADER: &str = "x-proofgate-on-behalf-of";
+
+/// Set on a request a gateway node forwarded: which node forwarded it. A
+/// forwarded call is answered where it lands, never forwarded again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedBy(pub String);
+
 /// Calls per second per caller, by role and by identity.
 #[derive(Debug, Clone)]
 pub struct RateLimits {
@@ -247,6 +258,37 @@ impl<C: Clock + Clone> Interceptor for ServiceGate<C> {
 impl<C: Clock + Clone> ServiceGate<C> {
     fn admit(&self, request: &mut Request<()>) -> Result<(), Status> {
         let caller = self.guard.authenticate(request)?;
+        // The node's own rate holds for what it forwards.
+        let limited = caller.clone();
+        let on_behalf = request
+            .metadata()
+            .get(ON_BEHALF_OF_HEADER)
+            .map(|v| v.to_str().map(str::to_owned));
+        let caller = match on_behalf {
+            None => caller,
+            Some(_) if caller.role != Role::Gateway => {
+                warn!(caller = %caller, "refused: only a gateway node may act on behalf of another caller");
+                return Err(Status::permission_denied(format!(
+                    "{caller} may not act on behalf of another caller (only gateway nodes forward calls)"
+                )));
+            }
+            Some(Err(_)) => {
+                return Err(Status::invalid_argument(format!(
+                    "`{ON_BEHALF_OF_HEADER}` is not a readable identity"
+                )))
+            }
+            Some(Ok(identity)) => {
+                let role = self.guard.state.roles.role_of(&identity).ok_or_else(|| {
+                    Status::permission_denied(format!(
+                        "identity `{identity}` has no role at this gateway"
+                    ))
+                })?;
+                request
+                    .extensions_mut()
+                    .insert(ForwardedBy(caller.identity.clone()));
+                Caller { identity, role }
+            }
+        };
         if !self.allowed.contains(&caller.role.kind()) {
             warn!(caller = %caller, service = self.service, "refused: role may not use this service");
             return Err(Status::permission_denied(format!(
@@ -254,7 +296,7 @@ impl<C: Clock + Clone> ServiceGate<C> {
                 self.service
             )));
         }
-        self.guard.limit(&caller)?;
+        self.guard.limit(&limited)?;
         request.extensions_mut().insert(caller);
         Ok(())
     }
@@ -370,6 +412,42 @@ mod tests {
         }
         gate.call(request)
             .map(|admitted| admitted.extensions().get::<Caller>().cloned().unwrap())
+    }
+
+    #[test]
+    fn only_a_gateway_node_may_act_on_behalf_of_a_hall() {
+        let (mut gate, _) = gate(RateLimits::default());
+        let on_behalf = |identity: &str| {
+            let mut request = Request::new(());
+            request
+                .metadata_mut()
+                .insert(PLAINTEXT_IDENTITY_HEADER, identity.parse().unwrap());
+            request
+                .metadata_mut()
+                .insert(ON_BEHALF_OF_HEADER, HALL.parse().unwrap());
+            request
+        };
+        // A node forwarding for the hall: the call is the hall's.
+        let admitted = gate.call(on_behalf("gateway.proofgate")).unwrap();
+        let caller = admitted.extensions().get::<Caller>().unwrap();
+        assert_eq!(caller.identity, HALL);
+        assert!(matches!(caller.role, Role::ServiceHall { .. }));
+        assert_eq!(
+            admitted.extensions().get::<ForwardedBy>(),
+            Some(&ForwardedBy("gateway.proofgate".into()))
+        );
+        // Another hall naming the first: refused.
+        let refused = gate.call(on_behalf(OTHER_HALL)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().contains("only gateway nodes"),
+            "{refused:?}"
+        );
+        // Without the header, a hall's own call has no ForwardedBy.
+        let own = gate.call(on_behalf(HALL)).unwrap_err();
+        assert_eq!(own.code(), tonic::Code::PermissionDenied);
+        let plain = call(&mut gate, HALL).unwrap();
+        assert_eq!(plain.identity, HALL);
     }
 
     fn retry_after_ms(status: &Status) -> u64 {

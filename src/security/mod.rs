@@ -12,8 +12,8 @@ pub mod policy_signing;
 pub mod tls;
 
 pub use authz::{
-    caller, connect, denied, resource_exhausted, Guard, IdentityHeader, RateLimits, ServiceGate,
-    PLAINTEXT_IDENTITY_HEADER,
+    caller, connect, denied, resource_exhausted, ForwardedBy, Guard, IdentityHeader, RateLimits,
+    ServiceGate, ON_BEHALF_OF_HEADER, PLAINTEXT_IDENTITY_HEADER,
 };
 pub use certs::{
     ensure_dev_certs, is_gateway_identity, issue, node_identity, standard_identities, CertError,

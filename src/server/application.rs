@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::status::invalid_field;
-use crate::cluster::DecideGate;
 use crate::gateway::{is_final, receipt_index, Gateway, GatewayError};
 use crate::metrics::Metrics;
 use crate::pb::application_service_server::ApplicationService;
@@ -19,14 +18,14 @@ use crate::pb::{
     MatterProof, ProofMode, SubmitApplicationRequest, SubmitApplicationResponse,
     WatchApplicationRequest,
 };
-use crate::security::{caller, denied, Caller, Role};
+use crate::security::{caller, denied, Caller, ForwardedBy, Role};
 
 pub struct ApplicationApi {
     gateway: Arc<Gateway>,
     metrics: Metrics,
-    /// Cluster mode: asked before every submission; None: one node, always
-    /// free to decide.
-    decide_gate: Option<DecideGate>,
+    /// Cluster mode: submissions reserve their request in etcd first; None:
+    /// one node, always free to decide.
+    cluster: Option<super::cluster_hook::ClusterSubmit>,
 }
 
 impl ApplicationApi {
@@ -34,15 +33,35 @@ impl ApplicationApi {
         Self {
             gateway,
             metrics,
-            decide_gate: None,
+            cluster: None,
         }
     }
 
-    /// Submissions wait for `gate` to allow a decision (cluster mode: a
-    /// live etcd session); refused ones are UNAVAILABLE, nothing decided.
-    pub fn with_decide_gate(mut self, gate: Option<DecideGate>) -> Self {
-        self.decide_gate = gate;
+    /// Cluster mode: submissions go through `cluster` (reserved in etcd, so
+    /// a retry on any node finds them; no live session, nothing decided).
+    pub(super) fn with_cluster(
+        mut self,
+        cluster: Option<super::cluster_hook::ClusterSubmit>,
+    ) -> Self {
+        self.cluster = cluster;
         self
+    }
+}
+
+impl ApplicationApi {
+    /// Cluster mode: the node that owns `id` when it is another one, and
+    /// the call did not come forwarded already (forwarded calls are
+    /// answered where they land, so no call goes round).
+    fn owner_elsewhere(
+        &self,
+        id: &str,
+        forwarded: bool,
+    ) -> Option<(&super::cluster_hook::ClusterSubmit, String)> {
+        let cluster = self.cluster.as_ref()?;
+        if forwarded {
+            return None;
+        }
+        cluster.owner_elsewhere(id).map(|owner| (cluster, owner))
     }
 }
 
@@ -78,6 +97,12 @@ impl ApplicationService for ApplicationApi {
         request: Request<SubmitApplicationRequest>,
     ) -> Result<Response<SubmitApplicationResponse>, Status> {
         let caller = caller(&request)?;
+        let budget = super::cluster_hook::wait_budget(
+            request
+                .metadata()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok()),
+        );
         let request = request.into_inner();
         let Role::ServiceHall { hall_id } = &caller.role else {
             return Err(denied(&caller, "submit applications (service halls only)"));
@@ -93,11 +118,11 @@ impl ApplicationService for ApplicationApi {
                 ));
             }
         }
-        if let Some(gate) = &self.decide_gate {
-            gate.check().await?;
-        }
         let started = std::time::Instant::now();
-        let (application, replayed) = self.gateway.submit(&caller.identity, request).await?;
+        let (application, replayed) = match &self.cluster {
+            Some(cluster) => cluster.submit(&caller.identity, request, budget).await?,
+            None => self.gateway.submit(&caller.identity, request).await?,
+        };
         if !replayed {
             self.metrics
                 .application(application.status().as_str_name(), started.elapsed());
@@ -113,8 +138,18 @@ impl ApplicationService for ApplicationApi {
         request: Request<GetApplicationRequest>,
     ) -> Result<Response<Application>, Status> {
         let caller = caller(&request)?;
+        let forwarded = request.extensions().get::<ForwardedBy>().is_some();
         let id = request.into_inner().application_id;
         application_id_of(&id)?;
+        if let Some((cluster, owner)) = self.owner_elsewhere(&id, forwarded) {
+            // The owner checks who may read it, as for its own callers.
+            let what = format!("application {id}");
+            let application = cluster
+                .peers()
+                .get_application(&owner, &what, &id, &caller.identity)
+                .await?;
+            return Ok(Response::new(application));
+        }
         let application = self.gateway.application(&id)?;
         may_read(&caller, &application)?;
         Ok(Response::new(application))
@@ -127,8 +162,20 @@ impl ApplicationService for ApplicationApi {
         request: Request<WatchApplicationRequest>,
     ) -> Result<Response<Self::WatchApplicationStream>, Status> {
         let caller = caller(&request)?;
+        let forwarded = request.extensions().get::<ForwardedBy>().is_some();
         let id = request.into_inner().application_id;
         application_id_of(&id)?;
+        if let Some((cluster, owner)) = self.owner_elsewhere(&id, forwarded) {
+            let stream = cluster
+                .peers()
+                .watch_application(&owner, &id, &caller.identity)
+                .await?;
+            let what = format!("application {id}");
+            // The owner's updates as they come; a broken stream says who.
+            return Ok(Response::new(Box::pin(stream.map(move |item| {
+                item.map_err(|status| super::peers::Peers::owner_status(&owner, &what, status))
+            }))));
+        }
         let current = Arc::new(self.gateway.application(&id)?);
         may_read(&caller, &current)?;
         let (tx, rx) = mpsc::channel(4);

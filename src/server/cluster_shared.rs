@@ -146,16 +146,14 @@ impl SharedDishonesty for ClusterDishonesty {
     }
 }
 
-/// Checks the pseudonym key against the cluster's, loads and follows the
-/// shared registry (into `directory`) and dishonesty records (handed to the
-/// gateway); returns the registry for [`crate::departments::Registry`].
-pub(super) async fn start(
+/// Every node of a cluster uses one pseudonym key (request digests,
+/// pseudonyms and so dishonesty records are keyed with it): the first node
+/// writes the key's fingerprint under `<prefix>pseudonym-key`, and a node
+/// with another key is refused before it joins (exit 64).
+pub(super) async fn agree_on_pseudonym_key(
     options: &ClusterOptions,
-    live: watch::Receiver<bool>,
-    directory: &Arc<DepartmentDirectory>,
-    gateway: &Gateway,
     pseudonyms: &PseudonymKey,
-) -> Result<Arc<dyn SharedSources>, ServeError> {
+) -> Result<(), ServeError> {
     cluster::shared::agree(
         options,
         PSEUDONYM_KEY,
@@ -163,6 +161,17 @@ pub(super) async fn start(
         "this node's pseudonym key (DATA_DIR/keys/pseudonym.key)",
     )
     .await?;
+    Ok(())
+}
+
+/// Loads and follows the shared registry (into `directory`) and dishonesty records (handed to the
+/// gateway); returns the registry for [`crate::departments::Registry`].
+pub(super) async fn start(
+    options: &ClusterOptions,
+    live: watch::Receiver<bool>,
+    directory: &Arc<DepartmentDirectory>,
+    gateway: &Gateway,
+) -> Result<Arc<dyn SharedSources>, ServeError> {
     let on_source: ChangeFn = {
         let directory = Arc::clone(directory);
         Arc::new(move |department, value| apply_source(&directory, department, value))

@@ -125,6 +125,17 @@ pub fn node_client(
 /// must present a gateway certificate of the PKI (every node certificate
 /// names `gateway.proofgate`). Plaintext (`http://`) without `tls`.
 pub fn node_channel(url: &str, tls: Option<&NodeTls>) -> Result<Channel, String> {
+    node_channel_expecting(url, tls, GATEWAY_IDENTITY)
+}
+
+/// [`node_channel`], with the certificate name the peer must present (a
+/// node's own `<node-id>.gateway.proofgate`, when the caller knows which
+/// node it means to reach).
+pub fn node_channel_expecting(
+    url: &str,
+    tls: Option<&NodeTls>,
+    server_identity: &str,
+) -> Result<Channel, String> {
     let channel = match tls {
         Some(tls) => {
             let authority = url
@@ -135,7 +146,7 @@ pub fn node_channel(url: &str, tls: Option<&NodeTls>) -> Result<Channel, String>
                 .map_err(|e| e.to_string())?
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
-                .connect_with_connector_lazy(tls.connector(GATEWAY_IDENTITY, peer))
+                .connect_with_connector_lazy(tls.connector(server_identity, peer))
         }
         None => Endpoint::from_shared(url.to_owned())
             .map_err(|e| e.to_string())?

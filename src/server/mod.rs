@@ -16,6 +16,7 @@ pub mod console;
 pub mod http;
 pub mod mirror;
 mod operations;
+mod peers;
 mod registry;
 pub mod status;
 
@@ -276,12 +277,18 @@ pub mod exit {
     pub fn of_cluster(e: &crate::cluster::ClusterError) -> u8 {
         use crate::cluster::ClusterError;
         match e {
-            ClusterError::Config(_) | ClusterError::ReadTls { .. } => CONFIG,
+            ClusterError::Config(_)
+            | ClusterError::ReadTls { .. }
+            | ClusterError::DigestKeyMismatch { .. } => CONFIG,
             ClusterError::Etcd { .. }
             | ClusterError::Timeout { .. }
             | ClusterError::NodeIdTaken { .. }
             | ClusterError::NotLive
-            | ClusterError::Watch(_) => UNAVAILABLE,
+            | ClusterError::Watch(_)
+            | ClusterError::StillDeciding { .. }
+            | ClusterError::Unconfirmed { .. }
+            | ClusterError::TakenOver { .. }
+            | ClusterError::OwnerUnreachable { .. } => UNAVAILABLE,
             ClusterError::BadRecord { .. } => DATA,
         }
     }
@@ -801,17 +808,27 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         .advertise_address
         .clone()
         .unwrap_or_else(|| endpoint.clone());
+    if let Some(cluster) = &options.cluster {
+        cluster_shared::agree_on_pseudonym_key(cluster, &pseudonyms).await?;
+    }
     let cluster = match &options.cluster {
-        Some(cluster) => {
-            Some(cluster_hook::join(cluster, &options.node_id, &advertised, &gateway, &log).await?)
-        }
+        Some(cluster) => Some(
+            cluster_hook::join(
+                cluster,
+                &options.node_id,
+                &advertised,
+                &gateway,
+                &log,
+                tls.clone(),
+                &identity,
+            )
+            .await?,
+        ),
         None => None,
     };
     let (shared_sources, cluster) = match (&options.cluster, cluster) {
         (Some(options), Some(joined)) => {
-            match cluster_shared::start(options, joined.live(), &directory, &gateway, &pseudonyms)
-                .await
-            {
+            match cluster_shared::start(options, joined.live(), &directory, &gateway).await {
                 Ok(shared) => (Some(shared), Some(joined)),
                 Err(e) => {
                     // Leave at once rather than when the lease runs out.
@@ -825,16 +842,19 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     let applications = InterceptedService::new(
         ApplicationServiceServer::new(
             ApplicationApi::new(Arc::clone(&gateway), metrics.clone())
-                .with_decide_gate(cluster.as_ref().map(cluster_hook::Joined::gate)),
+                .with_cluster(cluster.as_ref().map(cluster_hook::Joined::submit)),
         )
         .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service("proofgate.v1.ApplicationService", &["hall", "admin"]),
     );
     let registry = InterceptedService::new(
-        DepartmentRegistryServer::new(RegistryApi::new(
-            Registry::new(Arc::clone(&directory), log.clone()).with_shared(shared_sources),
-            Arc::clone(&gateway),
-        ))
+        DepartmentRegistryServer::new(
+            RegistryApi::new(
+                Registry::new(Arc::clone(&directory), log.clone()).with_shared(shared_sources),
+                Arc::clone(&gateway),
+            )
+            .with_cluster(cluster.as_ref().map(cluster_hook::Joined::submit)),
+        )
         .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service(
             "proofgate.v1.DepartmentRegistry",

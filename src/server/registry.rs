@@ -8,23 +8,38 @@ use tonic::{Request, Response, Status};
 
 use super::status::invalid_field;
 use crate::departments::Registry;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, GatewayError};
 use crate::pb::department_registry_server::DepartmentRegistry;
 use crate::pb::{
     CompleteVerificationRequest, CompleteVerificationResponse, DataSource,
     DeregisterDataSourceRequest, DeregisterDataSourceResponse, ListDataSourcesRequest,
     ListDataSourcesResponse, RegisterDataSourceRequest,
 };
-use crate::security::{caller, denied, Caller, Role};
+use crate::security::{caller, denied, Caller, ForwardedBy, Role};
 
 pub struct RegistryApi {
     registry: Registry,
     gateway: Arc<Gateway>,
+    /// Cluster mode: a completion for a ticket this node does not hold is
+    /// asked of the other nodes.
+    cluster: Option<super::cluster_hook::ClusterSubmit>,
 }
 
 impl RegistryApi {
     pub fn new(registry: Registry, gateway: Arc<Gateway>) -> Self {
-        Self { registry, gateway }
+        Self {
+            registry,
+            gateway,
+            cluster: None,
+        }
+    }
+
+    pub(super) fn with_cluster(
+        mut self,
+        cluster: Option<super::cluster_hook::ClusterSubmit>,
+    ) -> Self {
+        self.cluster = cluster;
+        self
     }
 }
 
@@ -84,8 +99,19 @@ impl DepartmentRegistry for RegistryApi {
         request: Request<CompleteVerificationRequest>,
     ) -> Result<Response<CompleteVerificationResponse>, Status> {
         let caller = caller(&request)?;
+        let forwarded = request.extensions().get::<ForwardedBy>().is_some();
         let request = request.into_inner();
         may_act_for(&caller, &request.department_id, "complete a verification")?;
-        Ok(Response::new(self.gateway.complete(request).await?))
+        let cluster = self.cluster.as_ref().filter(|_| !forwarded);
+        match (self.gateway.complete(request.clone()).await, cluster) {
+            // Not this node's ticket: the node that asked the department
+            // for it holds it (never decided twice: only that node can).
+            (Err(GatewayError::UnknownTicket { .. }), Some(cluster)) => Ok(Response::new(
+                cluster
+                    .complete_elsewhere(request, &caller.identity)
+                    .await?,
+            )),
+            (completed, _) => Ok(Response::new(completed?)),
+        }
     }
 }

@@ -70,6 +70,23 @@ fn log_unavailable(e: &dyn Error, message: String) -> Status {
     Status::unavailable(message)
 }
 
+/// The retry hint of a request still being decided, or decided by a node
+/// that cannot be reached now.
+const CLUSTER_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// UNAVAILABLE with a `google.rpc.RetryInfo` hint.
+fn unavailable_retry(message: String, after: std::time::Duration) -> Status {
+    let mut status = Status::with_error_details(
+        Code::Unavailable,
+        message,
+        ErrorDetails::with_retry_info(Some(after)),
+    );
+    if let Ok(value) = after.as_millis().max(1).to_string().parse() {
+        status.metadata_mut().insert("retry-after-ms", value);
+    }
+    status
+}
+
 impl From<GatewayError> for Status {
     fn from(e: GatewayError) -> Self {
         match &e {
@@ -174,9 +191,20 @@ impl From<ClusterError> for Status {
                 &e,
                 "the cluster's etcd cannot be reached, so nothing was decided; retry later or on another node".into(),
             ),
+            // Nothing new was decided; the same request_id gets the one
+            // decision the cluster keeps.
+            ClusterError::StillDeciding { .. }
+            | ClusterError::Unconfirmed { .. }
+            | ClusterError::TakenOver { .. }
+            | ClusterError::OwnerUnreachable { .. } => {
+                unavailable_retry(e.to_string(), CLUSTER_RETRY_AFTER)
+            }
+            // An operator's mistake (nodes with different pseudonym keys):
+            // logged for them, opaque to the caller.
             ClusterError::NodeIdTaken { .. }
             | ClusterError::Config(_)
             | ClusterError::ReadTls { .. }
+            | ClusterError::DigestKeyMismatch { .. }
             | ClusterError::BadRecord { .. } => internal(&e),
         }
     }
@@ -226,6 +254,33 @@ mod tests {
         let status: Status = ReadError::Missing(7).into();
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains('7'));
+    }
+
+    #[test]
+    fn a_request_still_being_decided_elsewhere_is_unavailable_with_a_retry_hint() {
+        let status: Status = ClusterError::StillDeciding {
+            owner: "node-1".into(),
+            request_id: "r-7".into(),
+        }
+        .into();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("node `node-1`") && status.message().contains("r-7"));
+        let retry = status.get_details_retry_info().expect("RetryInfo");
+        assert_eq!(retry.retry_delay, Some(CLUSTER_RETRY_AFTER));
+        let owner_down: Status = ClusterError::OwnerUnreachable {
+            owner: "node-2".into(),
+            what: "application node-2.ab".into(),
+            reason: "connection refused".into(),
+        }
+        .into();
+        assert_eq!(owner_down.code(), Code::Unavailable);
+        assert!(owner_down.message().contains("node `node-2`"));
+        let keys: Status = ClusterError::DigestKeyMismatch {
+            owner: "node-3".into(),
+        }
+        .into();
+        assert_eq!(keys.code(), Code::Internal);
+        assert!(!keys.message().contains("pseudonym.key"));
     }
 
     #[test]

@@ -194,11 +194,15 @@ pub struct Node {
     pub child: Child,
     pub endpoint: String,
     pub data_dir: PathBuf,
+    /// The shared PKI folder (`serve --certs`); None: DATA_DIR/certs.
+    pub shared_certs: Option<PathBuf>,
 }
 
 impl Node {
     pub fn certs(&self) -> PathBuf {
-        self.data_dir.join("certs")
+        self.shared_certs
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("certs"))
     }
 
     /// The verifier key the node wrote for its log.
@@ -222,6 +226,16 @@ impl Drop for Node {
 }
 
 fn node_command(etcd: &str, node_id: &str, data_dir: &Path) -> Command {
+    node_command_on(etcd, node_id, data_dir, "127.0.0.1:0", None)
+}
+
+fn node_command_on(
+    etcd: &str,
+    node_id: &str,
+    data_dir: &Path,
+    listen: &str,
+    certs: Option<&Path>,
+) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_proofgate"));
     command
         .arg("serve")
@@ -229,22 +243,67 @@ fn node_command(etcd: &str, node_id: &str, data_dir: &Path) -> Command {
         .arg(data_dir)
         .arg("--policies")
         .arg(super::common::policies_dir())
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
-        .args(["--node-id", node_id, "--etcd", etcd])
-        .env("RUST_LOG", "info");
+        .args(["--listen", listen, "--metrics-listen", "off"])
+        .args(["--node-id", node_id, "--etcd", etcd]);
+    if let Some(certs) = certs {
+        // Nodes of a shared PKI run the in-process mock departments (off by
+        // default with --etcd), each registering them in the shared registry.
+        command.arg("--certs").arg(certs).arg("--mock-departments");
+    }
+    command.env("RUST_LOG", "info");
     command
 }
 
 /// Starts a node and waits until it serves (it prints its address).
 pub fn spawn_node(etcd: &str, node_id: &str, data_dir: &Path) -> Node {
-    spawn_node_with(etcd, node_id, data_dir, &[])
+    spawn_node_on(etcd, node_id, data_dir, "127.0.0.1:0", None, &[])
 }
 
 /// [`spawn_node`] with more `serve` arguments.
 pub fn spawn_node_with(etcd: &str, node_id: &str, data_dir: &Path, extra: &[&str]) -> Node {
+    spawn_node_on(etcd, node_id, data_dir, "127.0.0.1:0", None, extra)
+}
+
+/// Starts a node of a shared PKI (`serve --certs certs`, made by
+/// `proofgate dev-certs`: the node presents `<node-id>.gateway.proofgate`).
+pub fn spawn_pki_node(etcd: &str, node_id: &str, data_dir: &Path, certs: &Path) -> Node {
+    spawn_node_on(etcd, node_id, data_dir, "127.0.0.1:0", Some(certs), &[])
+}
+
+/// Restarts a node that was killed, on its data and its address (so
+/// clients' channels reconnect to it by themselves).
+pub fn restart_node(etcd: &str, node_id: &str, old: &Node) -> Node {
+    let listen = old
+        .endpoint
+        .split("://")
+        .nth(1)
+        .unwrap_or(&old.endpoint)
+        .to_owned();
+    spawn_node_on(
+        etcd,
+        node_id,
+        &old.data_dir,
+        &listen,
+        old.shared_certs.as_deref(),
+        &[],
+    )
+}
+
+fn spawn_node_on(
+    etcd: &str,
+    node_id: &str,
+    data_dir: &Path,
+    listen: &str,
+    certs: Option<&Path>,
+    extra: &[&str],
+) -> Node {
     std::fs::create_dir_all(data_dir).expect("data dir");
-    let log = File::create(data_dir.with_extension("log")).expect("node log");
-    let mut child = node_command(etcd, node_id, data_dir)
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.with_extension("log"))
+        .expect("node log");
+    let mut child = node_command_on(etcd, node_id, data_dir, listen, certs)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -275,6 +334,45 @@ pub fn spawn_node_with(etcd: &str, node_id: &str, data_dir: &Path, extra: &[&str
         child,
         endpoint,
         data_dir: data_dir.to_path_buf(),
+        shared_certs: certs.map(Path::to_path_buf),
+    }
+}
+
+/// A shared PKI for a cluster's nodes and its clients: `proofgate dev-certs
+/// --dir DIR` (CA, hall/auditor/... certificates, node-1..3).
+pub fn dev_certs(dir: &Path) -> PathBuf {
+    let certs = dir.join("pki");
+    let out = Command::new(env!("CARGO_BIN_EXE_proofgate"))
+        .args(["dev-certs", "--dir"])
+        .arg(&certs)
+        .output()
+        .expect("proofgate dev-certs runs");
+    assert!(out.status.success(), "{out:?}");
+    certs
+}
+
+/// Node data folders that share one pseudonym key (nodes of a cluster
+/// compare request digests and pseudonyms made with it), each with its own
+/// signing key: `proofgate keygen` for each, then the first's pseudonym key
+/// copied to the others.
+pub fn share_pseudonym_key(data_dirs: &[&Path]) {
+    for data_dir in data_dirs {
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let keygen = Command::new(env!("CARGO_BIN_EXE_proofgate"))
+            .args(["keygen", "--data-dir"])
+            .arg(data_dir)
+            .output()
+            .expect("proofgate keygen runs");
+        assert!(keygen.status.success(), "{keygen:?}");
+    }
+    let Some((first, rest)) = data_dirs.split_first() else {
+        return;
+    };
+    let seed = first.join("keys").join("pseudonym.key");
+    for data_dir in rest {
+        let key = data_dir.join("keys").join("pseudonym.key");
+        std::fs::remove_file(&key).expect("generated pseudonym key");
+        std::fs::copy(&seed, &key).expect("shared pseudonym key");
     }
 }
 

@@ -7,12 +7,13 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod etcd;
+mod idempotency;
 mod shared;
 
 use std::time::{Duration, Instant};
 
 use common::*;
-use etcd::{cluster_status, run_node_to_end, spawn_node, EtcdCluster, BOUND};
+use etcd::{cluster_status, run_node_to_end, share_pseudonym_key, spawn_node, EtcdCluster, BOUND};
 use proofgate::pb::application_service_client::ApplicationServiceClient;
 use proofgate::pb::audit_service_client::AuditServiceClient;
 use proofgate::pb::{GetCheckpointRequest, SubmitApplicationResponse};
@@ -26,6 +27,8 @@ async fn a_node_joins_shows_in_cluster_status_and_its_id_cannot_be_taken_twice()
         return;
     };
     let dir = tempfile::tempdir().unwrap();
+    // One pseudonym key, so the second node below is refused for its id alone.
+    share_pseudonym_key(&[&dir.path().join("n1"), &dir.path().join("n1-again")]);
     let node = spawn_node(&etcd.endpoints(), "node-1", &dir.path().join("n1"));
 
     // The table: one row with what the node published.
@@ -250,20 +253,8 @@ async fn each_node_mirrors_the_next_one_by_default() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // One pseudonym key for the cluster (a node with another is refused).
-    for id in ["node-1", "node-2"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_proofgate"))
-            .args(["keygen", "--data-dir"])
-            .arg(dir.path().join(id))
-            .output()
-            .expect("proofgate runs");
-        assert!(out.status.success(), "keygen: {out:?}");
-    }
-    std::fs::copy(
-        dir.path().join("node-1/keys/pseudonym.key"),
-        dir.path().join("node-2/keys/pseudonym.key"),
-    )
-    .unwrap();
+    // Nodes of one cluster share the pseudonym key (refused at start else).
+    etcd::share_pseudonym_key(&[&dir.path().join("node-1"), &dir.path().join("node-2")]);
     let mut nodes = Vec::new();
     for id in ["node-1", "node-2"] {
         let mut options = options(&dir.path().join(id));
