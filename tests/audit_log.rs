@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 async fn read_all(gw: &TestGateway) -> (Vec<Vec<u8>>, proofgate::pb::Checkpoint) {
     let checkpoint = gw
         .audit()
-        .get_checkpoint(GetCheckpointRequest {})
+        .get_checkpoint(GetCheckpointRequest::default())
         .await
         .unwrap()
         .into_inner();

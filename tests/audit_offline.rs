@@ -79,7 +79,7 @@ async fn inclusion_and_consistency_proofs_verify_against_signed_checkpoints() {
     let first = gw.submit(request("elderly-subsidy", ELDERLY)).await;
     let old = gw
         .audit()
-        .get_checkpoint(GetCheckpointRequest {})
+        .get_checkpoint(GetCheckpointRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -88,7 +88,7 @@ async fn inclusion_and_consistency_proofs_verify_against_signed_checkpoints() {
     }
     let new = gw
         .audit()
-        .get_checkpoint(GetCheckpointRequest {})
+        .get_checkpoint(GetCheckpointRequest::default())
         .await
         .unwrap()
         .into_inner();

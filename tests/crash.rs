@@ -59,7 +59,7 @@ async fn every_acknowledged_application_survives_repeated_sigkill() {
         // The tree resumes where the acknowledged entries left it.
         let auditor = connect_with(&endpoint, &dir.path().join("certs"), AUDITOR).await;
         let size = AuditServiceClient::new(auditor)
-            .get_checkpoint(GetCheckpointRequest {})
+            .get_checkpoint(GetCheckpointRequest::default())
             .await
             .unwrap()
             .into_inner()

@@ -115,7 +115,11 @@ fn every_rpc() -> Vec<(&'static str, Call, &'static str)> {
         ),
         (
             "GetCheckpoint",
-            rpc!(AuditServiceClient, get_checkpoint, GetCheckpointRequest {}),
+            rpc!(
+                AuditServiceClient,
+                get_checkpoint,
+                GetCheckpointRequest::default()
+            ),
             PORTAL,
         ),
         (

@@ -45,6 +45,15 @@ pub enum ReadError {
     Store(#[from] StoreError),
     #[error("indexed entry {0} is missing from the store")]
     Missing(u64),
+    /// `origin` names a log this node does not serve.
+    #[error("this node serves the log `{ours}`, not `{asked}`")]
+    UnknownOrigin { asked: String, ours: String },
+    /// More cosignatures asked for than witnesses configured.
+    #[error("min_cosignatures {asked} cannot be met: this node is configured with {configured} witness(es) (serve --witness URL=VKEY); ask for at most {configured}")]
+    QuorumUnreachable { asked: u32, configured: usize },
+    /// No checkpoint carries the cosignatures asked for yet.
+    #[error("no checkpoint carries {asked} cosignature(s) by this node's witnesses yet (newest checkpoint: size {newest}); a witness may be down or lagging: retry later, or ask for fewer")]
+    NotCosigned { asked: u32, newest: u64 },
     #[error("stored entry {index} does not decode")]
     Decode {
         index: u64,
@@ -58,6 +67,8 @@ pub enum ReadError {
 pub struct AuditReader {
     log: AuditLog,
     pseudonyms: PseudonymKey,
+    /// Key ids of the witnesses this node asks (`serve --witness`).
+    witnesses: Vec<[u8; 4]>,
 }
 
 /// The department accesses one entry records about its subject.
@@ -107,7 +118,18 @@ fn access_of(index: u64, entry: &AuditEntry) -> Option<Access> {
 
 impl AuditReader {
     pub fn new(log: AuditLog, pseudonyms: PseudonymKey) -> Self {
-        Self { log, pseudonyms }
+        Self {
+            log,
+            pseudonyms,
+            witnesses: Vec::new(),
+        }
+    }
+
+    /// The key ids of the witnesses whose cosignatures count for
+    /// [`AuditReader::checkpoint_for`].
+    pub fn with_witnesses(mut self, key_ids: Vec<[u8; 4]>) -> Self {
+        self.witnesses = key_ids;
+        self
     }
 
     /// `requested` or, for 0, the durable size; never past the log.
@@ -123,12 +145,55 @@ impl AuditReader {
         Ok(if requested == 0 { size } else { requested })
     }
 
-    /// The latest durable checkpoint.
+    /// The latest durable checkpoint, with every cosignature gathered for it.
     pub fn checkpoint(&self) -> Result<Checkpoint, ReadError> {
+        self.checkpoint_for("", 0)
+    }
+
+    /// `GetCheckpoint`: the newest durable checkpoint of the log `origin`
+    /// (empty: this node's own), or with `min_cosignatures` K > 0 the newest
+    /// one carrying at least K cosignatures by this node's witnesses.
+    pub fn checkpoint_for(
+        &self,
+        origin: &str,
+        min_cosignatures: u32,
+    ) -> Result<Checkpoint, ReadError> {
+        let store = self.log.store();
         let durable = self.log.durable_size();
-        let Some((size, note)) = self.log.store().checkpoint_at_or_below(durable)? else {
+        let Some((newest, note)) = store.checkpoint_at_or_below(durable)? else {
             return Err(ReadError::NoCheckpoint);
         };
+        let own_origin = super::checkpoint::parse_checkpoint(&note)
+            .map(|c| c.origin)
+            .unwrap_or_default();
+        if !origin.is_empty() && origin != own_origin {
+            return Err(ReadError::UnknownOrigin {
+                asked: origin.to_owned(),
+                ours: own_origin,
+            });
+        }
+        let (size, note) = if min_cosignatures == 0 {
+            let note = store.cosigned_checkpoint(newest)?.unwrap_or(note);
+            (newest, note)
+        } else {
+            if min_cosignatures as usize > self.witnesses.len() {
+                return Err(ReadError::QuorumUnreachable {
+                    asked: min_cosignatures,
+                    configured: self.witnesses.len(),
+                });
+            }
+            store
+                .newest_cosigned(durable, min_cosignatures as usize, &self.witnesses)?
+                .ok_or(ReadError::NotCosigned {
+                    asked: min_cosignatures,
+                    newest,
+                })?
+        };
+        let cosignatures = store
+            .cosignatures(size)?
+            .iter()
+            .filter(|(id, _)| self.witnesses.contains(id))
+            .count();
         let root = note
             .lines()
             .nth(2)
@@ -139,6 +204,7 @@ impl AuditReader {
             tree_size: size,
             root_hash: root,
             verifier_key: self.log.verifier_key().to_owned(),
+            cosignatures: u32::try_from(cosignatures).unwrap_or(u32::MAX),
         })
     }
 

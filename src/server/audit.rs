@@ -41,7 +41,13 @@ impl AuditService for AuditApi {
         request: Request<GetCheckpointRequest>,
     ) -> Result<Response<Checkpoint>, Status> {
         log_reader(&request)?;
-        Ok(Response::new(self.reader.checkpoint()?))
+        let GetCheckpointRequest {
+            origin,
+            min_cosignatures,
+        } = request.into_inner();
+        Ok(Response::new(
+            self.reader.checkpoint_for(&origin, min_cosignatures)?,
+        ))
     }
 
     type GetEntriesStream = Pin<Box<dyn Stream<Item = Result<StoredEntry, Status>> + Send>>;

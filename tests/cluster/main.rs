@@ -96,7 +96,7 @@ async fn a_killed_node_leaves_the_directory_when_its_lease_expires() {
 
 async fn tree_size(auditor: &tonic::transport::Channel) -> u64 {
     AuditServiceClient::new(auditor.clone())
-        .get_checkpoint(GetCheckpointRequest {})
+        .get_checkpoint(GetCheckpointRequest::default())
         .await
         .expect("checkpoint readable while etcd is down")
         .into_inner()
