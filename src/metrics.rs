@@ -25,6 +25,10 @@
 //! | `proofgate_tls_handshakes_refused_total`    | counter   |                       |
 //! | `proofgate_crl_expired`                     | gauge     |                       |
 //! | `proofgate_crl_next_update_seconds`         | gauge     |                       |
+//! | `proofgate_witness_cosigned_size`           | gauge     | witness               |
+//! | `proofgate_witness_lag_entries`             | gauge     | witness               |
+//! | `proofgate_witness_refusals_total`          | counter   | witness, status       |
+//! | `proofgate_witness_fork_alarms_total`       | counter   | witness               |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +92,17 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WitnessLabels {
+    witness: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WitnessStatusLabels {
+    witness: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -127,6 +142,10 @@ struct Inner {
     tls_handshakes_refused: Counter,
     crl_expired: Gauge,
     crl_next_update_seconds: Gauge,
+    witness_cosigned_size: Family<WitnessLabels, Gauge>,
+    witness_lag: Family<WitnessLabels, Gauge>,
+    witness_refusals: Family<WitnessStatusLabels, Counter>,
+    witness_fork_alarms: Family<WitnessLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -231,6 +250,30 @@ impl Default for Metrics {
             "Earliest nextUpdate of the configured revocation lists (Unix time; 0: none configured)",
             crl_next_update_seconds.clone(),
         );
+        let witness_cosigned_size = Family::<WitnessLabels, Gauge>::default();
+        registry.register(
+            "witness_cosigned_size",
+            "Largest tree size each witness has cosigned for this log",
+            witness_cosigned_size.clone(),
+        );
+        let witness_lag = Family::<WitnessLabels, Gauge>::default();
+        registry.register(
+            "witness_lag_entries",
+            "Entries the newest checkpoint is ahead of the newest one each witness cosigned",
+            witness_lag.clone(),
+        );
+        let witness_refusals = Family::<WitnessStatusLabels, Counter>::default();
+        registry.register(
+            "witness_refusals",
+            "Checkpoints a witness did not cosign, by HTTP status (or unreachable, bad_response)",
+            witness_refusals.clone(),
+        );
+        let witness_fork_alarms = Family::<WitnessLabels, Counter>::default();
+        registry.register(
+            "witness_fork_alarms",
+            "Possible forks reported: a witness refused a consistency proof (422) or a size conflict (409) did not resolve",
+            witness_fork_alarms.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -249,6 +292,10 @@ impl Default for Metrics {
                 tls_handshakes_refused,
                 crl_expired,
                 crl_next_update_seconds,
+                witness_cosigned_size,
+                witness_lag,
+                witness_refusals,
+                witness_fork_alarms,
             }),
         }
     }
@@ -344,6 +391,45 @@ impl Metrics {
         self.inner
             .crl_next_update_seconds
             .set(next_update_unix_ms.map_or(0, |ms| ms.div_euclid(1000)));
+    }
+
+    /// A witness's progress: the largest size it cosigned, and how far the
+    /// log's newest checkpoint is ahead of it.
+    pub fn witness_progress(&self, witness: &str, cosigned: u64, newest: u64) {
+        let labels = WitnessLabels {
+            witness: witness.to_owned(),
+        };
+        let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.inner
+            .witness_cosigned_size
+            .get_or_create(&labels)
+            .set(as_gauge(cosigned));
+        self.inner
+            .witness_lag
+            .get_or_create(&labels)
+            .set(as_gauge(newest.saturating_sub(cosigned)));
+    }
+
+    /// A witness did not cosign: `status` is the HTTP status, or
+    /// `unreachable` / `bad_response`.
+    pub fn witness_refusal(&self, witness: &str, status: &str) {
+        self.inner
+            .witness_refusals
+            .get_or_create(&WitnessStatusLabels {
+                witness: witness.to_owned(),
+                status: status.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A witness's answer says this log may have forked.
+    pub fn witness_fork_alarm(&self, witness: &str) {
+        self.inner
+            .witness_fork_alarms
+            .get_or_create(&WitnessLabels {
+                witness: witness.to_owned(),
+            })
+            .inc();
     }
 
     /// Replaces the gauges read from the running node.

@@ -21,16 +21,62 @@ pub fn export(data_dir: &Path, out: &Path) -> Result<Report, CliError> {
     )))
 }
 
+/// What `audit verify --witness … --quorum K` requires.
+pub struct Quorum {
+    /// Witness vkeys (text, or files holding them).
+    pub witnesses: Vec<String>,
+    pub quorum: usize,
+}
+
 /// `proofgate audit verify`: recomputes every leaf and root and checks every
 /// checkpoint signature, against `vkey` (C2SP vkey text, or a file holding
-/// it) or else the key the log carries. A log that does not verify, or
-/// cannot be read to its end, is bad data (exit 65).
-pub fn verify(source: &LogSource, vkey: Option<String>, json: bool) -> Result<Report, CliError> {
+/// it) or else the key the log carries; with `quorum`, also that the newest
+/// checkpoint carries valid cosignatures by at least K of the witnesses. A
+/// log that does not verify, or cannot be read to its end, is bad data
+/// (exit 65).
+pub fn verify(
+    source: &LogSource,
+    vkey: Option<String>,
+    quorum: Option<Quorum>,
+    json: bool,
+) -> Result<Report, CliError> {
     let started = Instant::now();
     let vkey = vkey.map(|v| std::fs::read_to_string(&v).unwrap_or(v).trim().to_owned());
-    let r = open_records(source)?
+    let witnesses = match &quorum {
+        None => Vec::new(),
+        Some(q) => q
+            .witnesses
+            .iter()
+            .map(|given| {
+                let vkey = crate::server::cosign::read_vkey(given);
+                audit::NoteVerifier::from_cosigner_vkey(&vkey).map_err(|e| CliError::WitnessKey {
+                    vkey: given.clone(),
+                    problem: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let mut r = open_records(source)?
         .and_then(|records| audit::verify_records(records, vkey.as_deref(), progress("verified")))
         .map_err(CliError::Check)?;
+    if let (Some(q), true) = (&quorum, r.ok()) {
+        let (valid, problems) = audit::count_cosignatures(&r.newest_note, &witnesses);
+        if valid < q.quorum {
+            let mut reason = format!(
+                "the newest checkpoint (size {}) carries valid cosignatures by {valid} of the {} given witness(es); {} required (--quorum)",
+                r.tree_size,
+                witnesses.len(),
+                q.quorum
+            );
+            for problem in problems {
+                reason.push_str("; ");
+                reason.push_str(&problem);
+            }
+            r.problem = Some(audit::Problem::Log { reason });
+        } else {
+            r.cosignatures = Some((valid, q.quorum));
+        }
+    }
     let seconds = started.elapsed().as_secs_f64();
     let text = if json {
         format!("{}\n", report::verify_json(&r, seconds))

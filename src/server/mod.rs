@@ -12,10 +12,12 @@ mod audit;
 pub mod catalog;
 mod cluster_hook;
 pub mod console;
+pub mod cosign;
 pub mod http;
 mod operations;
 mod registry;
 pub mod status;
+pub mod witness;
 
 pub use application::ApplicationApi;
 pub use audit::AuditApi;
@@ -138,6 +140,8 @@ pub struct ServeOptions {
     /// Cluster mode (`--etcd`): join the node directory in etcd and decide
     /// only while the etcd session is live. None: one node, no etcd.
     pub cluster: Option<crate::cluster::ClusterOptions>,
+    /// C2SP witnesses asked to cosign each new checkpoint (`--witness URL=VKEY`).
+    pub witnesses: Vec<cosign::WitnessTarget>,
 }
 
 impl Default for ServeOptions {
@@ -163,6 +167,7 @@ impl Default for ServeOptions {
             monotonic_clock: crate::clock::Monotonic::default(),
             clock: crate::clock::system(),
             cluster: None,
+            witnesses: Vec::new(),
         }
     }
 }
@@ -224,6 +229,9 @@ pub enum ServeError {
     /// Cluster mode: etcd options, etcd unreachable, or the node id taken.
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// A `--witness` that cannot be used.
+    #[error("{0}")]
+    Witness(String),
 }
 
 /// Exit codes of the `proofgate` command (sysexits.h), documented in README.
@@ -298,6 +306,7 @@ impl ServeError {
             | ServeError::PoliciesMissing(_)
             | ServeError::PlaintextOffLoopback(_)
             | ServeError::CrlWithoutTls
+            | ServeError::Witness(_)
             | ServeError::PolicyKey(_) => exit::CONFIG,
             // A revocation list past its nextUpdate is bad data, like a
             // refused policy set; files that cannot be used are configuration.
@@ -347,6 +356,8 @@ pub struct Running {
     sweeper: JoinHandle<()>,
     policy_watcher: JoinHandle<()>,
     metrics_task: Option<JoinHandle<()>>,
+    /// One task per witness asking it to cosign new checkpoints.
+    cosigners: Vec<JoinHandle<()>>,
     /// Cluster mode: the etcd session (None: one node, no etcd).
     cluster: Option<cluster_hook::Joined>,
 }
@@ -418,6 +429,10 @@ impl Running {
         if let Some(mut task) = self.metrics_task.take() {
             task.abort();
             let _ = (&mut task).await;
+        }
+        for task in self.cosigners.drain(..) {
+            task.abort();
+            let _ = task.await;
         }
         match (&mut self.task).await {
             Ok(Ok(())) => {}
@@ -565,6 +580,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     if !valid_node_id(&options.node_id) {
         return Err(ServeError::NodeId(options.node_id));
     }
+    let witness_ids = cosign::check_targets(&options.witnesses).map_err(ServeError::Witness)?;
     // Keys first: one that cannot be read stops the start (exit 64); it is
     // never taken as "no keys", which would turn the signature check off.
     let policy_trust = Arc::new(PolicyTrust::load(&options.policy_keys)?);
@@ -724,10 +740,9 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         ),
     );
     let audit = InterceptedService::new(
-        AuditServiceServer::new(AuditApi::new(AuditReader::new(
-            log.clone(),
-            pseudonyms.clone(),
-        )))
+        AuditServiceServer::new(AuditApi::new(
+            AuditReader::new(log.clone(), pseudonyms.clone()).with_witnesses(witness_ids),
+        ))
         .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service(
             "proofgate.v1.AuditService",
@@ -823,6 +838,13 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         });
         tokio::spawn(http::serve(listener, http::router(state, console)))
     });
+    let cosigners = cosign::start(
+        &options.witnesses,
+        &log,
+        &metrics,
+        tls.is_some().then_some(certs_dir.as_path()),
+    )
+    .map_err(ServeError::Witness)?;
     let watching = Arc::clone(&gateway);
     let watched = policies.clone();
     let watch_trust = Arc::clone(&policy_trust);
@@ -881,6 +903,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         console: options.console && metrics_addr.is_some(),
         metrics_addr,
         metrics_task,
+        cosigners,
         policy_watcher,
         policies,
         certs_dir: tls.is_some().then_some(certs_dir),
