@@ -280,7 +280,7 @@ impl Witness {
     /// refusal with its status. Blocking (sled flush): call off the async
     /// threads.
     pub fn add_checkpoint(&self, body: &[u8]) -> Result<String, Refusal> {
-        let request = AddCheckpoint::parse(body).map_err(|e| Refusal::BadRequest(e.0))?;
+        let request = AddCheckpoint::parse(body).map_err(|e| Refusal::BadRequest(e.to_string()))?;
         let note = request.checkpoint.as_str();
         let (text, block) =
             split_note(note).map_err(|e| Refusal::BadRequest(format!("checkpoint: {e}")))?;
