@@ -526,4 +526,79 @@ mod tests {
         let wrong_id = format!("n+00000000+{}", vkey.rsplit('+').next().unwrap());
         assert!(NoteVerifier::from_vkey(&wrong_id).is_err());
     }
+
+    #[test]
+    fn cosignatures_are_timestamped_type_4_signatures_over_the_checkpoint_text() {
+        let log = signer("example.com/behind-the-sofa");
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let public = pair.public_key().as_ref().to_vec();
+        let witness = NoteSigner::cosigner("witness.example/w1", pair).unwrap();
+        // Key id: SHA-256(name || 0x0A || 0x04 || key)[:4]; vkey of type 0x04.
+        let expected = digest(
+            &SHA256,
+            &[b"witness.example/w1\n\x04".as_slice(), &public].concat(),
+        );
+        assert_eq!(witness.key_id(), expected.as_ref()[..4]);
+        let vkey = witness.verifier_key();
+        assert_eq!(
+            B64.decode(vkey.splitn(3, '+').nth(2).unwrap()).unwrap()[0],
+            4
+        );
+        assert!(NoteVerifier::from_vkey(&vkey).is_err(), "not a log key");
+        assert!(NoteVerifier::from_cosigner_vkey(&log.verifier_key()).is_err());
+        let key = NoteVerifier::from_cosigner_vkey(&vkey).unwrap();
+
+        let note = log.sign_checkpoint(20852163, &[3u8; 32]);
+        let (text, _) = split_note(&note).unwrap();
+        let line = witness.cosignature_line(text, 1679315147).unwrap();
+        let signature = NoteSignature::parse(line.trim_end()).unwrap();
+        assert_eq!(signature.signature.len(), 8 + 64);
+        assert_eq!(signature.signature[..8], 1679315147u64.to_be_bytes());
+        assert_eq!(key.check(text, &signature), Ok(1679315147));
+        let cosigned = format!("{note}{line}");
+        assert_eq!(
+            count_cosignatures(&cosigned, std::slice::from_ref(&key)).0,
+            1
+        );
+        // The log's signature still verifies on the note with both lines.
+        let log_key = NoteVerifier::from_vkey(&log.verifier_key()).unwrap();
+        assert!(log_key.verify_checkpoint(&cosigned).is_ok());
+        // Another time, another text: no longer valid.
+        let mut moved = signature.clone();
+        moved.signature[7] ^= 1;
+        assert!(key.check(text, &moved).is_err());
+        let (count, problems) = count_cosignatures(
+            &format!("{note}{}", moved.line()),
+            std::slice::from_ref(&key),
+        );
+        assert_eq!((count, problems.len()), (0, 1));
+        assert!(key
+            .check("example.com/behind-the-sofa\n1\nAA==\n", &signature)
+            .is_err());
+        // A log signer makes no cosignature.
+        assert!(log.cosignature_line(text, 1).is_err());
+    }
+
+    #[test]
+    fn notes_split_at_the_last_blank_line_and_refuse_control_characters() {
+        let note = "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n\n\u{2014} example.com/behind-the-sofa Az3grlgtzPICa5OS8npVmf1Myq/5IZniMp+ZJurmRDeOoRDe4URYN7u5/Zhcyv2q1gGzGku9nTo+zyWE+xeMcTOAYQ8=\n\u{2014} witness.example.com/w1 jWbPPwAAAABkGFDLEZMHwSRaJNiIDoe9DYn/zXcrtPHeolMI5OWXEhZCB9dlrDJsX3b2oyin1nPZqhf5nNo0xUe+mbIUBkBIfZ+qnA==\n";
+        let (text, block) = split_note(note).unwrap();
+        assert!(text.ends_with("q2I=\n"));
+        let signatures = note_signatures(block).unwrap();
+        assert_eq!(signatures.len(), 2);
+        assert_eq!(signatures[1].name, "witness.example.com/w1");
+        assert_eq!(signatures[1].signature.len(), 8 + 64);
+        assert_eq!(
+            signatures[1].line(),
+            format!("{}\n", block.lines().nth(1).unwrap())
+        );
+        assert_eq!(parse_checkpoint(note).unwrap().size, 20852163);
+        assert!(split_note(&note.replace("20852163", "2085\r2163")).is_err());
+        assert!(split_note("a\nb\n\n").is_err(), "no signature");
+        assert!(
+            split_note("a\n\n\u{2014} k AAAA").is_err(),
+            "no final newline"
+        );
+    }
 }

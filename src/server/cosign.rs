@@ -32,6 +32,9 @@ use crate::security::tls::https_client_config;
 pub const SUBMIT_EVERY: Duration = Duration::from_secs(1);
 /// Longest one request to a witness may take, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A checkpoint a witness refused (403, 404, 422, an unresolved 409) is
+/// offered again after this long, or as soon as a newer one exists.
+pub const RETRY_REFUSED_EVERY: Duration = Duration::from_secs(60);
 /// Largest response body read from a witness.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -155,6 +158,8 @@ pub fn start(
             log: log.clone(),
             metrics: metrics.clone(),
             cosigned: None,
+            refused: None,
+            unreachable: false,
         };
         tasks.push(tokio::spawn(cosigner.run()));
     }
@@ -178,6 +183,12 @@ struct Cosigner {
     metrics: Metrics,
     /// Largest size this witness cosigned, as far as the node knows.
     cosigned: Option<u64>,
+    /// The size last refused, and when: not offered again before
+    /// [`RETRY_REFUSED_EVERY`] (the answer would be the same).
+    refused: Option<(u64, tokio::time::Instant)>,
+    /// Whether the last attempt could not reach the witness (logged once
+    /// per outage, not every second).
+    unreachable: bool,
 }
 
 impl Cosigner {
@@ -214,6 +225,11 @@ impl Cosigner {
             if self.cosigned == Some(size) {
                 continue;
             }
+            if let Some((refused, at)) = self.refused {
+                if refused == size && at.elapsed() < RETRY_REFUSED_EVERY {
+                    continue;
+                }
+            }
             self.submit(size, &note).await;
             self.metrics
                 .witness_progress(&self.label, self.cosigned.unwrap_or(0), size);
@@ -229,29 +245,39 @@ impl Cosigner {
                 Ok(answer) => answer,
                 Err((status, problem)) => {
                     self.metrics.witness_refusal(&self.label, status);
-                    warn!(witness = %self.label, url = %self.target.uri, %problem, "witness not reached; the checkpoint will be submitted again");
+                    if !self.unreachable {
+                        warn!(witness = %self.label, url = %self.target.uri, %problem, "witness not reached; its cosignatures will lag until it answers (retried every second)");
+                    }
+                    self.unreachable = true;
                     return;
                 }
             };
+            if std::mem::take(&mut self.unreachable) {
+                info!(witness = %self.label, url = %self.target.uri, "witness reachable again");
+            }
             match answer {
                 Answer::Cosigned(body) => return self.keep(size, note, &body).await,
                 Answer::Conflict(latest) => {
                     self.metrics.witness_refusal(&self.label, "409");
+                    warn!(witness = %self.label, status = 409, sent_old_size = old, witness_size = latest, "witness refused the checkpoint of size {size}");
                     if latest > size {
+                        self.refused = Some((size, tokio::time::Instant::now()));
                         return self.fork_alarm(format!(
                             "the witness has cosigned size {latest} of this log, which has only {size} entries: another history of this log was shown to it, or this node lost entries"
                         ));
                     }
                     if attempt == 1 {
+                        self.refused = Some((size, tokio::time::Instant::now()));
                         return self.fork_alarm(format!(
                             "size conflict did not resolve: resent from size {old}, the witness again answered 409 (its latest size {latest}); it holds a checkpoint of that size with another root"
                         ));
                     }
-                    warn!(witness = %self.label, ours = old, theirs = latest, "witness knows another size of this log (409); resending from its size");
+                    info!(witness = %self.label, "resending from the witness's size {latest}");
                     old = latest;
                 }
                 Answer::Refused(status, reason) => {
                     self.metrics.witness_refusal(&self.label, status.as_str());
+                    self.refused = Some((size, tokio::time::Instant::now()));
                     if status == StatusCode::UNPROCESSABLE_ENTITY {
                         return self.fork_alarm(format!(
                             "the witness refused the consistency proof from size {old} to {size} (422): what it cosigned before is not a prefix of this log"
@@ -289,11 +315,13 @@ impl Cosigner {
         let lines = match checked {
             Ok(lines) if !lines.is_empty() => lines,
             Ok(_) => {
+                self.refused = Some((size, tokio::time::Instant::now()));
                 self.metrics.witness_refusal(&self.label, "bad_response");
                 warn!(witness = %self.label, "the witness answered 200 with no cosignature by its configured key (is its vkey right?)");
                 return;
             }
             Err(e) => {
+                self.refused = Some((size, tokio::time::Instant::now()));
                 self.metrics.witness_refusal(&self.label, "bad_response");
                 warn!(witness = %self.label, error = %e, "the witness's cosignature does not verify; not kept");
                 return;
