@@ -745,3 +745,55 @@ async fn a_witness_killed_with_sigkill_still_refuses_what_it_did_not_cosign() {
     witness.kill().unwrap();
     let _ = witness.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_over_tls_cosigns_and_plain_http_is_loopback_only() {
+    let node_dir = tempfile::tempdir().unwrap();
+    let witness_dir = tempfile::tempdir().unwrap();
+    let log_vkey = keygen(node_dir.path());
+    let certs = node_dir.path().join("certs");
+    proofgate::security::ensure_dev_certs(&certs, &proofgate::departments::mock::dev_identities())
+        .unwrap();
+    let witness_options = |listen: &str, tls| server::witness::WitnessOptions {
+        listen: listen.parse().unwrap(),
+        data_dir: witness_dir.path().to_path_buf(),
+        name: WITNESS_NAME.into(),
+        logs: vec![log_vkey.clone()],
+        tls,
+        clock: proofgate::clock::system(),
+    };
+    let refused = server::witness::start(witness_options("0.0.0.0:0", None))
+        .await
+        .err()
+        .expect("plain HTTP off loopback is refused");
+    assert!(refused.to_string().contains("--tls-cert"), "{refused}");
+    assert_eq!(refused.exit_code(), server::exit::CONFIG);
+    // The development certificate names localhost and 127.0.0.1, from the node's CA.
+    let witness = server::witness::start(witness_options(
+        "127.0.0.1:0",
+        Some((
+            certs.join("gateway.proofgate.pem"),
+            certs.join("gateway.proofgate.key"),
+        )),
+    ))
+    .await
+    .expect("witness over TLS starts");
+    assert!(
+        witness.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        witness.url
+    );
+    let node = start_node(node_dir.path(), vec![target(&witness.url, &witness.vkey)]).await;
+    submit_some(&node, 1).await;
+    let size = wait_cosigned(&node).await;
+    let mut auditor = AuditServiceClient::new(connect_as(&node, AUDITOR).await);
+    let checkpoint = auditor
+        .get_checkpoint(GetCheckpointRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((checkpoint.tree_size, checkpoint.cosignatures), (size, 1));
+    independently_verified(&checkpoint.note, &log_vkey, &witness.vkey);
+    node.shutdown().await;
+    witness.stop().await;
+}

@@ -52,6 +52,18 @@ pub fn config_check(file: &Path) -> Result<Report, CliError> {
                     .join(", ")
             }
         ),
+        format!(
+            "  witnesses        {}",
+            if o.witnesses.is_empty() {
+                "none: checkpoints are not cosigned".to_owned()
+            } else {
+                o.witnesses
+                    .iter()
+                    .map(|w| w.url.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
         format!("  metrics          {metrics}"),
         format!(
             "  console          {}",
