@@ -289,6 +289,15 @@ async fn our_log_and_our_witness_end_to_end() {
         std::fs::read_to_string(witness_dir.path().join("witness.vkey")).unwrap(),
         format!("{witness_vkey}\n")
     );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(witness_dir.path().join("witness-key.pk8"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the witness's key is readable by others");
+    }
     let node = start_node(node_dir.path(), vec![target(&url, &witness_vkey)]).await;
     submit_some(&node, 3).await;
     let size = wait_cosigned(&node).await;
@@ -408,9 +417,9 @@ async fn our_log_and_our_witness_end_to_end() {
     let status = Command::new(bin())
         .args(["audit", "export", "--data-dir", dir, "--out"])
         .arg(&export)
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success());
+    assert!(status.status.success(), "{status:?}");
     let file = export.to_str().unwrap();
     let (code, out) = verify_cli(&["--file", file, "--witness", wfile, "--quorum", "1"]);
     assert_eq!(code, 0, "{out}");
@@ -658,6 +667,26 @@ async fn when_the_witness_is_down_the_node_serves_and_cosignatures_catch_up() {
         assert!(tokio::time::Instant::now() < deadline, "{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Meanwhile auditors asking for a cosigned checkpoint get the last one
+    // the witness cosigned, with its cosignature; the newest has none yet.
+    let mut auditor = AuditServiceClient::new(connect_as(&node, AUDITOR).await);
+    let witnessed = auditor
+        .get_checkpoint(GetCheckpointRequest {
+            min_cosignatures: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((witnessed.tree_size, witnessed.cosignatures), (first, 1));
+    independently_verified(&witnessed.note, &log_vkey, &witness_vkey);
+    let newest_now = auditor
+        .get_checkpoint(GetCheckpointRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((newest_now.tree_size, newest_now.cosignatures), (newest, 0));
 
     // The witness comes back on the same address with its state: catch up.
     let (mut witness, again, _) = spawn_witness(witness_dir.path(), &host_port(&url), &log_vkey);
