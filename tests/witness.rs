@@ -736,7 +736,8 @@ async fn a_witness_killed_with_sigkill_still_refuses_what_it_did_not_cosign() {
     witness.kill().expect("SIGKILL");
     let _ = witness.wait();
 
-    let (mut witness, url, _) = spawn_witness(witness_dir.path(), &addr, &log_vkey);
+    // On any free port: only its folder carries over.
+    let (mut witness, url, _) = spawn_witness(witness_dir.path(), "127.0.0.1:0", &log_vkey);
     let addr = host_port(&url);
     // What it cosigned before the kill still binds it.
     let (status, content_type, body) = post(

@@ -209,6 +209,15 @@ impl Latest {
     }
 }
 
+/// A checkpoint the witness cosigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cosigned {
+    pub origin: String,
+    pub size: u64,
+    /// The response body: the cosignature line, newline included.
+    pub line: String,
+}
+
 /// A witness: its cosigning key, the logs it knows, and its state.
 pub struct Witness {
     signer: NoteSigner,
@@ -280,6 +289,11 @@ impl Witness {
     /// refusal with its status. Blocking (sled flush): call off the async
     /// threads.
     pub fn add_checkpoint(&self, body: &[u8]) -> Result<String, Refusal> {
+        self.cosign(body).map(|c| c.line)
+    }
+
+    /// [`Witness::add_checkpoint`], saying what was cosigned.
+    pub fn cosign(&self, body: &[u8]) -> Result<Cosigned, Refusal> {
         let request = AddCheckpoint::parse(body).map_err(|e| Refusal::BadRequest(e.to_string()))?;
         let note = request.checkpoint.as_str();
         let (text, block) =
@@ -378,9 +392,15 @@ impl Witness {
         }
         self.db.flush().map_err(store)?;
         let now = u64::try_from(self.clock.now_unix_ms().div_euclid(1000)).unwrap_or(0);
-        self.signer
+        let line = self
+            .signer
             .cosignature_line(text, now)
-            .map_err(|e| Refusal::Store(e.to_string()))
+            .map_err(|e| Refusal::Store(e.to_string()))?;
+        Ok(Cosigned {
+            origin: checkpoint.origin,
+            size: checkpoint.size,
+            line,
+        })
     }
 }
 

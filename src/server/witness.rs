@@ -124,8 +124,7 @@ pub fn router(witness: Arc<Witness>) -> Router {
 
 async fn add_checkpoint(State(witness): State<Arc<Witness>>, body: Bytes) -> Response {
     let answered =
-        tokio::task::spawn_blocking(move || witness.add_checkpoint(&body).map_err(|e| (e, body)))
-            .await;
+        tokio::task::spawn_blocking(move || witness.cosign(&body).map_err(|e| (e, body))).await;
     let text = |status: StatusCode, body: String| {
         (
             status,
@@ -135,9 +134,9 @@ async fn add_checkpoint(State(witness): State<Arc<Witness>>, body: Bytes) -> Res
             .into_response()
     };
     match answered {
-        Ok(Ok(cosignature)) => {
-            info!("checkpoint cosigned");
-            text(StatusCode::OK, cosignature)
+        Ok(Ok(cosigned)) => {
+            info!(origin = %cosigned.origin, size = cosigned.size, "checkpoint cosigned");
+            text(StatusCode::OK, cosigned.line)
         }
         Ok(Err((refusal, body))) => {
             let origin = String::from_utf8_lossy(&body)
