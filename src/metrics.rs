@@ -527,4 +527,24 @@ mod tests {
         metrics.set_node_gauges(&NodeGauges::default());
         assert!(!metrics.encode().contains("proofgate_circuit_state{"));
     }
+
+    #[test]
+    fn witness_progress_lag_refusals_and_alarms_are_per_witness() {
+        let metrics = Metrics::default();
+        metrics.witness_progress("w1", 5, 9);
+        metrics.witness_progress("w2", 9, 9);
+        metrics.witness_refusal("w1", "unreachable");
+        metrics.witness_refusal("w1", "409");
+        metrics.witness_fork_alarm("w1");
+        let out = metrics.encode();
+        for line in [
+            "proofgate_witness_cosigned_size{witness=\"w1\"} 5",
+            "proofgate_witness_lag_entries{witness=\"w1\"} 4",
+            "proofgate_witness_lag_entries{witness=\"w2\"} 0",
+            "proofgate_witness_refusals_total{witness=\"w1\",status=\"409\"} 1",
+            "proofgate_witness_fork_alarms_total{witness=\"w1\"} 1",
+        ] {
+            assert!(out.contains(line), "{line} missing:\n{out}");
+        }
+    }
 }
