@@ -243,6 +243,12 @@ impl Cosigner {
         for attempt in 0..2 {
             let answer = match self.ask(old, size, note).await {
                 Ok(answer) => answer,
+                Err((status, problem)) if status != "unreachable" => {
+                    self.metrics.witness_refusal(&self.label, status);
+                    self.refused = Some((size, tokio::time::Instant::now()));
+                    warn!(witness = %self.label, url = %self.target.uri, %problem, "no usable answer from the witness");
+                    return;
+                }
                 Err((status, problem)) => {
                     self.metrics.witness_refusal(&self.label, status);
                     if !self.unreachable {
