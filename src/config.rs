@@ -26,6 +26,9 @@
 //! max_in_flight = 4096
 //! policy_keys = ["keys/policy-signing.vkey"]  # any: every set must be signed
 //! crls = ["proofgate-data/certs/ca.crl"]       # revoked certificates are refused
+//! certs = "pki"                 # a shared PKI folder (dev-certs --dir pki); default DATA_DIR/certs
+//! advertise_address = "https://10.0.0.5:50051"  # published in the node directory
+//! mirrors = ["https://10.0.0.6:50051"]  # or ["https://...=VKEY"], or ["off"] (no default mirror in a cluster)
 //!
 //! [rate_limits.per_role]        # calls per second
 //! hall = 5000
@@ -93,6 +96,9 @@ struct FileConfig {
     max_in_flight: Option<usize>,
     policy_keys: Option<Vec<PathBuf>>,
     crls: Option<Vec<PathBuf>>,
+    certs: Option<PathBuf>,
+    advertise_address: Option<String>,
+    mirrors: Option<Vec<String>>,
     #[serde(default)]
     rate_limits: FileRateLimits,
     #[serde(default)]
@@ -224,6 +230,12 @@ pub struct Flags {
     pub tls_poll_seconds: Option<u64>,
     /// `--witness URL=VKEY` (repeatable); empty: not given.
     pub witnesses: Vec<WitnessTarget>,
+    /// `--certs DIR`: a shared PKI folder.
+    pub certs: Option<PathBuf>,
+    /// `--advertise-address URL`.
+    pub advertise_address: Option<String>,
+    /// `--mirror URL[=VKEY]` (repeatable) or `--mirror off`; empty: not given.
+    pub mirrors: Vec<String>,
 }
 
 /// The whole precedence: defaults < `file` < `env` < `flags`.
@@ -260,6 +272,19 @@ pub fn resolve(
     }
     if !flags.witnesses.is_empty() {
         serve.witnesses = flags.witnesses.clone();
+    }
+    if let Some(v) = &flags.certs {
+        serve.certs = Some(v.clone());
+    }
+    if let Some(v) = &flags.advertise_address {
+        serve.advertise_address = Some(v.clone());
+    }
+    if !flags.mirrors.is_empty() {
+        set_mirrors(serve, &flags.mirrors).map_err(|problem| ConfigError::Invalid {
+            file: PathBuf::from("<flags>"),
+            line: 0,
+            problem,
+        })?;
     }
     if let Some(seconds) = flags.tls_poll_seconds {
         serve.tls_poll = (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
@@ -310,6 +335,25 @@ fn resolve_cluster(
         options.prefix = v.clone();
     }
     *cluster = Some(options.validated().map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+/// `--mirror` / `mirrors` / `PROOFGATE_MIRRORS`: URLs (each optionally
+/// `=VKEY`), or `off` alone. The last layer naming any replaces the others.
+fn set_mirrors(serve: &mut ServeOptions, items: &[String]) -> Result<(), String> {
+    if items.iter().any(|i| i.trim() == "off") {
+        if items.len() > 1 {
+            return Err("mirrors: `off` stands alone (no URLs beside it)".into());
+        }
+        serve.mirrors.clear();
+        serve.mirror_off = true;
+        return Ok(());
+    }
+    serve.mirrors = items
+        .iter()
+        .map(|i| i.parse::<crate::server::MirrorTarget>())
+        .collect::<Result<_, _>>()?;
+    serve.mirror_off = false;
     Ok(())
 }
 
@@ -391,6 +435,20 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
     }
     if let Some(v) = parsed.console {
         serve.console = v.0;
+    }
+    if let Some(v) = parsed.certs {
+        serve.certs = Some(v);
+    }
+    if let Some(v) = parsed.advertise_address {
+        serve.advertise_address = Some(v);
+    }
+    if let Some(items) = parsed.mirrors {
+        if items.is_empty() {
+            return Err(invalid(
+                "mirrors is empty: name at least one URL, or \"off\", or remove the setting".into(),
+            ));
+        }
+        set_mirrors(&mut serve, &items).map_err(invalid)?;
     }
     if let Some(keys) = parsed.policy_keys {
         if keys.is_empty() {
@@ -485,6 +543,28 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
     }
     if let Some(v) = env.get("PROOFGATE_DATA_DIR") {
         serve.data_dir = PathBuf::from(v);
+    }
+    if let Some(v) = env.get("PROOFGATE_CERTS") {
+        serve.certs = Some(PathBuf::from(v));
+    }
+    if let Some(v) = env.get("PROOFGATE_ADVERTISE_ADDRESS") {
+        serve.advertise_address = Some(v.clone());
+    }
+    if let Some(v) = env.get("PROOFGATE_MIRRORS") {
+        // Comma-separated (a vkey's base64 has no comma).
+        let items: Vec<String> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if items.is_empty() {
+            return Err(env_error(
+                "PROOFGATE_MIRRORS",
+                "empty: name at least one URL, or off, or unset it".into(),
+            ));
+        }
+        set_mirrors(&mut serve, &items).map_err(|e| env_error("PROOFGATE_MIRRORS", e))?;
     }
     if let Some(v) = env.get("PROOFGATE_POLICIES") {
         serve.policies = Some(PathBuf::from(v));
@@ -670,6 +750,72 @@ mod tests {
             config.serve.roles.role_of("ops.example.proofgate"),
             Some(Role::Admin)
         );
+    }
+
+    #[test]
+    fn certs_and_advertise_address_follow_file_then_environment_then_flags() {
+        let file = write("certs = \"pki\"\nadvertise_address = \"https://10.0.0.5:50051\"\n");
+        let config = load(Some(file.path()), &HashMap::new()).unwrap();
+        assert_eq!(config.serve.certs, Some(PathBuf::from("pki")));
+        assert_eq!(
+            config.serve.advertise_address.as_deref(),
+            Some("https://10.0.0.5:50051")
+        );
+        let env = HashMap::from([
+            ("PROOFGATE_CERTS".to_owned(), "shared".to_owned()),
+            (
+                "PROOFGATE_ADVERTISE_ADDRESS".to_owned(),
+                "https://node-2:50051".to_owned(),
+            ),
+        ]);
+        let config = load(Some(file.path()), &env).unwrap();
+        assert_eq!(config.serve.certs, Some(PathBuf::from("shared")));
+        assert_eq!(
+            config.serve.advertise_address.as_deref(),
+            Some("https://node-2:50051")
+        );
+        let flags = Flags {
+            certs: Some("flag-pki".into()),
+            advertise_address: Some("https://node-3:1".into()),
+            ..Flags::default()
+        };
+        let config = resolve(Some(file.path()), &env, &flags).unwrap();
+        assert_eq!(config.serve.certs, Some(PathBuf::from("flag-pki")));
+        assert_eq!(
+            config.serve.advertise_address.as_deref(),
+            Some("https://node-3:1")
+        );
+        let config = resolve(None, &HashMap::new(), &Flags::default()).unwrap();
+        assert_eq!(config.serve.certs, None, "default: DATA_DIR/certs");
+        assert_eq!(config.serve.advertise_address, None);
+    }
+
+    #[test]
+    fn mirrors_are_urls_with_an_optional_key_or_off() {
+        let file = write("mirrors = [\"https://10.0.0.6:50051\"]\n");
+        let config = load(Some(file.path()), &HashMap::new()).unwrap();
+        assert_eq!(config.serve.mirrors.len(), 1);
+        assert!(!config.serve.mirror_off);
+        let env = HashMap::from([("PROOFGATE_MIRRORS".to_owned(), "off".to_owned())]);
+        let config = load(Some(file.path()), &env).unwrap();
+        assert!(config.serve.mirrors.is_empty() && config.serve.mirror_off);
+        let flags = Flags {
+            mirrors: vec!["https://a:1".into(), "https://b:2".into()],
+            ..Flags::default()
+        };
+        let config = resolve(Some(file.path()), &env, &flags).unwrap();
+        assert_eq!(config.serve.mirrors.len(), 2);
+        assert!(!config.serve.mirror_off);
+        let bad = Flags {
+            mirrors: vec!["off".into(), "https://a:1".into()],
+            ..Flags::default()
+        };
+        assert!(resolve(None, &HashMap::new(), &bad).is_err());
+        let err = load(Some(write("mirrors = [\"a:1\"]\n").path()), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--mirror"), "{err}");
+        assert!(load(Some(write("mirrors = []\n").path()), &HashMap::new()).is_err());
     }
 
     #[test]

@@ -92,6 +92,17 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabels {
+    origin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PullLabels {
+    origin: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WitnessLabels {
     witness: String,
 }
@@ -142,6 +153,9 @@ struct Inner {
     tls_handshakes_refused: Counter,
     crl_expired: Gauge,
     crl_next_update_seconds: Gauge,
+    mirror_tree_size: Family<OriginLabels, Gauge>,
+    mirror_fork: Family<OriginLabels, Gauge>,
+    mirror_pulls: Family<PullLabels, Counter>,
     witness_cosigned_size: Family<WitnessLabels, Gauge>,
     witness_lag: Family<WitnessLabels, Gauge>,
     witness_refusals: Family<WitnessStatusLabels, Counter>,
@@ -250,6 +264,24 @@ impl Default for Metrics {
             "Earliest nextUpdate of the configured revocation lists (Unix time; 0: none configured)",
             crl_next_update_seconds.clone(),
         );
+        let mirror_tree_size = Family::<OriginLabels, Gauge>::default();
+        registry.register(
+            "mirror_tree_size",
+            "Verified entries of each log this node mirrors (its newest stored checkpoint)",
+            mirror_tree_size.clone(),
+        );
+        let mirror_fork = Family::<OriginLabels, Gauge>::default();
+        registry.register(
+            "mirror_fork",
+            "1 once a mirrored log showed a fork (a checkpoint inconsistent with what was mirrored): its mirroring stopped",
+            mirror_fork.clone(),
+        );
+        let mirror_pulls = Family::<PullLabels, Counter>::default();
+        registry.register(
+            "mirror_pulls",
+            "Mirror rounds per mirrored log and result (ok, error, fork)",
+            mirror_pulls.clone(),
+        );
         let witness_cosigned_size = Family::<WitnessLabels, Gauge>::default();
         registry.register(
             "witness_cosigned_size",
@@ -292,6 +324,9 @@ impl Default for Metrics {
                 tls_handshakes_refused,
                 crl_expired,
                 crl_next_update_seconds,
+                mirror_tree_size,
+                mirror_fork,
+                mirror_pulls,
                 witness_cosigned_size,
                 witness_lag,
                 witness_refusals,
@@ -391,6 +426,48 @@ impl Metrics {
         self.inner
             .crl_next_update_seconds
             .set(next_update_unix_ms.map_or(0, |ms| ms.div_euclid(1000)));
+    }
+
+    /// A mirror round of `origin` ended with `result` (ok, error, fork);
+    /// `verified` is the mirror's verified size after it.
+    pub fn mirror_pull(&self, origin: &str, result: &'static str, verified: u64) {
+        self.inner
+            .mirror_pulls
+            .get_or_create(&PullLabels {
+                origin: origin.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        let labels = OriginLabels {
+            origin: origin.to_owned(),
+        };
+        self.inner
+            .mirror_tree_size
+            .get_or_create(&labels)
+            .set(i64::try_from(verified).unwrap_or(i64::MAX));
+        if result == "fork" {
+            self.inner.mirror_fork.get_or_create(&labels).set(1);
+        }
+    }
+
+    /// Whether the mirror of `origin` stopped on a fork.
+    pub fn mirror_forked(&self, origin: &str) -> bool {
+        self.inner
+            .mirror_fork
+            .get(&OriginLabels {
+                origin: origin.to_owned(),
+            })
+            .is_some_and(|g| g.get() == 1)
+    }
+
+    /// The mirror of `origin`'s verified size as last reported (0: none).
+    pub fn mirror_tree_size(&self, origin: &str) -> u64 {
+        self.inner
+            .mirror_tree_size
+            .get(&OriginLabels {
+                origin: origin.to_owned(),
+            })
+            .map_or(0, |g| u64::try_from(g.get()).unwrap_or(0))
     }
 
     /// A witness's progress: the largest size it cosigned, and how far the

@@ -21,6 +21,7 @@ async fn read_all(gw: &TestGateway) -> (Vec<Vec<u8>>, proofgate::pb::Checkpoint)
         .get_entries(GetEntriesRequest {
             start: 0,
             end: checkpoint.tree_size,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -102,6 +102,7 @@ async fn inclusion_and_consistency_proofs_verify_against_signed_checkpoints() {
         .get_inclusion_proof(GetInclusionProofRequest {
             index: receipt.index,
             tree_size: new_cp.size,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -128,6 +129,7 @@ async fn inclusion_and_consistency_proofs_verify_against_signed_checkpoints() {
         .get_consistency_proof(GetConsistencyProofRequest {
             old_size: old_cp.size,
             new_size: new_cp.size,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -146,6 +148,7 @@ async fn inclusion_and_consistency_proofs_verify_against_signed_checkpoints() {
         .get_inclusion_proof(GetInclusionProofRequest {
             index: new_cp.size + 5,
             tree_size: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -155,6 +158,7 @@ async fn inclusion_and_consistency_proofs_verify_against_signed_checkpoints() {
         .get_consistency_proof(GetConsistencyProofRequest {
             old_size: 1,
             new_size: new_cp.size + 100,
+            ..Default::default()
         })
         .await
         .unwrap_err();

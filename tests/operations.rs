@@ -165,7 +165,11 @@ async fn statistics_equal_counts_recomputed_from_the_log() {
     // Recompute independently from the entries an auditor reads.
     let mut stream = gw
         .audit()
-        .get_entries(GetEntriesRequest { start: 0, end: 0 })
+        .get_entries(GetEntriesRequest {
+            start: 0,
+            end: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

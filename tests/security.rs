@@ -127,7 +127,11 @@ fn every_rpc() -> Vec<(&'static str, Call, &'static str)> {
             rpc!(
                 AuditServiceClient,
                 get_entries,
-                GetEntriesRequest { start: 0, end: 0 }
+                GetEntriesRequest {
+                    start: 0,
+                    end: 0,
+                    ..Default::default()
+                }
             ),
             HALL,
         ),
@@ -138,7 +142,8 @@ fn every_rpc() -> Vec<(&'static str, Call, &'static str)> {
                 get_inclusion_proof,
                 GetInclusionProofRequest {
                     index: 0,
-                    tree_size: 0
+                    tree_size: 0,
+                    ..Default::default()
                 }
             ),
             PORTAL,
@@ -150,7 +155,8 @@ fn every_rpc() -> Vec<(&'static str, Call, &'static str)> {
                 get_consistency_proof,
                 GetConsistencyProofRequest {
                     old_size: 0,
-                    new_size: 0
+                    new_size: 0,
+                    ..Default::default()
                 }
             ),
             "civil-affairs.department.proofgate",
@@ -441,4 +447,126 @@ async fn overload_is_shed_with_resource_exhausted_instead_of_queueing() {
     for call in held {
         call.abort();
     }
+}
+
+/// A node of a shared PKI (`<node-id>.gateway.proofgate`) is a gateway
+/// identity: it may read the log (a mirror reads as its node), and nothing
+/// a hall or a department does.
+#[tokio::test]
+async fn a_gateway_node_may_read_the_audit_log_and_nothing_else() {
+    let gw = TestGateway::start().await;
+    let node = gw.channel_as("node-2.gateway.proofgate").await;
+    let mut audit = AuditServiceClient::new(node.clone());
+    let checkpoint = audit
+        .get_checkpoint(GetCheckpointRequest::default())
+        .await
+        .expect("a gateway node reads checkpoints")
+        .into_inner();
+    assert!(checkpoint.tree_size > 0);
+    let mut entries = audit
+        .get_entries(GetEntriesRequest {
+            start: 0,
+            end: checkpoint.tree_size,
+            ..Default::default()
+        })
+        .await
+        .expect("a gateway node reads entries")
+        .into_inner();
+    assert!(entries.message().await.unwrap().is_some());
+    audit
+        .get_consistency_proof(GetConsistencyProofRequest {
+            old_size: 1,
+            new_size: checkpoint.tree_size,
+            ..Default::default()
+        })
+        .await
+        .expect("and proofs");
+    let status = ApplicationServiceClient::new(node.clone())
+        .submit_application(request("elderly-subsidy", ELDERLY))
+        .await
+        .expect_err("a node is no hall");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("node-2.gateway.proofgate"));
+    let status = DepartmentRegistryClient::new(node)
+        .list_data_sources(ListDataSourcesRequest {})
+        .await
+        .expect_err("nor a department");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+/// `serve --certs DIR`: nothing generated in the data folder; the node
+/// presents its own certificate where DIR has one (callers and departments
+/// expecting `gateway.proofgate` still accept it), else the gateway's.
+#[tokio::test]
+async fn a_node_of_a_shared_pki_presents_its_node_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    proofgate::security::ensure_dev_certs(
+        pki.path(),
+        &proofgate::departments::mock::dev_identities(),
+    )
+    .unwrap();
+    let shared = pki.path().to_path_buf();
+    let gw = TestGateway::start_with(|o| {
+        o.certs = Some(shared.clone());
+        o.node_id = "node-2".into();
+    })
+    .await;
+    assert_eq!(
+        gw.running.identity.as_deref(),
+        Some("node-2.gateway.proofgate")
+    );
+    assert_eq!(gw.running.certs_dir.as_deref(), Some(pki.path()));
+    assert!(
+        !gw.data_dir.path().join("certs").exists(),
+        "no PKI made in the data folder"
+    );
+    // Halls (expecting gateway.proofgate) submit; the node's calls to the
+    // mock departments (as node-2.gateway.proofgate) are admitted.
+    let application = gw.submit(request("elderly-subsidy", ELDERLY)).await;
+    assert_eq!(
+        application.status,
+        ApplicationStatus::Complete as i32,
+        "{application:?}"
+    );
+    // The certificate presented is the node's own.
+    let files = TlsFiles::load(pki.path(), HALL).unwrap();
+    proofgate::security::connect(
+        &gw.running.endpoint(),
+        Some(&files),
+        "node-2.gateway.proofgate",
+    )
+    .await
+    .expect("the node presents node-2.gateway.proofgate");
+    assert!(
+        proofgate::security::connect(
+            &gw.running.endpoint(),
+            Some(&files),
+            "node-1.gateway.proofgate",
+        )
+        .await
+        .is_err(),
+        "and not another node's"
+    );
+    gw.running.shutdown().await;
+
+    // A node id without a certificate in DIR: the gateway's.
+    let other = TestGateway::start_with(|o| {
+        o.certs = Some(pki.path().to_path_buf());
+        o.node_id = "node-9".into();
+    })
+    .await;
+    assert_eq!(other.running.identity.as_deref(), Some(GATEWAY_IDENTITY));
+    other.running.shutdown().await;
+
+    // A folder without a CA is refused, naming what to do.
+    let empty = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut options = options(data.path());
+    options.certs = Some(empty.path().to_path_buf());
+    let err = proofgate::server::start(options)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.exit_code(), 64);
+    assert!(err.to_string().contains("dev-certs"), "{err}");
 }

@@ -3,6 +3,7 @@
 //! sealed per batch by an Ed25519-signed checkpoint (C2SP signed note).
 
 mod checkpoint;
+mod mirror;
 mod project;
 mod reader;
 mod rebuild;
@@ -26,9 +27,12 @@ pub use crate::merkle::proof::{
 };
 use crate::merkle::{self, proof};
 pub use crate::merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
+pub use mirror::{mirror_identity, recorded_fork, MirrorError, MirrorLog, Standing};
 pub use project::{policy_version_meta, projections_of, DishonestyDays, Projection};
 pub use reader::{AuditReader, ReadError, MAX_ACCESSES, MAX_ENTRIES_PER_CALL};
-pub use rebuild::{rebuild_data_dir, rebuild_report, KindReport, RebuildReport};
+pub use rebuild::{
+    rebuild_data_dir, rebuild_report, restore_projections, KindReport, RebuildReport,
+};
 pub use records::{data_dir_records, export, file_records, LogRecord, RecordError, Records};
 pub use replay::{replay_records, Discrepancy, PolicyApproval, ReplayReport};
 pub use store::{

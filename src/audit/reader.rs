@@ -7,7 +7,7 @@ use base64::Engine;
 use prost::Message;
 use thiserror::Error;
 
-use super::store::StoreError;
+use super::store::{AuditStore, StoreError};
 use super::writer::AuditLog;
 use crate::merkle::{consistency_proof, inclusion_proof, leaf_hash, ProofError};
 use crate::pb::{
@@ -43,13 +43,13 @@ pub enum ReadError {
     Proof(#[from] ProofError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Neither this node's own log nor one it mirrors.
+    #[error("no log of origin `{origin}` here (this node serves {known})")]
+    UnknownOrigin { origin: String, known: String },
     #[error("indexed entry {0} is missing from the store")]
     Missing(u64),
-    /// `origin` names a log this node does not serve.
-    #[error("this node serves the log `{ours}`, not `{asked}`")]
-    UnknownOrigin { asked: String, ours: String },
     /// More cosignatures asked for than witnesses configured.
-    #[error("min_cosignatures {asked} cannot be met: this node is configured with {configured} witness(es) (serve --witness URL=VKEY); ask for at most {configured}")]
+    #[error("min_cosignatures {asked} cannot be met: this node is configured with {configured} witness(es) for this log (serve --witness URL=VKEY); ask for at most {configured}")]
     QuorumUnreachable { asked: u32, configured: usize },
     /// No checkpoint carries the cosignatures asked for yet.
     #[error("no checkpoint carries {asked} cosignature(s) by this node's witnesses yet (newest checkpoint: size {newest}); a witness may be down or lagging: retry later, or ask for fewer")]
@@ -62,13 +62,25 @@ pub enum ReadError {
     },
 }
 
-/// Reads the log of one node.
+/// Reads one log: the node's own, or one it mirrors.
 #[derive(Clone)]
 pub struct AuditReader {
-    log: AuditLog,
-    pseudonyms: PseudonymKey,
-    /// Key ids of the witnesses this node asks (`serve --witness`).
+    source: Source,
+    /// Key ids of the witnesses this node asks (`serve --witness`); none
+    /// for a mirrored log.
     witnesses: Vec<[u8; 4]>,
+}
+
+#[derive(Clone)]
+enum Source {
+    /// The node's own log: served up to its durable size.
+    Own {
+        log: AuditLog,
+        pseudonyms: PseudonymKey,
+    },
+    /// A mirrored log: served up to its newest verified checkpoint (entries
+    /// pulled beyond it are not shown until one covers them).
+    Mirror { store: AuditStore, vkey: String },
 }
 
 /// The department accesses one entry records about its subject.
@@ -119,22 +131,53 @@ fn access_of(index: u64, entry: &AuditEntry) -> Option<Access> {
 impl AuditReader {
     pub fn new(log: AuditLog, pseudonyms: PseudonymKey) -> Self {
         Self {
-            log,
-            pseudonyms,
+            source: Source::Own { log, pseudonyms },
             witnesses: Vec::new(),
         }
     }
 
     /// The key ids of the witnesses whose cosignatures count for
-    /// [`AuditReader::checkpoint_for`].
+    /// [`AuditReader::checkpoint_with`].
     pub fn with_witnesses(mut self, key_ids: Vec<[u8; 4]>) -> Self {
         self.witnesses = key_ids;
         self
     }
 
+    /// A reader of a mirrored log (see [`super::MirrorLog`]), verified with `vkey`.
+    pub fn mirrored(store: AuditStore, vkey: String) -> Self {
+        Self {
+            source: Source::Mirror { store, vkey },
+            witnesses: Vec::new(),
+        }
+    }
+
+    fn store(&self) -> &AuditStore {
+        match &self.source {
+            Source::Own { log, .. } => log.store(),
+            Source::Mirror { store, .. } => store,
+        }
+    }
+
+    /// What is served: the durable size, or a mirror's newest checkpoint.
+    fn durable_size(&self) -> Result<u64, ReadError> {
+        match &self.source {
+            Source::Own { log, .. } => Ok(log.durable_size()),
+            Source::Mirror { store, .. } => {
+                Ok(store.latest_checkpoint()?.map_or(0, |(size, _)| size))
+            }
+        }
+    }
+
+    fn verifier_key(&self) -> &str {
+        match &self.source {
+            Source::Own { log, .. } => log.verifier_key(),
+            Source::Mirror { vkey, .. } => vkey,
+        }
+    }
+
     /// `requested` or, for 0, the durable size; never past the log.
     fn tree_size(&self, requested: u64) -> Result<u64, ReadError> {
-        let size = self.log.durable_size();
+        let size = self.durable_size()?;
         if requested > size {
             return Err(ReadError::PastTheLog {
                 what: "tree size",
@@ -147,31 +190,18 @@ impl AuditReader {
 
     /// The latest durable checkpoint, with every cosignature gathered for it.
     pub fn checkpoint(&self) -> Result<Checkpoint, ReadError> {
-        self.checkpoint_for("", 0)
+        self.checkpoint_with(0)
     }
 
-    /// `GetCheckpoint`: the newest durable checkpoint of the log `origin`
-    /// (empty: this node's own), or with `min_cosignatures` K > 0 the newest
-    /// one carrying at least K cosignatures by this node's witnesses.
-    pub fn checkpoint_for(
-        &self,
-        origin: &str,
-        min_cosignatures: u32,
-    ) -> Result<Checkpoint, ReadError> {
-        let store = self.log.store();
-        let durable = self.log.durable_size();
+    /// `GetCheckpoint`: the newest durable checkpoint (with every
+    /// cosignature gathered for it), or with `min_cosignatures` K > 0 the
+    /// newest one carrying at least K cosignatures by this node's witnesses.
+    pub fn checkpoint_with(&self, min_cosignatures: u32) -> Result<Checkpoint, ReadError> {
+        let store = self.store();
+        let durable = self.durable_size()?;
         let Some((newest, note)) = store.checkpoint_at_or_below(durable)? else {
             return Err(ReadError::NoCheckpoint);
         };
-        let own_origin = super::checkpoint::parse_checkpoint(&note)
-            .map(|c| c.origin)
-            .unwrap_or_default();
-        if !origin.is_empty() && origin != own_origin {
-            return Err(ReadError::UnknownOrigin {
-                asked: origin.to_owned(),
-                ours: own_origin,
-            });
-        }
         let (size, note) = if min_cosignatures == 0 {
             let note = store.cosigned_checkpoint(newest)?.unwrap_or(note);
             (newest, note)
@@ -203,8 +233,9 @@ impl AuditReader {
             note,
             tree_size: size,
             root_hash: root,
-            verifier_key: self.log.verifier_key().to_owned(),
+            verifier_key: self.verifier_key().to_owned(),
             cosignatures: u32::try_from(cosignatures).unwrap_or(u32::MAX),
+            from_mirror: matches!(self.source, Source::Mirror { .. }),
         })
     }
 
@@ -216,7 +247,7 @@ impl AuditReader {
         end: u64,
     ) -> Result<impl Iterator<Item = Result<StoredEntry, ReadError>> + Send + 'static, ReadError>
     {
-        let size = self.log.durable_size();
+        let size = self.durable_size()?;
         let end = if end == 0 { size } else { end };
         if end > size {
             return Err(ReadError::PastTheLog {
@@ -232,7 +263,7 @@ impl AuditReader {
             });
         }
         let end = end.min(start.saturating_add(MAX_ENTRIES_PER_CALL));
-        Ok(self.log.store().entries(start, end).map(|item| {
+        Ok(self.store().entries(start, end).map(|item| {
             item.map(|(index, entry)| StoredEntry {
                 index,
                 leaf_hash: leaf_hash(&entry).to_vec(),
@@ -244,7 +275,7 @@ impl AuditReader {
 
     pub fn inclusion_proof(&self, index: u64, tree_size: u64) -> Result<InclusionProof, ReadError> {
         let tree_size = self.tree_size(tree_size)?;
-        let store = self.log.store();
+        let store = self.store();
         let hashes = inclusion_proof(store, index, tree_size)?;
         let leaf_hash = store.leaf_hash(index)?.ok_or(ReadError::Missing(index))?;
         Ok(InclusionProof {
@@ -261,7 +292,7 @@ impl AuditReader {
         new_size: u64,
     ) -> Result<ConsistencyProof, ReadError> {
         let new_size = self.tree_size(new_size)?;
-        let hashes = consistency_proof(self.log.store(), old_size, new_size)?;
+        let hashes = consistency_proof(self.store(), old_size, new_size)?;
         Ok(ConsistencyProof {
             old_size,
             new_size,
@@ -299,8 +330,14 @@ impl AuditReader {
             0 => MAX_ACCESSES,
             n => n.min(MAX_ACCESSES),
         } as usize;
-        let pseudonym = self.pseudonyms.pseudonym(id_type, &subject.id_number);
-        let store = self.log.store();
+        let Source::Own { log, pseudonyms } = &self.source else {
+            return Err(ReadError::Invalid {
+                field: "origin",
+                problem: "accesses are listed by the log's own node, not by a mirror".into(),
+            });
+        };
+        let pseudonym = pseudonyms.pseudonym(id_type, &subject.id_number);
+        let store = log.store();
         let after = (after_index > 0).then_some(after_index);
         let mut accesses = Vec::new();
         let mut next_after_index = 0;

@@ -252,3 +252,20 @@ pub fn rebuild_data_dir(data_dir: &Path) -> Result<RebuildReport, StoreError> {
     let store = AuditStore::open(&data_dir.join("log"))?;
     rebuild_report(&store)
 }
+
+/// Writes every projection the entries of `store` give (what a node's
+/// writer would have stored), then checks the store against its entries:
+/// how a data folder restored from a mirror gets its projections. Returns
+/// the check's report (consistent unless the log itself refuses an entry).
+pub fn restore_projections(store: &AuditStore) -> Result<RebuildReport, StoreError> {
+    let mut scratch = RebuildReport::default();
+    let expected = expected_state(store, &mut scratch)?;
+    let mut batch = sled::Batch::default();
+    for (key, value) in expected {
+        batch.insert(key, value);
+    }
+    let db = store.db();
+    db.apply_batch(batch)?;
+    db.flush()?;
+    rebuild_report(store)
+}

@@ -135,6 +135,30 @@ pub(super) fn entry_value(leaf: &Hash, bytes: &[u8]) -> Vec<u8> {
     value
 }
 
+/// Stages one entry at the frontier's next index into `batch`: the entry
+/// (with its leaf hash) and the Merkle nodes it completes (levels ≥
+/// [`LOWEST_STORED_NODE_LEVEL`]). The writer and a mirror both append
+/// through here; the caller adds the frontier and the checkpoint. Returns
+/// the entry's index.
+pub(super) fn stage_entry(
+    frontier: &mut Frontier,
+    leaf: Hash,
+    bytes: &[u8],
+    batch: &mut sled::Batch,
+    nodes: &mut Vec<(u8, u64, Hash)>,
+) -> u64 {
+    let index = frontier.size();
+    nodes.clear();
+    frontier.push_with_nodes(leaf, nodes);
+    for (level, node_index, hash) in nodes.iter() {
+        if *level >= LOWEST_STORED_NODE_LEVEL {
+            batch.insert(&node_key(*level, *node_index)[..], &hash[..]);
+        }
+    }
+    batch.insert(&entry_key(index), entry_value(&leaf, bytes));
+    index
+}
+
 fn split_entry(index: u64, value: &[u8]) -> Result<(Hash, &[u8]), StoreError> {
     let (leaf, bytes) = value.split_first_chunk::<32>().ok_or_else(|| {
         StoreError::Corrupt(format!("entry {index} is shorter than its leaf hash"))

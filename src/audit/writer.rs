@@ -14,10 +14,7 @@ use tracing::{debug, error};
 use super::checkpoint::NoteSigner;
 use super::merkle::{leaf_hash, Frontier, Hash};
 use super::project::{Projection, Staged};
-use super::store::{
-    checkpoint_key, entry_key, entry_value, node_key, AuditStore, StoreError, FRONTIER_KEY,
-    LOWEST_STORED_NODE_LEVEL,
-};
+use super::store::{checkpoint_key, stage_entry, AuditStore, StoreError, FRONTIER_KEY};
 use crate::pb::{audit_entry::Event, AuditReceipt};
 
 #[derive(Debug, Clone, Copy)]
@@ -317,14 +314,13 @@ impl Writer {
             let index = self.frontier.size();
             let bytes = entry_bytes(index, logged_unix_ms, &self.node_id, &request.event);
             let leaf = leaf_hash(&bytes);
-            nodes.clear();
-            self.frontier.push_with_nodes(leaf, &mut nodes);
-            for (level, node_index, hash) in &nodes {
-                if *level >= LOWEST_STORED_NODE_LEVEL {
-                    sled_batch.insert(&node_key(*level, *node_index)[..], &hash[..]);
-                }
-            }
-            sled_batch.insert(&entry_key(index), entry_value(&leaf, &bytes));
+            stage_entry(
+                &mut self.frontier,
+                leaf,
+                &bytes,
+                &mut sled_batch,
+                &mut nodes,
+            );
             receipts.push(Receipt {
                 index,
                 leaf_hash: leaf,

@@ -40,8 +40,9 @@ pub enum Command {
         command: ConfigCommand,
     },
     /// Create a development CA, its (empty, signed) revocation list ca.crl and
-    /// certificates for the gateway, halls, every mock department, an auditor,
-    /// a citizen portal and an admin; or issue, re-issue or revoke one.
+    /// certificates for the gateway, nodes node-1 to node-3, halls, every
+    /// mock department, an auditor, a citizen portal and an admin; or issue,
+    /// re-issue or revoke one.
     DevCerts(DevCertsArgs),
     /// Run one built-in mock department standalone.
     MockDepartment {
@@ -157,7 +158,9 @@ pub struct DevCertsArgs {
     #[arg(long, default_value = "proofgate-data/certs")]
     pub dir: PathBuf,
     /// Issue a certificate for this identity (<name>.<role>.proofgate, role one of
-    /// hall, department, auditor, citizen-portal, admin) with the existing CA.
+    /// hall, department, auditor, citizen-portal, admin, gateway) with the
+    /// existing CA. A node certificate is <node-id>.gateway.proofgate (node-1
+    /// to node-3 are made with the CA); it also names gateway.proofgate.
     /// An identity that has one gets a new one (key included): how a node's
     /// certificate is rotated; a running node picks it up by itself.
     #[arg(
@@ -245,6 +248,10 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild a node's data folder from a mirror (or from the node itself):
+    /// entries, checkpoint, Merkle nodes, then projections, each chunk
+    /// verified against the newest checkpoint before it is written.
+    Restore(RestoreArgs),
     /// Replace the checkpoint key; the change is logged and signed by the old key.
     RotateKey {
         #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
@@ -252,6 +259,34 @@ pub enum AuditCommand {
         #[arg(long, default_value = server::DEFAULT_NODE_ID)]
         node_id: String,
     },
+}
+
+// No doc comment here: the `Restore` variant's is the subcommand's help.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// A node that mirrors the log (or serves it as its own), https://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The log to restore, e.g. proofgate/node-1.
+    #[arg(long)]
+    pub origin: String,
+    /// The data folder to write; it must be empty or absent.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The PKI folder; the call is made as its auditor.auditor.proofgate.
+    #[arg(long, value_name = "DIR")]
+    pub certs: PathBuf,
+    /// The origin's verifier key (text or a file holding it, e.g. the lost
+    /// node's log.vkey). Without it, the key the mirror serves is trusted.
+    #[arg(long)]
+    pub vkey: Option<String>,
+    /// A witness key whose cosignature the newest checkpoint must carry
+    /// (repeatable; with --quorum).
+    #[arg(long = "witness", value_name = "VKEY")]
+    pub witnesses: Vec<String>,
+    /// How many of the --witness keys must have cosigned it.
+    #[arg(long, value_name = "K")]
+    pub quorum: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -354,6 +389,22 @@ pub struct ServeArgs {
     /// its vkey (or a file holding it); repeatable.
     #[arg(long = "witness", value_name = "URL=VKEY")]
     pub witnesses: Vec<crate::server::cosign::WitnessTarget>,
+    /// A shared PKI folder (from `dev-certs --dir DIR`) instead of one made
+    /// in DATA_DIR/certs. The node presents <node-id>.gateway.proofgate if
+    /// DIR holds it, else gateway.proofgate, on its listener and its calls.
+    #[arg(long, value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// The URL other nodes reach this one at, published in the node
+    /// directory [default: https://<bound listen address>]
+    #[arg(long, value_name = "URL")]
+    pub advertise_address: Option<String>,
+    /// Keep a verified copy of this node's log (repeatable): URL, or
+    /// URL=VKEY to pin the origin's key (else the key the peer serves on
+    /// first contact is pinned). `off`: in a cluster, mirror no peer (by
+    /// default, with a shared --certs, each node mirrors the next node in
+    /// the directory).
+    #[arg(long = "mirror", value_name = "URL[=VKEY]|off")]
+    pub mirrors: Vec<String>,
 }
 
 impl ServeArgs {
@@ -377,6 +428,9 @@ impl ServeArgs {
             etcd_prefix: self.etcd.etcd_prefix.clone(),
             tls_poll_seconds: self.tls_poll_seconds,
             witnesses: self.witnesses.clone(),
+            certs: self.certs.clone(),
+            advertise_address: self.advertise_address.clone(),
+            mirrors: self.mirrors.clone(),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Offline work on a node's log (its server stopped) or an exported file:
-//! `audit export / verify / replay / rebuild / rotate-key` and `stats`.
+//! `audit export / verify / replay / rebuild / rotate-key` and `stats`; and
+//! `audit restore`, which rebuilds a data folder from a mirror.
 
 use std::path::Path;
 use std::time::Instant;
 
-use super::{CliError, LogSource, Report};
+use super::{CliError, LogSource, Report, RestoreArgs};
 use crate::audit::{self, report, Records};
 use crate::clock::system_now_unix_ms;
 use crate::operations::stats;
@@ -44,17 +45,7 @@ pub fn verify(
     let vkey = vkey.map(|v| std::fs::read_to_string(&v).unwrap_or(v).trim().to_owned());
     let witnesses = match &quorum {
         None => Vec::new(),
-        Some(q) => q
-            .witnesses
-            .iter()
-            .map(|given| {
-                let vkey = crate::server::cosign::read_vkey(given);
-                audit::NoteVerifier::from_cosigner_vkey(&vkey).map_err(|e| CliError::WitnessKey {
-                    vkey: given.clone(),
-                    problem: e.to_string(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?,
+        Some(q) => witness_keys(&q.witnesses)?,
     };
     let mut r = open_records(source)?
         .and_then(|records| audit::verify_records(records, vkey.as_deref(), progress("verified")))
@@ -170,6 +161,20 @@ pub fn stats(data_dir: &Path, json: bool) -> Result<Report, CliError> {
     })
 }
 
+/// Witness vkeys given on the command line (text, or files holding them).
+fn witness_keys(given: &[String]) -> Result<Vec<audit::NoteVerifier>, CliError> {
+    given
+        .iter()
+        .map(|given| {
+            let vkey = crate::server::cosign::read_vkey(given);
+            audit::NoteVerifier::from_cosigner_vkey(&vkey).map_err(|e| CliError::WitnessKey {
+                vkey: given.clone(),
+                problem: e.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// The log a `verify` or `replay` reads. The outer error: no source given;
 /// the inner: the source cannot be opened (bad data to an auditor).
 fn open_records(source: &LogSource) -> Result<Result<Records, audit::RecordError>, CliError> {
@@ -189,4 +194,223 @@ fn progress(what: &'static str) -> impl FnMut(u64) {
             n as f64 / started.elapsed().as_secs_f64().max(1e-9)
         )
     }
+}
+
+/// The identity `audit restore` calls the mirror as.
+pub const RESTORE_IDENTITY: &str = "auditor.auditor.proofgate";
+
+/// A failed pull: the mirror unreachable or refusing (69), or what it
+/// served does not verify (65).
+pub fn pull_exit_code(e: &crate::server::mirror::PullError) -> u8 {
+    use crate::server::mirror::PullError;
+    match e {
+        PullError::Connect { .. } | PullError::Timeout { .. } => crate::server::exit::UNAVAILABLE,
+        PullError::Rpc { status, .. } => match status.code() {
+            tonic::Code::NotFound | tonic::Code::InvalidArgument => crate::server::exit::CONFIG,
+            tonic::Code::DataLoss => crate::server::exit::DATA,
+            _ => crate::server::exit::UNAVAILABLE,
+        },
+        PullError::Mirror(_) | PullError::BadAnswer { .. } => crate::server::exit::DATA,
+    }
+}
+
+/// `proofgate audit restore`: rebuilds `data_dir` (which must be empty)
+/// from the log of `origin` served at `from` (a mirror, by origin), as the
+/// certs folder's auditor. Every chunk of entries is checked against the
+/// newest checkpoint (its signature by the origin's key; the chunk's root a
+/// prefix of its tree) before it is written, into `log.restoring`, renamed
+/// to `log` once complete; then the projections are rebuilt from the
+/// entries and the whole folder is verified as `audit verify` does.
+pub async fn restore(args: &RestoreArgs) -> Result<Report, CliError> {
+    let data_dir = args.data_dir.as_path();
+    if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(CliError::RestoreConfig(format!(
+            "{} is not empty: restore only into an empty or new folder (move the old one away first)",
+            data_dir.display()
+        )));
+    }
+    // Witness keys are checked before anything is pulled; the quorum on
+    // what was pulled, before the restored folder is put in place.
+    witness_keys(&args.witnesses)?;
+    if args.quorum.is_some_and(|k| k > 0) && args.witnesses.is_empty() {
+        return Err(CliError::RestoreConfig(
+            "--quorum needs the witnesses' keys: give --witness VKEY (repeatable)".into(),
+        ));
+    }
+    let files = security::TlsFiles::load(&args.certs, RESTORE_IDENTITY)?;
+    let channel = security::connect(&args.from, Some(&files), security::GATEWAY_IDENTITY)
+        .await
+        .map_err(|e| crate::server::mirror::PullError::Connect {
+            url: args.from.clone(),
+            problem: format!("{e} (is a node serving there?)"),
+        })?;
+    let mut client = crate::server::mirror::client_over(channel, RESTORE_IDENTITY);
+    let mut warnings = Vec::new();
+    let vkey = match &args.vkey {
+        Some(v) => std::fs::read_to_string(v)
+            .unwrap_or_else(|_| v.clone())
+            .trim()
+            .to_owned(),
+        None => {
+            let served =
+                crate::server::mirror::peer_checkpoint(&mut client, &args.from, &args.origin)
+                    .await?;
+            warnings.push(format!(
+                "no --vkey: trusted the key the mirror serves for {}: {} (check it against the node's log.vkey)",
+                args.origin, served.verifier_key
+            ));
+            served.verifier_key
+        }
+    };
+    std::fs::create_dir_all(data_dir).map_err(|e| CliError::Generate {
+        dir: data_dir.to_path_buf(),
+        source: e,
+    })?;
+    let staging = data_dir.join("log.restoring");
+    let restored = restore_into(args, &mut client, &vkey, &staging, warnings).await;
+    if restored.is_err() {
+        // Nothing half-restored is left behind: the folder is empty again,
+        // so the restore can simply be run again.
+        if let Ok(entries) = std::fs::read_dir(data_dir) {
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+    }
+    restored
+}
+
+async fn restore_into(
+    args: &RestoreArgs,
+    client: &mut crate::server::mirror::AuditClient,
+    vkey: &str,
+    staging: &Path,
+    mut warnings: Vec<String>,
+) -> Result<Report, CliError> {
+    let data_dir = args.data_dir.as_path();
+    let vkey = vkey.to_owned();
+    let log = audit::MirrorLog::open(staging, &args.origin, &vkey)
+        .map_err(|e| CliError::RestoreConfig(e.to_string()))?;
+    let size = crate::server::mirror::pull(client, &args.from, &args.origin, &log).await?;
+    if size == 0 {
+        return Err(CliError::Restored(format!(
+            "{} serves no checkpoint of {}",
+            args.from, args.origin
+        )));
+    }
+    let store = log.into_log_store()?;
+    if let Some(quorum) = args.quorum.filter(|k| *k > 0) {
+        let witnesses = witness_keys(&args.witnesses)?;
+        let newest = store
+            .latest_checkpoint()?
+            .map(|(_, note)| note)
+            .unwrap_or_default();
+        let (valid, problems) = audit::count_cosignatures(&newest, &witnesses);
+        if valid < quorum {
+            return Err(CliError::Restored(format!(
+                "the newest checkpoint {} serves for {} (size {size}) carries valid cosignatures by {valid} of the {} given witness(es); {quorum} required (--quorum){}",
+                args.from,
+                args.origin,
+                witnesses.len(),
+                problems
+                    .iter()
+                    .map(|p| format!("; {p}"))
+                    .collect::<String>()
+            )));
+        }
+    }
+    let rebuilt = audit::restore_projections(&store)?;
+    drop(store);
+    let final_path = data_dir.join("log");
+    // The store's file lock goes with its last handle: reopen-and-drop
+    // waits for it, so the rename never moves a store still held.
+    drop(audit::AuditStore::open(staging)?);
+    std::fs::rename(staging, &final_path).map_err(|e| CliError::Generate {
+        dir: final_path.clone(),
+        source: e,
+    })?;
+    // The keys a verifier needs: the first one, and after rotations all.
+    let keys = restored_keys(&final_path, &vkey)?;
+    let write = |name: &str, text: String| {
+        let path = data_dir.join(name);
+        std::fs::write(&path, text).map_err(|e| CliError::Generate {
+            dir: path,
+            source: e,
+        })
+    };
+    if let [only] = keys.as_slice() {
+        write("log.vkey", format!("{only}\n"))?;
+    } else {
+        write("log.vkeys", keys.iter().map(|k| format!("{k}\n")).collect())?;
+        write(
+            "log.vkey",
+            format!("{}\n", keys.last().map_or("", |k| k.as_str())),
+        )?;
+    }
+    let first = keys.first().cloned().unwrap_or(vkey.clone());
+    let verified = audit::data_dir_records(data_dir)
+        .and_then(|records| audit::verify_records(records, Some(&first), |_| {}))
+        .map_err(CliError::Check)?;
+    if !verified.ok() {
+        return Err(CliError::Restored(format!(
+            "the restored log does not verify: {}",
+            verified.problem.map(|p| p.to_string()).unwrap_or_default()
+        )));
+    }
+    if !rebuilt.consistent() {
+        warnings.push(format!(
+            "projections rebuilt with {} entries refused by the projection (run `proofgate audit rebuild --data-dir {}` and `audit replay`)",
+            rebuilt.refused.len(),
+            data_dir.display()
+        ));
+    }
+    let applications = rebuilt
+        .kinds
+        .iter()
+        .find(|k| k.kind == "applications")
+        .map_or(0, |k| k.expected);
+    Ok(Report {
+        text: format!(
+            "restored {size} entries of {} from {} into {} (verified: signature by {}, every entry against the newest checkpoint); {applications} applications and the other projections rebuilt from the entries.\n\
+             To resume appending to this log, copy the node's keys (keys/log-signing-key.pk8 and keys/pseudonym.key) into {}/keys before `proofgate serve`. Without its key the node must start a new log in an empty data folder (see README, Mirrors and restore).\n",
+            args.origin,
+            args.from,
+            data_dir.display(),
+            first,
+            data_dir.display()
+        ),
+        warnings,
+        found_problem: false,
+    })
+}
+
+/// The verifier keys of a restored log, oldest first: `newest` alone, or the
+/// chain its KeyRotated entries give (the first rotation's previous key,
+/// then each new one).
+fn restored_keys(log: &Path, newest: &str) -> Result<Vec<String>, CliError> {
+    use prost::Message;
+    let store = audit::AuditStore::open(log)?;
+    let mut keys: Vec<String> = Vec::new();
+    for item in store.entries(0, u64::MAX) {
+        let (_, bytes) = item?;
+        if let Ok(crate::pb::AuditEntry {
+            event: Some(crate::pb::audit_entry::Event::KeyRotated(r)),
+            ..
+        }) = crate::pb::AuditEntry::decode(bytes.as_slice())
+        {
+            if keys.is_empty() {
+                keys.push(r.previous_verifier_key.clone());
+            }
+            keys.push(r.new_verifier_key.clone());
+        }
+    }
+    if keys.is_empty() {
+        keys.push(newest.to_owned());
+    }
+    Ok(keys)
 }

@@ -11,7 +11,7 @@
 //! | `args.rs`   | the clap derive types                                           |
 //! | `node.rs`   | serve, config check, dev-certs, keygen, mock-department, witness |
 //! | `policy.rs` | policy check, policy generate-jinhua                            |
-//! | `audit.rs`  | audit export / verify / replay / rebuild / rotate-key, stats    |
+//! | `audit.rs`  | audit export / verify / replay / rebuild / restore / rotate-key, stats |
 //! | `bench.rs`  | bench                                                           |
 //! | `cluster.rs`| cluster status                                                  |
 
@@ -27,7 +27,7 @@ pub mod policy;
 
 pub use args::{
     AuditCommand, BenchArgs, Cli, ClusterCommand, Command, ConfigCommand, DevCertsArgs, EtcdArgs,
-    LogSource, PolicyCommand, ServeArgs, WitnessArgs,
+    LogSource, PolicyCommand, RestoreArgs, ServeArgs, WitnessArgs,
 };
 
 use std::path::PathBuf;
@@ -123,6 +123,17 @@ pub enum CliError {
     /// `audit verify --witness`: a key that is not a witness's vkey.
     #[error("--witness {vkey}: {problem}")]
     WitnessKey { vkey: String, problem: String },
+    /// `audit restore`: options that cannot work (a non-empty data folder,
+    /// a bad key, witnesses asked for but not checkable here).
+    #[error("{0}")]
+    RestoreConfig(String),
+    /// `audit restore`: the mirror could not be read, or what it served
+    /// does not verify.
+    #[error("restore: {0}")]
+    Pull(#[from] crate::server::mirror::PullError),
+    /// `audit restore`: the restored folder does not check out.
+    #[error("restore: {0}")]
+    Restored(String),
 }
 
 /// The process exit code of a command's result: 0, or what failed (64 bad
@@ -138,8 +149,11 @@ pub fn exit_code(result: &Result<Report, CliError>) -> u8 {
             | CliError::Fixture(_)
             | CliError::NoLogSource
             | CliError::WitnessKey { .. }
+            | CliError::RestoreConfig(_)
             | CliError::Fanout(_) => exit::CONFIG,
             CliError::Witness(e) => e.exit_code(),
+            CliError::Pull(e) => audit::pull_exit_code(e),
+            CliError::Restored(_) => exit::DATA,
             CliError::Policy(_) | CliError::Check(_) => exit::DATA,
             CliError::Serve(e) => e.exit_code(),
             CliError::Store(e) => exit::of_store(e),

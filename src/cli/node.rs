@@ -38,6 +38,39 @@ pub fn config_check(file: &Path) -> Result<Report, CliError> {
         format!("  policies         {policies}"),
         format!("  node_id          {}", o.node_id),
         format!("  mutual TLS       {}", o.tls),
+        format!(
+            "  certificates     {}",
+            o.certs.as_ref().map_or_else(
+                || format!(
+                    "{} (made on first start)",
+                    o.data_dir.join("certs").display()
+                ),
+                |d| format!("{} (shared PKI)", d.display())
+            )
+        ),
+        format!(
+            "  mirrors          {}",
+            if o.mirror_off {
+                "off".to_owned()
+            } else if o.mirrors.is_empty() {
+                "none (in a cluster with --certs: the next node)".to_owned()
+            } else {
+                o.mirrors
+                    .iter()
+                    .map(|m| match &m.vkey {
+                        Some(_) => format!("{} (key pinned)", m.url),
+                        None => m.url.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
+        format!(
+            "  advertise        {}",
+            o.advertise_address
+                .clone()
+                .unwrap_or_else(|| "https://<bound listen address>".into())
+        ),
         format!("  mock departments {}", o.mock_departments),
         format!("  max in flight    {}", o.max_in_flight),
         format!(

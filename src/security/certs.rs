@@ -16,8 +16,29 @@ use thiserror::Error;
 pub const CA_CERT: &str = "ca.pem";
 /// The CA's private key (0600); `dev-certs --issue/--revoke` sign with it.
 pub const CA_KEY: &str = "ca.key";
-/// The gateway's identity; departments' TLS clients expect it.
+/// The gateway's identity; departments' TLS clients expect it. A single
+/// node presents a certificate of this name; every node certificate
+/// (`<node-id>.gateway.proofgate`) names it too, as a second DNS name, so
+/// clients that expect `gateway.proofgate` accept any node of the PKI.
 pub const GATEWAY_IDENTITY: &str = "gateway.proofgate";
+/// Node certificates are `<node-id>` followed by this.
+pub const NODE_IDENTITY_SUFFIX: &str = ".gateway.proofgate";
+/// How many node certificates (`node-1` … `node-N`) `dev-certs` issues;
+/// more with `dev-certs --issue node-4.gateway.proofgate`.
+pub const DEV_NODES: usize = 3;
+
+/// A node's identity in a shared PKI: `<node-id>.gateway.proofgate`.
+pub fn node_identity(node_id: &str) -> String {
+    format!("{node_id}{NODE_IDENTITY_SUFFIX}")
+}
+
+/// `gateway.proofgate` or a node's `<node-id>.gateway.proofgate`.
+pub fn is_gateway_identity(identity: &str) -> bool {
+    identity == GATEWAY_IDENTITY
+        || identity
+            .strip_suffix(NODE_IDENTITY_SUFFIX)
+            .is_some_and(|node| !node.is_empty() && !node.contains('.'))
+}
 
 #[derive(Debug, Error)]
 pub enum CertError {
@@ -52,18 +73,20 @@ pub enum Validity {
 }
 
 /// The identities `proofgate dev-certs` (and a first `serve`) create: the
-/// gateway, two halls, an auditor, a citizen portal, an admin, and one
+/// gateway, [`DEV_NODES`] node certificates (`node-1.gateway.proofgate`…,
+/// for nodes sharing the folder with `serve --certs`), two halls, an auditor, a citizen portal, an admin, and one
 /// department identity per name in `departments` (the caller knows which
 /// departments it runs; security does not).
 pub fn standard_identities<'a>(departments: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    let mut names = vec![
-        GATEWAY_IDENTITY.to_owned(),
+    let mut names = vec![GATEWAY_IDENTITY.to_owned()];
+    names.extend((1..=DEV_NODES).map(|n| node_identity(&format!("node-{n}"))));
+    names.extend([
         "hall-wucheng.hall.proofgate".to_owned(),
         "hall-jindong.hall.proofgate".to_owned(),
         "auditor.auditor.proofgate".to_owned(),
         "portal.citizen-portal.proofgate".to_owned(),
         "admin.admin.proofgate".to_owned(),
-    ];
+    ]);
     names.extend(
         departments
             .into_iter()
@@ -133,6 +156,10 @@ pub fn ensure_dev_certs(dir: &Path, identities: &[String]) -> Result<bool, CertE
 /// Issues `<identity>.pem` and `<identity>.key` in `dir`, signed by its CA.
 /// The certificate serves both ends (server and client authentication) and
 /// also names `localhost` and 127.0.0.1, so local servers can present it.
+/// A node certificate (`<node-id>.gateway.proofgate`) also names
+/// `gateway.proofgate`, after its own name: the caller's identity is the
+/// first `.proofgate` name (see [`super::identity::identity_of`]), and
+/// clients expecting `gateway.proofgate` accept it.
 pub fn issue(dir: &Path, identity: &str, validity: Validity) -> Result<PathBuf, CertError> {
     if !valid_identity(identity) {
         return Err(CertError::BadIdentity(identity.to_owned()));
@@ -141,7 +168,12 @@ pub fn issue(dir: &Path, identity: &str, validity: Validity) -> Result<PathBuf, 
     let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem)?;
     let issuer = Issuer::new(ca_params()?, ca_key);
-    let mut params = CertificateParams::new(vec![identity.to_owned(), "localhost".to_owned()])?;
+    let mut names = vec![identity.to_owned()];
+    if identity != GATEWAY_IDENTITY && is_gateway_identity(identity) {
+        names.push(GATEWAY_IDENTITY.to_owned());
+    }
+    names.push("localhost".to_owned());
+    let mut params = CertificateParams::new(names)?;
     params
         .subject_alt_names
         .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
@@ -277,5 +309,48 @@ mod tests {
             issue(dir.path(), "Not Valid", Validity::Normal),
             Err(CertError::BadIdentity(_))
         ));
+    }
+
+    #[test]
+    fn a_node_certificate_names_the_node_first_and_the_gateway_second() {
+        use rustls_pki_types::pem::PemObject;
+        let dir = tempfile::tempdir().unwrap();
+        let identities = standard_identities([]);
+        for n in 1..=DEV_NODES {
+            assert!(identities.contains(&node_identity(&format!("node-{n}"))));
+        }
+        ensure_dev_certs(dir.path(), &identities).unwrap();
+        let der = |identity: &str| {
+            rustls_pki_types::CertificateDer::from_pem_file(
+                dir.path().join(format!("{identity}.pem")),
+            )
+            .unwrap()
+        };
+        let node = der("node-2.gateway.proofgate");
+        assert_eq!(
+            super::super::identity::identity_of(std::slice::from_ref(&node)).as_deref(),
+            Some("node-2.gateway.proofgate"),
+            "the caller is the node"
+        );
+        let names: Vec<String> = webpki::EndEntityCert::try_from(&node)
+            .unwrap()
+            .valid_dns_names()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            names,
+            ["node-2.gateway.proofgate", GATEWAY_IDENTITY, "localhost"],
+            "clients expecting gateway.proofgate accept it"
+        );
+        let single = der(GATEWAY_IDENTITY);
+        let names: Vec<String> = webpki::EndEntityCert::try_from(&single)
+            .unwrap()
+            .valid_dns_names()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(names, [GATEWAY_IDENTITY, "localhost"], "unchanged");
+        assert!(is_gateway_identity("node-7.gateway.proofgate"));
+        assert!(!is_gateway_identity("x.y.gateway.proofgate"));
+        assert!(!is_gateway_identity("auditor.auditor.proofgate"));
     }
 }

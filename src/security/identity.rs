@@ -20,7 +20,9 @@ pub enum Role {
     CitizenPortal,
     /// Operates the gateway.
     Admin,
-    /// The gateway itself (as a client of departments).
+    /// The gateway itself: `gateway.proofgate`, or one node of a shared PKI,
+    /// `<node-id>.gateway.proofgate` (as a client of departments, of peer
+    /// nodes, and as a mirror reading another node's AuditService).
     Gateway,
 }
 
@@ -67,7 +69,9 @@ impl RoleMap {
         if let Some(role) = self.explicit.get(identity) {
             return Some(role.clone());
         }
-        if identity == super::certs::GATEWAY_IDENTITY {
+        // `gateway.proofgate` (one node) or `<node-id>.gateway.proofgate`
+        // (a node of a shared PKI).
+        if super::certs::is_gateway_identity(identity) {
             return Some(Role::Gateway);
         }
         let rest = identity.strip_suffix(".proofgate")?;
@@ -127,5 +131,8 @@ mod tests {
         assert_eq!(map.role_of("a.b.hall.proofgate"), None);
         assert_eq!(map.role_of("hall.proofgate"), None);
         assert_eq!(map.role_of("gateway.proofgate"), Some(Role::Gateway));
+        assert_eq!(map.role_of("node-2.gateway.proofgate"), Some(Role::Gateway));
+        assert_eq!(map.role_of(".gateway.proofgate"), None);
+        assert_eq!(map.role_of("a.b.gateway.proofgate"), None);
     }
 }

@@ -61,6 +61,14 @@ pub enum LogKeyError {
     },
     #[error("{0}: no key to rotate (has this node ever started?)")]
     NoKey(PathBuf),
+    /// The log's checkpoints are signed by another key (or origin) than the
+    /// node's: appending would fork it or mix two logs.
+    #[error("{log}: its newest checkpoint (size {size}) is not signed by this node's key {vkey}: the log was restored without its key, the keys were replaced, or --node-id changed. Copy the node's keys/ back (and give its --node-id), or start a new log in an empty data folder (README: Mirrors and restore)")]
+    ForeignLog {
+        log: PathBuf,
+        size: u64,
+        vkey: String,
+    },
 }
 
 /// The origin line of a node's checkpoints.
@@ -78,6 +86,7 @@ pub fn open_log(
     let keys = load_or_generate_keys(&data_dir.join("keys"))?;
     let store = AuditStore::open(&data_dir.join("log"))?;
     let signer = NoteSigner::new(&log_origin(node_id), keys.signing)?;
+    check_signed_by(&store, &signer.verifier_key(), &data_dir.join("log"))?;
     let log = AuditLog::start(store, signer, node_id.to_owned(), writer)?;
     let vkey_path = data_dir.join("log.vkey");
     fs::write(&vkey_path, format!("{}\n", log.verifier_key())).map_err(|source| {
@@ -87,6 +96,37 @@ pub fn open_log(
         }
     })?;
     Ok((log, keys.pseudonym))
+}
+
+/// A log may be appended to with `vkey` only if its newest checkpoint is
+/// signed by it, or its last entry rotated the key to it (the checkpoint
+/// covering a rotation is still the old key's).
+fn check_signed_by(store: &AuditStore, vkey: &str, path: &Path) -> Result<(), LogKeyError> {
+    let Some((size, note)) = store.latest_checkpoint()? else {
+        return Ok(());
+    };
+    let verifier = crate::audit::NoteVerifier::from_vkey(vkey)?;
+    if verifier.verify_signature(&note).is_ok() {
+        return Ok(());
+    }
+    let rotated_to_us = size > 0
+        && store
+            .entry(size - 1)?
+            .and_then(|bytes| {
+                use prost::Message;
+                pb::AuditEntry::decode(bytes.as_slice()).ok()
+            })
+            .is_some_and(|entry| {
+                matches!(entry.event, Some(pb::audit_entry::Event::KeyRotated(r)) if r.new_verifier_key == vkey)
+            });
+    if rotated_to_us {
+        return Ok(());
+    }
+    Err(LogKeyError::ForeignLog {
+        log: path.to_path_buf(),
+        size,
+        vkey: vkey.to_owned(),
+    })
 }
 
 /// Rotates the node's checkpoint key, offline (no server on this data folder):

@@ -16,7 +16,8 @@ pub use authz::{
     PLAINTEXT_IDENTITY_HEADER,
 };
 pub use certs::{
-    ensure_dev_certs, issue, standard_identities, CertError, TlsFiles, Validity, GATEWAY_IDENTITY,
+    ensure_dev_certs, is_gateway_identity, issue, node_identity, standard_identities, CertError,
+    TlsFiles, Validity, GATEWAY_IDENTITY,
 };
 pub use identity::{Caller, Role, RoleMap};
 pub use keys::{

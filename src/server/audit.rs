@@ -1,11 +1,14 @@
-//! AuditService over gRPC: who may read the log, over [`AuditReader`].
+//! AuditService over gRPC: who may read the log, over [`AuditReader`]; which
+//! log (the node's own, or one it mirrors, by origin) over [`Logs`].
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::AuditReader;
+use crate::audit::{AuditReader, ReadError};
 use crate::pb::audit_service_server::AuditService;
 use crate::pb::{
     Checkpoint, ConsistencyProof, GetCheckpointRequest, GetConsistencyProofRequest,
@@ -14,23 +17,92 @@ use crate::pb::{
 };
 use crate::security::{caller, denied, Role};
 
-/// The log itself is for auditors (and admins); citizen portals see only
-/// the accesses of the subject they ask about.
+/// Longest origin a request may name.
+const MAX_ORIGIN_LEN: usize = 256;
+
+/// The log itself is for auditors, admins and gateway nodes (a mirror reads
+/// as its node's identity); citizen portals see only the accesses of the
+/// subject they ask about.
 fn log_reader<T>(request: &Request<T>) -> Result<(), Status> {
     let caller = caller(request)?;
     match caller.role {
-        Role::Auditor | Role::Admin => Ok(()),
+        Role::Auditor | Role::Admin | Role::Gateway => Ok(()),
         _ => Err(denied(&caller, "read the audit log")),
     }
 }
 
+/// The logs a node serves: its own, and those it mirrors (added as their
+/// mirrors open), by origin.
+#[derive(Clone)]
+pub struct Logs {
+    own_origin: String,
+    own: AuditReader,
+    mirrors: Arc<RwLock<BTreeMap<String, AuditReader>>>,
+}
+
+impl Logs {
+    pub fn new(own_origin: String, own: AuditReader) -> Self {
+        Self {
+            own_origin,
+            own,
+            mirrors: Arc::default(),
+        }
+    }
+
+    /// Serves `reader` (a mirror of `origin`) from now on.
+    pub fn add_mirror(&self, origin: &str, reader: AuditReader) {
+        self.mirrors
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(origin.to_owned(), reader);
+    }
+
+    /// The origins mirrored here.
+    pub fn mirrored(&self) -> Vec<String> {
+        self.mirrors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The log of `origin`: empty or the node's own origin for its own.
+    pub fn resolve(&self, origin: &str) -> Result<AuditReader, ReadError> {
+        if origin.is_empty() || origin == self.own_origin {
+            return Ok(self.own.clone());
+        }
+        if origin.len() > MAX_ORIGIN_LEN
+            || origin.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ReadError::Invalid {
+                field: "origin",
+                problem: format!(
+                    "an origin is at most {MAX_ORIGIN_LEN} characters without spaces, e.g. proofgate/node-2"
+                ),
+            });
+        }
+        let mirrors = self.mirrors.read().unwrap_or_else(|p| p.into_inner());
+        mirrors
+            .get(origin)
+            .cloned()
+            .ok_or_else(|| ReadError::UnknownOrigin {
+                origin: origin.to_owned(),
+                known: std::iter::once(format!("its own log {}", self.own_origin))
+                    .chain(mirrors.keys().map(|o| format!("a mirror of {o}")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
 pub struct AuditApi {
-    reader: AuditReader,
+    logs: Logs,
 }
 
 impl AuditApi {
-    pub fn new(reader: AuditReader) -> Self {
-        Self { reader }
+    pub fn new(logs: Logs) -> Self {
+        Self { logs }
     }
 }
 
@@ -46,7 +118,9 @@ impl AuditService for AuditApi {
             min_cosignatures,
         } = request.into_inner();
         Ok(Response::new(
-            self.reader.checkpoint_for(&origin, min_cosignatures)?,
+            self.logs
+                .resolve(&origin)?
+                .checkpoint_with(min_cosignatures)?,
         ))
     }
 
@@ -57,8 +131,8 @@ impl AuditService for AuditApi {
         request: Request<GetEntriesRequest>,
     ) -> Result<Response<Self::GetEntriesStream>, Status> {
         log_reader(&request)?;
-        let GetEntriesRequest { start, end } = request.into_inner();
-        let entries = self.reader.entries(start, end)?;
+        let GetEntriesRequest { start, end, origin } = request.into_inner();
+        let entries = self.logs.resolve(&origin)?.entries(start, end)?;
         let stream = tokio_stream::iter(entries.map(|item| item.map_err(Status::from)));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -68,9 +142,15 @@ impl AuditService for AuditApi {
         request: Request<GetInclusionProofRequest>,
     ) -> Result<Response<InclusionProof>, Status> {
         log_reader(&request)?;
-        let GetInclusionProofRequest { index, tree_size } = request.into_inner();
+        let GetInclusionProofRequest {
+            index,
+            tree_size,
+            origin,
+        } = request.into_inner();
         Ok(Response::new(
-            self.reader.inclusion_proof(index, tree_size)?,
+            self.logs
+                .resolve(&origin)?
+                .inclusion_proof(index, tree_size)?,
         ))
     }
 
@@ -79,9 +159,15 @@ impl AuditService for AuditApi {
         request: Request<GetConsistencyProofRequest>,
     ) -> Result<Response<ConsistencyProof>, Status> {
         log_reader(&request)?;
-        let GetConsistencyProofRequest { old_size, new_size } = request.into_inner();
+        let GetConsistencyProofRequest {
+            old_size,
+            new_size,
+            origin,
+        } = request.into_inner();
         Ok(Response::new(
-            self.reader.consistency_proof(old_size, new_size)?,
+            self.logs
+                .resolve(&origin)?
+                .consistency_proof(old_size, new_size)?,
         ))
     }
 
@@ -90,7 +176,7 @@ impl AuditService for AuditApi {
         request: Request<ListAccessesRequest>,
     ) -> Result<Response<ListAccessesResponse>, Status> {
         let request = request.into_inner();
-        Ok(Response::new(self.reader.accesses(
+        Ok(Response::new(self.logs.resolve("")?.accesses(
             request.subject,
             request.limit,
             request.after_index,

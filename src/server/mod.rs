@@ -14,13 +14,15 @@ mod cluster_hook;
 pub mod console;
 pub mod cosign;
 pub mod http;
+pub mod mirror;
 mod operations;
 mod registry;
 pub mod status;
 pub mod witness;
 
 pub use application::ApplicationApi;
-pub use audit::AuditApi;
+pub use audit::{AuditApi, Logs};
+pub use mirror::MirrorTarget;
 pub use operations::OperationsApi;
 pub use registry::RegistryApi;
 
@@ -112,9 +114,22 @@ pub struct ServeOptions {
     pub mock_departments: bool,
     pub writer: WriterOptions,
     /// Mutual TLS on every listener and outgoing call (certificates from
-    /// DATA_DIR/certs, a dev CA made on first start). Off only on explicit
-    /// request, and then only on loopback.
+    /// DATA_DIR/certs, a dev CA made on first start, unless `certs`). Off
+    /// only on explicit request, and then only on loopback.
     pub tls: bool,
+    /// A shared PKI folder (`--certs DIR`, e.g. made by `dev-certs`) used
+    /// instead of DATA_DIR/certs; nothing is generated in it. The node
+    /// presents `<node-id>.gateway.proofgate` if DIR holds that certificate,
+    /// else `gateway.proofgate`, to callers and on its own outgoing calls.
+    pub certs: Option<PathBuf>,
+    /// The URL other nodes reach this one at, published in the node
+    /// directory (`--advertise-address`); None: `https://<bound address>`.
+    pub advertise_address: Option<String>,
+    /// Nodes whose logs this one mirrors (`--mirror URL[=VKEY]`), into
+    /// DATA_DIR/mirrors/, served by origin over AuditService.
+    pub mirrors: Vec<MirrorTarget>,
+    /// `--mirror off`: in a cluster, do not mirror a peer by default.
+    pub mirror_off: bool,
     /// Certificate revocation lists (`--crl`, PEM or DER), checked on the
     /// node's gRPC listener and on its calls to departments (not by the
     /// in-process mock departments); reloaded with the node's
@@ -157,6 +172,10 @@ impl Default for ServeOptions {
             mock_departments: true,
             writer: WriterOptions::default(),
             tls: true,
+            certs: None,
+            advertise_address: None,
+            mirrors: Vec::new(),
+            mirror_off: false,
             crls: Vec::new(),
             tls_poll: Some(TLS_POLL_EVERY),
             roles: RoleMap::default(),
@@ -218,6 +237,12 @@ pub enum ServeError {
     Certs(#[from] CertError),
     #[error("TLS: {0}")]
     Tls(#[from] tonic::transport::Error),
+    #[error("--certs {}: no ca.pem there (make the folder with `proofgate dev-certs --dir {}`, or copy the shared PKI there)", .0.display(), .0.display())]
+    CertsMissing(PathBuf),
+    #[error("--certs needs TLS: it cannot apply with --insecure-plaintext")]
+    CertsWithoutTls,
+    #[error("--advertise-address `{0}`: give the URL other nodes reach this one at, e.g. https://10.0.0.5:50051")]
+    AdvertiseAddress(String),
     #[error("--insecure-plaintext is allowed only on a loopback address, not {0}")]
     PlaintextOffLoopback(SocketAddr),
     #[error(
@@ -289,7 +314,7 @@ pub mod exit {
     pub fn of_log_key(e: &LogKeyError) -> u8 {
         match e {
             LogKeyError::Store(e) => of_store(e),
-            LogKeyError::NoKey(_) => CONFIG,
+            LogKeyError::NoKey(_) | LogKeyError::ForeignLog { .. } => CONFIG,
             LogKeyError::Keys(_)
             | LogKeyError::Audit(_)
             | LogKeyError::Checkpoint(_)
@@ -307,6 +332,9 @@ impl ServeError {
             | ServeError::PlaintextOffLoopback(_)
             | ServeError::CrlWithoutTls
             | ServeError::Witness(_)
+            | ServeError::CertsMissing(_)
+            | ServeError::CertsWithoutTls
+            | ServeError::AdvertiseAddress(_)
             | ServeError::PolicyKey(_) => exit::CONFIG,
             // A revocation list past its nextUpdate is bad data, like a
             // refused policy set; files that cannot be used are configuration.
@@ -340,6 +368,9 @@ pub struct Running {
     pub policies: Option<PathBuf>,
     /// Where the node's certificates are (None in plaintext mode).
     pub certs_dir: Option<PathBuf>,
+    /// The identity the node presents (None in plaintext mode):
+    /// `gateway.proofgate`, or `<node-id>.gateway.proofgate` from `--certs`.
+    pub identity: Option<String>,
     pub gateway: Arc<Gateway>,
     pub directory: Arc<DepartmentDirectory>,
     pub mocks: Vec<RunningMock>,
@@ -355,6 +386,10 @@ pub struct Running {
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
     policy_watcher: JoinHandle<()>,
+    /// Pulls the mirrored logs (None: nothing to mirror).
+    mirror_task: Option<JoinHandle<()>>,
+    /// The logs AuditService serves: the node's own and its mirrors.
+    pub logs: Logs,
     metrics_task: Option<JoinHandle<()>>,
     /// One task per witness asking it to cosign new checkpoints.
     cosigners: Vec<JoinHandle<()>>,
@@ -422,6 +457,10 @@ impl Running {
         }
         self.sweeper.abort();
         let _ = (&mut self.sweeper).await;
+        if let Some(mut task) = self.mirror_task.take() {
+            task.abort();
+            let _ = (&mut task).await;
+        }
         self.policy_watcher.abort();
         let _ = (&mut self.policy_watcher).await;
         self.tls_watcher.abort();
@@ -457,6 +496,45 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         info!("gateway stopped");
+    }
+}
+
+/// An advertised address: `http(s)://host:port`, nothing after it.
+pub fn valid_advertise_address(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tonic::transport::Uri>() else {
+        return false;
+    };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && uri.port_u16().is_some()
+        && uri
+            .path_and_query()
+            .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty())
+}
+
+/// The certificates folder and the identity the node presents: the shared
+/// `--certs` folder (which must exist) with the node's own certificate if
+/// it holds one, else DATA_DIR/certs (made on first start) as
+/// `gateway.proofgate`.
+fn node_certs(options: &ServeOptions) -> Result<(PathBuf, String, bool), ServeError> {
+    match &options.certs {
+        Some(dir) => {
+            if !dir.join(crate::security::certs::CA_CERT).is_file() {
+                return Err(ServeError::CertsMissing(dir.clone()));
+            }
+            let node = crate::security::node_identity(&options.node_id);
+            let identity = if dir.join(format!("{node}.pem")).is_file() {
+                node
+            } else {
+                GATEWAY_IDENTITY.to_owned()
+            };
+            Ok((dir.clone(), identity, false))
+        }
+        None => {
+            let dir = options.data_dir.join("certs");
+            let created = ensure_dev_certs(&dir, &crate::departments::mock::dev_identities())?;
+            Ok((dir, GATEWAY_IDENTITY.to_owned(), created))
+        }
     }
 }
 
@@ -607,15 +685,28 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     // TLS before the store: a certificate or CRL that cannot be used stops
     // the start before anything is opened.
     let metrics = crate::metrics::Metrics::default();
-    let certs_dir = options.data_dir.join("certs");
-    let tls = if options.tls {
-        if ensure_dev_certs(&certs_dir, &crate::departments::mock::dev_identities())? {
-            info!(dir = %certs_dir.display(), "development CA and certificates created");
+    if let Some(url) = &options.advertise_address {
+        if !valid_advertise_address(url) {
+            return Err(ServeError::AdvertiseAddress(url.clone()));
         }
+    }
+    if options.certs.is_some() && !options.tls {
+        return Err(ServeError::CertsWithoutTls);
+    }
+    let mut certs_dir = options.data_dir.join("certs");
+    let mut identity = GATEWAY_IDENTITY.to_owned();
+    let tls = if options.tls {
+        let (dir, presented, created) = node_certs(&options)?;
+        if created {
+            info!(dir = %dir.display(), "development CA and certificates created");
+        }
+        certs_dir = dir;
+        identity = presented;
+        info!(dir = %certs_dir.display(), %identity, "node certificate");
         let node_tls = NodeTls::load(
             TlsSources {
                 dir: certs_dir.clone(),
-                identity: GATEWAY_IDENTITY.to_owned(),
+                identity: identity.clone(),
                 crls: options.crls.clone(),
                 watermarks: Some(options.data_dir.join(CRL_NUMBERS)),
             },
@@ -714,9 +805,13 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     // Cluster mode: register in the node directory before serving anything,
     // so a node whose id is taken stops here (exit 69).
     let endpoint = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    let advertised = options
+        .advertise_address
+        .clone()
+        .unwrap_or_else(|| endpoint.clone());
     let cluster = match &options.cluster {
         Some(cluster) => {
-            Some(cluster_hook::join(cluster, &options.node_id, &endpoint, &gateway, &log).await?)
+            Some(cluster_hook::join(cluster, &options.node_id, &advertised, &gateway, &log).await?)
         }
         None => None,
     };
@@ -739,14 +834,17 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             &["department", "admin", "auditor"],
         ),
     );
+    let logs = Logs::new(
+        crate::security::log_origin(&options.node_id),
+        AuditReader::new(log.clone(), pseudonyms.clone()).with_witnesses(witness_ids),
+    );
     let audit = InterceptedService::new(
-        AuditServiceServer::new(AuditApi::new(
-            AuditReader::new(log.clone(), pseudonyms.clone()).with_witnesses(witness_ids),
-        ))
-        .max_decoding_message_size(MAX_REQUEST_BYTES),
+        AuditServiceServer::new(AuditApi::new(logs.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service(
             "proofgate.v1.AuditService",
-            &["auditor", "admin", "citizen-portal"],
+            // A gateway identity: a peer node mirroring this node's log.
+            &["auditor", "admin", "citizen-portal", "gateway"],
         ),
     );
 
@@ -898,6 +996,31 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             }
         }
     });
+    // In a cluster each node mirrors the next one by default, over mutual
+    // TLS: that needs one PKI for all nodes (`--certs`); a node with its own
+    // dev CA could not reach its peers, so it does not try.
+    let default_mirror = options.cluster.is_some()
+        && !options.mirror_off
+        && (options.certs.is_some() || tls.is_none());
+    if options.cluster.is_some() && !options.mirror_off && !default_mirror {
+        warn!("cluster mode without --certs: this node mirrors no peer by default (its dev CA is its own; give every node the same --certs DIR)");
+    }
+    let mirror_task = mirror::start(
+        mirror::MirrorPlan {
+            targets: options.mirrors.clone(),
+            cluster: options.cluster.clone().filter(|_| default_mirror),
+            node_id: options.node_id.clone(),
+            data_dir: options.data_dir.clone(),
+            tls: tls.clone(),
+            identity: if tls.is_some() {
+                identity.clone()
+            } else {
+                crate::security::node_identity(&options.node_id)
+            },
+        },
+        logs.clone(),
+        metrics.clone(),
+    );
     info!(%addr, metrics = ?metrics_addr, node = %options.node_id, mocks = mocks.len(), "gateway serving");
     Ok(Running {
         console: options.console && metrics_addr.is_some(),
@@ -906,8 +1029,11 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         cosigners,
         policy_watcher,
         policies,
+        identity: tls.is_some().then_some(identity),
         certs_dir: tls.is_some().then_some(certs_dir),
         sweeper,
+        mirror_task,
+        logs,
         addr,
         gateway,
         directory,
@@ -1006,5 +1132,22 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_advertised_address_is_a_url_with_a_port() {
+        assert!(valid_advertise_address("https://10.0.0.5:50051"));
+        assert!(valid_advertise_address("https://node-2.example:443/"));
+        assert!(valid_advertise_address("http://127.0.0.1:50051"));
+        assert!(!valid_advertise_address("10.0.0.5:50051"));
+        assert!(!valid_advertise_address("https://10.0.0.5"));
+        assert!(!valid_advertise_address("ftp://10.0.0.5:21"));
+        assert!(!valid_advertise_address("https://10.0.0.5:1/path"));
+        assert!(!valid_advertise_address(""));
     }
 }

@@ -138,13 +138,13 @@ impl From<ReadError> for Status {
     fn from(e: ReadError) -> Self {
         match &e {
             ReadError::NoCheckpoint => Status::not_found(e.to_string()),
+            ReadError::UnknownOrigin { .. } => Status::not_found(e.to_string()),
             ReadError::PastTheLog { .. } => Status::out_of_range(e.to_string()),
             ReadError::Invalid { field, problem } => invalid_field(field, problem.clone()),
             ReadError::Proof(p) => proof_status(p),
             ReadError::Store(_) => internal(&e),
             ReadError::Missing(_) => internal(&e),
             ReadError::Decode { .. } => internal(&e),
-            ReadError::UnknownOrigin { .. } => Status::not_found(e.to_string()),
             ReadError::QuorumUnreachable { .. } => {
                 let mut details = ErrorDetails::new();
                 details.add_bad_request_violation("min_cosignatures", e.to_string());

@@ -202,3 +202,85 @@ async fn one_member_down_still_decides_without_a_quorum_nothing_is_decided_and_t
     assert_eq!(listed[0].record.node_id, "node-3");
     assert!(listed[0].live);
 }
+
+/// `--advertise-address`: what the node directory publishes instead of the
+/// bound address (a node listening on 0.0.0.0 is reached by another name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_publishes_the_advertised_address() {
+    let Some(etcd) = EtcdCluster::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(dir.path());
+    options.node_id = "node-3".into();
+    options.mock_departments = false;
+    options.advertise_address = Some("https://node-3.example:50051".into());
+    options.cluster = Some(etcd.options());
+    let running = proofgate::server::start(options)
+        .await
+        .expect("node starts");
+    let listed = etcd.nodes().await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].record.address, "https://node-3.example:50051");
+    running.shutdown().await;
+
+    let mut bad = proofgate::server::ServeOptions {
+        advertise_address: Some("node-3:50051".into()),
+        ..common::options(dir.path())
+    };
+    bad.node_id = "node-4".into();
+    let err = proofgate::server::start(bad).await.err().expect("refused");
+    assert_eq!(err.exit_code(), 64, "{err}");
+    assert!(err.to_string().contains("--advertise-address"), "{err}");
+}
+
+/// In a cluster each node mirrors the next node id in the directory by
+/// default (wrapping around), with the key the directory gives, and serves
+/// that mirror by origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_mirrors_the_next_one_by_default() {
+    let Some(etcd) = EtcdCluster::start().await else {
+        return;
+    };
+    let pki = tempfile::tempdir().unwrap();
+    proofgate::security::ensure_dev_certs(
+        pki.path(),
+        &proofgate::departments::mock::dev_identities(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for id in ["node-1", "node-2"] {
+        let mut options = options(&dir.path().join(id));
+        options.node_id = id.into();
+        options.mock_departments = false;
+        options.certs = Some(pki.path().to_path_buf());
+        options.cluster = Some(etcd.options());
+        nodes.push(
+            proofgate::server::start(options)
+                .await
+                .expect("node starts"),
+        );
+    }
+    for (node, peer) in [(0, "proofgate/node-2"), (1, "proofgate/node-1")] {
+        let started = Instant::now();
+        loop {
+            let served = nodes[node]
+                .logs
+                .resolve(peer)
+                .ok()
+                .and_then(|r| r.checkpoint().ok());
+            if served.is_some_and(|c| c.tree_size > 0 && c.from_mirror) {
+                break;
+            }
+            assert!(
+                started.elapsed() < BOUND,
+                "{peer} not mirrored by node {node}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -1,0 +1,641 @@
+//! Verified mirrors of other nodes' logs (`serve --mirror URL[=VKEY]`, and
+//! in a cluster a peer from the node directory by default), and the pull
+//! that `audit restore` shares with them.
+//!
+//! Each round asks the peer's AuditService (as this node's identity, a
+//! gateway identity, which may read it) for the newest checkpoint of the
+//! origin, checks it and pulls the entries it adds into a [`MirrorLog`]
+//! under `DATA_DIR/mirrors/<origin>/`: see [`crate::audit::MirrorLog`] for
+//! what is checked before anything is stored. A fork stops that log's
+//! mirroring, loudly (an error line and `proofgate_mirror_fork{origin}`);
+//! other failures (peer down, a bad answer) are retried next round.
+//!
+//! The key: `--mirror URL=VKEY` pins it; `--mirror URL` trusts the key the
+//! peer serves on first contact (and pins it in the mirror store); in a
+//! cluster the node directory gives it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{error, info, warn};
+
+use super::audit::Logs;
+use crate::audit::{
+    mirror_identity, AuditReader, AuditStore, Hash, MirrorError, MirrorLog, Standing,
+};
+use crate::metrics::Metrics;
+use crate::pb::audit_service_client::AuditServiceClient;
+use crate::pb::{GetCheckpointRequest, GetConsistencyProofRequest, GetEntriesRequest};
+use crate::security::tls::NodeTls;
+use crate::security::{IdentityHeader, GATEWAY_IDENTITY};
+
+/// How often each mirrored log is asked for a newer checkpoint.
+pub const MIRROR_EVERY: Duration = Duration::from_secs(1);
+/// Entries asked for per GetEntries call (each chunk is checked, then stored).
+pub const MIRROR_CHUNK: u64 = 10_000;
+/// The folder of mirror stores in a data folder.
+pub const MIRRORS_DIR: &str = "mirrors";
+/// Bound on one call to a peer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An AuditService client; in plaintext mode it names itself in a header
+/// (ignored by a TLS node, which reads the certificate).
+pub type AuditClient = AuditServiceClient<InterceptedService<Channel, IdentityHeader>>;
+
+/// `--mirror URL[=VKEY]`: a node whose own log to mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorTarget {
+    pub url: String,
+    /// The origin's verifier key; None: trust the key the peer serves on
+    /// first contact.
+    pub vkey: Option<String>,
+}
+
+impl std::str::FromStr for MirrorTarget {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let (url, vkey) = match text.split_once('=') {
+            Some((url, vkey)) => (url, Some(vkey.trim().to_owned())),
+            None => (text, None),
+        };
+        if !super::valid_advertise_address(url) {
+            return Err(format!(
+                "--mirror `{text}`: give the node's URL, e.g. https://10.0.0.6:50051, optionally =VKEY"
+            ));
+        }
+        if let Some(vkey) = &vkey {
+            crate::audit::NoteVerifier::from_vkey(vkey)
+                .map_err(|e| format!("--mirror `{text}`: the verifier key: {e}"))?;
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            vkey,
+        })
+    }
+}
+
+/// Why one round of pulling failed.
+#[derive(Debug, Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
+    #[error("{url}: {status}")]
+    Rpc { url: String, status: tonic::Status },
+    #[error("{url}: {problem}")]
+    Connect { url: String, problem: String },
+    #[error("{url}: {problem}")]
+    BadAnswer { url: String, problem: String },
+    #[error("{url}: no answer within {}s", CALL_TIMEOUT.as_secs())]
+    Timeout { url: String },
+}
+
+impl PullError {
+    pub fn is_fork(&self) -> bool {
+        matches!(self, PullError::Mirror(e) if e.is_fork())
+    }
+}
+
+/// A client of the AuditService at `url`: mutual TLS through `tls` (the
+/// node's own, reloaded, certificate; the peer must be a gateway of the
+/// PKI) or, without, plaintext naming `identity` in a header.
+pub fn node_client(
+    url: &str,
+    tls: Option<&NodeTls>,
+    identity: &str,
+) -> Result<AuditClient, PullError> {
+    let channel = node_channel(url, tls).map_err(|problem| PullError::Connect {
+        url: url.to_owned(),
+        problem,
+    })?;
+    Ok(AuditServiceClient::with_interceptor(
+        channel,
+        IdentityHeader::new(identity),
+    ))
+}
+
+/// A lazy channel from this node to another node at `url` (`https://` with
+/// `tls`): the node's own certificate, reloaded, is presented, and the peer
+/// must present a gateway certificate of the PKI (every node certificate
+/// names `gateway.proofgate`). Plaintext (`http://`) without `tls`.
+pub fn node_channel(url: &str, tls: Option<&NodeTls>) -> Result<Channel, String> {
+    let channel = match tls {
+        Some(tls) => {
+            let authority = url
+                .strip_prefix("https://")
+                .ok_or_else(|| "with TLS the URL must be https://".to_owned())?;
+            let peer = Arc::new(Mutex::new(None));
+            Endpoint::from_shared(format!("http://{}", authority.trim_end_matches('/')))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect_with_connector_lazy(tls.connector(GATEWAY_IDENTITY, peer))
+        }
+        None => Endpoint::from_shared(url.to_owned())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy(),
+    };
+    Ok(channel)
+}
+
+/// A client over an open channel (e.g. `security::connect` with a client
+/// certificate), naming `identity` for plaintext peers.
+pub fn client_over(channel: Channel, identity: &str) -> AuditClient {
+    AuditServiceClient::with_interceptor(channel, IdentityHeader::new(identity))
+}
+
+async fn bounded<T>(
+    url: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, PullError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(PullError::Rpc {
+            url: url.to_owned(),
+            status,
+        }),
+        Err(_) => Err(PullError::Timeout {
+            url: url.to_owned(),
+        }),
+    }
+}
+
+fn hashes(url: &str, raw: Vec<Vec<u8>>) -> Result<Vec<Hash>, PullError> {
+    raw.into_iter()
+        .map(|h| {
+            Hash::try_from(h.as_slice()).map_err(|_| PullError::BadAnswer {
+                url: url.to_owned(),
+                problem: "a proof hash is not 32 bytes".into(),
+            })
+        })
+        .collect()
+}
+
+/// The newest checkpoint the peer serves for `origin` (empty: its own log):
+/// its note, and the verifier key it names.
+pub async fn peer_checkpoint(
+    client: &mut AuditClient,
+    url: &str,
+    origin: &str,
+) -> Result<crate::pb::Checkpoint, PullError> {
+    bounded(
+        url,
+        client.get_checkpoint(GetCheckpointRequest {
+            origin: origin.to_owned(),
+            ..Default::default()
+        }),
+    )
+    .await
+}
+
+async fn consistency(
+    client: &mut AuditClient,
+    url: &str,
+    origin: &str,
+    old_size: u64,
+    new_size: u64,
+) -> Result<Vec<Hash>, PullError> {
+    let proof = bounded(
+        url,
+        client.get_consistency_proof(GetConsistencyProofRequest {
+            old_size,
+            new_size,
+            origin: origin.to_owned(),
+        }),
+    )
+    .await?;
+    hashes(url, proof.hashes)
+}
+
+/// One round: the newest checkpoint of `origin` at `url`, checked against
+/// `log` (signature, consistency), then the entries it adds, pulled in
+/// chunks, each checked before it is stored. Returns the verified size.
+pub async fn pull(
+    client: &mut AuditClient,
+    url: &str,
+    origin: &str,
+    log: &MirrorLog,
+) -> Result<u64, PullError> {
+    let served = peer_checkpoint(client, url, origin).await?;
+    let checkpoint = match log.check_signature(&served.note) {
+        Ok(checkpoint) => checkpoint,
+        Err(e) if served.verifier_key != log.verifier_key() => {
+            return Err(MirrorError::KeyChanged {
+                origin: log.origin().to_owned(),
+                pinned: log.verifier_key().to_owned(),
+                served: format!("{} ({e})", served.verifier_key),
+            }
+            .into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let have = log.store().tree_size().map_err(MirrorError::from)?;
+    let proof = if have > 0 && checkpoint.size > have {
+        consistency(client, url, origin, have, checkpoint.size).await?
+    } else {
+        Vec::new()
+    };
+    let from = match log.check_consistency(&checkpoint, &proof)? {
+        Standing::Behind => {
+            if checkpoint.size == have {
+                // Entries stored in chunks earlier: seal them with this note.
+                log.store_checkpoint(&checkpoint, &served.note)?;
+            }
+            return Ok(log.verified_size().map_err(MirrorError::from)?);
+        }
+        Standing::Ahead { from } => from,
+    };
+    let mut at = from;
+    while at < checkpoint.size {
+        let end = checkpoint.size.min(at.saturating_add(MIRROR_CHUNK));
+        let mut stream = bounded(
+            url,
+            client.get_entries(GetEntriesRequest {
+                start: at,
+                end,
+                origin: origin.to_owned(),
+            }),
+        )
+        .await?;
+        let mut entries = Vec::with_capacity((end - at) as usize);
+        loop {
+            let next = tokio::time::timeout(CALL_TIMEOUT, stream.message())
+                .await
+                .map_err(|_| PullError::Timeout {
+                    url: url.to_owned(),
+                })?
+                .map_err(|status| PullError::Rpc {
+                    url: url.to_owned(),
+                    status,
+                })?;
+            let Some(entry) = next else { break };
+            let expected = at + entries.len() as u64;
+            if entry.index != expected {
+                return Err(PullError::BadAnswer {
+                    url: url.to_owned(),
+                    problem: format!("sent entry {} where {expected} was due", entry.index),
+                });
+            }
+            entries.push(entry.entry);
+            if at + entries.len() as u64 == end {
+                break;
+            }
+        }
+        if entries.is_empty() {
+            return Err(PullError::BadAnswer {
+                url: url.to_owned(),
+                problem: format!(
+                    "no entries from {at} though its checkpoint has {}",
+                    checkpoint.size
+                ),
+            });
+        }
+        let chunk_end = at + entries.len() as u64;
+        let to_checkpoint = if chunk_end < checkpoint.size {
+            consistency(client, url, origin, chunk_end, checkpoint.size).await?
+        } else {
+            Vec::new()
+        };
+        at = log.append(&checkpoint, &served.note, at, &entries, &to_checkpoint)?;
+    }
+    Ok(log.verified_size().map_err(MirrorError::from)?)
+}
+
+/// The folder of `origin`'s mirror store in `data_dir`: the origin with
+/// anything but a-z, 0-9, '-' and '.' written as `_XX` (hex).
+pub fn mirror_path(data_dir: &Path, origin: &str) -> PathBuf {
+    let mut name = String::with_capacity(origin.len());
+    for b in origin.bytes() {
+        if b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' {
+            name.push(char::from(b));
+        } else {
+            name.push_str(&format!("_{b:02x}"));
+        }
+    }
+    data_dir.join(MIRRORS_DIR).join(name)
+}
+
+/// What the node mirrors, and how it reaches the peers.
+pub(super) struct MirrorPlan {
+    pub targets: Vec<MirrorTarget>,
+    /// Cluster mode and not `--mirror off`: mirror the next node in the
+    /// directory (by node id, wrapping around).
+    pub cluster: Option<crate::cluster::ClusterOptions>,
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    pub tls: Option<NodeTls>,
+    /// This node's identity (plaintext mode: named in a header).
+    pub identity: String,
+}
+
+/// One mirrored origin: None once stopped (a fork, or a key that changed);
+/// it is still served as it is.
+struct Mirrored {
+    log: Option<MirrorLog>,
+    /// The last failure logged, so a peer down for an hour is one line.
+    last_problem: Option<String>,
+}
+
+/// Opens the mirror stores already in the data folder and serves them (a
+/// node serves what it mirrored even when the origin is gone), then pulls
+/// every [`MIRROR_EVERY`].
+pub(super) fn start(plan: MirrorPlan, logs: Logs, metrics: Metrics) -> Option<JoinHandle<()>> {
+    let mut mirrored: BTreeMap<String, Mirrored> = BTreeMap::new();
+    if let Ok(dirs) = std::fs::read_dir(plan.data_dir.join(MIRRORS_DIR)) {
+        for dir in dirs.filter_map(Result::ok) {
+            let path = dir.path();
+            let opened = AuditStore::open(&path).and_then(|store| {
+                mirror_identity(&store).map(|identity| identity.map(|i| (store, i)))
+            });
+            match opened {
+                Ok(Some((store, (origin, vkey)))) => {
+                    logs.add_mirror(&origin, AuditReader::mirrored(store.clone(), vkey.clone()));
+                    let verified = store
+                        .latest_checkpoint()
+                        .ok()
+                        .flatten()
+                        .map_or(0, |(size, _)| size);
+                    let log = match MirrorLog::over(store.clone(), &origin, &vkey) {
+                        Ok(log) => Some(log),
+                        Err(e) => {
+                            error!(%origin, error = %e, "mirror stays stopped; it is still served as it is");
+                            let result = if e.is_fork() { "fork" } else { "error" };
+                            metrics.mirror_pull(&origin, result, verified);
+                            None
+                        }
+                    };
+                    if let Some(log) = &log {
+                        metrics.mirror_pull(&origin, "ok", log.verified_size().unwrap_or(0));
+                    }
+                    mirrored.insert(
+                        origin,
+                        Mirrored {
+                            log,
+                            last_problem: None,
+                        },
+                    );
+                }
+                Ok(None) => warn!(path = %path.display(), "not a mirror store; ignored"),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "mirror store cannot be opened; ignored")
+                }
+            }
+        }
+    }
+    if plan.targets.is_empty() && plan.cluster.is_none() && mirrored.is_empty() {
+        return None;
+    }
+    Some(tokio::spawn(run(plan, logs, metrics, mirrored)))
+}
+
+/// What first contact with a URL learnt: the origin it serves, or the last
+/// failure logged (logged again only when it changes).
+#[derive(Default)]
+struct Contact {
+    origin: Option<String>,
+    problem: Option<String>,
+}
+
+/// One peer to pull this round: where, which origin, which key.
+struct Peer {
+    url: String,
+    /// Empty: the peer's own log, whatever its origin (learnt on contact).
+    origin: String,
+    vkey: Option<String>,
+}
+
+async fn run(
+    plan: MirrorPlan,
+    logs: Logs,
+    metrics: Metrics,
+    mut mirrored: BTreeMap<String, Mirrored>,
+) {
+    let mut clients: BTreeMap<String, AuditClient> = BTreeMap::new();
+    // URL -> what first contact learnt (or why it failed).
+    let mut origins: BTreeMap<String, Contact> = BTreeMap::new();
+    let mut every = tokio::time::interval(MIRROR_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let mut peers: Vec<Peer> = plan
+            .targets
+            .iter()
+            .map(|t| Peer {
+                url: t.url.clone(),
+                origin: origins
+                    .get(&t.url)
+                    .and_then(|c| c.origin.clone())
+                    .unwrap_or_default(),
+                vkey: t.vkey.clone(),
+            })
+            .collect();
+        if let Some(cluster) = &plan.cluster {
+            match crate::cluster::list_nodes(cluster).await {
+                Ok(nodes) => {
+                    if let Some(next) = successor(&plan.node_id, &nodes) {
+                        peers.push(Peer {
+                            url: next.address.clone(),
+                            origin: next.origin.clone(),
+                            vkey: Some(next.vkey.clone()),
+                        });
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "node directory unreadable; mirroring the peers already known")
+                }
+            }
+        }
+        for peer in peers {
+            let client = match clients.get(&peer.url) {
+                Some(client) => client.clone(),
+                None => match node_client(&peer.url, plan.tls.as_ref(), &plan.identity) {
+                    Ok(client) => {
+                        clients.insert(peer.url.clone(), client.clone());
+                        client
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "mirror peer unusable");
+                        continue;
+                    }
+                },
+            };
+            round(
+                &plan,
+                &logs,
+                &metrics,
+                &mut mirrored,
+                &mut origins,
+                peer,
+                client,
+            )
+            .await;
+        }
+    }
+}
+
+/// The live node after `own` by node id (wrapping around), not `own`.
+fn successor<'a>(
+    own: &str,
+    nodes: &'a [crate::cluster::ListedNode],
+) -> Option<&'a crate::cluster::NodeRecord> {
+    let mut live: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.live && n.record.node_id != own)
+        .map(|n| &n.record)
+        .collect();
+    live.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    live.iter()
+        .find(|n| n.node_id.as_str() > own)
+        .or_else(|| live.first())
+        .copied()
+}
+
+async fn round(
+    plan: &MirrorPlan,
+    logs: &Logs,
+    metrics: &Metrics,
+    mirrored: &mut BTreeMap<String, Mirrored>,
+    origins: &mut BTreeMap<String, Contact>,
+    peer: Peer,
+    mut client: AuditClient,
+) {
+    // After first contact a URL given without a key keeps the pinned one.
+    let pinned = mirrored
+        .get(&peer.origin)
+        .and_then(|m| m.log.as_ref())
+        .map(|log| log.verifier_key().to_owned());
+    let peer = Peer {
+        vkey: peer.vkey.or(pinned),
+        ..peer
+    };
+    // First contact: learn the origin (and, unless given, the key).
+    let (origin, vkey) = if peer.origin.is_empty() || peer.vkey.is_none() {
+        match peer_checkpoint(&mut client, &peer.url, &peer.origin).await {
+            Ok(served) => {
+                let origin = crate::audit::parse_checkpoint(&served.note)
+                    .map(|c| c.origin)
+                    .unwrap_or_default();
+                if origin.is_empty() {
+                    warn!(url = %peer.url, "mirror peer serves a checkpoint without an origin");
+                    return;
+                }
+                origins.insert(
+                    peer.url.clone(),
+                    Contact {
+                        origin: Some(origin.clone()),
+                        problem: None,
+                    },
+                );
+                (origin, peer.vkey.unwrap_or(served.verifier_key))
+            }
+            Err(e) => {
+                let contact = origins.entry(peer.url.clone()).or_default();
+                let problem = e.to_string();
+                if contact.problem.as_deref() != Some(problem.as_str()) {
+                    warn!(error = %problem, "mirror peer not reachable; retrying every {}s", MIRROR_EVERY.as_secs());
+                    contact.problem = Some(problem);
+                }
+                return;
+            }
+        }
+    } else {
+        (peer.origin, peer.vkey.unwrap_or_default())
+    };
+    if !mirrored.contains_key(&origin) {
+        let path = mirror_path(&plan.data_dir, &origin);
+        let opened = std::fs::create_dir_all(&path)
+            .map_err(|e| {
+                MirrorError::from(crate::audit::StoreError::Corrupt(format!(
+                    "{}: {e}",
+                    path.display()
+                )))
+            })
+            .and_then(|_| Ok(AuditStore::open(&path)?));
+        let store = match opened {
+            Ok(store) => store,
+            Err(e) => {
+                error!(%origin, error = %e, "mirror store cannot be opened");
+                return;
+            }
+        };
+        let log = match MirrorLog::over(store.clone(), &origin, &vkey) {
+            Ok(log) => {
+                info!(%origin, url = %peer.url, %vkey, path = %path.display(), "mirroring a log");
+                logs.add_mirror(&origin, AuditReader::mirrored(store.clone(), vkey.clone()));
+                Some(log)
+            }
+            Err(e) => {
+                error!(%origin, error = %e, "not mirroring this log");
+                metrics.mirror_pull(&origin, if e.is_fork() { "fork" } else { "error" }, 0);
+                None
+            }
+        };
+        mirrored.insert(
+            origin.clone(),
+            Mirrored {
+                log,
+                last_problem: None,
+            },
+        );
+    }
+    let Some(entry) = mirrored.get_mut(&origin) else {
+        return;
+    };
+    let Some(log) = &entry.log else {
+        return;
+    };
+    if log.verifier_key() != vkey {
+        // The directory (or the flag) names another key than the one pinned.
+        error!(%origin, pinned = %log.verifier_key(), offered = %vkey, "the origin's key differs from the one this mirror is pinned to; not pulling");
+        metrics.mirror_pull(&origin, "error", log.verified_size().unwrap_or(0));
+        return;
+    }
+    match pull(&mut client, &peer.url, &origin, log).await {
+        Ok(size) => metrics.mirror_pull(&origin, "ok", size),
+        Err(e) if e.is_fork() => {
+            error!(%origin, url = %peer.url, error = %e, "MIRROR REFUSED A FORK: mirroring this log stopped");
+            metrics.mirror_pull(&origin, "fork", log.verified_size().unwrap_or(0));
+            // Served as it is (the verified history); no longer pulled.
+            entry.log = None;
+        }
+        Err(e) => {
+            let problem = e.to_string();
+            // Logged when the problem changes, not every second.
+            if entry.last_problem.as_deref() != Some(problem.as_str()) {
+                warn!(%origin, error = %problem, "mirror round failed; retrying every {}s", MIRROR_EVERY.as_secs());
+                entry.last_problem = Some(problem);
+            }
+            metrics.mirror_pull(&origin, "error", log.verified_size().unwrap_or(0));
+            return;
+        }
+    }
+    if entry.last_problem.take().is_some() {
+        info!(%origin, "mirror rounds succeed again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_take_an_optional_key_and_paths_name_the_origin() {
+        let t: MirrorTarget = "https://10.0.0.6:50051".parse().unwrap();
+        assert_eq!(t.vkey, None);
+        assert!("10.0.0.6:50051".parse::<MirrorTarget>().is_err());
+        assert!("https://10.0.0.6:50051=nonsense"
+            .parse::<MirrorTarget>()
+            .is_err());
+        assert_eq!(
+            mirror_path(Path::new("d"), "proofgate/node-2"),
+            Path::new("d/mirrors/proofgate_2fnode-2")
+        );
+    }
+}

@@ -1,0 +1,422 @@
+//! Verified mirrors and restore (issue 11 items 4–5), real servers on
+//! ephemeral loopback ports over mutual TLS with one shared PKI, sled in
+//! temp dirs:
+//! - node A under load, mirrored by node B; A's data folder lost; A restored
+//!   from B: the log verifies, holds every application A acknowledged, and
+//!   A (its key copied back) resumes appending to the same log, which B
+//!   keeps mirroring;
+//! - a forked log (same key, another history) offered to a mirror is
+//!   refused and nothing of it is stored.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use proofgate::cli::{LogSource, RestoreArgs};
+use proofgate::pb::application_service_client::ApplicationServiceClient;
+use proofgate::pb::audit_service_client::AuditServiceClient;
+use proofgate::pb::{GetCheckpointRequest, GetEntriesRequest};
+use proofgate::server::{self, MirrorTarget, Running, ServeOptions};
+
+/// A bound on waiting for a condition, not a measurement.
+const BOUND: Duration = Duration::from_secs(120);
+const ORIGIN_A: &str = "proofgate/node-1";
+
+fn pki() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    proofgate::security::ensure_dev_certs(
+        dir.path(),
+        &proofgate::departments::mock::dev_identities(),
+    )
+    .unwrap();
+    dir
+}
+
+fn node(pki: &Path, data_dir: &Path, node_id: &str) -> ServeOptions {
+    ServeOptions {
+        certs: Some(pki.to_path_buf()),
+        node_id: node_id.into(),
+        ..options(data_dir)
+    }
+}
+
+async fn start(options: ServeOptions) -> Served {
+    Served::new(server::start(options).await.expect("node starts"))
+}
+
+/// B's view of A's log: (tree size, root) of the mirror's newest checkpoint.
+async fn mirrored(b: &Running, origin: &str) -> Option<(u64, Vec<u8>)> {
+    let channel = connect_as(b, AUDITOR).await;
+    let checkpoint = AuditServiceClient::new(channel)
+        .get_checkpoint(GetCheckpointRequest {
+            origin: origin.into(),
+            ..Default::default()
+        })
+        .await
+        .ok()?
+        .into_inner();
+    assert!(checkpoint.from_mirror, "served as a mirror");
+    Some((checkpoint.tree_size, checkpoint.root_hash))
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < BOUND, "{what}: not within {BOUND:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Halls submitting to `endpoint` until `stop`; every application id
+/// answered is kept (what the node acknowledged).
+fn load(
+    endpoint: String,
+    certs: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<BTreeSet<String>> {
+    tokio::spawn(async move {
+        let channel = connect_with(&endpoint, &certs, HALL).await;
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let mut client = ApplicationServiceClient::new(channel.clone());
+            let stop = Arc::clone(&stop);
+            tasks.push(tokio::spawn(async move {
+                let mut acknowledged = BTreeSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(reply) = client
+                        .submit_application(request("elderly-subsidy", ELDERLY))
+                        .await
+                    {
+                        if let Some(app) = reply.into_inner().application {
+                            acknowledged.insert(app.application_id);
+                        }
+                    }
+                }
+                acknowledged
+            }));
+        }
+        let mut all = BTreeSet::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        all
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_is_lost_is_restored_from_its_mirror_and_resumes_its_log() {
+    let pki = pki();
+    let dirs = tempfile::tempdir().unwrap();
+    let a_data = dirs.path().join("a");
+    let a = start(node(pki.path(), &a_data, "node-1")).await;
+    let a_addr = a.addr;
+    let a_vkey = a.gateway.audit().verifier_key().to_owned();
+    let b = start(ServeOptions {
+        mirrors: vec![MirrorTarget {
+            url: a.endpoint(),
+            vkey: None,
+        }],
+        mock_departments: false,
+        ..node(pki.path(), &dirs.path().join("b"), "node-2")
+    })
+    .await;
+
+    // A under load while B mirrors it: B's copy grows in several steps.
+    let stop = Arc::new(AtomicBool::new(false));
+    let halls = load(a.endpoint(), pki.path().to_path_buf(), Arc::clone(&stop));
+    let mut seen = BTreeSet::new();
+    let started = Instant::now();
+    while seen.len() < 3 {
+        assert!(
+            started.elapsed() < BOUND,
+            "the mirror did not advance under load"
+        );
+        if let Some((size, _)) = mirrored(&b, ORIGIN_A).await {
+            seen.insert(size);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = halls.await.unwrap();
+    assert!(
+        acknowledged.len() >= 10,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+    let final_size = a.gateway.audit().durable_size();
+    wait_until("the mirror catching up", || async {
+        mirrored(&b, ORIGIN_A)
+            .await
+            .is_some_and(|(s, _)| s == final_size)
+    })
+    .await;
+    assert!(b.metrics.mirror_tree_size(ORIGIN_A) >= final_size.min(1));
+    assert!(!b.metrics.mirror_forked(ORIGIN_A));
+    // Entries read from the mirror are A's, byte for byte.
+    let from_mirror: Vec<_> = {
+        let mut stream = AuditServiceClient::new(connect_as(&b, AUDITOR).await)
+            .get_entries(GetEntriesRequest {
+                start: 0,
+                end: 3,
+                origin: ORIGIN_A.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut entries = Vec::new();
+        while let Some(e) = stream.message().await.unwrap() {
+            entries.push(e.entry);
+        }
+        entries
+    };
+    let own = a.gateway.audit().store();
+    for (i, entry) in from_mirror.iter().enumerate() {
+        assert_eq!(Some(entry), own.entry(i as u64).unwrap().as_ref());
+    }
+
+    // A's disk is lost (its keys saved elsewhere by the operator).
+    a.shutdown().await;
+    let keys_backup = dirs.path().join("a-keys");
+    copy_dir(&a_data.join("keys"), &keys_backup);
+    std::fs::remove_dir_all(&a_data).unwrap();
+
+    // Restored from B, as the PKI's auditor, against A's known key.
+    let report = proofgate::cli::audit::restore(&RestoreArgs {
+        from: b.endpoint(),
+        origin: ORIGIN_A.into(),
+        data_dir: a_data.clone(),
+        certs: pki.path().to_path_buf(),
+        vkey: Some(a_vkey.clone()),
+        witnesses: Vec::new(),
+        quorum: None,
+    })
+    .await
+    .expect("restored");
+    assert!(
+        report
+            .text
+            .contains(&format!("restored {final_size} entries")),
+        "{}",
+        report.text
+    );
+    // A second restore into the now non-empty folder is refused.
+    let again = proofgate::cli::audit::restore(&RestoreArgs {
+        from: b.endpoint(),
+        origin: ORIGIN_A.into(),
+        data_dir: a_data.clone(),
+        certs: pki.path().to_path_buf(),
+        vkey: Some(a_vkey.clone()),
+        witnesses: Vec::new(),
+        quorum: None,
+    })
+    .await
+    .expect_err("not into a non-empty folder");
+    assert_eq!(proofgate::cli::exit_code(&Err(again)), 64);
+
+    // The restored log verifies, its projections match its entries, and it
+    // holds every application A acknowledged.
+    let source = LogSource {
+        data_dir: Some(a_data.clone()),
+        file: None,
+    };
+    let verified =
+        proofgate::cli::audit::verify(&source, Some(a_vkey.clone()), None, false).unwrap();
+    assert!(!verified.found_problem, "{}", verified.text);
+    let rebuilt = proofgate::cli::audit::rebuild(&a_data, false).unwrap();
+    assert!(!rebuilt.found_problem, "{}", rebuilt.text);
+    {
+        let store = proofgate::audit::AuditStore::open(&a_data.join("log")).unwrap();
+        assert_eq!(store.tree_size().unwrap(), final_size);
+        for id in &acknowledged {
+            assert!(store.application(id).unwrap().is_some(), "{id} lost");
+        }
+    }
+
+    // Without its key the node refuses to append to the restored log.
+    let refused = server::start(ServeOptions {
+        listen: a_addr,
+        ..node(pki.path(), &a_data, "node-1")
+    })
+    .await
+    .err()
+    .expect("no appending with another key");
+    assert_eq!(refused.exit_code(), 64, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("not signed by this node's key"),
+        "{refused}"
+    );
+    std::fs::remove_dir_all(a_data.join("keys")).unwrap();
+
+    // With its key copied back, A resumes the same log where it was.
+    copy_dir(&keys_backup, &a_data.join("keys"));
+    let a = start(ServeOptions {
+        listen: a_addr,
+        ..node(pki.path(), &a_data, "node-1")
+    })
+    .await;
+    assert_eq!(a.gateway.audit().verifier_key(), a_vkey);
+    let channel = connect_as(&a, HALL).await;
+    let reply = ApplicationServiceClient::new(channel)
+        .submit_application(request("elderly-subsidy", ELDERLY))
+        .await
+        .expect("A decides again")
+        .into_inner();
+    let receipt = reply.application.unwrap().receipt.unwrap();
+    assert!(
+        receipt.index >= final_size,
+        "appended after the restored entries"
+    );
+    let resumed = a.gateway.audit().durable_size();
+    // B keeps mirroring it: the resumed log is consistent with its copy.
+    wait_until("the mirror following the resumed log", || async {
+        mirrored(&b, ORIGIN_A)
+            .await
+            .is_some_and(|(s, _)| s == resumed)
+    })
+    .await;
+    assert!(!b.metrics.mirror_forked(ORIGIN_A));
+    a.shutdown().await;
+    let verified = proofgate::cli::audit::verify(&source, Some(a_vkey), None, false).unwrap();
+    assert!(!verified.found_problem, "{}", verified.text);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_refuses_a_forked_log_and_stores_nothing_of_it() {
+    let pki = pki();
+    let dirs = tempfile::tempdir().unwrap();
+    let a_data = dirs.path().join("a");
+    let a = start(node(pki.path(), &a_data, "node-1")).await;
+    let a_addr = a.addr;
+    let b = start(ServeOptions {
+        mirrors: vec![MirrorTarget {
+            url: a.endpoint(),
+            vkey: Some(a.gateway.audit().verifier_key().to_owned()),
+        }],
+        mock_departments: false,
+        ..node(pki.path(), &dirs.path().join("b"), "node-2")
+    })
+    .await;
+    for _ in 0..5 {
+        let channel = connect_as(&a, HALL).await;
+        ApplicationServiceClient::new(channel)
+            .submit_application(request("elderly-subsidy", ELDERLY))
+            .await
+            .unwrap();
+    }
+    let size = a.gateway.audit().durable_size();
+    wait_until("the mirror catching up", || async {
+        mirrored(&b, ORIGIN_A).await.is_some_and(|(s, _)| s == size)
+    })
+    .await;
+    let before = mirrored(&b, ORIGIN_A).await.unwrap();
+    a.shutdown().await;
+
+    // The same key, another history: a second data folder with A's keys,
+    // served where A was, grown past what B holds.
+    let fork_data = dirs.path().join("fork");
+    copy_dir(&a_data.join("keys"), &fork_data.join("keys"));
+    let fork = start(ServeOptions {
+        listen: a_addr,
+        ..node(pki.path(), &fork_data, "node-1")
+    })
+    .await;
+    let channel = connect_as(&fork, HALL).await;
+    while fork.gateway.audit().durable_size() <= size + 3 {
+        ApplicationServiceClient::new(channel.clone())
+            .submit_application(request("elderly-subsidy", PASSES_ALL))
+            .await
+            .unwrap();
+    }
+    wait_until("the mirror reporting the fork", || async {
+        b.metrics.mirror_forked(ORIGIN_A)
+    })
+    .await;
+    let metrics = b.metrics.encode();
+    assert!(
+        metrics.contains("proofgate_mirror_fork{origin=\"proofgate/node-1\"} 1"),
+        "{metrics}"
+    );
+    // Nothing of the fork was stored; what was verified is still served.
+    assert_eq!(mirrored(&b, ORIGIN_A).await.unwrap(), before);
+    let stored = b.logs.resolve(ORIGIN_A).unwrap().checkpoint().unwrap();
+    assert_eq!(stored.tree_size, size);
+    fork.shutdown().await;
+    b.shutdown().await;
+
+    // Restarted, B still does not mirror that log (the fork is recorded),
+    // and still serves what it verified.
+    let b = start(ServeOptions {
+        mirrors: Vec::new(),
+        mock_departments: false,
+        ..node(pki.path(), &dirs.path().join("b"), "node-2")
+    })
+    .await;
+    assert!(b.metrics.mirror_forked(ORIGIN_A));
+    assert_eq!(mirrored(&b, ORIGIN_A).await.unwrap(), before);
+    // An origin nobody mirrors here is NOT_FOUND, naming it.
+    let status = AuditServiceClient::new(connect_as(&b, AUDITOR).await)
+        .get_checkpoint(GetCheckpointRequest {
+            origin: "proofgate/node-9".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(status.message().contains("proofgate/node-9"), "{status:?}");
+    let status = AuditServiceClient::new(connect_as(&b, AUDITOR).await)
+        .get_checkpoint(GetCheckpointRequest {
+            origin: "bad origin".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // A restore of an origin the node does not serve, or one naming a
+    // witness key that is not one, fails (exit 64) and leaves the folder
+    // empty, so it can be run again.
+    let target = dirs.path().join("restore");
+    let args = RestoreArgs {
+        from: b.endpoint(),
+        origin: "proofgate/node-9".into(),
+        data_dir: target.clone(),
+        certs: pki.path().to_path_buf(),
+        vkey: None,
+        witnesses: Vec::new(),
+        quorum: None,
+    };
+    let err = proofgate::cli::audit::restore(&args).await.unwrap_err();
+    assert!(err.to_string().contains("proofgate/node-9"), "{err}");
+    assert_eq!(proofgate::cli::exit_code(&Err(err)), 64);
+    assert_eq!(std::fs::read_dir(&target).map_or(0, |d| d.count()), 0);
+    let err = proofgate::cli::audit::restore(&RestoreArgs {
+        origin: ORIGIN_A.into(),
+        witnesses: vec!["witness+00000000+AAAA".into()],
+        quorum: Some(1),
+        ..args
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("--witness"), "{err}");
+    assert_eq!(proofgate::cli::exit_code(&Err(err)), 64);
+    b.shutdown().await;
+}
