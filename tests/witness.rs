@@ -827,3 +827,147 @@ async fn a_witness_over_tls_cosigns_and_plain_http_is_loopback_only() {
     node.shutdown().await;
     witness.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_carries_the_cosignatures_and_a_restore_can_require_them() {
+    let pki = tempfile::tempdir().unwrap();
+    proofgate::security::ensure_dev_certs(
+        pki.path(),
+        &proofgate::departments::mock::dev_identities(),
+    )
+    .unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let a_data = dirs.path().join("a");
+    let a_vkey = proofgate::security::write_log_vkey(&a_data, "node-1").unwrap();
+    let witness = server::witness::start(server::witness::WitnessOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dirs.path().join("witness"),
+        name: WITNESS_NAME.into(),
+        logs: vec![a_vkey.clone()],
+        tls: None,
+        clock: proofgate::clock::system(),
+    })
+    .await
+    .unwrap();
+    let a = Served::new(
+        server::start(ServeOptions {
+            certs: Some(pki.path().to_path_buf()),
+            node_id: "node-1".into(),
+            witnesses: vec![target(&witness.url, &witness.vkey)],
+            ..options(&a_data)
+        })
+        .await
+        .expect("node A starts"),
+    );
+    let b = Served::new(
+        server::start(ServeOptions {
+            certs: Some(pki.path().to_path_buf()),
+            node_id: "node-2".into(),
+            mock_departments: false,
+            mirrors: vec![server::MirrorTarget {
+                url: a.endpoint(),
+                vkey: Some(a_vkey.clone()),
+            }],
+            ..options(&dirs.path().join("b"))
+        })
+        .await
+        .expect("node B starts"),
+    );
+    submit_some(&a, 2).await;
+    let size = wait_cosigned(&a).await;
+    // B's copy of A's newest checkpoint comes to carry the cosignature.
+    let mut auditor = AuditServiceClient::new(connect_as(&b, AUDITOR).await);
+    let deadline = tokio::time::Instant::now() + BOUND;
+    let mirrored = loop {
+        if let Ok(c) = auditor
+            .get_checkpoint(GetCheckpointRequest {
+                origin: "proofgate/node-1".into(),
+                ..Default::default()
+            })
+            .await
+        {
+            let c = c.into_inner();
+            if c.tree_size == size && c.note.contains(&format!("\u{2014} {WITNESS_NAME} ")) {
+                break c;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mirror did not get the cosigned checkpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(mirrored.from_mirror);
+    let signed = signed_note::Note::from_bytes(mirrored.note.as_bytes()).unwrap();
+    let (verified, _) = signed
+        .verify(&signed_note::VerifierList::new(vec![
+            Box::new(signed_note::StandardVerifier::new(&a_vkey).unwrap()),
+            Box::new(Cosigner::from_vkey(&witness.vkey)),
+        ]))
+        .unwrap();
+    assert_eq!(verified.len(), 2);
+    // Min cosignatures on a mirrored log: this node has no witnesses for it.
+    let err = auditor
+        .get_checkpoint(GetCheckpointRequest {
+            origin: "proofgate/node-1".into(),
+            min_cosignatures: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    // A is lost; restored from B, requiring the witness.
+    a.shutdown().await;
+    let args = proofgate::cli::RestoreArgs {
+        from: b.endpoint(),
+        origin: "proofgate/node-1".into(),
+        data_dir: dirs.path().join("restored"),
+        certs: pki.path().to_path_buf(),
+        vkey: Some(a_vkey.clone()),
+        witnesses: vec![witness.vkey.clone()],
+        quorum: Some(1),
+    };
+    let report = proofgate::cli::audit::restore(&args)
+        .await
+        .expect("restored with the witness's cosignature");
+    assert!(!report.found_problem, "{}", report.text);
+    let verified = proofgate::cli::audit::verify(
+        &proofgate::cli::LogSource {
+            data_dir: Some(args.data_dir.clone()),
+            file: None,
+        },
+        Some(a_vkey.clone()),
+        Some(proofgate::cli::audit::Quorum {
+            witnesses: vec![witness.vkey.clone()],
+            quorum: 1,
+        }),
+        false,
+    )
+    .unwrap();
+    assert!(!verified.found_problem, "{}", verified.text);
+    // Requiring a witness that did not cosign: refused, nothing left behind.
+    let stranger = {
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .unwrap();
+        NoteSigner::cosigner(
+            "witness.example/other",
+            ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap(),
+        )
+        .unwrap()
+        .verifier_key()
+    };
+    let refused_dir = dirs.path().join("refused");
+    let err = proofgate::cli::audit::restore(&proofgate::cli::RestoreArgs {
+        data_dir: refused_dir.clone(),
+        witnesses: vec![stranger],
+        ..args
+    })
+    .await
+    .expect_err("the witness did not cosign");
+    assert!(err.to_string().contains("required (--quorum)"), "{err}");
+    assert_eq!(proofgate::cli::exit_code(&Err(err)), 65);
+    assert_eq!(std::fs::read_dir(&refused_dir).map_or(0, |d| d.count()), 0);
+    b.shutdown().await;
+    witness.stop().await;
+}
