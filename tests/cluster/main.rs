@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod etcd;
+mod shared;
 
 use std::time::{Duration, Instant};
 
@@ -249,6 +250,13 @@ async fn each_node_mirrors_the_next_one_by_default() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // One pseudonym key for the whole cluster (a node with another is refused).
+    let first = dir.path().join("node-1/keys");
+    let second = dir.path().join("node-2/keys");
+    proofgate::security::generate_keys(&first).unwrap();
+    proofgate::security::generate_keys(&second).unwrap();
+    std::fs::remove_file(second.join("pseudonym.key")).unwrap();
+    std::fs::copy(first.join("pseudonym.key"), second.join("pseudonym.key")).unwrap();
     let mut nodes = Vec::new();
     for id in ["node-1", "node-2"] {
         let mut options = options(&dir.path().join(id));
