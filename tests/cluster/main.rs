@@ -250,13 +250,20 @@ async fn each_node_mirrors_the_next_one_by_default() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // One pseudonym key for the whole cluster (a node with another is refused).
-    let first = dir.path().join("node-1/keys");
-    let second = dir.path().join("node-2/keys");
-    proofgate::security::generate_keys(&first).unwrap();
-    proofgate::security::generate_keys(&second).unwrap();
-    std::fs::remove_file(second.join("pseudonym.key")).unwrap();
-    std::fs::copy(first.join("pseudonym.key"), second.join("pseudonym.key")).unwrap();
+    // One pseudonym key for the cluster (a node with another is refused).
+    for id in ["node-1", "node-2"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_proofgate"))
+            .args(["keygen", "--data-dir"])
+            .arg(dir.path().join(id))
+            .output()
+            .expect("proofgate runs");
+        assert!(out.status.success(), "keygen: {out:?}");
+    }
+    std::fs::copy(
+        dir.path().join("node-1/keys/pseudonym.key"),
+        dir.path().join("node-2/keys/pseudonym.key"),
+    )
+    .unwrap();
     let mut nodes = Vec::new();
     for id in ["node-1", "node-2"] {
         let mut options = options(&dir.path().join(id));
