@@ -10,7 +10,9 @@
 //! Policy keys (`policy_keys`, `PROOFGATE_POLICY_KEYS`, `--policy-key`): the
 //! last place that names any replaces the earlier ones; none may name an
 //! empty list, so no layer can quietly turn the signature check off.
-//! Revocation lists (`crls`, `PROOFGATE_CRLS`, `--crl`) follow the same rule.
+//! Revocation lists (`crls`, `PROOFGATE_CRLS`, `--crl`) follow the same rule,
+//! and so do witnesses (`[[witness]]`, `PROOFGATE_WITNESSES` as
+//! comma-separated `URL=VKEY` items, `--witness URL=VKEY`).
 //!
 //! ```toml
 //! listen = "127.0.0.1:50051"
@@ -37,6 +39,10 @@
 //! "ops-console.example.proofgate" = "admin"
 //! "jinhua-tax.example.proofgate" = "department:tax"
 //!
+//! [[witness]]                   # a C2SP witness asked to cosign each checkpoint (repeatable)
+//! url = "http://127.0.0.1:7380"
+//! vkey = "proofgate-witness+1a2b3c4d+BA..."   # or a file holding it
+//!
 //! [cluster]                     # cluster mode; absent: one node, no etcd
 //! etcd = ["http://127.0.0.1:2379", "http://127.0.0.1:22379"]
 //! etcd_prefix = "/proofgate/"
@@ -56,6 +62,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::security::{RateLimits, Role, RoleMap};
+use crate::server::cosign::{read_vkey, WitnessTarget};
 use crate::server::ServeOptions;
 
 #[derive(Debug, Error)]
@@ -98,6 +105,16 @@ struct FileConfig {
     #[serde(default)]
     roles: HashMap<String, String>,
     cluster: Option<FileCluster>,
+    #[serde(default)]
+    witness: Vec<FileWitness>,
+}
+
+/// `[[witness]]`: see [`crate::server::cosign::WitnessTarget`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWitness {
+    url: String,
+    vkey: String,
 }
 
 /// `[cluster]`: see [`crate::cluster::ClusterOptions`].
@@ -220,6 +237,8 @@ pub struct Flags {
     pub idempotency_window: Option<std::time::Duration>,
     /// `--tls-poll-seconds` (0: no polling); None: not given.
     pub tls_poll_seconds: Option<u64>,
+    /// `--witness URL=VKEY` (repeatable); empty: not given.
+    pub witnesses: Vec<WitnessTarget>,
     /// `--certs DIR`: a shared PKI folder.
     pub certs: Option<PathBuf>,
     /// `--advertise-address URL`.
@@ -260,6 +279,9 @@ pub fn resolve(
     }
     if !flags.crls.is_empty() {
         serve.crls = flags.crls.clone();
+    }
+    if !flags.witnesses.is_empty() {
+        serve.witnesses = flags.witnesses.clone();
     }
     if let Some(v) = &flags.certs {
         serve.certs = Some(v.clone());
@@ -516,6 +538,14 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
         roles = roles.with(&identity, parsed_role);
     }
     serve.roles = roles;
+    serve.witnesses = parsed
+        .witness
+        .into_iter()
+        .map(|w| WitnessTarget {
+            url: w.url,
+            vkey: read_vkey(&w.vkey),
+        })
+        .collect();
     if let Some(table) = parsed.cluster {
         let options = crate::cluster::ClusterOptions {
             endpoints: table.etcd,
@@ -603,6 +633,21 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
             ));
         }
         serve.crls = crls;
+    }
+    if let Some(v) = env.get("PROOFGATE_WITNESSES") {
+        let witnesses = v
+            .split(',')
+            .filter(|item| !item.trim().is_empty())
+            .map(str::parse::<WitnessTarget>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| env_error("PROOFGATE_WITNESSES", e))?;
+        if witnesses.is_empty() {
+            return Err(env_error(
+                "PROOFGATE_WITNESSES",
+                "empty: name at least one URL=VKEY, or unset it".into(),
+            ));
+        }
+        serve.witnesses = witnesses;
     }
     if let Some(v) = env.get("PROOFGATE_METRICS_LISTEN") {
         serve.metrics_listen = v
@@ -693,6 +738,35 @@ mod tests {
         assert!(err.to_string().contains("crls is empty"), "{err}");
         let env = HashMap::from([("PROOFGATE_CRLS".to_owned(), String::new())]);
         assert!(load(None, &env).is_err());
+    }
+
+    #[test]
+    fn witnesses_come_from_the_table_the_environment_or_the_flags() {
+        let file = write("[[witness]]\nurl = \"http://127.0.0.1:1\"\nvkey = \"w+00000000+BA\"\n[[witness]]\nurl = \"http://127.0.0.1:2\"\nvkey = \"v+00000000+BA\"\n");
+        let config = load(Some(file.path()), &HashMap::new()).unwrap();
+        assert_eq!(config.serve.witnesses.len(), 2);
+        assert_eq!(config.serve.witnesses[1].url, "http://127.0.0.1:2");
+        assert_eq!(config.serve.witnesses[1].vkey, "v+00000000+BA");
+        let env = HashMap::from([(
+            "PROOFGATE_WITNESSES".to_owned(),
+            "http://127.0.0.1:3=x+00000000+BA=".to_owned(),
+        )]);
+        let config = load(Some(file.path()), &env).unwrap();
+        assert_eq!(config.serve.witnesses.len(), 1);
+        assert_eq!(config.serve.witnesses[0].vkey, "x+00000000+BA=");
+        let flags = Flags {
+            witnesses: vec!["http://127.0.0.1:4=y+00000000+BA".parse().unwrap()],
+            ..Flags::default()
+        };
+        let config = resolve(Some(file.path()), &env, &flags).unwrap();
+        assert_eq!(config.serve.witnesses[0].url, "http://127.0.0.1:4");
+        let bad = write("[[witness]]\nurl = \"http://127.0.0.1:1\"\n");
+        assert!(load(Some(bad.path()), &HashMap::new()).is_err());
+        let env = HashMap::from([("PROOFGATE_WITNESSES".to_owned(), "nonsense".to_owned())]);
+        assert!(load(None, &env)
+            .unwrap_err()
+            .to_string()
+            .contains("PROOFGATE_WITNESSES"));
     }
 
     fn write(text: &str) -> tempfile::NamedTempFile {

@@ -39,7 +39,8 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
             command: ConfigCommand::Check { file },
         } => cli::node::config_check(&file),
         Command::DevCerts(args) => cli::node::dev_certs(&args),
-        Command::Keygen { data_dir } => cli::node::keygen(&data_dir),
+        Command::Keygen { data_dir, node_id } => cli::node::keygen(&data_dir, &node_id),
+        Command::Witness(args) => cli::node::witness(&args).await,
         Command::MockDepartment {
             name,
             listen,
@@ -69,7 +70,16 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
         } => cli::policy::sign(&dir, &key, name.as_deref()),
         Command::Audit { command } => match command {
             AuditCommand::Export { data_dir, out } => cli::audit::export(&data_dir, &out),
-            AuditCommand::Verify { source, vkey, json } => cli::audit::verify(&source, vkey, json),
+            AuditCommand::Verify {
+                source,
+                vkey,
+                witnesses,
+                quorum,
+                json,
+            } => {
+                let quorum = quorum.map(|quorum| cli::audit::Quorum { witnesses, quorum });
+                cli::audit::verify(&source, vkey, quorum, json)
+            }
             AuditCommand::Replay { source, json } => cli::audit::replay(&source, json),
             AuditCommand::Rebuild { data_dir, json } => cli::audit::rebuild(&data_dir, json),
             AuditCommand::Usage { data_dir, json } => cli::audit::usage(&data_dir, json),

@@ -25,6 +25,10 @@
 //! | `proofgate_tls_handshakes_refused_total`    | counter   |                       |
 //! | `proofgate_crl_expired`                     | gauge     |                       |
 //! | `proofgate_crl_next_update_seconds`         | gauge     |                       |
+//! | `proofgate_witness_cosigned_size`           | gauge     | witness               |
+//! | `proofgate_witness_lag_entries`             | gauge     | witness               |
+//! | `proofgate_witness_refusals_total`          | counter   | witness, status       |
+//! | `proofgate_witness_fork_alarms_total`       | counter   | witness               |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +103,17 @@ struct PullLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WitnessLabels {
+    witness: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WitnessStatusLabels {
+    witness: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -141,6 +156,10 @@ struct Inner {
     mirror_tree_size: Family<OriginLabels, Gauge>,
     mirror_fork: Family<OriginLabels, Gauge>,
     mirror_pulls: Family<PullLabels, Counter>,
+    witness_cosigned_size: Family<WitnessLabels, Gauge>,
+    witness_lag: Family<WitnessLabels, Gauge>,
+    witness_refusals: Family<WitnessStatusLabels, Counter>,
+    witness_fork_alarms: Family<WitnessLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -263,6 +282,30 @@ impl Default for Metrics {
             "Mirror rounds per mirrored log and result (ok, error, fork)",
             mirror_pulls.clone(),
         );
+        let witness_cosigned_size = Family::<WitnessLabels, Gauge>::default();
+        registry.register(
+            "witness_cosigned_size",
+            "Largest tree size each witness has cosigned for this log",
+            witness_cosigned_size.clone(),
+        );
+        let witness_lag = Family::<WitnessLabels, Gauge>::default();
+        registry.register(
+            "witness_lag_entries",
+            "Entries the newest checkpoint is ahead of the newest one each witness cosigned",
+            witness_lag.clone(),
+        );
+        let witness_refusals = Family::<WitnessStatusLabels, Counter>::default();
+        registry.register(
+            "witness_refusals",
+            "Checkpoints a witness did not cosign, by HTTP status (or unreachable, bad_response)",
+            witness_refusals.clone(),
+        );
+        let witness_fork_alarms = Family::<WitnessLabels, Counter>::default();
+        registry.register(
+            "witness_fork_alarms",
+            "Possible forks reported: a witness refused a consistency proof (422) or a size conflict (409) did not resolve",
+            witness_fork_alarms.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -284,6 +327,10 @@ impl Default for Metrics {
                 mirror_tree_size,
                 mirror_fork,
                 mirror_pulls,
+                witness_cosigned_size,
+                witness_lag,
+                witness_refusals,
+                witness_fork_alarms,
             }),
         }
     }
@@ -423,6 +470,45 @@ impl Metrics {
             .map_or(0, |g| u64::try_from(g.get()).unwrap_or(0))
     }
 
+    /// A witness's progress: the largest size it cosigned, and how far the
+    /// log's newest checkpoint is ahead of it.
+    pub fn witness_progress(&self, witness: &str, cosigned: u64, newest: u64) {
+        let labels = WitnessLabels {
+            witness: witness.to_owned(),
+        };
+        let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.inner
+            .witness_cosigned_size
+            .get_or_create(&labels)
+            .set(as_gauge(cosigned));
+        self.inner
+            .witness_lag
+            .get_or_create(&labels)
+            .set(as_gauge(newest.saturating_sub(cosigned)));
+    }
+
+    /// A witness did not cosign: `status` is the HTTP status, or
+    /// `unreachable` / `bad_response`.
+    pub fn witness_refusal(&self, witness: &str, status: &str) {
+        self.inner
+            .witness_refusals
+            .get_or_create(&WitnessStatusLabels {
+                witness: witness.to_owned(),
+                status: status.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A witness's answer says this log may have forked.
+    pub fn witness_fork_alarm(&self, witness: &str) {
+        self.inner
+            .witness_fork_alarms
+            .get_or_create(&WitnessLabels {
+                witness: witness.to_owned(),
+            })
+            .inc();
+    }
+
     /// Replaces the gauges read from the running node.
     pub fn set_node_gauges(&self, gauges: &NodeGauges) {
         let inner = &self.inner;
@@ -517,5 +603,25 @@ mod tests {
         // A source gone since the last scrape loses its series.
         metrics.set_node_gauges(&NodeGauges::default());
         assert!(!metrics.encode().contains("proofgate_circuit_state{"));
+    }
+
+    #[test]
+    fn witness_progress_lag_refusals_and_alarms_are_per_witness() {
+        let metrics = Metrics::default();
+        metrics.witness_progress("w1", 5, 9);
+        metrics.witness_progress("w2", 9, 9);
+        metrics.witness_refusal("w1", "unreachable");
+        metrics.witness_refusal("w1", "409");
+        metrics.witness_fork_alarm("w1");
+        let out = metrics.encode();
+        for line in [
+            "proofgate_witness_cosigned_size{witness=\"w1\"} 5",
+            "proofgate_witness_lag_entries{witness=\"w1\"} 4",
+            "proofgate_witness_lag_entries{witness=\"w2\"} 0",
+            "proofgate_witness_refusals_total{witness=\"w1\",status=\"409\"} 1",
+            "proofgate_witness_fork_alarms_total{witness=\"w1\"} 1",
+        ] {
+            assert!(out.contains(line), "{line} missing:\n{out}");
+        }
     }
 }

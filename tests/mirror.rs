@@ -55,6 +55,7 @@ async fn mirrored(b: &Running, origin: &str) -> Option<(u64, Vec<u8>)> {
     let checkpoint = AuditServiceClient::new(channel)
         .get_checkpoint(GetCheckpointRequest {
             origin: origin.into(),
+            ..Default::default()
         })
         .await
         .ok()?
@@ -234,7 +235,8 @@ async fn a_node_whose_disk_is_lost_is_restored_from_its_mirror_and_resumes_its_l
         data_dir: Some(a_data.clone()),
         file: None,
     };
-    let verified = proofgate::cli::audit::verify(&source, Some(a_vkey.clone()), false).unwrap();
+    let verified =
+        proofgate::cli::audit::verify(&source, Some(a_vkey.clone()), None, false).unwrap();
     assert!(!verified.found_problem, "{}", verified.text);
     let rebuilt = proofgate::cli::audit::rebuild(&a_data, false).unwrap();
     assert!(!rebuilt.found_problem, "{}", rebuilt.text);
@@ -292,7 +294,7 @@ async fn a_node_whose_disk_is_lost_is_restored_from_its_mirror_and_resumes_its_l
     .await;
     assert!(!b.metrics.mirror_forked(ORIGIN_A));
     a.shutdown().await;
-    let verified = proofgate::cli::audit::verify(&source, Some(a_vkey), false).unwrap();
+    let verified = proofgate::cli::audit::verify(&source, Some(a_vkey), None, false).unwrap();
     assert!(!verified.found_problem, "{}", verified.text);
     b.shutdown().await;
 }
@@ -374,6 +376,7 @@ async fn a_mirror_refuses_a_forked_log_and_stores_nothing_of_it() {
     let status = AuditServiceClient::new(connect_as(&b, AUDITOR).await)
         .get_checkpoint(GetCheckpointRequest {
             origin: "proofgate/node-9".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -382,14 +385,15 @@ async fn a_mirror_refuses_a_forked_log_and_stores_nothing_of_it() {
     let status = AuditServiceClient::new(connect_as(&b, AUDITOR).await)
         .get_checkpoint(GetCheckpointRequest {
             origin: "bad origin".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 
-    // A restore of an origin the node does not serve, or one asking for
-    // witness cosignatures this build cannot check, fails (exit 64) and
-    // leaves the folder empty, so it can be run again.
+    // A restore of an origin the node does not serve, or one naming a
+    // witness key that is not one, fails (exit 64) and leaves the folder
+    // empty, so it can be run again.
     let target = dirs.path().join("restore");
     let args = RestoreArgs {
         from: b.endpoint(),

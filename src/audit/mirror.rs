@@ -336,7 +336,26 @@ impl MirrorLog {
                 reason: "checkpoint does not match the stored tree".into(),
             });
         }
-        if self.store.checkpoint(checkpoint.size)?.is_none() {
+        // A note of the same checkpoint with more signature lines (witness
+        // cosignatures gathered since) replaces the one held: its origin
+        // signature was checked, and its text is the same.
+        let lines = |note: &str| {
+            super::checkpoint::split_note(note)
+                .ok()
+                .and_then(|(text, block)| {
+                    super::checkpoint::note_signatures(block)
+                        .ok()
+                        .map(|s| (text.to_owned(), s.len()))
+                })
+        };
+        let newer = match self.store.checkpoint(checkpoint.size)? {
+            None => true,
+            Some(held) => match (lines(&held), lines(note)) {
+                (Some((held_text, held_n)), Some((text, n))) => held_text == text && n > held_n,
+                _ => false,
+            },
+        };
+        if newer {
             let db = self.store.db();
             db.insert(checkpoint_key(checkpoint.size), note.as_bytes())
                 .map_err(StoreError::from)?;

@@ -12,9 +12,13 @@ mod replay;
 pub mod report;
 mod store;
 mod verify;
+pub mod witness;
 mod writer;
 
-pub use checkpoint::{parse_checkpoint, Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
+pub use checkpoint::{
+    cosignature_message, count_cosignatures, note_signatures, parse_checkpoint, split_note,
+    Checkpoint, CheckpointError, NoteSignature, NoteSigner, NoteVerifier,
+};
 // The Merkle tree is a leaf module shared with answer signing; the names
 // stay importable from here (and as `super::merkle` / `super::proof`).
 pub use crate::merkle::proof::{

@@ -48,6 +48,12 @@ pub enum ReadError {
     UnknownOrigin { origin: String, known: String },
     #[error("indexed entry {0} is missing from the store")]
     Missing(u64),
+    /// More cosignatures asked for than witnesses configured.
+    #[error("min_cosignatures {asked} cannot be met: this node is configured with {configured} witness(es) for this log (serve --witness URL=VKEY); ask for at most {configured}")]
+    QuorumUnreachable { asked: u32, configured: usize },
+    /// No checkpoint carries the cosignatures asked for yet.
+    #[error("no checkpoint carries {asked} cosignature(s) by this node's witnesses yet (newest checkpoint: size {newest}); a witness may be down or lagging: retry later, or ask for fewer")]
+    NotCosigned { asked: u32, newest: u64 },
     #[error("stored entry {index} does not decode")]
     Decode {
         index: u64,
@@ -60,6 +66,9 @@ pub enum ReadError {
 #[derive(Clone)]
 pub struct AuditReader {
     source: Source,
+    /// Key ids of the witnesses this node asks (`serve --witness`); none
+    /// for a mirrored log.
+    witnesses: Vec<[u8; 4]>,
 }
 
 #[derive(Clone)]
@@ -123,13 +132,22 @@ impl AuditReader {
     pub fn new(log: AuditLog, pseudonyms: PseudonymKey) -> Self {
         Self {
             source: Source::Own { log, pseudonyms },
+            witnesses: Vec::new(),
         }
+    }
+
+    /// The key ids of the witnesses whose cosignatures count for
+    /// [`AuditReader::checkpoint_with`].
+    pub fn with_witnesses(mut self, key_ids: Vec<[u8; 4]>) -> Self {
+        self.witnesses = key_ids;
+        self
     }
 
     /// A reader of a mirrored log (see [`super::MirrorLog`]), verified with `vkey`.
     pub fn mirrored(store: AuditStore, vkey: String) -> Self {
         Self {
             source: Source::Mirror { store, vkey },
+            witnesses: Vec::new(),
         }
     }
 
@@ -170,12 +188,42 @@ impl AuditReader {
         Ok(if requested == 0 { size } else { requested })
     }
 
-    /// The latest durable checkpoint.
+    /// The latest durable checkpoint, with every cosignature gathered for it.
     pub fn checkpoint(&self) -> Result<Checkpoint, ReadError> {
+        self.checkpoint_with(0)
+    }
+
+    /// `GetCheckpoint`: the newest durable checkpoint (with every
+    /// cosignature gathered for it), or with `min_cosignatures` K > 0 the
+    /// newest one carrying at least K cosignatures by this node's witnesses.
+    pub fn checkpoint_with(&self, min_cosignatures: u32) -> Result<Checkpoint, ReadError> {
+        let store = self.store();
         let durable = self.durable_size()?;
-        let Some((size, note)) = self.store().checkpoint_at_or_below(durable)? else {
+        let Some((newest, note)) = store.checkpoint_at_or_below(durable)? else {
             return Err(ReadError::NoCheckpoint);
         };
+        let (size, note) = if min_cosignatures == 0 {
+            let note = store.cosigned_checkpoint(newest)?.unwrap_or(note);
+            (newest, note)
+        } else {
+            if min_cosignatures as usize > self.witnesses.len() {
+                return Err(ReadError::QuorumUnreachable {
+                    asked: min_cosignatures,
+                    configured: self.witnesses.len(),
+                });
+            }
+            store
+                .newest_cosigned(durable, min_cosignatures as usize, &self.witnesses)?
+                .ok_or(ReadError::NotCosigned {
+                    asked: min_cosignatures,
+                    newest,
+                })?
+        };
+        let cosignatures = store
+            .cosignatures(size)?
+            .iter()
+            .filter(|(id, _)| self.witnesses.contains(id))
+            .count();
         let root = note
             .lines()
             .nth(2)
@@ -186,6 +234,7 @@ impl AuditReader {
             tree_size: size,
             root_hash: root,
             verifier_key: self.verifier_key().to_owned(),
+            cosignatures: u32::try_from(cosignatures).unwrap_or(u32::MAX),
             from_mirror: matches!(self.source, Source::Mirror { .. }),
         })
     }

@@ -142,9 +142,10 @@ struct DirMerge {
 
 impl DirMerge {
     fn checkpoint(&mut self, size: u64) -> Result<LogRecord, RecordError> {
+        // With the witnesses' cosignatures, so exports and verification carry them.
         let note = self
             .store
-            .checkpoint(size)?
+            .cosigned_checkpoint(size)?
             .ok_or_else(|| StoreError::Corrupt(format!("checkpoint {size} vanished")))?;
         Ok(LogRecord::Checkpoint(note))
     }

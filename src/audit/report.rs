@@ -24,6 +24,13 @@ pub fn verify_table(report: &VerifyReport, seconds: f64) -> String {
     row(&mut out, "tree size", report.tree_size);
     row(&mut out, "root (base64)", B64.encode(report.root));
     row(&mut out, "keys in the chain", report.keys.len());
+    if let Some((valid, quorum)) = report.cosignatures {
+        row(
+            &mut out,
+            "witnesses",
+            format!("{valid} valid cosignature(s) on the newest checkpoint (quorum {quorum})"),
+        );
+    }
     row(
         &mut out,
         "speed",
@@ -56,6 +63,8 @@ pub fn verify_json(report: &VerifyReport, seconds: f64) -> Value {
         "tree_size": report.tree_size,
         "root": B64.encode(report.root),
         "keys": report.keys,
+        "cosignatures": report.cosignatures.map(|(valid, _)| valid),
+        "quorum": report.cosignatures.map(|(_, quorum)| quorum),
         "seconds": seconds,
         "problem": problem,
     })

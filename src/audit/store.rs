@@ -654,6 +654,129 @@ impl AuditStore {
     }
 }
 
+/// Witness cosignatures live in their own sled tree beside the log's, written
+/// by the task that asks witnesses, never by the writer's batches:
+///
+/// | key                              | value                                   |
+/// |----------------------------------|-----------------------------------------|
+/// | `c`, tree size (u64 BE), key id (4) | the cosignature line (newline included) |
+/// | `w`, key id (4)                  | largest size that witness cosigned (u64 BE) |
+const COSIGNATURE_TREE: &str = "cosignatures";
+
+fn cosignature_key(size: u64, key_id: [u8; 4]) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[0] = b'c';
+    key[1..9].copy_from_slice(&size.to_be_bytes());
+    key[9..].copy_from_slice(&key_id);
+    key
+}
+
+fn witness_key(key_id: [u8; 4]) -> [u8; 5] {
+    let mut key = [0u8; 5];
+    key[0] = b'w';
+    key[1..].copy_from_slice(&key_id);
+    key
+}
+
+impl AuditStore {
+    fn cosignature_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(COSIGNATURE_TREE)?)
+    }
+
+    /// Keeps a (checked) cosignature of the checkpoint of `size` by the
+    /// witness `key_id`, and that witness's progress; flushed before it returns.
+    pub fn add_cosignature(
+        &self,
+        size: u64,
+        key_id: [u8; 4],
+        line: &str,
+    ) -> Result<(), StoreError> {
+        let tree = self.cosignature_tree()?;
+        let mut batch = sled::Batch::default();
+        batch.insert(&cosignature_key(size, key_id)[..], line.as_bytes());
+        let progress = self.witness_progress(key_id)?.unwrap_or(0).max(size);
+        batch.insert(&witness_key(key_id)[..], &progress.to_be_bytes()[..]);
+        tree.apply_batch(batch)?;
+        tree.flush()?;
+        Ok(())
+    }
+
+    /// The largest size the witness `key_id` cosigned for this log, if any.
+    pub fn witness_progress(&self, key_id: [u8; 4]) -> Result<Option<u64>, StoreError> {
+        self.cosignature_tree()?
+            .get(witness_key(key_id))?
+            .map(|v| {
+                <[u8; 8]>::try_from(v.as_ref())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("witness progress is not 8 bytes".into()))
+            })
+            .transpose()
+    }
+
+    /// The cosignature lines gathered for the checkpoint of `size`, by key id.
+    pub fn cosignatures(&self, size: u64) -> Result<Vec<([u8; 4], String)>, StoreError> {
+        self.cosignature_tree()?
+            .scan_prefix(&cosignature_key(size, [0; 4])[..9])
+            .map(|item| {
+                let (key, value) = item?;
+                let id = key
+                    .get(9..13)
+                    .and_then(|k| <[u8; 4]>::try_from(k).ok())
+                    .ok_or_else(|| StoreError::Corrupt("cosignature key is not 13 bytes".into()))?;
+                let line = String::from_utf8(value.to_vec())
+                    .map_err(|_| StoreError::Corrupt("cosignature is not UTF-8".into()))?;
+                Ok((id, line))
+            })
+            .collect()
+    }
+
+    /// The checkpoint note of `size` with every cosignature gathered for it
+    /// appended (a C2SP signed note with several signature lines).
+    pub fn cosigned_checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
+        let Some(mut note) = self.checkpoint(size)? else {
+            return Ok(None);
+        };
+        for (_, line) in self.cosignatures(size)? {
+            note.push_str(&line);
+        }
+        Ok(Some(note))
+    }
+
+    /// The newest checkpoint at or below `size` cosigned by at least `quorum`
+    /// of the witnesses `key_ids`: (size, note with its cosignatures).
+    pub fn newest_cosigned(
+        &self,
+        size: u64,
+        quorum: usize,
+        key_ids: &[[u8; 4]],
+    ) -> Result<Option<(u64, String)>, StoreError> {
+        let tree = self.cosignature_tree()?;
+        let end = cosignature_key(size, [0xff; 4]);
+        let mut current: Option<(u64, usize)> = None;
+        for item in tree.range(&cosignature_key(0, [0; 4])[..]..=&end[..]).rev() {
+            let (key, _) = item?;
+            let (Some(at), Some(id)) = (
+                key.get(1..9).and_then(|k| <[u8; 8]>::try_from(k).ok()),
+                key.get(9..13).and_then(|k| <[u8; 4]>::try_from(k).ok()),
+            ) else {
+                return Err(StoreError::Corrupt(
+                    "cosignature key is not 13 bytes".into(),
+                ));
+            };
+            let at = u64::from_be_bytes(at);
+            let counted = match current {
+                Some((s, n)) if s == at => n,
+                _ => 0,
+            } + usize::from(key_ids.contains(&id));
+            current = Some((at, counted));
+            if counted >= quorum {
+                return Ok(self.cosigned_checkpoint(at)?.map(|note| (at, note)));
+            }
+        }
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

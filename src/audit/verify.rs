@@ -55,6 +55,11 @@ pub struct VerifyReport {
     /// Keys that signed checkpoints, in order (more than one after rotations).
     pub keys: Vec<String>,
     pub problem: Option<Problem>,
+    /// The newest checkpoint note, with the cosignatures it carries.
+    pub newest_note: String,
+    /// Witness cosignatures found on the newest checkpoint and the quorum
+    /// asked for (set by `audit verify --witness … --quorum K` when met).
+    pub cosignatures: Option<(usize, usize)>,
 }
 
 impl VerifyReport {
@@ -308,6 +313,8 @@ pub fn verify_records(
             origin: String::new(),
             keys: Vec::new(),
             problem: None,
+            newest_note: String::new(),
+            cosignatures: None,
         },
         last_checkpoint: 0,
     };
@@ -353,7 +360,10 @@ pub fn verify_records(
                     progress(v.report.entries);
                 }
             }
-            LogRecord::Checkpoint(note) => v.checkpoint(&note),
+            LogRecord::Checkpoint(note) => {
+                v.checkpoint(&note);
+                v.report.newest_note = note;
+            }
         }
     }
     if v.report.problem.is_none() && v.frontier.size() > v.last_checkpoint {

@@ -80,11 +80,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create the node's signing and pseudonym keys in DATA_DIR/keys.
+    /// Create the node's signing and pseudonym keys in DATA_DIR/keys, and
+    /// write the log's verifier key to DATA_DIR/log.vkey (for witnesses).
     Keygen {
         #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// The node the log belongs to: its origin is proofgate/NODE_ID.
+        #[arg(long, default_value = server::DEFAULT_NODE_ID)]
+        node_id: String,
     },
+    /// Run a C2SP transparency-log witness (tlog-witness, cosignature/v1):
+    /// POST /add-checkpoint cosigns a log's checkpoint only if it is
+    /// consistent with what it cosigned before. Prints its vkey (also in
+    /// DATA_DIR/witness.vkey).
+    Witness(WitnessArgs),
     /// Drive SubmitApplication against a running gateway and report applications/s and latency.
     Bench(BenchArgs),
     /// Cluster mode: look at the nodes registered in etcd.
@@ -213,6 +222,14 @@ pub enum AuditCommand {
         /// Without it, the key carried by the log is used.
         #[arg(long)]
         vkey: Option<String>,
+        /// A witness you trust (its cosignature/v1 vkey, or a file holding
+        /// it); repeatable. With --quorum.
+        #[arg(long = "witness", value_name = "VKEY", requires = "quorum")]
+        witnesses: Vec<String>,
+        /// Fail unless the newest checkpoint carries valid cosignatures by
+        /// at least this many of the --witness keys.
+        #[arg(long, value_name = "K", requires = "witnesses")]
+        quorum: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -382,6 +399,10 @@ pub struct ServeArgs {
     /// changes, in seconds; 0: never, only SIGHUP reloads them [default: 2]
     #[arg(long, value_name = "SECONDS")]
     pub tls_poll_seconds: Option<u64>,
+    /// A C2SP witness to ask to cosign each new checkpoint: its URL, `=`,
+    /// its vkey (or a file holding it); repeatable.
+    #[arg(long = "witness", value_name = "URL=VKEY")]
+    pub witnesses: Vec<crate::server::cosign::WitnessTarget>,
     /// A shared PKI folder (from `dev-certs --dir DIR`) instead of one made
     /// in DATA_DIR/certs. The node presents <node-id>.gateway.proofgate if
     /// DIR holds it, else gateway.proofgate, on its listener and its calls.
@@ -422,11 +443,36 @@ impl ServeArgs {
             etcd_prefix: self.etcd.etcd_prefix.clone(),
             idempotency_window: self.etcd.idempotency_window,
             tls_poll_seconds: self.tls_poll_seconds,
+            witnesses: self.witnesses.clone(),
             certs: self.certs.clone(),
             advertise_address: self.advertise_address.clone(),
             mirrors: self.mirrors.clone(),
         }
     }
+}
+
+// No doc comment here: the `Witness` variant's is the subcommand's help.
+#[derive(clap::Args)]
+pub struct WitnessArgs {
+    /// Plain HTTP only on a loopback address; elsewhere give --tls-cert/--tls-key.
+    #[arg(long, default_value = "127.0.0.1:7380")]
+    pub listen: SocketAddr,
+    /// Its key (generated on first start, 0600), vkey and state (sled).
+    #[arg(long, default_value = "proofgate-witness")]
+    pub data_dir: PathBuf,
+    /// Its name in its vkey and cosignatures (a schema-less URL is usual).
+    #[arg(long, default_value = server::witness::DEFAULT_WITNESS_NAME)]
+    pub name: String,
+    /// A log it witnesses: the log's vkey, or a file holding it (a node's
+    /// DATA_DIR/log.vkey); repeatable. A file with several lines gives several keys.
+    #[arg(long = "log", value_name = "VKEY", required = true)]
+    pub logs: Vec<String>,
+    /// Serve HTTPS with this certificate (PEM chain), with --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 // No doc comment here: the `Bench` variant's is the subcommand's help.

@@ -9,7 +9,7 @@
 //! | file        | commands                                                        |
 //! |-------------|-----------------------------------------------------------------|
 //! | `args.rs`   | the clap derive types                                           |
-//! | `node.rs`   | serve, config check, dev-certs, keygen, mock-department         |
+//! | `node.rs`   | serve, config check, dev-certs, keygen, mock-department, witness |
 //! | `policy.rs` | policy check, policy generate-jinhua                            |
 //! | `audit.rs`  | audit export / verify / replay / rebuild / restore / rotate-key, stats |
 //! | `bench.rs`  | bench                                                           |
@@ -27,7 +27,7 @@ pub mod policy;
 
 pub use args::{
     AuditCommand, BenchArgs, Cli, ClusterCommand, Command, ConfigCommand, DevCertsArgs, EtcdArgs,
-    LogSource, PolicyCommand, RestoreArgs, ServeArgs,
+    LogSource, PolicyCommand, RestoreArgs, ServeArgs, WitnessArgs,
 };
 
 use std::path::PathBuf;
@@ -117,6 +117,12 @@ pub enum CliError {
     /// `cluster status`: etcd options, or etcd itself.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// `witness`: it could not start.
+    #[error(transparent)]
+    Witness(#[from] crate::server::witness::WitnessStartError),
+    /// `audit verify --witness`: a key that is not a witness's vkey.
+    #[error("--witness {vkey}: {problem}")]
+    WitnessKey { vkey: String, problem: String },
     /// `audit restore`: options that cannot work (a non-empty data folder,
     /// a bad key, witnesses asked for but not checkable here).
     #[error("{0}")]
@@ -142,8 +148,10 @@ pub fn exit_code(result: &Result<Report, CliError>) -> u8 {
             | CliError::DepartmentCerts(_)
             | CliError::Fixture(_)
             | CliError::NoLogSource
+            | CliError::WitnessKey { .. }
             | CliError::RestoreConfig(_)
             | CliError::Fanout(_) => exit::CONFIG,
+            CliError::Witness(e) => e.exit_code(),
             CliError::Pull(e) => audit::pull_exit_code(e),
             CliError::Restored(_) => exit::DATA,
             CliError::Policy(_) | CliError::Check(_) => exit::DATA,

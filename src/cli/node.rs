@@ -85,6 +85,18 @@ pub fn config_check(file: &Path) -> Result<Report, CliError> {
                     .join(", ")
             }
         ),
+        format!(
+            "  witnesses        {}",
+            if o.witnesses.is_empty() {
+                "none: checkpoints are not cosigned".to_owned()
+            } else {
+                o.witnesses
+                    .iter()
+                    .map(|w| w.url.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
         format!("  metrics          {metrics}"),
         format!(
             "  console          {}",
@@ -169,14 +181,54 @@ pub fn dev_certs(args: &DevCertsArgs) -> Result<Report, CliError> {
     Ok(Report::line(message))
 }
 
-/// `proofgate keygen`: the node's signing and pseudonym keys in `DATA_DIR/keys`.
-pub fn keygen(data_dir: &Path) -> Result<Report, CliError> {
+/// `proofgate keygen`: the node's signing and pseudonym keys in
+/// `DATA_DIR/keys`, and the log's verifier key in `DATA_DIR/log.vkey`.
+pub fn keygen(data_dir: &Path, node_id: &str) -> Result<Report, CliError> {
     let keys = data_dir.join("keys");
     security::generate_keys(&keys)?;
+    let vkey = security::write_log_vkey(data_dir, node_id)?;
     Ok(Report::line(format_args!(
-        "keys written to {}",
-        keys.display()
+        "keys written to {}; the log's verifier key (also in {}):\n{vkey}",
+        keys.display(),
+        data_dir.join("log.vkey").display()
     )))
+}
+
+/// `proofgate witness`: a C2SP witness serving until SIGINT / SIGTERM.
+pub async fn witness(args: &super::WitnessArgs) -> Result<Report, CliError> {
+    let mut logs = Vec::new();
+    for given in &args.logs {
+        match std::fs::read_to_string(given) {
+            Ok(text) => logs.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned),
+            ),
+            Err(_) => logs.push(given.trim().to_owned()),
+        }
+    }
+    let running = server::witness::start(server::witness::WitnessOptions {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        name: args.name.clone(),
+        logs,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        clock: crate::clock::system(),
+    })
+    .await?;
+    {
+        // Printed now, not in the report: the witness serves until a signal.
+        // A closed stdout must not stop it.
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", running.vkey);
+        let _ = writeln!(out, "witness serving on {}; Ctrl-C to stop", running.url);
+        let _ = out.flush();
+    }
+    server::wait_for_signal().await;
+    running.stop().await;
+    Ok(Report::default())
 }
 
 /// `proofgate mock-department NAME`: one built-in mock department, registered

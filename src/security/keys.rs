@@ -213,6 +213,36 @@ pub fn generate_keys(dir: &Path) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// An Ed25519 key pair kept in one PKCS#8 file (a witness's key): loaded,
+/// or generated and written owner-only (0600) on first use. The flag says
+/// whether it was generated now.
+pub fn load_or_generate_key_file(path: &Path) -> Result<(Ed25519KeyPair, bool), KeyError> {
+    let created = !path.exists();
+    if created {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let pkcs8 =
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Random)?;
+        write_secret(path, pkcs8.as_ref())?;
+    }
+    let pkcs8 = fs::read(path).map_err(io(path))?;
+    let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
+        .map_err(|_| KeyError::BadSigningKey(path.to_path_buf()))?;
+    Ok((pair, created))
+}
+
+/// Writes `DATA_DIR/log.vkey`, the verifier key of the node's log, from the
+/// signing key in `DATA_DIR/keys` (`keygen` and `serve` both do), so a
+/// witness can be told about a log before it first starts.
+pub fn write_log_vkey(data_dir: &Path, node_id: &str) -> Result<String, LogKeyError> {
+    let keys = load_or_generate_keys(&data_dir.join("keys"))?;
+    let vkey = NoteSigner::new(&log_origin(node_id), keys.signing)?.verifier_key();
+    let path = data_dir.join("log.vkey");
+    fs::write(&path, format!("{vkey}\n")).map_err(|source| LogKeyError::Write { path, source })?;
+    Ok(vkey)
+}
+
 /// Loads the keys from `dir`, generating them on first start.
 pub fn load_or_generate_keys(dir: &Path) -> Result<NodeKeys, KeyError> {
     let signing_path = dir.join(SIGNING_KEY_FILE);

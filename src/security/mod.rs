@@ -21,7 +21,7 @@ pub use certs::{
 };
 pub use identity::{Caller, Role, RoleMap};
 pub use keys::{
-    generate_keys, load_or_generate_keys, log_origin, open_log, rotate_log_key, KeyError,
-    LogKeyError, NodeKeys,
+    generate_keys, load_or_generate_key_file, load_or_generate_keys, log_origin, open_log,
+    rotate_log_key, write_log_vkey, KeyError, LogKeyError, NodeKeys,
 };
 pub use policy_signing::{Approval, PolicyKeyError, PolicyTrust, SignatureError};

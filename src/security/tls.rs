@@ -221,6 +221,59 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A server configuration for a plain HTTPS listener (the witness): the
+/// certificate chain and key of two PEM files, no client certificates,
+/// HTTP/1.1.
+pub fn https_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(cert, format!("not PEM certificates: {e}")))?;
+    if chain.is_empty() {
+        return Err(invalid(cert, "holds no certificate"));
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| invalid(key, format!("not a PEM private key: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| invalid(cert, format!("certificate and key do not fit: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client configuration trusting the CA certificates of one PEM file (the
+/// node asking a witness over HTTPS), no client certificate, HTTP/1.1.
+pub fn https_client_config(ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let pem = std::fs::read(ca).map_err(|source| TlsError::Read {
+        path: ca.to_path_buf(),
+        source,
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| invalid(ca, format!("not PEM certificates: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| invalid(ca, format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid(ca, "holds no certificate"));
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 fn invalid(path: &Path, problem: impl std::fmt::Display) -> TlsError {
     TlsError::Invalid {
         path: path.to_path_buf(),

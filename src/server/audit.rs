@@ -113,8 +113,15 @@ impl AuditService for AuditApi {
         request: Request<GetCheckpointRequest>,
     ) -> Result<Response<Checkpoint>, Status> {
         log_reader(&request)?;
-        let GetCheckpointRequest { origin } = request.into_inner();
-        Ok(Response::new(self.logs.resolve(&origin)?.checkpoint()?))
+        let GetCheckpointRequest {
+            origin,
+            min_cosignatures,
+        } = request.into_inner();
+        Ok(Response::new(
+            self.logs
+                .resolve(&origin)?
+                .checkpoint_with(min_cosignatures)?,
+        ))
     }
 
     type GetEntriesStream = Pin<Box<dyn Stream<Item = Result<StoredEntry, Status>> + Send>>;

@@ -128,6 +128,16 @@ fn connection_error(e: &std::io::Error) -> bool {
 /// Accept errors never end the loop: one connection's is skipped, any other
 /// is logged and waited out ([`ACCEPT_BACKOFF`]).
 pub async fn serve(listener: TcpListener, router: Router) {
+    serve_with(listener, router, None).await
+}
+
+/// [`serve`], each connection over TLS with `tls` first when given (the
+/// handshake bounded by [`HEADER_READ_TIMEOUT`] too).
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let service = hyper_util::service::TowerToHyperService::new(router);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -149,13 +159,35 @@ pub async fn serve(listener: TcpListener, router: Router) {
             continue;
         };
         let service = service.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let served = hyper::server::conn::http1::Builder::new()
+            let http = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+                .clone();
+            let served = match tls {
+                None => {
+                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await
+                }
+                Some(tls) => {
+                    let stream =
+                        match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!("TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await
+                }
+            };
             if let Err(e) = served {
                 debug!(error = %e, "HTTP connection ended");
             }

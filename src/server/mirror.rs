@@ -200,6 +200,7 @@ pub async fn peer_checkpoint(
         url,
         client.get_checkpoint(GetCheckpointRequest {
             origin: origin.to_owned(),
+            ..Default::default()
         }),
     )
     .await

@@ -13,12 +13,14 @@ pub mod catalog;
 mod cluster_hook;
 mod cluster_shared;
 pub mod console;
+pub mod cosign;
 pub mod http;
 pub mod mirror;
 mod operations;
 mod peers;
 mod registry;
 pub mod status;
+pub mod witness;
 
 pub use application::ApplicationApi;
 pub use audit::{AuditApi, Logs};
@@ -155,6 +157,8 @@ pub struct ServeOptions {
     /// Cluster mode (`--etcd`): join the node directory in etcd and decide
     /// only while the etcd session is live. None: one node, no etcd.
     pub cluster: Option<crate::cluster::ClusterOptions>,
+    /// C2SP witnesses asked to cosign each new checkpoint (`--witness URL=VKEY`).
+    pub witnesses: Vec<cosign::WitnessTarget>,
 }
 
 impl Default for ServeOptions {
@@ -184,6 +188,7 @@ impl Default for ServeOptions {
             monotonic_clock: crate::clock::Monotonic::default(),
             clock: crate::clock::system(),
             cluster: None,
+            witnesses: Vec::new(),
         }
     }
 }
@@ -251,6 +256,9 @@ pub enum ServeError {
     /// Cluster mode: etcd options, etcd unreachable, or the node id taken.
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// A `--witness` that cannot be used.
+    #[error("{0}")]
+    Witness(String),
 }
 
 /// Exit codes of the `proofgate` command (sysexits.h), documented in README.
@@ -332,6 +340,7 @@ impl ServeError {
             | ServeError::PoliciesMissing(_)
             | ServeError::PlaintextOffLoopback(_)
             | ServeError::CrlWithoutTls
+            | ServeError::Witness(_)
             | ServeError::CertsMissing(_)
             | ServeError::CertsWithoutTls
             | ServeError::AdvertiseAddress(_)
@@ -391,6 +400,8 @@ pub struct Running {
     /// The logs AuditService serves: the node's own and its mirrors.
     pub logs: Logs,
     metrics_task: Option<JoinHandle<()>>,
+    /// One task per witness asking it to cosign new checkpoints.
+    cosigners: Vec<JoinHandle<()>>,
     /// Cluster mode: the etcd session (None: one node, no etcd).
     cluster: Option<cluster_hook::Joined>,
 }
@@ -466,6 +477,10 @@ impl Running {
         if let Some(mut task) = self.metrics_task.take() {
             task.abort();
             let _ = (&mut task).await;
+        }
+        for task in self.cosigners.drain(..) {
+            task.abort();
+            let _ = task.await;
         }
         match (&mut self.task).await {
             Ok(Ok(())) => {}
@@ -652,6 +667,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     if !valid_node_id(&options.node_id) {
         return Err(ServeError::NodeId(options.node_id));
     }
+    let witness_ids = cosign::check_targets(&options.witnesses).map_err(ServeError::Witness)?;
     // Keys first: one that cannot be read stops the start (exit 64); it is
     // never taken as "no keys", which would turn the signature check off.
     let policy_trust = Arc::new(PolicyTrust::load(&options.policy_keys)?);
@@ -863,7 +879,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     );
     let logs = Logs::new(
         crate::security::log_origin(&options.node_id),
-        AuditReader::new(log.clone(), pseudonyms.clone()),
+        AuditReader::new(log.clone(), pseudonyms.clone()).with_witnesses(witness_ids),
     );
     let audit = InterceptedService::new(
         AuditServiceServer::new(AuditApi::new(logs.clone()))
@@ -963,6 +979,13 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         });
         tokio::spawn(http::serve(listener, http::router(state, console)))
     });
+    let cosigners = cosign::start(
+        &options.witnesses,
+        &log,
+        &metrics,
+        tls.is_some().then_some(certs_dir.as_path()),
+    )
+    .map_err(ServeError::Witness)?;
     let watching = Arc::clone(&gateway);
     let watched = policies.clone();
     let watch_trust = Arc::clone(&policy_trust);
@@ -1046,6 +1069,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         console: options.console && metrics_addr.is_some(),
         metrics_addr,
         metrics_task,
+        cosigners,
         policy_watcher,
         policies,
         identity: tls.is_some().then_some(identity),

@@ -163,6 +163,12 @@ impl From<ReadError> for Status {
             ReadError::Store(_) => internal(&e),
             ReadError::Missing(_) => internal(&e),
             ReadError::Decode { .. } => internal(&e),
+            ReadError::QuorumUnreachable { .. } => {
+                let mut details = ErrorDetails::new();
+                details.add_bad_request_violation("min_cosignatures", e.to_string());
+                Status::with_error_details(Code::FailedPrecondition, e.to_string(), details)
+            }
+            ReadError::NotCosigned { .. } => Status::not_found(e.to_string()),
         }
     }
 }
