@@ -20,9 +20,11 @@
 //! (tree size, policy version) is handed in as a [`ProgressFn`].
 
 pub mod directory;
+pub mod logs;
 mod session;
 
 pub use directory::{list_nodes, render_table, ListedNode, NodeRecord};
+pub use logs::{list_logs, publish_log, KnownLog};
 pub use session::{DecideGate, Progress, ProgressFn, Session};
 
 use std::path::{Path, PathBuf};

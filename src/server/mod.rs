@@ -10,6 +10,7 @@
 mod application;
 mod audit;
 pub mod catalog;
+mod cluster_audit;
 mod cluster_hook;
 pub mod console;
 pub mod http;
@@ -795,7 +796,20 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         .unwrap_or_else(|| endpoint.clone());
     let cluster = match &options.cluster {
         Some(cluster) => {
-            Some(cluster_hook::join(cluster, &options.node_id, &advertised, &gateway, &log).await?)
+            let joined =
+                cluster_hook::join(cluster, &options.node_id, &advertised, &gateway, &log).await?;
+            // The log stays listed for auditors after the node stops.
+            crate::cluster::publish_log(
+                cluster,
+                &crate::cluster::KnownLog {
+                    node_id: options.node_id.clone(),
+                    origin: crate::security::log_origin(&options.node_id),
+                    vkey: log.verifier_key().to_owned(),
+                    address: advertised.clone(),
+                },
+            )
+            .await?;
+            Some(joined)
         }
         None => None,
     };
@@ -823,7 +837,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         AuditReader::new(log.clone(), pseudonyms.clone()),
     );
     let audit = InterceptedService::new(
-        AuditServiceServer::new(AuditApi::new(logs.clone()))
+        AuditServiceServer::new(AuditApi::new(logs.clone()).with_cluster(options.cluster.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service(
             "proofgate.v1.AuditService",
