@@ -237,9 +237,15 @@ fn node_command(etcd: &str, node_id: &str, data_dir: &Path) -> Command {
 
 /// Starts a node and waits until it serves (it prints its address).
 pub fn spawn_node(etcd: &str, node_id: &str, data_dir: &Path) -> Node {
+    spawn_node_with(etcd, node_id, data_dir, &[])
+}
+
+/// [`spawn_node`] with more `serve` arguments.
+pub fn spawn_node_with(etcd: &str, node_id: &str, data_dir: &Path, extra: &[&str]) -> Node {
     std::fs::create_dir_all(data_dir).expect("data dir");
     let log = File::create(data_dir.with_extension("log")).expect("node log");
     let mut child = node_command(etcd, node_id, data_dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
