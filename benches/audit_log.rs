@@ -69,6 +69,7 @@ fn decision(n: u64) -> Event {
         dishonest_until: String::new(),
         decided_unix_ms: 0,
         request_digest: Vec::new(),
+        ..Default::default()
     })
 }
 

@@ -184,6 +184,9 @@ impl<'de> Deserialize<'de> for Switch {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub serve: ServeOptions,
+    /// Whether the file said `mock_departments` (in cluster mode the
+    /// in-process mocks are off unless asked for).
+    pub mock_departments_set: bool,
 }
 
 /// What the command line says; `None` / `false`: not given, the file, the
@@ -200,6 +203,8 @@ pub struct Flags {
     /// `--policy-key` (repeatable); empty: not given.
     pub policy_keys: Vec<PathBuf>,
     pub no_mock_departments: bool,
+    /// `--mock-departments`: start them in cluster mode too.
+    pub mock_departments: bool,
     pub insecure_plaintext: bool,
     /// `--crl` (repeatable); empty: not given.
     pub crls: Vec<PathBuf>,
@@ -226,6 +231,7 @@ pub fn resolve(
     flags: &Flags,
 ) -> Result<NodeConfig, ConfigError> {
     let mut node = load(file, env)?;
+    let mock_departments_set = node.mock_departments_set;
     let serve = &mut node.serve;
     if let Some(v) = flags.listen {
         serve.listen = v;
@@ -278,6 +284,22 @@ pub fn resolve(
         line: 0,
         problem,
     })?;
+    // In a cluster, departments run as their own processes and register
+    // through any node: in-process mocks only when asked for.
+    if serve.cluster.is_some() && !mock_departments_set && !flags.no_mock_departments {
+        serve.mock_departments = false;
+    }
+    if flags.mock_departments {
+        if flags.no_mock_departments {
+            return Err(ConfigError::Invalid {
+                file: PathBuf::from("<flags>"),
+                line: 0,
+                problem: "--mock-departments and --no-mock-departments contradict each other"
+                    .into(),
+            });
+        }
+        serve.mock_departments = true;
+    }
     Ok(node)
 }
 
@@ -405,6 +427,7 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
     if let Some(v) = parsed.node_id {
         serve.node_id = v;
     }
+    let parsed_mock_departments = parsed.mock_departments;
     if let Some(v) = parsed.mock_departments {
         serve.mock_departments = v;
     }
@@ -580,7 +603,10 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
             .map_err(|e| env_error("PROOFGATE_CONSOLE", e))?
             .0;
     }
-    Ok(NodeConfig { serve })
+    Ok(NodeConfig {
+        serve,
+        mock_departments_set: parsed_mock_departments.is_some(),
+    })
 }
 
 /// The `PROOFGATE_*` variables of the process environment.
@@ -791,6 +817,40 @@ mod tests {
         assert!(err.to_string().contains("--etcd"), "{err}");
         let empty = write("[cluster]\netcd = []\n");
         assert!(load(Some(empty.path()), &HashMap::new()).is_err());
+    }
+
+    #[test]
+    fn in_cluster_mode_the_in_process_mocks_are_off_unless_asked_for() {
+        let mocks = |file: Option<&Path>, flags: &Flags| {
+            resolve(file, &HashMap::new(), flags)
+                .map(|c| c.serve.mock_departments)
+                .map_err(|e| e.to_string())
+        };
+        let etcd = vec!["http://127.0.0.1:2379".to_owned()];
+        assert_eq!(mocks(None, &Flags::default()), Ok(true), "one node: on");
+        let cluster = Flags {
+            etcd: etcd.clone(),
+            ..Flags::default()
+        };
+        assert_eq!(mocks(None, &cluster), Ok(false));
+        let asked = Flags {
+            etcd: etcd.clone(),
+            mock_departments: true,
+            ..Flags::default()
+        };
+        assert_eq!(mocks(None, &asked), Ok(true));
+        let file = write("mock_departments = true\n");
+        assert_eq!(
+            mocks(Some(file.path()), &cluster),
+            Ok(true),
+            "the file asks"
+        );
+        let both = Flags {
+            mock_departments: true,
+            no_mock_departments: true,
+            ..Flags::default()
+        };
+        assert!(mocks(None, &both).is_err_and(|e| e.contains("contradict")));
     }
 
     #[test]

@@ -413,6 +413,7 @@ async fn decide_live(case: &Case, world: &World) -> (Vec<LogRecord>, Application
         consent_to_data_queries: case.consent,
         commitments: &commitments,
         dishonest_until,
+        dishonesty_unknown: false,
         decided_unix_ms: DECIDED_UNIX_MS,
     };
     let matter = policy.matter("m").expect("generated matter");
@@ -449,6 +450,7 @@ async fn decide_live(case: &Case, world: &World) -> (Vec<LogRecord>, Application
         dishonest_until: dishonest_until.unwrap_or_default().into(),
         decided_unix_ms: DECIDED_UNIX_MS,
         request_digest: vec![1; 32],
+        ..Default::default()
     };
     let mut entries = vec![entry(
         0,

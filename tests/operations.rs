@@ -316,3 +316,110 @@ async fn prometheus_metrics_report_requests_departments_and_the_log() {
     }
     running.shutdown().await;
 }
+
+/// Cluster mode's shared dishonesty records, faked: either not current
+/// (`unsure`), or holding one record for every subject.
+struct FakeShared {
+    unsure: bool,
+}
+
+#[tonic::async_trait]
+impl proofgate::gateway::SharedDishonesty for FakeShared {
+    fn lookup(
+        &self,
+        _pseudonym: &[u8],
+    ) -> Result<Option<proofgate::audit::DishonestyRecord>, String> {
+        if self.unsure {
+            return Err("the watch is broken (test)".into());
+        }
+        Ok(Some(proofgate::audit::DishonestyRecord {
+            until: "2999-01-01".into(),
+            application_id: "node-9.000000000000000000000000".into(),
+            proof_id: "business-premises".into(),
+        }))
+    }
+
+    async fn record(
+        &self,
+        _pseudonym: &[u8],
+        _record: proofgate::audit::DishonestyRecord,
+    ) -> Result<(), String> {
+        Err("no quorum (test)".into())
+    }
+
+    async fn revoke(&self, _pseudonym: &[u8]) -> Result<(), String> {
+        Err("no quorum (test)".into())
+    }
+}
+
+async fn replay_is_clean(gw: TestGateway) {
+    let TestGateway {
+        running, data_dir, ..
+    } = gw;
+    running.shutdown().await;
+    let replay = proofgate::audit::replay_records(
+        proofgate::audit::data_dir_records(data_dir.path()).unwrap(),
+        |_| {},
+    )
+    .unwrap();
+    assert!(
+        replay.discrepancies.is_empty(),
+        "{:#?}",
+        replay.discrepancies
+    );
+}
+
+#[tokio::test]
+async fn with_stale_shared_dishonesty_records_no_commitment_is_taken_and_the_fallback_applies() {
+    let gw = TestGateway::start().await;
+    gw.running
+        .gateway
+        .share_dishonesty(std::sync::Arc::new(FakeShared { unsure: true }));
+    let app = gw.submit(premises_request()).await;
+    let premises = proof(&app, "business-premises");
+    assert!(premises.fallback_used, "{premises:#?}");
+    assert_eq!(premises.mode(), ProofMode::DepartmentVerification);
+    assert_eq!(premises.outcome(), Outcome::Verified);
+    assert!(
+        premises
+            .reason
+            .contains("cannot be sure its copy of the cluster's dishonesty records is current"),
+        "{}",
+        premises.reason
+    );
+    // A proof that does not refuse dishonest applicants is not affected,
+    // and the log replays (the decision records that the view was unsure).
+    replay_is_clean(gw).await;
+}
+
+#[tokio::test]
+async fn a_shared_dishonesty_record_bars_a_commitment_and_sharing_failures_change_nothing() {
+    let gw = TestGateway::start().await;
+    gw.running
+        .gateway
+        .share_dishonesty(std::sync::Arc::new(FakeShared { unsure: false }));
+    let app = gw.submit(premises_request()).await;
+    let premises = proof(&app, "business-premises");
+    assert!(premises.fallback_used, "{premises:#?}");
+    assert!(
+        premises.reason.contains("false commitment"),
+        "{}",
+        premises.reason
+    );
+    // A revocation that cannot reach the cluster is UNAVAILABLE.
+    let refused = OperationsServiceClient::new(gw.admin.clone())
+        .revoke_dishonesty(RevokeDishonestyRequest {
+            subject: Some(Subject {
+                id_type: IdType::UnifiedSocialCreditCode as i32,
+                id_number: COMPANY.into(),
+                name: String::new(),
+            }),
+            reason: "credit repaired".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("revoke again"), "{refused:?}");
+    // The record came from the cluster, not from this log: replay accepts it.
+    replay_is_clean(gw).await;
+}

@@ -223,7 +223,12 @@ impl Replayer {
             .filter(|until| until.as_str() > decided.decision_date.as_str())
             .cloned()
             .unwrap_or_default();
-        if derived_dishonesty != decided.dishonest_until {
+        // In cluster mode the record may come from another node's log (the
+        // cluster's shared records): this log cannot confirm it.
+        if derived_dishonesty != decided.dishonest_until
+            && !decided.dishonesty_shared
+            && !decided.dishonesty_unknown
+        {
             self.differs(
                 index,
                 &app,
@@ -262,6 +267,7 @@ impl Replayer {
             commitments: &commitments,
             dishonest_until: (!decided.dishonest_until.is_empty())
                 .then_some(decided.dishonest_until.as_str()),
+            dishonesty_unknown: decided.dishonesty_unknown,
             decided_unix_ms: decided.decided_unix_ms,
         };
         for decision in &decided.proofs {

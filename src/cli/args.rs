@@ -51,7 +51,9 @@ pub enum Command {
         name: String,
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
-        /// Gateway to register with and report finished verifications to.
+        /// Gateway to register with and report finished verifications to; in
+        /// a cluster, several nodes `URL,URL,…` (the next is tried when one is
+        /// down or UNAVAILABLE).
         #[arg(long, default_value = "https://127.0.0.1:50051")]
         gateway: String,
         /// Certificates folder holding <name>.department.proofgate.pem/.key and ca.pem.
@@ -380,6 +382,10 @@ pub struct ServeArgs {
     /// Do not start the built-in mock departments; real ones register over gRPC.
     #[arg(long)]
     pub no_mock_departments: bool,
+    /// Start the built-in mock departments in-process even in cluster mode
+    /// (with --etcd they are off by default: run `proofgate mock-department`).
+    #[arg(long)]
+    pub mock_departments: bool,
     /// No TLS (loopback only; callers name themselves in a header). For development.
     #[arg(long)]
     pub insecure_plaintext: bool,
@@ -426,6 +432,7 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             console: self.console,
             no_mock_departments: self.no_mock_departments,
+            mock_departments: self.mock_departments,
             insecure_plaintext: self.insecure_plaintext,
             crls: self.crls.clone(),
             etcd: self.etcd.etcd.clone(),

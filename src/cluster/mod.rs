@@ -22,10 +22,12 @@
 pub mod directory;
 pub mod logs;
 mod session;
+pub mod shared;
 
 pub use directory::{list_nodes, render_table, ListedNode, NodeRecord};
 pub use logs::{list_logs, publish_log, KnownLog};
 pub use session::{DecideGate, Progress, ProgressFn, Session};
+pub use shared::{ChangeFn, SharedFolder, SharedHandle};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -170,6 +172,9 @@ pub enum ClusterError {
     /// decide (answered UNAVAILABLE: nothing was decided).
     #[error("this node has lost its etcd session, so nothing was decided; retry later or on another node")]
     NotLive,
+    /// The watch of shared records broke (they may be stale until it is back).
+    #[error("watch of shared records: {0}")]
+    Watch(String),
     /// A record under the prefix that is not a node record.
     #[error("record {key} is not a node record: {source}")]
     BadRecord {

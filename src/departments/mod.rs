@@ -12,4 +12,4 @@ pub use crate::signing;
 pub use directory::{
     department_identity, CallFailure, DepartmentDirectory, DirectoryError, MAX_REASON_BYTES,
 };
-pub use registry::{Registry, RegistryError};
+pub use registry::{Registry, RegistryError, SharedSources};

@@ -29,17 +29,56 @@ pub enum RegistryError {
     NotRegistered(String),
     #[error("the audit log is not writable; the change was not made, retry later")]
     Log(#[source] AuditError),
+    /// Cluster mode: the shared registry (etcd) cannot be written now.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Cluster mode: the registry every node shares (etcd, under
+/// `<prefix>sources/<department>`). A change is written there; every node,
+/// this one included, applies it to its directory from there.
+#[tonic::async_trait]
+pub trait SharedSources: Send + Sync {
+    /// Ok if a change can be written now; else why not.
+    async fn writable(&self) -> Result<(), String>;
+    /// Writes a registration for every node.
+    async fn put(&self, source: &DataSource) -> Result<(), String>;
+    /// Withdraws a registration on every node.
+    async fn remove(&self, department_id: &str) -> Result<(), String>;
+}
+
+fn refused(why: String) -> RegistryError {
+    RegistryError::Unavailable(format!(
+        "registry changes are refused while this node cannot write the cluster's etcd ({why}); nothing was changed, retry later or through another node (reads keep working)"
+    ))
+}
+
+fn not_applied(why: String) -> RegistryError {
+    RegistryError::Unavailable(format!(
+        "the change was logged on this node but the cluster's etcd did not take it ({why}), so it is not in effect; retry"
+    ))
 }
 
 /// Registration changes: checked, logged, then applied to the directory.
 pub struct Registry {
     directory: Arc<DepartmentDirectory>,
     audit: AuditLog,
+    shared: Option<Arc<dyn SharedSources>>,
 }
 
 impl Registry {
     pub fn new(directory: Arc<DepartmentDirectory>, audit: AuditLog) -> Self {
-        Self { directory, audit }
+        Self {
+            directory,
+            audit,
+            shared: None,
+        }
+    }
+
+    /// Cluster mode: changes go through the shared registry.
+    pub fn with_shared(mut self, shared: Option<Arc<dyn SharedSources>>) -> Self {
+        self.shared = shared;
+        self
     }
 
     pub fn directory(&self) -> &Arc<DepartmentDirectory> {
@@ -74,6 +113,9 @@ impl Registry {
                 problem: "capacity_per_second must be at least 1".into(),
             });
         }
+        if let Some(shared) = &self.shared {
+            shared.writable().await.map_err(refused)?;
+        }
         self.audit
             .append_event(Event::DataSourceChanged(DataSourceChanged {
                 source: Some(source.clone()),
@@ -82,7 +124,10 @@ impl Registry {
             }))
             .await
             .map_err(RegistryError::Log)?;
-        self.directory.upsert(source.clone())?;
+        match &self.shared {
+            Some(shared) => shared.put(&source).await.map_err(not_applied)?,
+            None => self.directory.upsert(source.clone())?,
+        }
         info!(department = %source.department_id, endpoint = %source.endpoint, "data source registered");
         Ok(source)
     }
@@ -100,6 +145,9 @@ impl Registry {
         let Some(source) = self.directory.get(department_id) else {
             return Err(RegistryError::NotRegistered(department_id.to_owned()));
         };
+        if let Some(shared) = &self.shared {
+            shared.writable().await.map_err(refused)?;
+        }
         self.audit
             .append_event(Event::DataSourceChanged(DataSourceChanged {
                 source: Some(source),
@@ -108,7 +156,12 @@ impl Registry {
             }))
             .await
             .map_err(RegistryError::Log)?;
-        self.directory.remove(department_id);
+        match &self.shared {
+            Some(shared) => shared.remove(department_id).await.map_err(not_applied)?,
+            None => {
+                self.directory.remove(department_id);
+            }
+        }
         info!(department = %department_id, "data source deregistered");
         Ok(())
     }

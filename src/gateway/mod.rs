@@ -2,12 +2,13 @@
 //! logged decision, and of the later completion of pending verifications.
 
 mod decide;
+mod dishonesty;
 mod error;
 mod validate;
 mod watch;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use futures_util::future::join_all;
 use prost::Message;
@@ -16,6 +17,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::watch as outcome_channel;
 use tracing::{info, info_span, Instrument};
 
+pub use dishonesty::SharedDishonesty;
 pub use error::GatewayError;
 pub use validate::{check_submission, FieldViolation};
 pub use watch::{is_final, receipt_index, WatchHub};
@@ -74,6 +76,8 @@ pub struct Gateway {
     application_locks: Vec<tokio::sync::Mutex<()>>,
     rng: SystemRandom,
     clock: SharedClock,
+    /// Cluster mode: the dishonesty records every node shares.
+    shared_dishonesty: OnceLock<Arc<dyn SharedDishonesty>>,
 }
 
 impl Gateway {
@@ -98,7 +102,19 @@ impl Gateway {
                 .collect(),
             rng: SystemRandom::new(),
             clock: clock::system(),
+            shared_dishonesty: OnceLock::new(),
         }
+    }
+
+    /// Cluster mode: from now on dishonesty records are read from (and
+    /// written to) the cluster's shared records. Set once, at start.
+    pub fn share_dishonesty(&self, shared: Arc<dyn SharedDishonesty>) {
+        let _ = self.shared_dishonesty.set(shared);
+    }
+
+    /// The cluster's dishonesty records, in cluster mode.
+    pub fn shared_dishonesty(&self) -> Option<&Arc<dyn SharedDishonesty>> {
+        self.shared_dishonesty.get()
     }
 
     /// Uses `clock` for decision times, deadlines and completions (tests
@@ -285,11 +301,20 @@ impl Gateway {
             let required = policy.required_proofs(matter, &facts);
             let pseudonym = self.pseudonyms.pseudonym(id_type, &subject.id_number);
             let decision_day = format_date(decision_date);
+            // In cluster mode the shared records, which hold every node's;
+            // when they may be stale, no commitment is taken blindly.
+            let (record, dishonesty_unknown) = match self.shared_dishonesty() {
+                None => (self.audit.store().dishonesty(&pseudonym)?, false),
+                Some(shared) => match shared.lookup(&pseudonym) {
+                    Ok(record) => (record, false),
+                    Err(why) => {
+                        tracing::warn!(%why, "dishonesty records may be stale: commitments that refuse dishonest applicants are unavailable");
+                        (None, true)
+                    }
+                },
+            };
             // A record counts until its end date, exclusive.
-            let dishonest_until = self
-                .audit
-                .store()
-                .dishonesty(&pseudonym)?
+            let dishonest_until = record
                 .map(|record| record.until)
                 .filter(|until| until.as_str() > decision_day.as_str());
             let officer = request.officer.clone().unwrap_or_default();
@@ -306,6 +331,7 @@ impl Gateway {
                 consent_to_data_queries: request.consent_to_data_queries,
                 commitments: &request.commitments,
                 dishonest_until: dishonest_until.as_deref(),
+                dishonesty_unknown,
                 decided_unix_ms: now,
             };
             // Forgets the tickets noted here however this future ends.
@@ -344,6 +370,8 @@ impl Gateway {
                 dishonest_until: dishonest_until.clone().unwrap_or_default(),
                 decided_unix_ms: now,
                 request_digest: request_digest.to_vec(),
+                dishonesty_unknown,
+                dishonesty_shared: self.shared_dishonesty().is_some(),
             };
             let mut application = Application::default();
             apply(

@@ -39,6 +39,10 @@ pub enum OperationsError {
     NoDishonesty,
     #[error("the audit log is not writable; nothing was {0}")]
     Log(&'static str, #[source] AuditError),
+    /// Cluster mode: the cluster's shared dishonesty records cannot be
+    /// written now (etcd unreachable or without a quorum).
+    #[error("{0}")]
+    Shared(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the statistics task failed")]
@@ -103,6 +107,25 @@ impl Operations {
                 i64::from(record.dishonesty_days).saturating_mul(MS_PER_DAY),
             )))
         };
+        // Cluster mode: shared first, so every node bars the applicant; if
+        // this fails the spot check stays open and can be recorded again.
+        if let (false, Some(shared)) = (request.truthful, self.gateway.shared_dishonesty()) {
+            shared
+                .record(
+                    &record.subject_pseudonym,
+                    crate::audit::DishonestyRecord {
+                        until: dishonest_until.clone(),
+                        application_id: request.application_id.clone(),
+                        proof_id: request.proof_id.clone(),
+                    },
+                )
+                .await
+                .map_err(|why| {
+                    OperationsError::Shared(format!(
+                        "the dishonesty record cannot be shared with the cluster ({why}); nothing was recorded, retry later"
+                    ))
+                })?;
+        }
         let receipt = self
             .gateway
             .audit()
@@ -148,7 +171,20 @@ impl Operations {
         })?;
         let pseudonym = self.gateway.pseudonym(id_type, &subject.id_number);
         let store = self.gateway.audit().store();
-        if store.dishonesty(&pseudonym)?.is_none() {
+        let shared = self.gateway.shared_dishonesty();
+        let on_record = match shared {
+            // Cluster mode: a record made on any node may be revoked here.
+            Some(shared) => shared
+                .lookup(&pseudonym)
+                .map_err(|why| {
+                    OperationsError::Shared(format!(
+                        "the cluster's dishonesty records cannot be read now ({why}); nothing was revoked, retry later"
+                    ))
+                })?
+                .is_some(),
+            None => store.dishonesty(&pseudonym)?.is_some(),
+        };
+        if !on_record {
             return Err(OperationsError::NoDishonesty);
         }
         let receipt = self
@@ -161,6 +197,15 @@ impl Operations {
             }))
             .await
             .map_err(|e| OperationsError::Log("revoked", e))?;
+        // Logged first: if sharing fails the record is still on file
+        // everywhere and the revocation can be made again.
+        if let Some(shared) = shared {
+            shared.revoke(&pseudonym).await.map_err(|why| {
+                OperationsError::Shared(format!(
+                    "the revocation was logged on this node but the cluster's record could not be removed ({why}); it still bars commitments: revoke again later"
+                ))
+            })?;
+        }
         Ok(RevokeDishonestyResponse {
             audit_index: receipt.index,
         })

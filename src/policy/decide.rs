@@ -10,7 +10,7 @@
 use std::future::Future;
 
 use super::calendar::working_days_after;
-use super::evaluate::{spot_check_selected, ApplicantFacts, Judgement};
+use super::evaluate::{spot_check_selected, ApplicantFacts, Evidence, Judgement};
 use super::model::{Mode, Proof};
 use crate::pb::{Commitment, ProofDecision, ProofOutcome, ProofResult, RecordedAnswer};
 
@@ -39,6 +39,9 @@ pub struct ProofContext<'a> {
     pub commitments: &'a [Commitment],
     /// The end date (YYYY-MM-DD) of the applicant's live dishonesty record.
     pub dishonest_until: Option<&'a str>,
+    /// Cluster mode: whether the dishonesty records could not be checked
+    /// (commitments that refuse dishonest applicants are then unavailable).
+    pub dishonesty_unknown: bool,
     /// When the decision is made: pending verifications are due a number of
     /// working days after it.
     pub decided_unix_ms: i64,
@@ -65,13 +68,21 @@ async fn judge_in<S: AnswerSource>(
     } else {
         None
     };
-    let evidence = proof.evidence(
-        mode,
-        consent,
-        ctx.commitment_for(&proof.id),
-        answer.as_ref(),
-        ctx.dishonest_until,
-    );
+    let refuses_dishonest = proof
+        .commitment
+        .as_ref()
+        .is_some_and(|c| c.refuse_if_dishonest);
+    let evidence = if mode == Mode::Commitment && ctx.dishonesty_unknown && refuses_dishonest {
+        Evidence::DishonestyUnknown
+    } else {
+        proof.evidence(
+            mode,
+            consent,
+            ctx.commitment_for(&proof.id),
+            answer.as_ref(),
+            ctx.dishonest_until,
+        )
+    };
     let judgement = proof.judge(mode, &evidence, ctx.facts);
     answers.extend(answer);
     Ok(judgement)

@@ -89,6 +89,10 @@ pub enum Evidence<'a> {
     Commitment(Option<&'a Commitment>),
     /// The applicant has a live dishonesty record until this date (YYYY-MM-DD).
     Dishonest { until: &'a str },
+    /// Cluster mode: the node cannot be sure its copy of the cluster's
+    /// dishonesty records is current, so a commitment that refuses dishonest
+    /// applicants cannot be accepted (unavailable; the fallback may apply).
+    DishonestyUnknown,
     /// The applicant did not consent to department queries.
     NoConsent,
     /// A department answered a query; `fields` already trimmed to the policy's.
@@ -323,6 +327,10 @@ impl Proof {
                     "a commitment is not accepted from this applicant: a false commitment is on record until {until}"
                 ),
             ),
+            (_, Evidence::DishonestyUnknown) => Judgement::new(
+                O::Unavailable,
+                "a commitment is not accepted now: this node cannot be sure its copy of the cluster's dishonesty records is current (etcd unreachable or its watch broken); retry later or on another node",
+            ),
             (_, Evidence::NoConsent) => Judgement::new(
                 O::ConsentMissing,
                 "the applicant has not consented to data queries for this application",
@@ -410,6 +418,7 @@ fn evidence_kind(evidence: &Evidence<'_>) -> &'static str {
         Evidence::Nothing => "no",
         Evidence::Commitment(_) => "commitment",
         Evidence::Dishonest { .. } => "dishonesty",
+        Evidence::DishonestyUnknown => "unknown-dishonesty",
         Evidence::NoConsent => "no-consent",
         Evidence::QueryAnswer { .. } => "query",
         Evidence::VerifyAnswer { .. } => "verification",

@@ -62,6 +62,11 @@ impl Joined {
         self.session.gate()
     }
 
+    /// True while the node's etcd session is live.
+    pub(super) fn live(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.session.subscribe()
+    }
+
     /// From now on health says NOT_SERVING for ApplicationService while the
     /// session is not live, SERVING when it is again.
     pub(super) fn report_health(mut self, reporter: HealthReporter) -> Self {

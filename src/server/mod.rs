@@ -12,6 +12,7 @@ mod audit;
 pub mod catalog;
 mod cluster_audit;
 mod cluster_hook;
+mod cluster_shared;
 pub mod console;
 pub mod http;
 pub mod mirror;
@@ -280,7 +281,8 @@ pub mod exit {
             ClusterError::Etcd { .. }
             | ClusterError::Timeout { .. }
             | ClusterError::NodeIdTaken { .. }
-            | ClusterError::NotLive => UNAVAILABLE,
+            | ClusterError::NotLive
+            | ClusterError::Watch(_) => UNAVAILABLE,
             ClusterError::BadRecord { .. } => DATA,
         }
     }
@@ -723,7 +725,13 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         DepartmentDirectory::with_clock(tls.clone(), options.monotonic_clock.clone())
             .with_metrics(metrics.clone()),
     );
-    for source in log.store().data_sources()? {
+    // In cluster mode the registry is the cluster's (etcd), loaded at join.
+    for source in log
+        .store()
+        .data_sources()?
+        .into_iter()
+        .filter(|_| options.cluster.is_none())
+    {
         let department = source.department_id.clone();
         if let Err(e) = directory.upsert(source) {
             warn!(%department, error = %e, "stored data source skipped");
@@ -813,6 +821,21 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         }
         None => None,
     };
+    let (shared_sources, cluster) = match (&options.cluster, cluster) {
+        (Some(options), Some(joined)) => {
+            match cluster_shared::start(options, joined.live(), &directory, &gateway, &pseudonyms)
+                .await
+            {
+                Ok(shared) => (Some(shared), Some(joined)),
+                Err(e) => {
+                    // Leave at once rather than when the lease runs out.
+                    joined.leave().await;
+                    return Err(e);
+                }
+            }
+        }
+        (_, cluster) => (None, cluster),
+    };
     let applications = InterceptedService::new(
         ApplicationServiceServer::new(
             ApplicationApi::new(Arc::clone(&gateway), metrics.clone())
@@ -823,7 +846,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     );
     let registry = InterceptedService::new(
         DepartmentRegistryServer::new(RegistryApi::new(
-            Registry::new(Arc::clone(&directory), log.clone()),
+            Registry::new(Arc::clone(&directory), log.clone()).with_shared(shared_sources),
             Arc::clone(&gateway),
         ))
         .max_decoding_message_size(MAX_REQUEST_BYTES),

@@ -108,6 +108,7 @@ impl From<RegistryError> for Status {
             RegistryError::Directory(d) => directory_status(d),
             RegistryError::NotRegistered(_) => Status::not_found(e.to_string()),
             RegistryError::Log(_) => log_unavailable(&e, e.to_string()),
+            RegistryError::Unavailable(_) => Status::unavailable(e.to_string()),
         }
     }
 }
@@ -156,6 +157,7 @@ impl From<OperationsError> for Status {
             OperationsError::NoSpotCheck { .. } => Status::not_found(e.to_string()),
             OperationsError::NoDishonesty => Status::not_found(e.to_string()),
             OperationsError::Log(..) => log_unavailable(&e, e.to_string()),
+            OperationsError::Shared(_) => Status::unavailable(e.to_string()),
             OperationsError::Store(_) => internal(&e),
             OperationsError::Task(_) => internal(&e),
         }
@@ -167,7 +169,7 @@ impl From<ClusterError> for Status {
         match &e {
             // The node may not decide without a live etcd session: nothing
             // was decided, the caller retries later or on another node.
-            ClusterError::NotLive => Status::unavailable(e.to_string()),
+            ClusterError::NotLive | ClusterError::Watch(_) => Status::unavailable(e.to_string()),
             ClusterError::Etcd { .. } | ClusterError::Timeout { .. } => log_unavailable(
                 &e,
                 "the cluster's etcd cannot be reached, so nothing was decided; retry later or on another node".into(),

@@ -6,7 +6,7 @@
 //! mirror up as UNREACHABLE (exit 69); `stats --cluster` is the sum of the
 //! nodes' own figures.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,25 @@ use crate::common::{connect_with, request, ADMIN, AUDITOR, ELDERLY, HALL};
 use crate::etcd::{spawn_node_with, EtcdCluster, Node, BOUND};
 
 const IDS: [&str; 3] = ["node-1", "node-2", "node-3"];
+
+/// A node's data folder with its own log key and the cluster's one
+/// pseudonym key (a node with another is refused).
+fn data_dir(dir: &Path, node_id: &str) -> PathBuf {
+    let template = dir.join("template");
+    if !template.join("keys/pseudonym.key").exists() {
+        let out = cli(&["keygen", "--data-dir", &template.display().to_string()]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let data = dir.join(node_id);
+    let out = cli(&["keygen", "--data-dir", &data.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::copy(
+        template.join("keys/pseudonym.key"),
+        data.join("keys/pseudonym.key"),
+    )
+    .unwrap();
+    data
+}
 
 fn cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_proofgate"))
@@ -131,7 +150,14 @@ async fn a_cluster_is_audited_through_any_node_and_a_dead_nodes_log_from_its_mir
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = IDS
         .iter()
-        .map(|id| spawn_node_with(&endpoints, id, &dir.path().join(id), &["--certs", &pki_arg]))
+        .map(|id| {
+            spawn_node_with(
+                &endpoints,
+                id,
+                &data_dir(dir.path(), id),
+                &["--certs", &pki_arg, "--mock-departments"],
+            )
+        })
         .collect();
     decide(&nodes[0], pki.path(), 2).await;
     decide(&nodes[1], pki.path(), 1).await;

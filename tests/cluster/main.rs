@@ -8,6 +8,7 @@ mod audit;
 #[path = "../common/mod.rs"]
 mod common;
 mod etcd;
+mod shared;
 
 use std::time::{Duration, Instant};
 

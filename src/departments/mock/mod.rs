@@ -233,6 +233,7 @@ impl MockDepartment {
             warn!(%ticket, "no gateway to report the verification to");
             return;
         };
+        let gateways = gateway_urls(&gateway);
         let key = Arc::clone(&self.key);
         let department_id = self.fixture.department.clone();
         let identity = department_identity(&department_id);
@@ -247,9 +248,11 @@ impl MockDepartment {
                 signature: Vec::new(),
             };
             sign_completion(&key, &mut request);
-            // The gateway may be restarting: keep trying for a while.
+            // A node may be down or restarting: the next one is tried (any
+            // node of a cluster takes the completion), for a while.
             for attempt in 0..20u32 {
-                match connect(&gateway, tls.as_ref(), GATEWAY_IDENTITY).await {
+                let gateway = &gateways[attempt as usize % gateways.len()];
+                match connect(gateway, tls.as_ref(), GATEWAY_IDENTITY).await {
                     Ok(channel) => match DepartmentRegistryClient::with_interceptor(
                         channel,
                         IdentityHeader::new(&identity),
@@ -258,17 +261,36 @@ impl MockDepartment {
                     .await
                     {
                         Ok(_) => return,
-                        Err(status) if status.code() == tonic::Code::Unavailable => {}
+                        Err(status) if status.code() == tonic::Code::Unavailable => {
+                            warn!(%ticket, %gateway, %status, attempt, "gateway unavailable; trying the next")
+                        }
                         Err(status) => {
                             warn!(%ticket, %status, "gateway refused the completed verification");
                             return;
                         }
                     },
-                    Err(e) => warn!(%ticket, error = %e, attempt, "gateway not reachable"),
+                    Err(e) => {
+                        warn!(%ticket, %gateway, error = %e, attempt, "gateway not reachable; trying the next")
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
             }
         });
+    }
+}
+
+/// The gateway URLs of `list` (`URL[,URL…]`), never empty.
+fn gateway_urls(list: &str) -> Vec<String> {
+    let urls: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        vec![list.to_owned()]
+    } else {
+        urls
     }
 }
 
@@ -414,26 +436,45 @@ impl RunningMock {
         }
     }
 
-    /// Registers with the gateway's DepartmentRegistry over gRPC.
+    /// Registers with the gateway's DepartmentRegistry over gRPC. `gateway`
+    /// may list several nodes of a cluster (`URL,URL,…`): the first that
+    /// takes the registration is enough (every node then knows it); a node
+    /// unreachable or UNAVAILABLE is passed over for the next.
     pub async fn register(&self, gateway: &str) -> Result<(), MockError> {
-        let fail = |message: String| MockError::Register {
+        let mut problems = Vec::new();
+        for url in gateway_urls(gateway) {
+            let fail = |message: String| MockError::Register {
+                gateway: url.clone(),
+                message,
+            };
+            let channel = match connect(&url, self.tls.as_ref(), GATEWAY_IDENTITY).await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    problems.push(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            let mut client = DepartmentRegistryClient::with_interceptor(
+                channel,
+                IdentityHeader::new(&department_identity(&self.department_id)),
+            );
+            match client
+                .register_data_source(RegisterDataSourceRequest {
+                    source: Some(self.data_source()),
+                })
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    problems.push(format!("{url}: {}", s.message()));
+                }
+                Err(s) => return Err(fail(s.message().to_owned())),
+            }
+        }
+        Err(MockError::Register {
             gateway: gateway.to_owned(),
-            message,
-        };
-        let channel = connect(gateway, self.tls.as_ref(), GATEWAY_IDENTITY)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let mut client = DepartmentRegistryClient::with_interceptor(
-            channel,
-            IdentityHeader::new(&department_identity(&self.department_id)),
-        );
-        client
-            .register_data_source(RegisterDataSourceRequest {
-                source: Some(self.data_source()),
-            })
-            .await
-            .map_err(|s| fail(s.message().to_owned()))?;
-        Ok(())
+            message: format!("no node took the registration ({})", problems.join("; ")),
+        })
     }
 
     /// Stops serving; the port refuses connections afterwards.
@@ -450,5 +491,20 @@ impl Drop for RunningMock {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gateway_urls;
+
+    #[test]
+    fn a_gateway_list_is_split_on_commas_and_never_empty() {
+        assert_eq!(
+            gateway_urls("https://a:1, https://b:2,,"),
+            vec!["https://a:1".to_owned(), "https://b:2".to_owned()]
+        );
+        assert_eq!(gateway_urls("https://a:1"), vec!["https://a:1".to_owned()]);
+        assert_eq!(gateway_urls(""), vec![String::new()]);
     }
 }
