@@ -251,6 +251,16 @@ async fn each_node_mirrors_the_next_one_by_default() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // One pseudonym key for the cluster (a node with another is refused),
+    // each node its own log key.
+    for id in ["node-1", "node-2"] {
+        proofgate::security::generate_keys(&dir.path().join(id).join("keys")).unwrap();
+    }
+    std::fs::copy(
+        dir.path().join("node-1/keys/pseudonym.key"),
+        dir.path().join("node-2/keys/pseudonym.key"),
+    )
+    .unwrap();
     let mut nodes = Vec::new();
     for id in ["node-1", "node-2"] {
         let mut options = options(&dir.path().join(id));
