@@ -70,12 +70,16 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
         } => cli::policy::sign(&dir, &key, name.as_deref()),
         Command::Audit { command } => match command {
             AuditCommand::Export { data_dir, out } => cli::audit::export(&data_dir, &out),
+            AuditCommand::Verify { cluster, json, .. } if cluster.cluster => {
+                cli::cluster_audit::verify(&cluster, json).await
+            }
             AuditCommand::Verify {
                 source,
                 vkey,
                 witnesses,
                 quorum,
                 json,
+                ..
             } => {
                 let quorum = quorum.map(|quorum| cli::audit::Quorum { witnesses, quorum });
                 cli::audit::verify(&source, vkey, quorum, json)
@@ -88,7 +92,10 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
                 cli::audit::rotate_key(&data_dir, &node_id).await
             }
         },
-        Command::Stats { data_dir, json } => cli::audit::stats(&data_dir, json),
+        Command::Stats { cluster, json, .. } if cluster.cluster => {
+            cli::cluster_audit::stats(&cluster, json).await
+        }
+        Command::Stats { data_dir, json, .. } => cli::audit::stats(&data_dir, json),
         Command::Bench(args) => cli::bench::run(args).await,
         Command::Cluster {
             command: ClusterCommand::Status { etcd, json },

@@ -420,3 +420,55 @@ async fn a_mirror_refuses_a_forked_log_and_stores_nothing_of_it() {
     assert_eq!(proofgate::cli::exit_code(&Err(err)), 64);
     b.shutdown().await;
 }
+
+/// Without etcd, ListLogs lists the node's own log and the logs it mirrors
+/// (with the pinned key and the mirrored size); it is a log read: the
+/// auditor and gateway identities may, a hall may not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_logs_without_etcd_names_the_own_log_and_the_mirrors() {
+    let pki = pki();
+    let dirs = tempfile::tempdir().unwrap();
+    let a = start(node(pki.path(), &dirs.path().join("a"), "node-1")).await;
+    let a_vkey = a.gateway.audit().verifier_key().to_owned();
+    let b = start(ServeOptions {
+        mirrors: vec![MirrorTarget {
+            url: a.endpoint(),
+            vkey: Some(a_vkey.clone()),
+        }],
+        mock_departments: false,
+        ..node(pki.path(), &dirs.path().join("b"), "node-2")
+    })
+    .await;
+    let size = a.gateway.audit().durable_size();
+    wait_until("the mirror catching up", || async {
+        mirrored(&b, ORIGIN_A).await.is_some_and(|(s, _)| s == size)
+    })
+    .await;
+    let list = |identity: &'static str| {
+        let b = &b;
+        async move {
+            AuditServiceClient::new(connect_as(b, identity).await)
+                .list_logs(proofgate::pb::ListLogsRequest {})
+                .await
+        }
+    };
+    let answer = list(AUDITOR).await.expect("the auditor may").into_inner();
+    assert!(answer.directory_problem.is_empty());
+    let [one, two] = answer.logs.as_slice() else {
+        panic!("two logs: {:?}", answer.logs)
+    };
+    assert_eq!(one.origin, ORIGIN_A);
+    assert!(one.mirrored_here && !one.own && !one.live);
+    assert_eq!(one.verifier_key, a_vkey);
+    // At least what was waited for (A may have logged more since).
+    assert!(one.tree_size >= size, "{one:?}");
+    assert_eq!(one.node_id, "node-1");
+    assert_eq!(two.origin, "proofgate/node-2");
+    assert!(two.own && !two.mirrored_here);
+    assert_eq!(two.verifier_key, b.gateway.audit().verifier_key());
+    assert!(list("node-3.gateway.proofgate").await.is_ok());
+    let refused = list(HALL).await.expect_err("a hall may not read the log");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    b.shutdown().await;
+    a.shutdown().await;
+}

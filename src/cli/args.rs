@@ -73,12 +73,16 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// The reform's figures, computed from a (stopped) node's log.
+    /// The reform's figures, computed from a (stopped) node's log; with
+    /// --cluster, the sum of every node's figures (GetStatistics, as the
+    /// certs folder's admin).
     Stats {
         #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cluster: ClusterAuditArgs,
     },
     /// Create the node's signing and pseudonym keys in DATA_DIR/keys, and
     /// write the log's verifier key to DATA_DIR/log.vkey (for witnesses).
@@ -194,6 +198,27 @@ pub struct DevCertsArgs {
     pub renew_crl: bool,
 }
 
+/// `--cluster --etcd URL[,URL…] [--certs DIR]`: the commands that read
+/// every node of a cluster, online.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClusterAuditArgs {
+    /// Every node of the cluster, found in the node directory in etcd
+    /// (--etcd), over gRPC (a node that is down: from a node mirroring it).
+    #[arg(long, group = "LogSource", requires = "etcd")]
+    pub cluster: bool,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// With --cluster: the PKI folder; calls are made as its
+    /// auditor.auditor.proofgate (verify) or admin.admin.proofgate (stats).
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "cluster",
+        default_value = "proofgate-data/certs"
+    )]
+    pub certs: PathBuf,
+}
+
 #[derive(clap::Args)]
 #[group(required = true, multiple = false)]
 pub struct LogSource {
@@ -215,12 +240,13 @@ pub enum AuditCommand {
         out: PathBuf,
     },
     /// Recompute every leaf and root; check every checkpoint signature; report the first bad index.
+    /// With --cluster: every log of the cluster, online, one row per log.
     Verify {
         #[command(flatten)]
         source: LogSource,
         /// The verifier key you trust (C2SP vkey text, or a file holding it).
         /// Without it, the key carried by the log is used.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cluster")]
         vkey: Option<String>,
         /// A witness you trust (its cosignature/v1 vkey, or a file holding
         /// it); repeatable. With --quorum.
@@ -232,6 +258,8 @@ pub enum AuditCommand {
         quorum: Option<usize>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cluster: ClusterAuditArgs,
     },
     /// Re-derive every decision from the logged policy and signed answers; report differences.
     Replay {

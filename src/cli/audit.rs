@@ -392,7 +392,7 @@ async fn restore_into(
 /// The verifier keys of a restored log, oldest first: `newest` alone, or the
 /// chain its KeyRotated entries give (the first rotation's previous key,
 /// then each new one).
-fn restored_keys(log: &Path, newest: &str) -> Result<Vec<String>, CliError> {
+pub(super) fn restored_keys(log: &Path, newest: &str) -> Result<Vec<String>, CliError> {
     use prost::Message;
     let store = audit::AuditStore::open(log)?;
     let mut keys: Vec<String> = Vec::new();

@@ -14,6 +14,7 @@
 //! | `audit.rs`  | audit export / verify / replay / rebuild / restore / rotate-key, stats |
 //! | `bench.rs`  | bench                                                           |
 //! | `cluster.rs`| cluster status                                                  |
+//! | `cluster_audit.rs` | audit verify --cluster, stats --cluster                  |
 
 // The doc comments of the clap types are the command's help text, printed
 // as is: `<name>.<role>.proofgate` there is a placeholder, not an HTML tag.
@@ -22,12 +23,13 @@ mod args;
 pub mod audit;
 pub mod bench;
 pub mod cluster;
+pub mod cluster_audit;
 pub mod node;
 pub mod policy;
 
 pub use args::{
-    AuditCommand, BenchArgs, Cli, ClusterCommand, Command, ConfigCommand, DevCertsArgs, EtcdArgs,
-    LogSource, PolicyCommand, RestoreArgs, ServeArgs, WitnessArgs,
+    AuditCommand, BenchArgs, Cli, ClusterAuditArgs, ClusterCommand, Command, ConfigCommand,
+    DevCertsArgs, EtcdArgs, LogSource, PolicyCommand, RestoreArgs, ServeArgs, WitnessArgs,
 };
 
 use std::path::PathBuf;
@@ -134,6 +136,10 @@ pub enum CliError {
     /// `audit restore`: the restored folder does not check out.
     #[error("restore: {0}")]
     Restored(String),
+    /// `--cluster`: a node or log could not be reached; what was reached is
+    /// in the report, printed before the error (exit 69).
+    #[error("{what}")]
+    Unreachable { report: Box<Report>, what: String },
 }
 
 /// The process exit code of a command's result: 0, or what failed (64 bad
@@ -161,6 +167,7 @@ pub fn exit_code(result: &Result<Report, CliError>) -> u8 {
             CliError::LogKey(e) => exit::of_log_key(e),
             CliError::PolicySigning(e) => policy::signing_exit_code(e),
             CliError::Cluster(e) => exit::of_cluster(e),
+            CliError::Unreachable { .. } => exit::UNAVAILABLE,
             CliError::Mock(_)
             | CliError::Generate { .. }
             | CliError::Keys(_)
@@ -182,6 +189,13 @@ pub fn finish(result: Result<Report, CliError>) -> u8 {
         // A refused policy set lists its problems as `file:line: problem`,
         // without the program's name in front.
         Err(e @ CliError::Policy(_)) => eprintln!("{e}"),
+        Err(e @ CliError::Unreachable { report, .. }) => {
+            print!("{}", report.text);
+            for warning in &report.warnings {
+                eprintln!("{warning}");
+            }
+            eprintln!("proofgate: {e}");
+        }
         Err(e) => eprintln!("proofgate: {e}"),
     }
     exit_code(&result)

@@ -23,11 +23,13 @@
 //! (tree size, policy version) is handed in as a [`ProgressFn`].
 
 pub mod directory;
+pub mod logs;
 mod reservations;
 mod session;
 pub mod shared;
 
 pub use directory::{list_nodes, render_table, ListedNode, NodeRecord};
+pub use logs::{list_logs, publish_log, KnownLog};
 pub use reservations::{
     request_key, Reservation, Reservations, Reserved, DEFAULT_IDEMPOTENCY_WINDOW,
 };

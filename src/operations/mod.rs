@@ -4,6 +4,7 @@
 
 pub mod figures;
 pub mod stats;
+pub mod sum;
 
 use std::sync::Arc;
 

@@ -13,7 +13,7 @@ use crate::pb::audit_service_server::AuditService;
 use crate::pb::{
     Checkpoint, ConsistencyProof, GetCheckpointRequest, GetConsistencyProofRequest,
     GetEntriesRequest, GetInclusionProofRequest, InclusionProof, ListAccessesRequest,
-    ListAccessesResponse, StoredEntry,
+    ListAccessesResponse, ListLogsRequest, ListLogsResponse, StoredEntry,
 };
 use crate::security::{caller, denied, Role};
 
@@ -57,6 +57,11 @@ impl Logs {
             .insert(origin.to_owned(), reader);
     }
 
+    /// The node's own origin.
+    pub fn own_origin(&self) -> &str {
+        &self.own_origin
+    }
+
     /// The origins mirrored here.
     pub fn mirrored(&self) -> Vec<String> {
         self.mirrors
@@ -98,11 +103,22 @@ impl Logs {
 
 pub struct AuditApi {
     logs: Logs,
+    /// Cluster mode: where the node directory is (for `ListLogs`).
+    cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 impl AuditApi {
     pub fn new(logs: Logs) -> Self {
-        Self { logs }
+        Self {
+            logs,
+            cluster: None,
+        }
+    }
+
+    /// `ListLogs` lists the cluster's logs from this etcd too.
+    pub fn with_cluster(mut self, cluster: Option<crate::cluster::ClusterOptions>) -> Self {
+        self.cluster = cluster;
+        self
     }
 }
 
@@ -181,5 +197,15 @@ impl AuditService for AuditApi {
             request.limit,
             request.after_index,
         )?))
+    }
+
+    async fn list_logs(
+        &self,
+        request: Request<ListLogsRequest>,
+    ) -> Result<Response<ListLogsResponse>, Status> {
+        log_reader(&request)?;
+        Ok(Response::new(
+            super::cluster_audit::list_logs(&self.logs, self.cluster.as_ref()).await,
+        ))
     }
 }

@@ -10,6 +10,7 @@
 mod application;
 mod audit;
 pub mod catalog;
+mod cluster_audit;
 mod cluster_hook;
 mod cluster_shared;
 pub mod console;
@@ -828,8 +829,8 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         cluster_shared::agree_on_pseudonym_key(cluster, &pseudonyms).await?;
     }
     let cluster = match &options.cluster {
-        Some(cluster) => Some(
-            cluster_hook::join(
+        Some(cluster) => {
+            let joined = cluster_hook::join(
                 cluster,
                 &options.node_id,
                 &advertised,
@@ -838,8 +839,20 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
                 tls.clone(),
                 &identity,
             )
-            .await?,
-        ),
+            .await?;
+            // The log stays listed for auditors after the node stops.
+            crate::cluster::publish_log(
+                cluster,
+                &crate::cluster::KnownLog {
+                    node_id: options.node_id.clone(),
+                    origin: crate::security::log_origin(&options.node_id),
+                    vkey: log.verifier_key().to_owned(),
+                    address: advertised.clone(),
+                },
+            )
+            .await?;
+            Some(joined)
+        }
         None => None,
     };
     let (shared_sources, cluster) = match (&options.cluster, cluster) {
@@ -882,7 +895,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         AuditReader::new(log.clone(), pseudonyms.clone()).with_witnesses(witness_ids),
     );
     let audit = InterceptedService::new(
-        AuditServiceServer::new(AuditApi::new(logs.clone()))
+        AuditServiceServer::new(AuditApi::new(logs.clone()).with_cluster(options.cluster.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service(
             "proofgate.v1.AuditService",

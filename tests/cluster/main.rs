@@ -4,6 +4,7 @@
 //! etcd member down (still deciding), and losing the etcd quorum — nothing
 //! decided meanwhile, recovery without a restart.
 
+mod audit;
 #[path = "../common/mod.rs"]
 mod common;
 mod etcd;
