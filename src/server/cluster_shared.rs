@@ -2,7 +2,10 @@
 //! every node shares, on etcd (DESIGN.md, "Several nodes"):
 //! - `<prefix>sources/<department>`: a `DataSource` (protobuf). Every node
 //!   mirrors the folder into its department directory (load, then watch);
-//!   a change received by a node is logged there and written here.
+//!   a change received by a node is logged there and written here. A
+//!   change another node received is logged here too (`changed_by`
+//!   [`ADOPTED_BY`]) before this node uses it, so every node's log names
+//!   the keys of the answers it holds and replays on its own.
 //! - `<prefix>dishonesty/<pseudonym-hex>`: a `DishonestyRecord` (protobuf).
 //!   Every node mirrors it; a commitment is judged against the mirror only
 //!   while it is current and the node's session is live.
@@ -12,10 +15,11 @@
 //!
 //! Changes are refused while the node cannot write etcd; reads keep working.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::ServeError;
@@ -23,12 +27,80 @@ use crate::audit::DishonestyRecord;
 use crate::cluster::{self, ChangeFn, ClusterOptions, SharedFolder, SharedHandle};
 use crate::departments::{DepartmentDirectory, SharedSources};
 use crate::gateway::{Gateway, SharedDishonesty};
-use crate::pb::DataSource;
+use crate::pb::{audit_entry::Event, DataSource, DataSourceChanged};
 use crate::subject::PseudonymKey;
 
 const SOURCES: &str = "sources";
 const DISHONESTY: &str = "dishonesty";
 const PSEUDONYM_KEY: &str = "pseudonym-key";
+/// `changed_by` of a registry change this node logs because another node
+/// received it (the shared registry changed under it).
+pub const ADOPTED_BY: &str = "cluster shared registry";
+
+/// Changes this node logged itself and then wrote to etcd, so their echo
+/// from the watch is not logged twice: (department, encoded source; None
+/// for a removal).
+type LoggedHere = Arc<Mutex<HashSet<(String, Option<Vec<u8>>)>>>;
+
+/// What the adopting task is handed: a watched change, or a request to say
+/// when everything before it is applied.
+enum Adopt {
+    Change(String, Option<Vec<u8>>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Logs a watched registry change unless this node logged it already, then
+/// applies it; changes are taken one by one, in the watch's order. A change
+/// that cannot be logged is not applied (this node keeps its old view and
+/// says so): a source used here is always named in this node's log.
+async fn adopt_sources(
+    mut changes: mpsc::UnboundedReceiver<Adopt>,
+    directory: Arc<DepartmentDirectory>,
+    log: crate::audit::AuditLog,
+    logged_here: LoggedHere,
+) {
+    while let Some(change) = changes.recv().await {
+        let (department, value) = match change {
+            Adopt::Change(department, value) => (department, value),
+            Adopt::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let mine = logged_here
+            .lock()
+            .map(|mut set| set.remove(&(department.clone(), value.clone())))
+            .unwrap_or(false);
+        let known = directory.get(&department);
+        let event = match &value {
+            _ if mine => None,
+            Some(bytes) => match DataSource::decode(bytes.as_slice()) {
+                Ok(source)
+                    if source.department_id == department && known.as_ref() != Some(&source) =>
+                {
+                    Some(DataSourceChanged {
+                        source: Some(source),
+                        removed: false,
+                        changed_by: ADOPTED_BY.to_owned(),
+                    })
+                }
+                _ => None,
+            },
+            None => known.map(|source| DataSourceChanged {
+                source: Some(source),
+                removed: true,
+                changed_by: ADOPTED_BY.to_owned(),
+            }),
+        };
+        if let Some(event) = event {
+            if let Err(e) = log.append_event(Event::DataSourceChanged(event)).await {
+                warn!(%department, error = %e, "a shared registry change could not be logged here, so this node does not use it");
+                continue;
+            }
+        }
+        apply_source(&directory, &department, value.as_deref());
+    }
+}
 
 /// The fingerprint of a pseudonym key: a keyed digest of a fixed text, so
 /// nodes can compare keys without showing them.
@@ -71,6 +143,15 @@ struct ClusterSources {
     _folder: SharedFolder,
     handle: SharedHandle,
     live: watch::Receiver<bool>,
+    logged_here: LoggedHere,
+}
+
+impl ClusterSources {
+    fn logged(&self, department: &str, value: Option<Vec<u8>>) {
+        if let Ok(mut set) = self.logged_here.lock() {
+            set.insert((department.to_owned(), value));
+        }
+    }
 }
 
 /// Ok if a change can be written now: the node's session is live and etcd
@@ -89,13 +170,16 @@ impl SharedSources for ClusterSources {
     }
 
     async fn put(&self, source: &DataSource) -> Result<(), String> {
+        let bytes = source.encode_to_vec();
+        self.logged(&source.department_id, Some(bytes.clone()));
         self.handle
-            .put(&source.department_id, source.encode_to_vec())
+            .put(&source.department_id, bytes)
             .await
             .map_err(|e| e.to_string())
     }
 
     async fn remove(&self, department_id: &str) -> Result<(), String> {
+        self.logged(department_id, None);
         self.handle
             .delete(department_id)
             .await
@@ -172,11 +256,37 @@ pub(super) async fn start(
     directory: &Arc<DepartmentDirectory>,
     gateway: &Gateway,
 ) -> Result<Arc<dyn SharedSources>, ServeError> {
+    let logged_here = LoggedHere::default();
+    let (changes, adopted) = mpsc::unbounded_channel();
+    tokio::spawn(adopt_sources(
+        adopted,
+        Arc::clone(directory),
+        gateway.audit().clone(),
+        Arc::clone(&logged_here),
+    ));
     let on_source: ChangeFn = {
-        let directory = Arc::clone(directory);
-        Arc::new(move |department, value| apply_source(&directory, department, value))
+        let changes = changes.clone();
+        Arc::new(move |department, value| {
+            // The adopting task ends only with this node; a send after that
+            // has nowhere to go.
+            let _ = changes.send(Adopt::Change(
+                department.to_owned(),
+                value.map(<[u8]>::to_vec),
+            ));
+        })
     };
     let sources = SharedFolder::start(options, SOURCES, on_source).await?;
+    // The registry as loaded is logged and applied before this node serves.
+    let (done, applied) = tokio::sync::oneshot::channel();
+    if changes.send(Adopt::Flush(done)).is_ok()
+        && tokio::time::timeout(std::time::Duration::from_secs(10), applied)
+            .await
+            .is_err()
+    {
+        warn!(
+            "the shared registry was not applied within 10 s of start; it will be as it is logged"
+        );
+    }
     let dishonesty = SharedFolder::start(options, DISHONESTY, Arc::new(|_, _| {})).await?;
     gateway.share_dishonesty(Arc::new(ClusterDishonesty {
         handle: dishonesty.handle(),
@@ -187,6 +297,7 @@ pub(super) async fn start(
         handle: sources.handle(),
         _folder: sources,
         live,
+        logged_here,
     }))
 }
 

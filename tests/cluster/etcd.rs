@@ -196,6 +196,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// The shared PKI folder (`serve --certs`); None: DATA_DIR/certs.
     pub shared_certs: Option<PathBuf>,
+    /// More `serve` arguments it was started with (kept by a restart).
+    pub extra: Vec<String>,
 }
 
 impl Node {
@@ -246,9 +248,7 @@ fn node_command_on(
         .args(["--listen", listen, "--metrics-listen", "off"])
         .args(["--node-id", node_id, "--etcd", etcd]);
     if let Some(certs) = certs {
-        // Nodes of a shared PKI run the in-process mock departments (off by
-        // default with --etcd), each registering them in the shared registry.
-        command.arg("--certs").arg(certs).arg("--mock-departments");
+        command.arg("--certs").arg(certs);
     }
     command.env("RUST_LOG", "info");
     command
@@ -266,7 +266,27 @@ pub fn spawn_node_with(etcd: &str, node_id: &str, data_dir: &Path, extra: &[&str
 
 /// Starts a node of a shared PKI (`serve --certs certs`, made by
 /// `proofgate dev-certs`: the node presents `<node-id>.gateway.proofgate`).
+/// It runs the in-process mock departments (off by default with --etcd),
+/// which register in the shared registry.
 pub fn spawn_pki_node(etcd: &str, node_id: &str, data_dir: &Path, certs: &Path) -> Node {
+    spawn_node_on(
+        etcd,
+        node_id,
+        data_dir,
+        "127.0.0.1:0",
+        Some(certs),
+        &["--mock-departments"],
+    )
+}
+
+/// [`spawn_pki_node`] without mock departments: it uses those another node
+/// registered in the shared registry.
+pub fn spawn_pki_node_without_mocks(
+    etcd: &str,
+    node_id: &str,
+    data_dir: &Path,
+    certs: &Path,
+) -> Node {
     spawn_node_on(etcd, node_id, data_dir, "127.0.0.1:0", Some(certs), &[])
 }
 
@@ -285,7 +305,7 @@ pub fn restart_node(etcd: &str, node_id: &str, old: &Node) -> Node {
         &old.data_dir,
         &listen,
         old.shared_certs.as_deref(),
-        &[],
+        &old.extra.iter().map(String::as_str).collect::<Vec<_>>(),
     )
 }
 
@@ -335,6 +355,7 @@ fn spawn_node_on(
         endpoint,
         data_dir: data_dir.to_path_buf(),
         shared_certs: certs.map(Path::to_path_buf),
+        extra: extra.iter().map(|a| (*a).to_owned()).collect(),
     }
 }
 

@@ -14,8 +14,8 @@ use tokio_stream::StreamExt;
 
 use super::common::*;
 use super::etcd::{
-    dev_certs, restart_node, run_node_to_end, share_pseudonym_key, spawn_pki_node, EtcdCluster,
-    Node, BOUND,
+    dev_certs, restart_node, run_node_to_end, share_pseudonym_key, spawn_pki_node,
+    spawn_pki_node_without_mocks, EtcdCluster, Node, BOUND,
 };
 use proofgate::pb::application_service_client::ApplicationServiceClient;
 use proofgate::pb::audit_entry::Event;
@@ -114,13 +114,14 @@ fn elderly(request_id: &str) -> SubmitApplicationRequest {
 }
 
 /// Two nodes of one cluster: one PKI (each node with its own certificate),
-/// one pseudonym key.
+/// one pseudonym key, one set of departments (node 2's in-process mocks, in
+/// the shared registry: node 1 uses them).
 fn two_nodes(etcd: &EtcdCluster, dir: &Path) -> (Node, Node) {
     let certs = dev_certs(dir);
     let (d1, d2) = (dir.join("n1"), dir.join("n2"));
     share_pseudonym_key(&[&d1, &d2]);
-    let first = spawn_pki_node(&etcd.endpoints(), "node-1", &d1, &certs);
     let second = spawn_pki_node(&etcd.endpoints(), "node-2", &d2, &certs);
+    let first = spawn_pki_node_without_mocks(&etcd.endpoints(), "node-1", &d1, &certs);
     (first, second)
 }
 
