@@ -53,10 +53,13 @@ pub struct ListedNode {
     pub live: bool,
 }
 
-/// Every node registered under the options' prefix, by node id.
-pub async fn list_nodes(options: &ClusterOptions) -> Result<Vec<ListedNode>, ClusterError> {
-    let mut client = super::connect(options).await?;
-    let prefix = options.nodes_prefix();
+/// Every JSON record under `prefix`, with the lease it is attached to (0:
+/// none); a record that does not decode is [`ClusterError::BadRecord`].
+pub(super) async fn json_records<T: serde::de::DeserializeOwned>(
+    client: &mut etcd_client::Client,
+    options: &ClusterOptions,
+    prefix: &str,
+) -> Result<Vec<(T, i64)>, ClusterError> {
     let response = bounded(
         options,
         client.get(
@@ -65,25 +68,38 @@ pub async fn list_nodes(options: &ClusterOptions) -> Result<Vec<ListedNode>, Clu
         ),
     )
     .await?;
+    response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            serde_json::from_slice(kv.value())
+                .map(|record| (record, kv.lease()))
+                .map_err(|source| ClusterError::BadRecord {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// Every node registered under the options' prefix, by node id.
+pub async fn list_nodes(options: &ClusterOptions) -> Result<Vec<ListedNode>, ClusterError> {
+    let mut client = super::connect(options).await?;
+    let records: Vec<(NodeRecord, i64)> =
+        json_records(&mut client, options, &options.nodes_prefix()).await?;
     let mut nodes = Vec::new();
-    for kv in response.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let record: NodeRecord =
-            serde_json::from_slice(kv.value()).map_err(|source| ClusterError::BadRecord {
-                key: key.clone(),
-                source,
-            })?;
-        let lease_ttl_s = if kv.lease() == 0 {
+    for (record, lease) in records {
+        let lease_ttl_s = if lease == 0 {
             None
         } else {
-            bounded(options, client.lease_time_to_live(kv.lease(), None))
+            bounded(options, client.lease_time_to_live(lease, None))
                 .await
                 .ok()
                 .map(|r| r.ttl())
         };
         nodes.push(ListedNode {
-            live: kv.lease() != 0 && lease_ttl_s.is_none_or(|ttl| ttl > 0),
-            lease: format!("{:x}", kv.lease()),
+            live: lease != 0 && lease_ttl_s.is_none_or(|ttl| ttl > 0),
+            lease: format!("{lease:x}"),
             lease_ttl_s,
             record,
         });

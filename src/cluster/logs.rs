@@ -41,24 +41,9 @@ pub async fn publish_log(options: &ClusterOptions, log: &KnownLog) -> Result<(),
 /// Every log recorded under the options' prefix, by node id.
 pub async fn list_logs(options: &ClusterOptions) -> Result<Vec<KnownLog>, ClusterError> {
     let mut client = super::connect(options).await?;
-    let prefix = options.logs_prefix();
-    let response = bounded(
-        options,
-        client.get(
-            prefix.as_bytes(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        ),
-    )
-    .await?;
-    let mut logs = Vec::new();
-    for kv in response.kvs() {
-        let log: KnownLog =
-            serde_json::from_slice(kv.value()).map_err(|source| ClusterError::BadRecord {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                source,
-            })?;
-        logs.push(log);
-    }
+    let records =
+        super::directory::json_records(&mut client, options, &options.logs_prefix()).await?;
+    let mut logs: Vec<KnownLog> = records.into_iter().map(|(log, _lease)| log).collect();
     logs.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     Ok(logs)
 }
