@@ -130,6 +130,13 @@ pub struct DepartmentDirectory {
     /// Drives the circuit breakers and rate limits. Deadlines and retry
     /// pauses run on tokio's timer (`tokio::time::pause` in tests).
     clock: Monotonic,
+    /// Orders key changes against their use: whoever verifies a department's
+    /// signature holds it shared until what it verified is logged; a
+    /// registry change holds it alone while it is logged and applied. So a
+    /// log never holds an answer checked with a key its own earlier entries
+    /// had already replaced, and replay checks every answer with the key it
+    /// was checked with live.
+    key_changes: tokio::sync::RwLock<()>,
 }
 
 impl Default for DepartmentDirectory {
@@ -165,7 +172,21 @@ impl DepartmentDirectory {
             client_tls,
             metrics: Metrics::default(),
             clock,
+            key_changes: tokio::sync::RwLock::new(()),
         }
+    }
+
+    /// Held while department signatures are verified and until what they
+    /// verified is logged (see `key_changes`). Take it once per task: a
+    /// second take behind a waiting change would never be granted.
+    pub async fn keys_in_use(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.key_changes.read().await
+    }
+
+    /// Held while a registry change is logged and applied: it waits for
+    /// every verification in flight to be logged, and holds new ones back.
+    pub async fn changing_keys(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.key_changes.write().await
     }
 
     /// Counts department calls in `metrics`.

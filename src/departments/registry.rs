@@ -47,6 +47,9 @@ pub trait SharedSources: Send + Sync {
     async fn remove(&self, department_id: &str) -> Result<(), String>;
 }
 
+/// `changed_by` of the entry that undoes a change the cluster refused.
+pub const ROLLED_BACK: &str = "rolled back: the cluster's etcd did not take the change";
+
 fn refused(why: String) -> RegistryError {
     RegistryError::Unavailable(format!(
         "registry changes are refused while this node cannot write the cluster's etcd ({why}); nothing was changed, retry later or through another node (reads keep working)"
@@ -55,7 +58,7 @@ fn refused(why: String) -> RegistryError {
 
 fn not_applied(why: String) -> RegistryError {
     RegistryError::Unavailable(format!(
-        "the change was logged on this node but the cluster's etcd did not take it ({why}), so it is not in effect; retry"
+        "the cluster's etcd did not take the change ({why}), so it is not in effect (this node logged it and its undoing); retry"
     ))
 }
 
@@ -116,20 +119,58 @@ impl Registry {
         if let Some(shared) = &self.shared {
             shared.writable().await.map_err(refused)?;
         }
-        self.audit
-            .append_event(Event::DataSourceChanged(DataSourceChanged {
-                source: Some(source.clone()),
-                removed: false,
-                changed_by,
-            }))
-            .await
-            .map_err(RegistryError::Log)?;
-        match &self.shared {
-            Some(shared) => shared.put(&source).await.map_err(not_applied)?,
-            None => self.directory.upsert(source.clone())?,
+        let _change = self.directory.changing_keys().await;
+        let before = self.directory.get(&source.department_id);
+        self.log(DataSourceChanged {
+            source: Some(source.clone()),
+            removed: false,
+            changed_by,
+        })
+        .await?;
+        if let Some(shared) = &self.shared {
+            if let Err(why) = shared.put(&source).await {
+                self.roll_back(&source.department_id, before).await;
+                return Err(not_applied(why));
+            }
         }
+        // In effect here at once, in the log's order; in a cluster the
+        // watch brings it to the other nodes (and back here, unchanged).
+        self.directory.upsert(source.clone())?;
         info!(department = %source.department_id, endpoint = %source.endpoint, "data source registered");
         Ok(source)
+    }
+
+    async fn log(&self, change: DataSourceChanged) -> Result<(), RegistryError> {
+        self.audit
+            .append_event(Event::DataSourceChanged(change))
+            .await
+            .map(drop)
+            .map_err(RegistryError::Log)
+    }
+
+    /// The cluster did not take a change this node logged: logs the
+    /// source as it was before, so this node's log keeps naming the key it
+    /// verifies with. (Should etcd have taken it after all, the watch brings
+    /// it back and it is logged then, as any other node's change.)
+    async fn roll_back(&self, department_id: &str, before: Option<DataSource>) {
+        let change = match before {
+            Some(source) => DataSourceChanged {
+                source: Some(source),
+                removed: false,
+                changed_by: ROLLED_BACK.to_owned(),
+            },
+            None => DataSourceChanged {
+                source: Some(DataSource {
+                    department_id: department_id.to_owned(),
+                    ..Default::default()
+                }),
+                removed: true,
+                changed_by: ROLLED_BACK.to_owned(),
+            },
+        };
+        if let Err(e) = self.log(change).await {
+            tracing::error!(department = %department_id, error = %e, "a registry change the cluster refused could not be rolled back in this log; replay of this log will name it");
+        }
     }
 
     pub fn list(&self) -> Vec<DataSource> {
@@ -148,21 +189,151 @@ impl Registry {
         if let Some(shared) = &self.shared {
             shared.writable().await.map_err(refused)?;
         }
-        self.audit
-            .append_event(Event::DataSourceChanged(DataSourceChanged {
-                source: Some(source),
-                removed: true,
-                changed_by,
-            }))
-            .await
-            .map_err(RegistryError::Log)?;
-        match &self.shared {
-            Some(shared) => shared.remove(department_id).await.map_err(not_applied)?,
-            None => {
-                self.directory.remove(department_id);
+        let _change = self.directory.changing_keys().await;
+        self.log(DataSourceChanged {
+            source: Some(source.clone()),
+            removed: true,
+            changed_by,
+        })
+        .await?;
+        if let Some(shared) = &self.shared {
+            if let Err(why) = shared.remove(department_id).await {
+                self.roll_back(department_id, Some(source)).await;
+                return Err(not_applied(why));
             }
         }
+        self.directory.remove(department_id);
         info!(department = %department_id, "data source deregistered");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use ring::rand::SystemRandom;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    use crate::audit::{AuditStore, NoteSigner, WriterOptions};
+
+    fn pair() -> Ed25519KeyPair {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+    }
+
+    fn source(key: &Ed25519KeyPair) -> DataSource {
+        DataSource {
+            department_id: "civil-affairs".into(),
+            endpoint: "http://127.0.0.1:9".into(),
+            queries: vec!["marriage_record".into()],
+            verifications: vec![],
+            capacity_per_second: 10,
+            answer_public_key: key.public_key().as_ref().to_vec(),
+        }
+    }
+
+    /// A department re-registering with a new key while a decision checked
+    /// with its old key is not logged yet: the change waits for that
+    /// entry, so replay checks the decision with the key it was checked
+    /// with. (Before, the change could be logged in between.)
+    #[tokio::test(start_paused = true)]
+    async fn a_key_change_is_logged_after_the_answers_checked_with_the_old_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(&dir.path().join("log")).unwrap();
+        let signer = NoteSigner::new("proofgate/node-1", pair()).unwrap();
+        let log =
+            AuditLog::start(store, signer, "node-1".into(), WriterOptions::default()).unwrap();
+        let directory = Arc::new(DepartmentDirectory::default());
+        let registry = Arc::new(Registry::new(Arc::clone(&directory), log.clone()));
+        let (old, new) = (pair(), pair());
+        registry
+            .register("dept".into(), source(&old))
+            .await
+            .unwrap();
+        let size = log.durable_size();
+
+        // A decision is checking answers with the old key.
+        let in_use = directory.keys_in_use().await;
+        let change = tokio::spawn({
+            let registry = Arc::clone(&registry);
+            let new = source(&new);
+            async move { registry.register("dept".into(), new).await }
+        });
+        // However long it waits (the clock is paused and jumps ahead when
+        // idle), the change is neither logged nor in effect.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!change.is_finished());
+        assert_eq!(
+            log.durable_size(),
+            size,
+            "the change was logged before the decision"
+        );
+        assert_eq!(
+            directory.get("civil-affairs").unwrap().answer_public_key,
+            old.public_key().as_ref()
+        );
+
+        drop(in_use);
+        change.await.unwrap().unwrap();
+        assert_eq!(log.durable_size(), size + 1);
+        assert_eq!(
+            directory.get("civil-affairs").unwrap().answer_public_key,
+            new.public_key().as_ref()
+        );
+    }
+
+    struct Refusing;
+
+    #[tonic::async_trait]
+    impl SharedSources for Refusing {
+        async fn writable(&self) -> Result<(), String> {
+            Ok(())
+        }
+        async fn put(&self, _: &DataSource) -> Result<(), String> {
+            Err("etcd timed out".into())
+        }
+        async fn remove(&self, _: &str) -> Result<(), String> {
+            Err("etcd timed out".into())
+        }
+    }
+
+    /// The cluster refuses a change this node logged: it logs the source as
+    /// it was, so its log's last word is the key it still verifies with.
+    #[tokio::test]
+    async fn a_change_the_cluster_refuses_is_rolled_back_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(&dir.path().join("log")).unwrap();
+        let signer = NoteSigner::new("proofgate/node-1", pair()).unwrap();
+        let log =
+            AuditLog::start(store, signer, "node-1".into(), WriterOptions::default()).unwrap();
+        let directory = Arc::new(DepartmentDirectory::default());
+        let old = source(&pair());
+        directory.upsert(old.clone()).unwrap();
+        let registry = Registry::new(Arc::clone(&directory), log.clone())
+            .with_shared(Some(Arc::new(Refusing)));
+
+        let refused = registry.register("dept".into(), source(&pair())).await;
+        assert!(
+            matches!(refused, Err(RegistryError::Unavailable(_))),
+            "{refused:?}"
+        );
+        let refused = registry.deregister("dept".into(), "civil-affairs").await;
+        assert!(
+            matches!(refused, Err(RegistryError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert_eq!(directory.get("civil-affairs"), Some(old.clone()));
+
+        // Each change and its undoing are logged; the last word is `old`.
+        assert_eq!(log.durable_size(), 4);
+        let last = log.store().entry(3).unwrap().unwrap();
+        let entry = <crate::pb::AuditEntry as prost::Message>::decode(last.as_slice()).unwrap();
+        let Some(Event::DataSourceChanged(changed)) = entry.event else {
+            panic!("not a registry change: {entry:?}");
+        };
+        assert_eq!((changed.source, changed.removed), (Some(old), false));
+        assert_eq!(changed.changed_by, ROLLED_BACK);
     }
 }

@@ -387,6 +387,10 @@ impl Gateway {
                 dishonesty_unknown,
                 decided_unix_ms: now,
             };
+            // Answers are checked with the keys in force until the decision
+            // is logged: a registry change waits, so it is logged before or
+            // after the decision, never between the check and the entry.
+            let keys = self.departments.keys_in_use().await;
             // Forgets the tickets noted here however this future ends.
             let tickets = decide::TicketGuard::new(&self.issued_tickets);
             let decisions = join_all(required.iter().map(|r| {
@@ -442,6 +446,7 @@ impl Gateway {
                     .map(|t| t.dishonesty_days)
             });
             let appended = self.audit.append(event, projections).await;
+            drop(keys);
             drop(tickets);
             let receipt = appended?;
             application.receipt = Some(receipt.to_pb());
@@ -516,6 +521,8 @@ impl Gateway {
                 unknown_ticket()
             });
         };
+        // Held until the completion is logged (see `decide`).
+        let _keys = self.departments.keys_in_use().await;
         if !self
             .departments
             .verify_completion(&request.department_id, &request)

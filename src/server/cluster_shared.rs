@@ -15,8 +15,7 @@
 //!
 //! Changes are refused while the node cannot write etcd; reads keep working.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -37,11 +36,6 @@ const PSEUDONYM_KEY: &str = "pseudonym-key";
 /// received it (the shared registry changed under it).
 pub const ADOPTED_BY: &str = "cluster shared registry";
 
-/// Changes this node logged itself and then wrote to etcd, so their echo
-/// from the watch is not logged twice: (department, encoded source; None
-/// for a removal).
-type LoggedHere = Arc<Mutex<HashSet<(String, Option<Vec<u8>>)>>>;
-
 /// What the adopting task is handed: a watched change, or a request to say
 /// when everything before it is applied.
 enum Adopt {
@@ -49,15 +43,17 @@ enum Adopt {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-/// Logs a watched registry change unless this node logged it already, then
-/// applies it; changes are taken one by one, in the watch's order. A change
-/// that cannot be logged is not applied (this node keeps its old view and
-/// says so): a source used here is always named in this node's log.
+/// Takes watched registry changes one by one, in the watch's order. A
+/// change that differs from this node's directory is logged, then applied,
+/// both while no department signature is being verified (the directory's
+/// key-change lock), so this node's log always names the key it verifies
+/// with; a change it made itself comes back equal and is not logged twice.
+/// A change that cannot be logged or used here is not applied (this node
+/// keeps its old view and says so).
 async fn adopt_sources(
     mut changes: mpsc::UnboundedReceiver<Adopt>,
     directory: Arc<DepartmentDirectory>,
     log: crate::audit::AuditLog,
-    logged_here: LoggedHere,
 ) {
     while let Some(change) = changes.recv().await {
         let (department, value) = match change {
@@ -67,36 +63,42 @@ async fn adopt_sources(
                 continue;
             }
         };
-        let mine = logged_here
-            .lock()
-            .map(|mut set| set.remove(&(department.clone(), value.clone())))
-            .unwrap_or(false);
+        let _change = directory.changing_keys().await;
         let known = directory.get(&department);
         let event = match &value {
-            _ if mine => None,
             Some(bytes) => match DataSource::decode(bytes.as_slice()) {
-                Ok(source)
-                    if source.department_id == department && known.as_ref() != Some(&source) =>
-                {
-                    Some(DataSourceChanged {
+                Ok(source) if source.department_id == department => {
+                    if known.as_ref() == Some(&source) {
+                        continue;
+                    }
+                    if let Err(e) = directory.check(&source) {
+                        warn!(%department, error = %e, "shared data source not usable here; skipped");
+                        continue;
+                    }
+                    DataSourceChanged {
                         source: Some(source),
                         removed: false,
                         changed_by: ADOPTED_BY.to_owned(),
-                    })
+                    }
                 }
-                _ => None,
+                // apply_source says why it skips it.
+                _ => {
+                    apply_source(&directory, &department, value.as_deref());
+                    continue;
+                }
             },
-            None => known.map(|source| DataSourceChanged {
-                source: Some(source),
-                removed: true,
-                changed_by: ADOPTED_BY.to_owned(),
-            }),
+            None => match known {
+                Some(source) => DataSourceChanged {
+                    source: Some(source),
+                    removed: true,
+                    changed_by: ADOPTED_BY.to_owned(),
+                },
+                None => continue,
+            },
         };
-        if let Some(event) = event {
-            if let Err(e) = log.append_event(Event::DataSourceChanged(event)).await {
-                warn!(%department, error = %e, "a shared registry change could not be logged here, so this node does not use it");
-                continue;
-            }
+        if let Err(e) = log.append_event(Event::DataSourceChanged(event)).await {
+            warn!(%department, error = %e, "a shared registry change could not be logged here, so this node does not use it");
+            continue;
         }
         apply_source(&directory, &department, value.as_deref());
     }
@@ -143,15 +145,6 @@ struct ClusterSources {
     _folder: SharedFolder,
     handle: SharedHandle,
     live: watch::Receiver<bool>,
-    logged_here: LoggedHere,
-}
-
-impl ClusterSources {
-    fn logged(&self, department: &str, value: Option<Vec<u8>>) {
-        if let Ok(mut set) = self.logged_here.lock() {
-            set.insert((department.to_owned(), value));
-        }
-    }
 }
 
 /// Ok if a change can be written now: the node's session is live and etcd
@@ -170,16 +163,13 @@ impl SharedSources for ClusterSources {
     }
 
     async fn put(&self, source: &DataSource) -> Result<(), String> {
-        let bytes = source.encode_to_vec();
-        self.logged(&source.department_id, Some(bytes.clone()));
         self.handle
-            .put(&source.department_id, bytes)
+            .put(&source.department_id, source.encode_to_vec())
             .await
             .map_err(|e| e.to_string())
     }
 
     async fn remove(&self, department_id: &str) -> Result<(), String> {
-        self.logged(department_id, None);
         self.handle
             .delete(department_id)
             .await
@@ -256,13 +246,11 @@ pub(super) async fn start(
     directory: &Arc<DepartmentDirectory>,
     gateway: &Gateway,
 ) -> Result<Arc<dyn SharedSources>, ServeError> {
-    let logged_here = LoggedHere::default();
     let (changes, adopted) = mpsc::unbounded_channel();
     tokio::spawn(adopt_sources(
         adopted,
         Arc::clone(directory),
         gateway.audit().clone(),
-        Arc::clone(&logged_here),
     ));
     let on_source: ChangeFn = {
         let changes = changes.clone();
@@ -297,7 +285,6 @@ pub(super) async fn start(
         handle: sources.handle(),
         _folder: sources,
         live,
-        logged_here,
     }))
 }
 
