@@ -12,9 +12,10 @@
 # PROOFGATE names the binary (default target/release/proofgate), ETCD_BIN
 # etcd (default: etcd on PATH; Debian: apt-get install -y etcd-server),
 # BENCH_SECONDS the seconds per phase (default 6), BENCH_MATTER the matter
-# (default public-rental-housing). Ports: etcd 41379/42379/43379 (peers
-# 41380/42380/43380) and a single-member etcd on 44379 (44380); nodes
-# 46051-46053.
+# (default public-rental-housing). Ports (below Linux's ephemeral range, so
+# no test's random port takes them): etcd 25379/26379/27379 (peers
+# 25380/26380/27380) and a single-member etcd on 28379 (28380); nodes
+# 29051-29053.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,26 +30,29 @@ cd "$work"
 export RUST_LOG=${RUST_LOG:-warn}
 
 pids=()
+members_pids=()
+node_pids=()
 stop_all() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap stop_all EXIT
 
-E3=http://127.0.0.1:41379,http://127.0.0.1:42379,http://127.0.0.1:43379
-E1=http://127.0.0.1:44379
-members=m1=http://127.0.0.1:41380,m2=http://127.0.0.1:42380,m3=http://127.0.0.1:43380
+E3=http://127.0.0.1:25379,http://127.0.0.1:26379,http://127.0.0.1:27379
+E1=http://127.0.0.1:28379
+members=m1=http://127.0.0.1:25380,m2=http://127.0.0.1:26380,m3=http://127.0.0.1:27380
 for i in 1 2 3; do
   "$ETCD_BIN" --name m$i --data-dir etcd-m$i \
-    --listen-client-urls http://127.0.0.1:4${i}379 --advertise-client-urls http://127.0.0.1:4${i}379 \
-    --listen-peer-urls http://127.0.0.1:4${i}380 --initial-advertise-peer-urls http://127.0.0.1:4${i}380 \
+    --listen-client-urls http://127.0.0.1:2$((4 + i))379 --advertise-client-urls http://127.0.0.1:2$((4 + i))379 \
+    --listen-peer-urls http://127.0.0.1:2$((4 + i))380 --initial-advertise-peer-urls http://127.0.0.1:2$((4 + i))380 \
     --initial-cluster $members --initial-cluster-token pg-bench-$$ --initial-cluster-state new 2> etcd-m$i.log &
   pids+=($!)
+  members_pids+=($!)
 done
 "$ETCD_BIN" --name solo --data-dir etcd-solo \
   --listen-client-urls $E1 --advertise-client-urls $E1 \
-  --listen-peer-urls http://127.0.0.1:44380 --initial-advertise-peer-urls http://127.0.0.1:44380 \
-  --initial-cluster solo=http://127.0.0.1:44380 --initial-cluster-token pg-bench-solo-$$ \
+  --listen-peer-urls http://127.0.0.1:28380 --initial-advertise-peer-urls http://127.0.0.1:28380 \
+  --initial-cluster solo=http://127.0.0.1:28380 --initial-cluster-token pg-bench-solo-$$ \
   --initial-cluster-state new 2> etcd-solo.log &
 pids+=($!)
 
@@ -58,13 +62,13 @@ for d in solo:node-1 one:node-1 one-nobatch:node-1 one-4:node-1 three-1:node-1 t
   [ ${d%:*} = solo ] || cp solo/keys/pseudonym.key ${d%:*}/keys/pseudonym.key
 done
 for _ in $(seq 1 60); do
-  curl -sf http://127.0.0.1:41379/health >/dev/null && curl -sf $E1/health >/dev/null && break
+  curl -sf http://127.0.0.1:25379/health >/dev/null && curl -sf $E1/health >/dev/null && break
   sleep 0.5
 done
 
 # etcd's own counters (member 1): raft proposals committed, keys put, txns.
 counters() {
-  curl -s http://127.0.0.1:41379/metrics |
+  curl -s http://127.0.0.1:25379/metrics |
     awk '/^etcd_server_proposals_committed_total |^etcd_mvcc_put_total |^etcd_mvcc_txn_total /{printf "%s %.0f\n", $1, $2}'
 }
 delta() { # before after
@@ -79,6 +83,7 @@ serve() {
   "$PG" serve --data-dir "$dir" --node-id "$id" --certs pki --listen 127.0.0.1:$port \
     --metrics-listen off "$@" > "$dir.log" 2>&1 &
   pids+=($!)
+  node_pids+=($!)
   for _ in $(seq 1 120); do
     grep -q "proofgate serving on" "$dir.log" && return 0
     sleep 0.25
@@ -87,23 +92,35 @@ serve() {
   cat "$dir.log" >&2
   exit 1
 }
+# CPU seconds (user + system) used so far by these processes.
+cpu() {
+  local ticks=0 p
+  for p in "$@"; do
+    [ -r /proc/$p/stat ] && ticks=$((ticks + $(awk '{print $14 + $15}' /proc/$p/stat)))
+  done
+  awk -v t=$ticks -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f", t / hz}'
+}
 stop_nodes() {
   for pid in "${pids[@]}"; do
     case " $(ps -o args= -p "$pid" 2>/dev/null)" in
       *" serve "*) kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true ;;
     esac
   done
+  node_pids=()
 }
 
 bench() { # LABEL ENDPOINTS
   for c in 1 64; do
-    local before after
+    local before after e0 n0
     before=$(counters)
+    e0=$(cpu "${members_pids[@]}")
+    n0=$(cpu "${node_pids[@]}")
     echo "== $1, c=$c"
     echo "\$ proofgate bench --endpoint $2 --certs pki --matter $MATTER --seconds $S --concurrency $c"
     "$PG" bench --endpoint "$2" --certs pki --matter "$MATTER" --seconds "$S" --concurrency $c
     after=$(counters)
     echo "etcd counters: $(delta "$before" "$after")"
+    echo "cpu seconds over both phases: etcd members $(awk -v a="$e0" -v b="$(cpu "${members_pids[@]}")" 'BEGIN{printf "%.2f", b - a}')  node(s) $(awk -v a="$n0" -v b="$(cpu "${node_pids[@]}")" 'BEGIN{printf "%.2f", b - a}')"
   done
 }
 
@@ -115,31 +132,31 @@ for args in "$E1 --etcd-txn 500" "$E3 --etcd-txn 500" "$E3 --etcd-txn 100 --etcd
   "$PG" bench --etcd $args
 done
 
-serve solo node-1 46051
-bench "one node, no etcd" https://127.0.0.1:46051
+serve solo node-1 29051
+bench "one node, no etcd" https://127.0.0.1:29051
 stop_nodes
 
 # one node with etcd: batching off, then on (default), then 4 batches in flight
 export PROOFGATE_ETCD_BATCH=1
-serve one-nobatch node-1 46051 --etcd $E3 --etcd-prefix /bench-one-nobatch/ --mock-departments
+serve one-nobatch node-1 29051 --etcd $E3 --etcd-prefix /bench-one-nobatch/ --mock-departments
 unset PROOFGATE_ETCD_BATCH
-bench "one node, etcd (3 members), PROOFGATE_ETCD_BATCH=1 (each write alone, no batching)" https://127.0.0.1:46051
+bench "one node, etcd (3 members), PROOFGATE_ETCD_BATCH=1 (each write alone, no batching)" https://127.0.0.1:29051
 stop_nodes
 
-serve one node-1 46051 --etcd $E3 --etcd-prefix /bench-one/ --mock-departments
-bench "one node, etcd (3 members), batched writes (default: <= 64 per txn, 2 txns in flight)" https://127.0.0.1:46051
+serve one node-1 29051 --etcd $E3 --etcd-prefix /bench-one/ --mock-departments
+bench "one node, etcd (3 members), batched writes (default: <= 64 per txn, 2 txns in flight)" https://127.0.0.1:29051
 stop_nodes
 
 export PROOFGATE_ETCD_IN_FLIGHT=4
-serve one-4 node-1 46051 --etcd $E3 --etcd-prefix /bench-one-4/ --mock-departments
+serve one-4 node-1 29051 --etcd $E3 --etcd-prefix /bench-one-4/ --mock-departments
 unset PROOFGATE_ETCD_IN_FLIGHT
-bench "one node, etcd (3 members), batched writes, PROOFGATE_ETCD_IN_FLIGHT=4" https://127.0.0.1:46051
+bench "one node, etcd (3 members), batched writes, PROOFGATE_ETCD_IN_FLIGHT=4" https://127.0.0.1:29051
 stop_nodes
 
-serve three-1 node-1 46051 --etcd $E3 --etcd-prefix /bench-three/ --mock-departments
-serve three-2 node-2 46052 --etcd $E3 --etcd-prefix /bench-three/
-serve three-3 node-3 46053 --etcd $E3 --etcd-prefix /bench-three/
-bench "three nodes, etcd (3 members), departments in node-1" https://127.0.0.1:46051,https://127.0.0.1:46052,https://127.0.0.1:46053
+serve three-1 node-1 29051 --etcd $E3 --etcd-prefix /bench-three/ --mock-departments
+serve three-2 node-2 29052 --etcd $E3 --etcd-prefix /bench-three/
+serve three-3 node-3 29053 --etcd $E3 --etcd-prefix /bench-three/
+bench "three nodes, etcd (3 members), departments in node-1" https://127.0.0.1:29051,https://127.0.0.1:29052,https://127.0.0.1:29053
 stop_nodes
 
 echo "== etcd write again, after the gateway runs"

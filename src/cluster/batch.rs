@@ -347,6 +347,9 @@ mod tests {
         }
     }
 
+    /// What a write of the fake store comes to.
+    type Outcome = Option<Result<bool, String>>;
+
     fn sent(fake: &Fake) -> Vec<Vec<String>> {
         fake.sent.lock().unwrap().clone()
     }
@@ -413,10 +416,11 @@ mod tests {
             .collect();
         // Per key: the conflict fails alone; the second `c` (next batch)
         // finds the first one's key.
-        assert_eq!(
-            outs,
-            [true, true, false, true, false, true].map(|b| Some(Ok(b)))
-        );
+        let want: Vec<Outcome> = [true, true, false, true, false, true]
+            .into_iter()
+            .map(|b| Some(Ok(b)))
+            .collect();
+        assert_eq!(outs, want);
         let sent = sent(&fake);
         assert_eq!(sent.len(), MAX_IN_FLIGHT + 2, "{sent:?}");
         assert_eq!(sent[MAX_IN_FLIGHT], ["c", "d", "taken", "e", "f"]);
@@ -455,7 +459,7 @@ mod tests {
 
     /// Holds the store until every write below is queued, so they go as
     /// one batch.
-    async fn one_batch(keys: &[&str]) -> (Vec<Option<Result<bool, String>>>, Vec<Vec<String>>) {
+    async fn one_batch(keys: &[&str]) -> (Vec<Outcome>, Vec<Vec<String>>) {
         let gate = Arc::new(Semaphore::new(0));
         let fake = Arc::new(Fake {
             gate: Some(Arc::clone(&gate)),
@@ -496,14 +500,12 @@ mod tests {
     async fn a_batch_refused_for_one_write_is_sent_again_write_by_write() {
         tokio::time::pause();
         let (outs, sent) = one_batch(&["x", "bad", "y"]).await;
-        assert_eq!(
-            outs,
-            [
-                Some(Ok(true)),
-                Some(Err("bad write".into())),
-                Some(Ok(true))
-            ]
-        );
+        let want: Vec<Outcome> = vec![
+            Some(Ok(true)),
+            Some(Err("bad write".into())),
+            Some(Ok(true)),
+        ];
+        assert_eq!(outs, want);
         assert_eq!(
             sent,
             [vec!["x", "bad", "y"], vec!["x"], vec!["bad"], vec!["y"]]
@@ -514,7 +516,8 @@ mod tests {
     async fn an_error_of_the_store_is_every_writes_error() {
         tokio::time::pause();
         let (outs, sent) = one_batch(&["x", "down", "y"]).await;
-        assert_eq!(outs, [(); 3].map(|_| Some(Err("store down".into()))));
+        let want: Vec<Outcome> = vec![Some(Err("store down".into())); 3];
+        assert_eq!(outs, want);
         assert_eq!(sent, [vec!["x", "down", "y"]]);
     }
 }
