@@ -534,4 +534,17 @@ pub struct BenchArgs {
     /// once per application: NAME=URI,NAME=URI,... (default: health checks).
     #[arg(long, value_delimiter = ',')]
     pub fanout: Vec<String>,
+    /// Measure etcd instead of a gateway: the etcd members (comma-separated
+    /// client URLs, plaintext) that --etcd-txn writes to.
+    #[arg(long, value_delimiter = ',', value_name = "URL", requires = "etcd_txn")]
+    pub etcd: Vec<String>,
+    /// With --etcd: N create-if-absent transactions, one after the other,
+    /// each on a new key with a reservation-sized value (keys under
+    /// /proofgate/bench/, deleted at the end); prints txn/s, mean, p50, p99.
+    #[arg(long, value_name = "N", requires = "etcd")]
+    pub etcd_txn: Option<usize>,
+    /// With --etcd-txn: B writes nested in each transaction (1-64), as the
+    /// nodes batch reservation writes under load.
+    #[arg(long, value_name = "B", default_value_t = 1, requires = "etcd_txn")]
+    pub etcd_batch: usize,
 }

@@ -8,6 +8,15 @@ use crate::bench::{self, BenchOptions};
 /// `proofgate bench`: runs the baseline and submission phases; the report
 /// has one line per phase.
 pub async fn run(args: BenchArgs) -> Result<Report, CliError> {
+    if let Some(transactions) = args.etcd_txn {
+        let options = crate::cluster::ClusterOptions::new(args.etcd).validated()?;
+        let measured =
+            crate::cluster::txn_bench::run(&options, transactions.max(1), args.etcd_batch).await?;
+        return Ok(Report {
+            text: format!("{measured}\n"),
+            ..Report::default()
+        });
+    }
     let mut fanout = Vec::with_capacity(args.fanout.len());
     for item in args.fanout {
         let Some((name, uri)) = item.split_once('=') else {

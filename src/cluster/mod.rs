@@ -22,11 +22,13 @@
 //! `operations`; it names no module above the leaves, so the node's state
 //! (tree size, policy version) is handed in as a [`ProgressFn`].
 
+pub mod batch;
 pub mod directory;
 pub mod logs;
 mod reservations;
 mod session;
 pub mod shared;
+pub mod txn_bench;
 
 pub use directory::{list_nodes, render_table, ListedNode, NodeRecord};
 pub use logs::{list_logs, publish_log, KnownLog};

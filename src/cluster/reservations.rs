@@ -30,6 +30,7 @@ use std::time::Duration;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 use serde::{Deserialize, Serialize};
 
+use super::batch::{BatchError, Batcher, Limits};
 use super::session::Shared;
 use super::{bounded, ClusterError};
 
@@ -109,6 +110,8 @@ struct Inner {
     digest_key: String,
     /// Hour bucket → its lease.
     buckets: Mutex<HashMap<u64, i64>>,
+    /// Every write goes through it: one etcd transaction per batch.
+    batcher: Batcher<Txn, Outcome, ClusterError>,
 }
 
 impl Reservations {
@@ -120,11 +123,12 @@ impl Reservations {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                shared,
+                shared: Arc::clone(&shared),
                 node_id,
                 window,
                 digest_key,
                 buckets: Mutex::new(HashMap::new()),
+                batcher: Batcher::start_with(EtcdTxns(Arc::clone(&shared)), Limits::from_env()),
             }),
         }
     }
@@ -173,19 +177,33 @@ impl Reservations {
         Ok(held.digest == hex::encode(digest))
     }
 
-    /// One transaction; an etcd error (e.g. the member this client talked
-    /// to just died) is tried once more after a short pause, on whichever member the
-    /// client reaches then. Every transaction here compares before it
-    /// writes, so a second try never writes twice; a first try whose answer
-    /// was lost shows as a failed compare, which the callers check.
-    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, ClusterError> {
+    /// One transaction, through the batcher (with the writes of concurrent
+    /// submissions when etcd is busy; alone and at once when it is idle). An
+    /// etcd error (e.g. the member this client talked to just died) is tried
+    /// once more after a short pause, on whichever member the client reaches
+    /// then. Every transaction here compares before it writes, so a second
+    /// try never writes twice; a first try whose answer was lost shows as a
+    /// failed compare, which the callers check.
+    async fn txn(&self, key: &str, txn: Txn) -> Result<Outcome, ClusterError> {
         let shared = &self.inner.shared;
-        let mut result = bounded(&shared.options, shared.client.clone().txn(txn.clone())).await;
+        let once = || async {
+            self.inner
+                .batcher
+                .write(key.to_owned(), txn.clone())
+                .await
+                .unwrap_or_else(|| {
+                    Err(ClusterError::Timeout {
+                        endpoints: shared.options.endpoints_text(),
+                        timeout: super::CALL_TIMEOUT,
+                    })
+                })
+        };
+        let mut result = once().await;
         if let Err(ClusterError::Etcd { source, .. }) = &result {
             tracing::debug!(error = %source, "etcd transaction failed; trying once more");
             // Time for the client to drop a connection that just broke.
             tokio::time::sleep(RETRY_PAUSE).await;
-            result = bounded(&shared.options, shared.client.clone().txn(txn)).await;
+            result = once().await;
         }
         if let Err(ClusterError::Etcd { source, .. }) = &result {
             if source.to_string().contains("lease not found") {
@@ -194,6 +212,12 @@ impl Reservations {
             }
         }
         result
+    }
+
+    /// (etcd transactions, reservation writes) this node has sent: under
+    /// load one transaction carries several writes.
+    pub fn etcd_counts(&self) -> (u64, u64) {
+        self.inner.batcher.counts()
     }
 
     /// One read (`get` with `options`), tried once more after a short pause
@@ -271,13 +295,16 @@ impl Reservations {
                 TxnOp::get(key.as_bytes(), None),
                 TxnOp::get(shared.key.as_bytes(), None),
             ]);
-        let response = self.txn(txn).await.inspect_err(|_| shared.lost_session())?;
-        if response.succeeded() {
+        let response = self
+            .txn(&key, txn)
+            .await
+            .inspect_err(|_| shared.lost_session())?;
+        if response.succeeded {
             return Ok(Reserved::Ours {
-                revision: revision_of(&response),
+                revision: response.revision,
             });
         }
-        let (request, node) = two_gets(response);
+        let (request, node) = two_gets(response.ops);
         if node
             .as_ref()
             .is_none_or(|(_, node_lease, _)| *node_lease != lease)
@@ -327,7 +354,7 @@ impl Reservations {
                 // Keeps the lease of the hour it was reserved in.
                 Some(PutOptions::new().with_ignore_lease()),
             )]);
-        if self.txn(txn).await?.succeeded() {
+        if self.txn(&key, txn).await?.succeeded {
             return Ok(true);
         }
         // A first try that wrote, whose answer was lost, looks like this too.
@@ -354,7 +381,7 @@ impl Reservations {
                 revision,
             )])
             .and_then([TxnOp::delete(key.as_bytes(), None)]);
-        Ok(self.txn(txn).await?.succeeded())
+        Ok(self.txn(&key, txn).await?.succeeded)
     }
 
     /// Claims a reservation that is absent (it expired) as decided by this
@@ -382,7 +409,7 @@ impl Reservations {
                 record.to_json(),
                 Some(PutOptions::new().with_lease(bucket)),
             )]);
-        Ok(self.txn(txn).await?.succeeded())
+        Ok(self.txn(&key, txn).await?.succeeded)
     }
 
     /// Takes over a reservation left by a dead owner, if it is still as read
@@ -417,11 +444,14 @@ impl Reservations {
                 TxnOp::get(key.as_bytes(), None),
                 TxnOp::get(shared.key.as_bytes(), None),
             ]);
-        let response = self.txn(txn).await.inspect_err(|_| shared.lost_session())?;
-        if response.succeeded() {
-            return Ok(Some(revision_of(&response)));
+        let response = self
+            .txn(&key, txn)
+            .await
+            .inspect_err(|_| shared.lost_session())?;
+        if response.succeeded {
+            return Ok(Some(response.revision));
         }
-        let (_, node) = two_gets(response);
+        let (_, node) = two_gets(response.ops);
         if node
             .as_ref()
             .is_none_or(|(_, node_lease, _)| *node_lease != lease)
@@ -537,6 +567,110 @@ impl Reservations {
     }
 }
 
+/// One write's answer: which branch its transaction took, the answers of
+/// that branch's operations, and the revision of the transaction (a write
+/// that succeeded has it as its key's mod revision).
+#[derive(Debug)]
+pub(super) struct Outcome {
+    succeeded: bool,
+    ops: Vec<TxnOpResponse>,
+    revision: i64,
+}
+
+/// Sends the batcher's writes to etcd: one write as its own transaction,
+/// several nested in one.
+struct EtcdTxns(Arc<Shared>);
+
+impl super::batch::Send<Txn, Outcome, ClusterError> for EtcdTxns {
+    async fn send(&self, ops: Vec<Txn>) -> Result<Vec<Outcome>, BatchError<ClusterError>> {
+        let shared = &self.0;
+        let single = ops.len() == 1;
+        let txn = match <[Txn; 1]>::try_from(ops) {
+            Ok([txn]) => txn,
+            Err(ops) => Txn::new().and_then(ops.into_iter().map(TxnOp::txn).collect::<Vec<_>>()),
+        };
+        let response = bounded(&shared.options, shared.client.clone().txn(txn))
+            .await
+            .map_err(|e| {
+                if refused_for_a_write(&e) {
+                    BatchError::Refused(e)
+                } else {
+                    BatchError::Shared(e)
+                }
+            })?;
+        let revision = revision_of(&response);
+        if single {
+            return Ok(vec![Outcome {
+                succeeded: response.succeeded(),
+                ops: response.op_responses(),
+                revision,
+            }]);
+        }
+        Ok(response
+            .op_responses()
+            .into_iter()
+            .map(|op| match op {
+                TxnOpResponse::Txn(nested) => Outcome {
+                    succeeded: nested.succeeded(),
+                    ops: nested.op_responses(),
+                    revision,
+                },
+                // etcd answers a nested transaction with its answer; anything
+                // else reads as a failed compare with nothing read, which
+                // the callers treat as "read it again".
+                _ => Outcome {
+                    succeeded: false,
+                    ops: Vec::new(),
+                    revision,
+                },
+            })
+            .collect())
+    }
+
+    fn copy(&self, error: &ClusterError) -> ClusterError {
+        match error {
+            ClusterError::Etcd {
+                endpoints,
+                source: etcd_client::Error::GRpcStatus(status),
+            } => ClusterError::Etcd {
+                endpoints: endpoints.clone(),
+                source: etcd_client::Error::GRpcStatus(status.clone()),
+            },
+            ClusterError::Timeout { endpoints, timeout } => ClusterError::Timeout {
+                endpoints: endpoints.clone(),
+                timeout: *timeout,
+            },
+            ClusterError::Etcd { endpoints, source } => ClusterError::Etcd {
+                endpoints: endpoints.clone(),
+                source: etcd_client::Error::Internal(source.to_string()),
+            },
+            other => ClusterError::Etcd {
+                endpoints: self.0.options.endpoints_text(),
+                source: etcd_client::Error::Internal(other.to_string()),
+            },
+        }
+    }
+}
+
+/// etcd refused the transaction for something in it (a lease it does not
+/// know, a key written twice, too many operations, too large), not because
+/// it cannot answer: each write is worth sending alone.
+fn refused_for_a_write(error: &ClusterError) -> bool {
+    matches!(
+        error,
+        ClusterError::Etcd {
+            source: etcd_client::Error::GRpcStatus(status),
+            ..
+        } if matches!(
+            status.code(),
+            tonic::Code::InvalidArgument
+                | tonic::Code::NotFound
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::OutOfRange
+        )
+    )
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -549,8 +683,8 @@ fn revision_of(response: &etcd_client::TxnResponse) -> i64 {
 type Read = Option<(Vec<u8>, i64, i64)>;
 
 /// The two gets of a failed transaction's else branch.
-fn two_gets(response: etcd_client::TxnResponse) -> (Read, Read) {
-    let mut reads = response.op_responses().into_iter().map(|op| match op {
+fn two_gets(ops: Vec<TxnOpResponse>) -> (Read, Read) {
+    let mut reads = ops.into_iter().map(|op| match op {
         TxnOpResponse::Get(get) => get
             .kvs()
             .first()

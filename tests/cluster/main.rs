@@ -5,6 +5,7 @@
 //! decided meanwhile, recovery without a restart.
 
 mod audit;
+mod batching;
 #[path = "../common/mod.rs"]
 mod common;
 mod etcd;
