@@ -920,7 +920,12 @@ mod tests {
     fn usage_counts_keys_and_bytes_per_kind_and_sizes_the_folder() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let store = AuditStore::open(&path).unwrap();
+        // Uncompressed: zeros compressed by zstd take less disk than payload.
+        let options = StoreOptions {
+            compression: false,
+            ..StoreOptions::default()
+        };
+        let store = AuditStore::open_with(&path, options).unwrap();
         store
             .db
             .insert(application_key("app-1"), vec![0u8; 100])
