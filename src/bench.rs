@@ -9,6 +9,8 @@
 //! to the next node, as a hall would; the report counts those retries and
 //! how many answers were `replayed` (the first attempt had been decided).
 
+pub mod disk;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 

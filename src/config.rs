@@ -24,6 +24,7 @@
 //! metrics_listen = "127.0.0.1:9464"   # or "off"
 //! console = "on"                      # or "off": the console at / on that listener
 //! max_in_flight = 4096
+//! store_cache_mb = 16                 # sled's page cache of the log (default 16)
 //! policy_keys = ["keys/policy-signing.vkey"]  # any: every set must be signed
 //! crls = ["proofgate-data/certs/ca.crl"]       # revoked certificates are refused
 //! certs = "pki"                 # a shared PKI folder (dev-certs --dir pki); default DATA_DIR/certs
@@ -95,6 +96,7 @@ struct FileConfig {
     metrics_listen: Option<MetricsListen>,
     console: Option<Switch>,
     max_in_flight: Option<usize>,
+    store_cache_mb: Option<u64>,
     policy_keys: Option<Vec<PathBuf>>,
     crls: Option<Vec<PathBuf>>,
     certs: Option<PathBuf>,
@@ -503,6 +505,14 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
             return Err(invalid("max_in_flight must be at least 1".into()));
         }
         serve.max_in_flight = v;
+    }
+    if let Some(mb) = parsed.store_cache_mb {
+        if mb == 0 || mb > 1 << 20 {
+            return Err(invalid(
+                "store_cache_mb must be between 1 and 1048576 (MB)".into(),
+            ));
+        }
+        serve.writer.store.cache_bytes = mb * 1024 * 1024;
     }
     let mut limits = RateLimits::default();
     for (role, rate) in parsed.rate_limits.per_role {

@@ -78,11 +78,17 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
                 vkey,
                 witnesses,
                 quorum,
+                all_signatures,
+                timing,
                 json,
                 ..
             } => {
                 let quorum = quorum.map(|quorum| cli::audit::Quorum { witnesses, quorum });
-                cli::audit::verify(&source, vkey, quorum, json)
+                let how = cli::audit::VerifyHow {
+                    all_signatures,
+                    timing,
+                };
+                cli::audit::verify_with(&source, vkey, quorum, how, json)
             }
             AuditCommand::Replay { source, json } => cli::audit::replay(&source, json),
             AuditCommand::Rebuild { data_dir, json } => cli::audit::rebuild(&data_dir, json),

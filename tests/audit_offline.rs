@@ -617,7 +617,7 @@ async fn a_rotated_key_is_followed_from_the_first_key() {
 fn open_raw(path: &std::path::Path) -> sled::Db {
     let mut attempts = 0;
     loop {
-        match sled::open(path) {
+        match proofgate::audit::sled_config(path, Default::default()).open() {
             Ok(db) => return db,
             Err(e) if attempts < 150 && e.to_string().contains("could not acquire lock") => {
                 attempts += 1;
@@ -626,4 +626,57 @@ fn open_raw(path: &std::path::Path) -> sled::Db {
             Err(e) => panic!("cannot open {}: {e}", path.display()),
         }
     }
+}
+
+/// A data folder written before issue 12 kept a full copy of each
+/// application beside its entries: such a folder still reads and rebuilds,
+/// and `migrate_projections` (run by `serve` at start) converts it to lists
+/// of entries, giving the same applications.
+#[tokio::test]
+async fn applications_stored_in_the_old_form_still_read_and_are_converted() {
+    let dir = filled_data_dir().await;
+    let path = dir.path().join("log");
+    let store = AuditStore::open(&path).unwrap();
+    let ids: Vec<String> = store
+        .entries(0, u64::MAX)
+        .filter_map(|e| AuditEntry::decode(e.unwrap().1.as_slice()).ok())
+        .filter_map(|e| match e.event {
+            Some(Event::ApplicationDecided(d)) => Some(d.application_id),
+            _ => None,
+        })
+        .collect();
+    let before: Vec<_> = ids
+        .iter()
+        .map(|id| store.application(id).unwrap().unwrap())
+        .collect();
+    assert!(before.iter().any(|a| a.receipt.is_some()));
+    drop(store);
+    {
+        // Write them back as the store kept them before: encoded, receipt included.
+        let db = open_raw(&path);
+        for app in &before {
+            db.insert(application_key(&app.application_id), app.encode_to_vec())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let store = AuditStore::open(&path).unwrap();
+    for (id, app) in ids.iter().zip(&before) {
+        assert_eq!(&store.application(id).unwrap().unwrap(), app);
+    }
+    let report = proofgate::audit::rebuild_report(&store).unwrap();
+    assert!(report.consistent(), "{report:#?}");
+    assert_eq!(
+        proofgate::audit::migrate_projections(&store).unwrap(),
+        ids.len() as u64
+    );
+    assert_eq!(proofgate::audit::migrate_projections(&store).unwrap(), 0);
+    for (id, app) in ids.iter().zip(&before) {
+        assert_eq!(&store.application(id).unwrap().unwrap(), app);
+        let raw = store.meta(&application_key(id)).unwrap().unwrap();
+        assert_eq!(raw[0], proofgate::audit::APPLICATION_CHAIN);
+    }
+    assert!(proofgate::audit::rebuild_report(&store)
+        .unwrap()
+        .consistent());
 }

@@ -28,17 +28,23 @@ pub use crate::merkle::proof::{
 use crate::merkle::{self, proof};
 pub use crate::merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
 pub use mirror::{mirror_identity, recorded_fork, MirrorError, MirrorLog, Standing};
-pub use project::{policy_version_meta, projections_of, DishonestyDays, Projection};
+pub use project::{
+    policy_version_meta, projections_of, DishonestyDays, Projection, APPLICATION_CHAIN,
+};
 pub use reader::{AuditReader, ReadError, MAX_ACCESSES, MAX_ENTRIES_PER_CALL};
 pub use rebuild::{
-    rebuild_data_dir, rebuild_report, restore_projections, KindReport, RebuildReport,
+    migrate_projections, rebuild_data_dir, rebuild_report, restore_projections, KindReport,
+    RebuildReport,
 };
 pub use records::{data_dir_records, export, file_records, LogRecord, RecordError, Records};
 pub use replay::{replay_records, Discrepancy, PolicyApproval, ReplayReport};
 pub use store::{
-    application_key, data_source_key, dishonesty_key, request_key, spot_check_key, ticket_key,
-    AuditStore, DishonestyRecord, KindUsage, SpotCheckRecord, StoreError, TicketRecord, Usage,
-    POLICY_VERSION_KEY,
+    application_key, data_source_key, dishonesty_key, request_key, sled_config, spot_check_key,
+    ticket_key, AuditStore, DishonestyRecord, KindUsage, SpotCheckRecord, StoreError, StoreOptions,
+    TicketRecord, Usage, DEFAULT_CACHE_BYTES, POLICY_VERSION_KEY,
 };
-pub use verify::{rotation_message, verify_records, Problem, VerifyReport};
+pub use verify::{
+    rotation_message, verify_records, verify_records_with, Problem, SignatureCheck, VerifyOptions,
+    VerifyReport, SIGNATURE_SAMPLE_EVERY,
+};
 pub use writer::{AuditError, AuditLog, Receipt, WriterOptions};

@@ -7,23 +7,31 @@
 //! recomputed from the entries. What an event does to an *application* is
 //! [`crate::policy::apply`]; this module only lays the result out in keys.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use prost::Message;
 
+#[cfg(test)]
 use super::merkle::Hash;
 use super::store::{
     access_key, application_key, data_source_key, dishonesty_key, request_key, spot_check_key,
-    ticket_key, DishonestyRecord, SpotCheckRecord, TicketRecord, POLICY_VERSION_KEY,
+    ticket_key, DishonestyRecord, SpotCheckRecord, StoreError, TicketRecord, POLICY_VERSION_KEY,
 };
-use crate::pb::{audit_entry::Event, Application, AuditReceipt, ProofOutcome};
+#[cfg(test)]
+use crate::pb::AuditReceipt;
+use crate::pb::{audit_entry::Event, Application, ProofOutcome};
 
 /// One change to the store, written in the same batch as its entry.
 #[derive(Debug, Clone)]
 pub enum Projection {
-    /// The application's latest state; its receipt (this entry) is added
-    /// when it is stored.
-    Application(Box<Application>),
+    /// The entry changes this application. What is stored for it is the
+    /// list of its entries (see [`APPLICATION_CHAIN`]), not a copy of
+    /// them: `starts` when the entry decides it (a new list), else the
+    /// entry is added to the list.
+    Application {
+        id: String,
+        starts: bool,
+    },
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
     /// The entry touched this subject (for ListAccesses).
@@ -52,7 +60,10 @@ pub fn projections_of(
     let mut out = Vec::new();
     match event {
         Event::ApplicationDecided(decided) => {
-            out.extend(application.map(|a| Projection::Application(Box::new(a.clone()))));
+            out.extend(application.map(|a| Projection::Application {
+                id: a.application_id.clone(),
+                starts: true,
+            }));
             out.push(Projection::Put(
                 request_key(&decided.caller, &decided.request_id),
                 [
@@ -92,7 +103,10 @@ pub fn projections_of(
             }
         }
         Event::VerificationCompleted(completed) => {
-            out.extend(application.map(|a| Projection::Application(Box::new(a.clone()))));
+            out.extend(application.map(|a| Projection::Application {
+                id: a.application_id.clone(),
+                starts: false,
+            }));
             let department = completed
                 .answer
                 .as_ref()
@@ -105,7 +119,10 @@ pub fn projections_of(
             out.extend(pseudonym(&completed.subject_pseudonym).map(Projection::Access));
         }
         Event::VerificationOverdue(overdue) => {
-            out.extend(application.map(|a| Projection::Application(Box::new(a.clone()))));
+            out.extend(application.map(|a| Projection::Application {
+                id: a.application_id.clone(),
+                starts: false,
+            }));
             let proof = application.and_then(|a| {
                 a.proofs
                     .iter()
@@ -183,8 +200,26 @@ pub fn policy_version_meta(version: &str, signer: &str) -> Vec<u8> {
     }
 }
 
-/// The stored value of an application: its encoding followed by its
-/// receipt (field 9), which decoders accept in any position.
+/// The first byte of an application's stored value since issue 12: the
+/// indices of the entries that made it (varints, oldest first) follow. A
+/// protobuf encoding never starts with 0 (field 0 does not exist), so a
+/// value written before — the whole Application with its receipt — is told
+/// apart and still read.
+pub const APPLICATION_CHAIN: u8 = 0;
+
+/// The indices of an application chain value (after its first byte).
+pub(super) fn chain_indices(value: &[u8]) -> Option<Vec<u64>> {
+    let mut rest = value.strip_prefix(&[APPLICATION_CHAIN])?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        out.push(prost::encoding::decode_varint(&mut rest).ok()?);
+    }
+    Some(out)
+}
+
+/// The stored value of an application before issue 12: its encoding
+/// followed by its receipt (field 9), which decoders accept in any position.
+#[cfg(test)]
 pub(super) fn application_value(encoded: &[u8], index: u64, leaf: &Hash) -> Vec<u8> {
     let mut value = Vec::with_capacity(encoded.len() + 48);
     value.extend_from_slice(encoded);
@@ -199,10 +234,10 @@ pub(super) fn application_value(encoded: &[u8], index: u64, leaf: &Hash) -> Vec<
     value
 }
 
-/// A projection with its application already encoded, ready for the writer.
+/// A projection ready for the writer.
 #[derive(Debug)]
 pub(super) enum Staged {
-    Application { id: String, encoded: Vec<u8> },
+    Application { id: String, starts: bool },
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
     Access([u8; 32]),
@@ -211,15 +246,7 @@ pub(super) enum Staged {
 impl From<Projection> for Staged {
     fn from(projection: Projection) -> Self {
         match projection {
-            Projection::Application(mut app) => {
-                // The receipt is this entry's, appended when stored; an
-                // earlier one must not linger in the encoding.
-                app.receipt = None;
-                Staged::Application {
-                    id: app.application_id.clone(),
-                    encoded: app.encode_to_vec(),
-                }
-            }
+            Projection::Application { id, starts } => Staged::Application { id, starts },
             Projection::Put(k, v) => Staged::Put(k, v),
             Projection::Delete(k) => Staged::Delete(k),
             Projection::Access(p) => Staged::Access(p),
@@ -227,19 +254,48 @@ impl From<Projection> for Staged {
     }
 }
 
-/// Where staged projections land: a sled batch (the writer) or a map
-/// (`audit rebuild`).
+/// Where staged projections land: the writer's batch ([`BatchSink`]) or a
+/// map (`audit rebuild`). `get` sees what was staged before in the same sink.
 pub(super) trait Sink {
     fn insert(&mut self, key: Vec<u8>, value: Vec<u8>);
     fn remove(&mut self, key: &[u8]);
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
-impl Sink for sled::Batch {
+/// A sled batch over a store: reads see the application values staged in
+/// the batch, then the store.
+pub(super) struct BatchSink<'a> {
+    pub batch: sled::Batch,
+    staged: HashMap<Vec<u8>, Vec<u8>>,
+    db: &'a sled::Db,
+}
+
+impl<'a> BatchSink<'a> {
+    pub fn new(db: &'a sled::Db) -> Self {
+        Self {
+            batch: sled::Batch::default(),
+            staged: HashMap::new(),
+            db,
+        }
+    }
+}
+
+impl Sink for BatchSink<'_> {
     fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        sled::Batch::insert(self, key, value);
+        if key.first() == Some(&b'a') {
+            self.staged.insert(key.clone(), value.clone());
+        }
+        self.batch.insert(key, value);
     }
     fn remove(&mut self, key: &[u8]) {
-        sled::Batch::remove(self, key);
+        self.staged.remove(key);
+        self.batch.remove(key);
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(value) = self.staged.get(key) {
+            return Ok(Some(value.clone()));
+        }
+        Ok(self.db.get(key)?.map(|v| v.to_vec()))
     }
 }
 
@@ -250,14 +306,28 @@ impl Sink for BTreeMap<Vec<u8>, Vec<u8>> {
     fn remove(&mut self, key: &[u8]) {
         BTreeMap::remove(self, key);
     }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(BTreeMap::get(self, key).cloned())
+    }
 }
 
 impl Staged {
-    /// Writes this projection of entry `index` (leaf hash `leaf`) to `sink`.
-    pub(super) fn write(&self, index: u64, leaf: &Hash, sink: &mut impl Sink) {
+    /// Writes this projection of entry `index` to `sink`.
+    pub(super) fn write(&self, index: u64, sink: &mut impl Sink) -> Result<(), StoreError> {
         match self {
-            Staged::Application { id, encoded } => {
-                sink.insert(application_key(id), application_value(encoded, index, leaf))
+            Staged::Application { id, starts } => {
+                let key = application_key(id);
+                let mut value = match (*starts, sink.get(&key)?) {
+                    (false, Some(held)) if held.first() == Some(&APPLICATION_CHAIN) => held,
+                    (false, Some(_)) => {
+                        return Err(StoreError::Corrupt(format!(
+                            "application {id} is stored in the format before issue 12: run `proofgate serve` once on this folder to convert it"
+                        )))
+                    }
+                    _ => vec![APPLICATION_CHAIN],
+                };
+                prost::encoding::encode_varint(index, &mut value);
+                sink.insert(key, value)
             }
             Staged::Put(key, value) => sink.insert(key.clone(), value.clone()),
             Staged::Delete(key) => sink.remove(key),
@@ -265,5 +335,54 @@ impl Staged {
                 sink.insert(access_key(pseudonym, index).to_vec(), Vec::new())
             }
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_application_is_stored_as_the_list_of_its_entries() {
+        let mut map = BTreeMap::new();
+        let decided = Staged::Application {
+            id: "n.1".into(),
+            starts: true,
+        };
+        let completed = Staged::Application {
+            id: "n.1".into(),
+            starts: false,
+        };
+        decided.write(7, &mut map).unwrap();
+        completed.write(300, &mut map).unwrap();
+        completed.write(70_000, &mut map).unwrap();
+        let value = map.get(&application_key("n.1")).unwrap();
+        assert_eq!(value[0], APPLICATION_CHAIN);
+        assert_eq!(chain_indices(value), Some(vec![7, 300, 70_000]));
+        // A new decision under the same id starts a new list.
+        decided.write(80_000, &mut map).unwrap();
+        assert_eq!(
+            chain_indices(map.get(&application_key("n.1")).unwrap()),
+            Some(vec![80_000])
+        );
+        // A value in the format before (an encoded Application) is not a list,
+        // and a change to it is refused rather than written half-converted.
+        let old = application_value(
+            &Application {
+                application_id: "n.2".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            3,
+            &[1; 32],
+        );
+        assert_eq!(chain_indices(&old), None);
+        map.insert(application_key("n.2"), old);
+        let change = Staged::Application {
+            id: "n.2".into(),
+            starts: false,
+        };
+        assert!(change.write(9, &mut map).is_err());
     }
 }

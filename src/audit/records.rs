@@ -87,15 +87,15 @@ pub fn data_dir_records(data_dir: &Path) -> Result<Records, RecordError> {
         Err(_) => std::fs::read_to_string(data_dir.join("log.vkey"))?,
     };
     let store = AuditStore::open(&data_dir.join("log"))?;
-    let mut sizes: Vec<u64> = store
-        .checkpoints()
-        .map(|c| c.map(|(size, _)| size))
-        .collect::<Result<_, _>>()?;
-    sizes.reverse();
+    // Checkpoints are read in order alongside the entries; cosignatures are
+    // looked up per checkpoint only if any witness cosigned.
+    let cosigned = store.has_cosignatures()?;
+    let checkpoints: CheckpointIter = Box::new(store.checkpoints());
     let entries: EntryIter = Box::new(store.entries_with_leaves(0, u64::MAX));
     let mut state = DirMerge {
         store,
-        sizes,
+        cosigned,
+        checkpoints: checkpoints.peekable(),
         entries: entries.peekable(),
     };
     let first = std::iter::once(Ok(LogRecord::VerifierKey(vkey.trim().to_owned())));
@@ -132,34 +132,51 @@ fn read_ahead(
 }
 
 type EntryIter = Box<dyn Iterator<Item = Result<(u64, Hash, Vec<u8>), StoreError>> + Send>;
+type CheckpointIter = Box<dyn Iterator<Item = Result<(u64, String), StoreError>> + Send>;
 
 struct DirMerge {
     store: AuditStore,
-    /// Checkpoint sizes still to emit, largest first.
-    sizes: Vec<u64>,
+    /// Whether any checkpoint has witness cosignatures to append.
+    cosigned: bool,
+    checkpoints: std::iter::Peekable<CheckpointIter>,
     entries: std::iter::Peekable<EntryIter>,
 }
 
 impl DirMerge {
-    fn checkpoint(&mut self, size: u64) -> Result<LogRecord, RecordError> {
+    fn checkpoint(&mut self) -> Option<Result<LogRecord, RecordError>> {
+        let (size, note) = match self.checkpoints.next()? {
+            Ok(checkpoint) => checkpoint,
+            Err(e) => return Some(Err(e.into())),
+        };
+        if !self.cosigned {
+            return Some(Ok(LogRecord::Checkpoint(note)));
+        }
         // With the witnesses' cosignatures, so exports and verification carry them.
-        let note = self
-            .store
-            .cosigned_checkpoint(size)?
-            .ok_or_else(|| StoreError::Corrupt(format!("checkpoint {size} vanished")))?;
-        Ok(LogRecord::Checkpoint(note))
+        Some(
+            self.store
+                .cosigned_checkpoint(size)
+                .map_err(RecordError::from)
+                .and_then(|note| {
+                    note.ok_or_else(|| {
+                        StoreError::Corrupt(format!("checkpoint {size} vanished")).into()
+                    })
+                })
+                .map(LogRecord::Checkpoint),
+        )
     }
 
     fn next(&mut self) -> Option<Result<LogRecord, RecordError>> {
-        // A checkpoint goes before the first entry at or past its size.
-        let checkpoint_due = match (self.sizes.last(), self.entries.peek()) {
-            (Some(&size), Some(Ok((index, _, _)))) => size <= *index,
-            (Some(_), None) => true,
-            _ => false,
+        // A checkpoint goes before the first entry at or past its size; a
+        // failed read of either comes out where it happened.
+        let checkpoint_due = match (self.checkpoints.peek(), self.entries.peek()) {
+            (Some(Err(_)), _) => true,
+            (Some(Ok((size, _))), Some(Ok((index, _, _)))) => *size <= *index,
+            (Some(Ok(_)), Some(Err(_))) => false,
+            (Some(Ok(_)), None) => true,
+            (None, _) => false,
         };
         if checkpoint_due {
-            let size = self.sizes.pop()?;
-            return Some(self.checkpoint(size));
+            return self.checkpoint();
         }
         let (index, leaf, bytes) = match self.entries.next()? {
             Ok(entry) => entry,

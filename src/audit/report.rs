@@ -21,6 +21,18 @@ pub fn verify_table(report: &VerifyReport, seconds: f64) -> String {
     row(&mut out, "origin", &report.origin);
     row(&mut out, "entries", report.entries);
     row(&mut out, "checkpoints checked", report.checkpoints);
+    row(
+        &mut out,
+        "signatures checked",
+        if report.signatures_checked == report.checkpoints {
+            format!("{} (all)", report.signatures_checked)
+        } else {
+            format!(
+                "{} (the newest, the last of each key, one per 10,000 entries; --all-signatures for all)",
+                report.signatures_checked
+            )
+        },
+    );
     row(&mut out, "tree size", report.tree_size);
     row(&mut out, "root (base64)", B64.encode(report.root));
     row(&mut out, "keys in the chain", report.keys.len());
@@ -60,6 +72,7 @@ pub fn verify_json(report: &VerifyReport, seconds: f64) -> Value {
         "origin": report.origin,
         "entries": report.entries,
         "checkpoints": report.checkpoints,
+        "signatures_checked": report.signatures_checked,
         "tree_size": report.tree_size,
         "root": B64.encode(report.root),
         "keys": report.keys,

@@ -7,7 +7,7 @@
 //! | `e`    | index (u64 BE)              | leaf hash (32) then the encoded AuditEntry |
 //! | `c`    | tree size (u64 BE)          | signed checkpoint note         |
 //! | `m`    | `frontier`                  | Merkle frontier                |
-//! | `a`    | application id              | encoded Application (latest)   |
+//! | `a`    | application id              | 0, then the indices of its entries (varints); before issue 12: the encoded Application |
 //! | `r`    | caller NUL request id       | request digest (32) + app id   |
 //! | `t`    | department NUL ticket       | encoded TicketRecord           |
 //! | `d`    | department id               | encoded DataSource             |
@@ -206,8 +206,83 @@ pub fn data_source_key(department: &str) -> Vec<u8> {
 /// for good, and is reported after this wait.
 const LOCK_RELEASE_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// sled's page cache when nothing else is said: sled's own default is 1 GB,
+/// which a node fills as its log grows (227 MB after 54 k applications).
+/// 16 MB keeps the writer's working set (the right edge of the tree, the
+/// frontier, recent projections) in memory; older entries are read from the
+/// OS page cache, which the kernel can take back.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Segment size of stores created from now on (sled's default is 512 KiB):
+/// smaller segments are reclaimed sooner once their pages move on, so less
+/// dead space is kept. Existing stores keep the size they were made with.
+const NEW_STORE_SEGMENT_BYTES: usize = 256 * 1024;
+
+/// How a store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+    /// zstd compression of what sled writes, for stores created with these
+    /// options. A store keeps what it was created with (sled refuses to
+    /// change it), whatever is asked here.
+    pub compression: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            compression: true,
+        }
+    }
+}
+
+/// The storage parameters sled persisted in `path/conf` when the store was
+/// created: (segment size, compression); None for a new store. sled refuses
+/// to open a store with other values, so an existing store is always opened
+/// with its own.
+fn persisted_parameters(path: &Path) -> Option<(usize, bool)> {
+    let text = std::fs::read(path.join("conf")).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let mut segment = None;
+    let mut compression = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("segment_size: ") {
+            segment = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("use_compression: ") {
+            compression = v.trim().parse().ok();
+        }
+    }
+    Some((segment?, compression?))
+}
+
+/// The sled configuration a store at `path` is opened with: its persisted
+/// segment size and compression if it exists (sled refuses others), else
+/// those of `options` for a new one. Tools that open a store's database
+/// raw (tests that tamper with it) use this too.
+pub fn sled_config(path: &Path, options: StoreOptions) -> sled::Config {
+    let (segment, compression) =
+        persisted_parameters(path).unwrap_or((NEW_STORE_SEGMENT_BYTES, options.compression));
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(options.cache_bytes)
+        .segment_size(segment)
+        .use_compression(compression)
+        // zstd level 3: most of the gain of higher levels at a fraction of
+        // the writer's time.
+        .compression_factor(3)
+        // The writer flushes each batch itself; sled's own timer would only
+        // add flushes outside the group commit.
+        .flush_every_ms(None)
+}
+
 impl AuditStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         // sled releases its file lock only when the last background write job
         // of a dropped handle ends, on sled's own thread pool, a moment after
         // the handle is gone. So a store closed in this process may still read
@@ -215,7 +290,7 @@ impl AuditStore {
         // calling it in use.
         let deadline = std::time::Instant::now() + LOCK_RELEASE_BOUND;
         loop {
-            match Self::open_once(path) {
+            match Self::open_once(path, options) {
                 Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -224,22 +299,16 @@ impl AuditStore {
         }
     }
 
-    fn open_once(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            // The writer flushes each batch itself; sled's own timer would
-            // only add flushes outside the group commit.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match &e {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::Other
-                        && io.to_string().contains("could not acquire lock") =>
-                {
-                    StoreError::InUse(path.display().to_string())
-                }
-                _ => StoreError::Sled(e),
-            })?;
+    fn open_once(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        let db = sled_config(path, options).open().map_err(|e| match &e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::Other
+                    && io.to_string().contains("could not acquire lock") =>
+            {
+                StoreError::InUse(path.display().to_string())
+            }
+            _ => StoreError::Sled(e),
+        })?;
         Ok(Self { db })
     }
 
@@ -323,8 +392,45 @@ impl AuditStore {
             .map(|item| decode_checkpoint(item?))
     }
 
+    /// The application as of its latest entry, with that entry's receipt.
     pub fn application(&self, id: &str) -> Result<Option<Application>, StoreError> {
-        self.decode(&application_key(id))
+        self.db
+            .get(application_key(id))?
+            .map(|value| self.application_from_value(&value))
+            .transpose()
+    }
+
+    /// An application from its stored value: the list of its entries,
+    /// replayed through [`crate::policy::apply`]; or, in a store written
+    /// before issue 12, the encoded application itself.
+    pub(super) fn application_from_value(&self, value: &[u8]) -> Result<Application, StoreError> {
+        let Some(indices) = super::project::chain_indices(value) else {
+            return Application::decode(value)
+                .map_err(|e| StoreError::Corrupt(format!("application record: {e}")));
+        };
+        let mut application = Application::default();
+        let mut receipt = None;
+        for index in indices {
+            let stored = self.db.get(entry_key(index))?.ok_or_else(|| {
+                StoreError::Corrupt(format!("entry {index} of an application is missing"))
+            })?;
+            let (leaf, bytes) = split_entry(index, &stored)?;
+            let event = crate::pb::AuditEntry::decode(bytes)
+                .ok()
+                .and_then(|e| e.event)
+                .ok_or_else(|| StoreError::Corrupt(format!("entry {index} does not decode")))?;
+            if matches!(event, crate::pb::audit_entry::Event::ApplicationDecided(_)) {
+                application = Application::default();
+            }
+            crate::policy::apply(&mut application, &event)
+                .map_err(|e| StoreError::Corrupt(format!("entry {index}: {e}")))?;
+            receipt = Some(crate::pb::AuditReceipt {
+                index,
+                leaf_hash: leaf.to_vec(),
+            });
+        }
+        application.receipt = receipt;
+        Ok(application)
     }
 
     /// (request digest, application id) of an earlier request with this key.
@@ -713,6 +819,11 @@ impl AuditStore {
             .transpose()
     }
 
+    /// Whether any witness cosignature is kept.
+    pub fn has_cosignatures(&self) -> Result<bool, StoreError> {
+        Ok(!self.cosignature_tree()?.is_empty())
+    }
+
     /// The cosignature lines gathered for the checkpoint of `size`, by key id.
     pub fn cosignatures(&self, size: u64) -> Result<Vec<([u8; 4], String)>, StoreError> {
         self.cosignature_tree()?
@@ -809,7 +920,12 @@ mod tests {
     fn usage_counts_keys_and_bytes_per_kind_and_sizes_the_folder() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let store = AuditStore::open(&path).unwrap();
+        // Uncompressed: zeros compressed by zstd take less disk than payload.
+        let options = StoreOptions {
+            compression: false,
+            ..StoreOptions::default()
+        };
+        let store = AuditStore::open_with(&path, options).unwrap();
         store
             .db
             .insert(application_key("app-1"), vec![0u8; 100])

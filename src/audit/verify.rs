@@ -49,6 +49,9 @@ impl fmt::Display for Problem {
 pub struct VerifyReport {
     pub entries: u64,
     pub checkpoints: u64,
+    /// Checkpoint signatures checked (all of them, or a sample: see
+    /// [`SignatureCheck`]).
+    pub signatures_checked: u64,
     pub tree_size: u64,
     pub root: Hash,
     pub origin: String,
@@ -100,6 +103,38 @@ fn scan_entry(bytes: &[u8]) -> Option<(u64, bool)> {
     Some((index, rotation))
 }
 
+/// Which checkpoint signatures a verification checks. Every checkpoint's
+/// size and root are checked against the recomputed tree whatever is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// Every checkpoint's signature, on all cores.
+    All,
+    /// The newest checkpoint's, the last one signed by each key before a
+    /// rotation, and the first at or past each multiple of `every` entries.
+    /// The newest signature over the recomputed root authenticates every
+    /// entry, and every older checkpoint whose root matches the tree at its
+    /// size states a prefix of that signed tree; what is left unchecked is
+    /// whether the signature lines of those older notes were kept intact.
+    Sampled { every: u64 },
+}
+
+/// How [`verify_records_with`] verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyOptions {
+    pub signatures: SignatureCheck,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            signatures: SignatureCheck::All,
+        }
+    }
+}
+
+/// Entries between two sampled checkpoint signatures (`audit verify`'s default).
+pub const SIGNATURE_SAMPLE_EVERY: u64 = 10_000;
+
 /// Size stated by a note, before its signature is checked (to pick the key).
 fn stated_size(note: &str) -> Option<u64> {
     note.lines().nth(1)?.parse().ok()
@@ -119,8 +154,18 @@ struct Verifier {
     /// Records seen so far; orders problems found on different threads.
     seq: u64,
     problem_seq: u64,
-    /// Signatures are checked on a second thread, off the hashing path.
-    signatures: Option<SyncSender<SignatureJob>>,
+    /// Signatures are checked on other threads, off the hashing path.
+    signatures: Vec<SyncSender<SignatureJob>>,
+    /// Round robin over `signatures`.
+    next_checker: usize,
+    check: SignatureCheck,
+    /// Sampled: the newest checkpoint not sent for checking yet (sent at
+    /// the end, or when a rotation makes it the last of its key).
+    held: Option<SignatureJob>,
+    /// Sampled: the size of the last checkpoint sent for checking.
+    last_sampled: u64,
+    /// Signature checks asked for.
+    signatures_asked: u64,
 }
 
 impl Verifier {
@@ -131,7 +176,43 @@ impl Verifier {
         }
     }
 
-    fn entry(&mut self, index: u64, bytes: &[u8], recorded_leaf: Option<Hash>) {
+    fn send_signature(&mut self, job: SignatureJob) {
+        if self.signatures.is_empty() {
+            return;
+        }
+        self.signatures_asked += 1;
+        let n = self.next_checker % self.signatures.len();
+        self.next_checker = self.next_checker.wrapping_add(1);
+        let _ = self.signatures[n].send(job);
+    }
+
+    /// The checkpoint `job` passed its other checks: ask for its signature
+    /// as the [`SignatureCheck`] says.
+    fn ask_signature(&mut self, job: SignatureJob) {
+        match self.check {
+            SignatureCheck::All => self.send_signature(job),
+            SignatureCheck::Sampled { every } => {
+                let size = job.1;
+                let every = every.max(1);
+                if self.last_sampled == 0 || size / every > self.last_sampled / every {
+                    self.last_sampled = size;
+                    self.held = None;
+                    self.send_signature(job);
+                } else {
+                    self.held = Some(job);
+                }
+            }
+        }
+    }
+
+    /// The held checkpoint (the newest, or the last of a key) is checked.
+    fn release_held(&mut self) {
+        if let Some(job) = self.held.take() {
+            self.send_signature(job);
+        }
+    }
+
+    fn entry(&mut self, index: u64, bytes: &[u8], recorded_leaf: Option<Hash>, leaf: Hash) {
         let expected = self.frontier.size();
         if index != expected {
             let reason = if index > expected {
@@ -157,7 +238,6 @@ impl Verifier {
                 reason: format!("says it is entry {stated}: moved from its place"),
             });
         }
-        let leaf = leaf_hash(bytes);
         if recorded_leaf.is_some_and(|recorded| recorded != leaf) {
             return self.fail(Problem::Entry {
                 index,
@@ -203,6 +283,8 @@ impl Verifier {
         if let Some((effective_after, _, _)) = &self.rotation {
             if size > *effective_after {
                 if let Some((_, key, text)) = self.rotation.take() {
+                    // The last checkpoint of the old key is checked.
+                    self.release_held();
                     self.key = Some(Arc::new(key));
                     self.key_text = text.clone();
                     self.report.keys.push(text);
@@ -224,9 +306,7 @@ impl Verifier {
                 })
             }
         };
-        if let Some(signatures) = &self.signatures {
-            let _ = signatures.send((self.seq, size, note.to_owned(), key));
-        }
+        self.ask_signature((self.seq, size, note.to_owned(), key));
         if self.report.origin.is_empty() {
             self.report.origin = checkpoint.origin.clone();
         } else if self.report.origin != checkpoint.origin {
@@ -277,13 +357,20 @@ impl Verifier {
 /// Verifies a whole log. `trusted_vkey` is the key the auditor trusts; without
 /// one the key carried by the records is used (and the report says which).
 /// `progress` is called with the entries verified so far, every 100,000.
+/// Every checkpoint signature is checked ([`SignatureCheck::All`]).
 pub fn verify_records(
     records: impl Iterator<Item = Result<LogRecord, RecordError>>,
     trusted_vkey: Option<&str>,
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
 ) -> Result<VerifyReport, RecordError> {
-    let (signatures, jobs) = sync_channel::<SignatureJob>(1024);
-    let signature_checker = std::thread::spawn(move || {
+    verify_records_with(records, trusted_vkey, VerifyOptions::default(), progress)
+}
+
+/// A signature checker thread: the first bad signature it sees, by record number.
+fn signature_checker(
+    jobs: std::sync::mpsc::Receiver<SignatureJob>,
+) -> std::thread::JoinHandle<Option<(u64, Problem)>> {
+    std::thread::spawn(move || {
         for (seq, size, note, key) in jobs {
             if let Err(e) = key.verify_signature(&note) {
                 return Some((
@@ -296,11 +383,71 @@ pub fn verify_records(
             }
         }
         None
-    });
+    })
+}
+
+/// Records taken from the source at a time; their entries are hashed on
+/// two threads before they are checked in order.
+const CHUNK: usize = 1024;
+
+/// Leaf hashes of the entries of `chunk` (None for other records), the
+/// second half on another thread.
+fn leaves_of(chunk: &[Result<LogRecord, RecordError>]) -> Vec<Option<Hash>> {
+    let hash = |records: &[Result<LogRecord, RecordError>]| -> Vec<Option<Hash>> {
+        records
+            .iter()
+            .map(|r| match r {
+                Ok(LogRecord::Entry { bytes, .. }) => Some(leaf_hash(bytes)),
+                _ => None,
+            })
+            .collect()
+    };
+    if chunk.len() < 64 {
+        return hash(chunk);
+    }
+    let (first, second) = chunk.split_at(chunk.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| hash(second));
+        let mut leaves = hash(first);
+        match other.join() {
+            Ok(rest) => leaves.extend(rest),
+            // Cannot happen (hashing does not panic); hash here instead.
+            Err(_) => leaves.extend(hash(second)),
+        }
+        leaves
+    })
+}
+
+/// [`verify_records`] with a choice of which checkpoint signatures to check.
+pub fn verify_records_with(
+    mut records: impl Iterator<Item = Result<LogRecord, RecordError>>,
+    trusted_vkey: Option<&str>,
+    options: VerifyOptions,
+    mut progress: impl FnMut(u64),
+) -> Result<VerifyReport, RecordError> {
+    let checkers = match options.signatures {
+        SignatureCheck::All => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8),
+        SignatureCheck::Sampled { .. } => 1,
+    };
+    let mut senders = Vec::with_capacity(checkers);
+    let mut threads = Vec::with_capacity(checkers);
+    for _ in 0..checkers {
+        let (tx, rx) = sync_channel::<SignatureJob>(1024);
+        senders.push(tx);
+        threads.push(signature_checker(rx));
+    }
     let mut v = Verifier {
         seq: 0,
         problem_seq: u64::MAX,
-        signatures: Some(signatures),
+        signatures: senders,
+        next_checker: 0,
+        check: options.signatures,
+        held: None,
+        last_sampled: 0,
+        signatures_asked: 0,
         key: None,
         key_text: String::new(),
         rotation: None,
@@ -308,6 +455,7 @@ pub fn verify_records(
         report: VerifyReport {
             entries: 0,
             checkpoints: 0,
+            signatures_checked: 0,
             tree_size: 0,
             root: [0; 32],
             origin: String::new(),
@@ -330,39 +478,49 @@ pub fn verify_records(
             }),
         }
     }
-    for record in records {
-        if v.report.problem.is_some() {
+    let mut chunk = Vec::with_capacity(CHUNK);
+    'chunks: loop {
+        chunk.clear();
+        chunk.extend(records.by_ref().take(CHUNK));
+        if chunk.is_empty() {
             break;
         }
-        v.seq += 1;
-        match record? {
-            LogRecord::VerifierKey(key) => {
-                if v.key.is_none() {
-                    match NoteVerifier::from_vkey(&key) {
-                        Ok(parsed) => {
-                            v.key = Some(Arc::new(parsed));
-                            v.key_text = key.trim().to_owned();
-                            v.report.keys.push(v.key_text.clone());
+        let leaves = leaves_of(&chunk);
+        for (record, leaf) in chunk.drain(..).zip(leaves) {
+            if v.report.problem.is_some() {
+                break 'chunks;
+            }
+            v.seq += 1;
+            match record? {
+                LogRecord::VerifierKey(key) => {
+                    if v.key.is_none() {
+                        match NoteVerifier::from_vkey(&key) {
+                            Ok(parsed) => {
+                                v.key = Some(Arc::new(parsed));
+                                v.key_text = key.trim().to_owned();
+                                v.report.keys.push(v.key_text.clone());
+                            }
+                            Err(e) => v.fail(Problem::Log {
+                                reason: format!("the log's verifier key is unusable: {e}"),
+                            }),
                         }
-                        Err(e) => v.fail(Problem::Log {
-                            reason: format!("the log's verifier key is unusable: {e}"),
-                        }),
                     }
                 }
-            }
-            LogRecord::Entry {
-                index,
-                bytes,
-                recorded_leaf,
-            } => {
-                v.entry(index, &bytes, recorded_leaf);
-                if v.report.entries.is_multiple_of(100_000) {
-                    progress(v.report.entries);
+                LogRecord::Entry {
+                    index,
+                    bytes,
+                    recorded_leaf,
+                } => {
+                    let leaf = leaf.unwrap_or_else(|| leaf_hash(&bytes));
+                    v.entry(index, &bytes, recorded_leaf, leaf);
+                    if v.report.entries.is_multiple_of(100_000) {
+                        progress(v.report.entries);
+                    }
                 }
-            }
-            LogRecord::Checkpoint(note) => {
-                v.checkpoint(&note);
-                v.report.newest_note = note;
+                LogRecord::Checkpoint(note) => {
+                    v.checkpoint(&note);
+                    v.report.newest_note = note;
+                }
             }
         }
     }
@@ -378,8 +536,15 @@ pub fn verify_records(
         };
         v.fail(Problem::Log { reason });
     }
-    drop(v.signatures.take());
-    if let Ok(Some((seq, problem))) = signature_checker.join() {
+    // The newest checkpoint (or the one a problem stopped at) is always checked.
+    v.release_held();
+    v.report.signatures_checked = v.signatures_asked;
+    v.signatures.clear();
+    let first_bad = threads
+        .into_iter()
+        .filter_map(|t| t.join().ok().flatten())
+        .min_by_key(|(seq, _)| *seq);
+    if let Some((seq, problem)) = first_bad {
         // On the same record the signature is the first thing checked.
         if seq <= v.problem_seq {
             v.report.problem = Some(problem);

@@ -13,7 +13,7 @@ use tracing::{debug, error};
 
 use super::checkpoint::NoteSigner;
 use super::merkle::{leaf_hash, Frontier, Hash};
-use super::project::{Projection, Staged};
+use super::project::{BatchSink, Projection, Staged};
 use super::store::{checkpoint_key, stage_entry, AuditStore, StoreError, FRONTIER_KEY};
 use crate::pb::{audit_entry::Event, AuditReceipt};
 
@@ -23,6 +23,8 @@ pub struct WriterOptions {
     pub max_batch: usize,
     /// Appends waiting for the writer before appenders feel back-pressure.
     pub queue_depth: usize,
+    /// How the node's store is opened (sled's cache, compression of a new store).
+    pub store: super::store::StoreOptions,
 }
 
 impl Default for WriterOptions {
@@ -30,6 +32,7 @@ impl Default for WriterOptions {
         Self {
             max_batch: 2048,
             queue_depth: 8192,
+            store: super::store::StoreOptions::default(),
         }
     }
 }
@@ -307,7 +310,8 @@ impl Writer {
 
     fn write(&mut self, batch: &[AppendRequest]) -> Result<Vec<Receipt>, (WriteStage, StoreError)> {
         let logged_unix_ms = now_unix_ms();
-        let mut sled_batch = sled::Batch::default();
+        let db = self.store.db();
+        let mut sink = BatchSink::new(db);
         let mut receipts = Vec::with_capacity(batch.len());
         let mut nodes = Vec::with_capacity(16);
         for request in batch.iter() {
@@ -318,7 +322,7 @@ impl Writer {
                 &mut self.frontier,
                 leaf,
                 &bytes,
-                &mut sled_batch,
+                &mut sink.batch,
                 &mut nodes,
             );
             receipts.push(Receipt {
@@ -327,15 +331,16 @@ impl Writer {
                 tree_size: 0,
             });
             for projection in &request.projections {
-                projection.write(index, &leaf, &mut sled_batch);
+                projection
+                    .write(index, &mut sink)
+                    .map_err(|e| (WriteStage::Apply, e))?;
             }
         }
         let size = self.frontier.size();
         let note = self.signer.sign_checkpoint(size, &self.frontier.root());
-        sled_batch.insert(&checkpoint_key(size), note.as_bytes());
-        sled_batch.insert(FRONTIER_KEY, self.frontier.to_bytes());
-        let db = self.store.db();
-        db.apply_batch(sled_batch)
+        sink.batch.insert(&checkpoint_key(size), note.as_bytes());
+        sink.batch.insert(FRONTIER_KEY, self.frontier.to_bytes());
+        db.apply_batch(sink.batch)
             .map_err(|e| (WriteStage::Apply, e.into()))?;
         db.flush().map_err(|e| (WriteStage::Flush, e.into()))?;
         self.durable

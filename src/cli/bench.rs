@@ -17,6 +17,9 @@ pub async fn run(args: BenchArgs) -> Result<Report, CliError> {
             ..Report::default()
         });
     }
+    if let Some(applications) = args.applications {
+        return disk(args, applications).await;
+    }
     let mut fanout = Vec::with_capacity(args.fanout.len());
     for item in args.fanout {
         let Some((name, uri)) = item.split_once('=') else {
@@ -43,6 +46,29 @@ pub async fn run(args: BenchArgs) -> Result<Report, CliError> {
     let text = reports.iter().map(|r| format!("{r}\n")).collect();
     Ok(Report {
         text,
+        ..Report::default()
+    })
+}
+
+/// `proofgate bench --applications N`: a node of its own, N applications,
+/// then the figures of its data folder.
+async fn disk(args: BenchArgs, applications: u64) -> Result<Report, CliError> {
+    let options = bench::disk::DiskOptions {
+        applications,
+        pending: args.pending,
+        concurrency: args.concurrency,
+        matter: args.matter,
+        data_dir: args.data_dir,
+        keep: args.keep,
+        cache_bytes: args.cache_mb.max(1) * 1024 * 1024,
+    };
+    println!(
+        "bench: a node of its own, {applications} applications of {} ({} pending) at concurrency {}",
+        options.matter, options.pending, options.concurrency
+    );
+    let report = bench::disk::run(&options).await.map_err(CliError::Bench)?;
+    Ok(Report {
+        text: report.to_string(),
         ..Report::default()
     })
 }

@@ -84,7 +84,16 @@ pub fn open_log(
     writer: WriterOptions,
 ) -> Result<(AuditLog, PseudonymKey), LogKeyError> {
     let keys = load_or_generate_keys(&data_dir.join("keys"))?;
-    let store = AuditStore::open(&data_dir.join("log"))?;
+    let store = AuditStore::open_with(&data_dir.join("log"), writer.store)?;
+    // A store written before issue 12 keeps a copy of each application
+    // beside its entries: converted once, here, to lists of entries.
+    let converted = crate::audit::migrate_projections(&store)?;
+    if converted > 0 {
+        tracing::info!(
+            applications = converted,
+            "application projections converted to lists of entries"
+        );
+    }
     let signer = NoteSigner::new(&log_origin(node_id), keys.signing)?;
     check_signed_by(&store, &signer.verifier_key(), &data_dir.join("log"))?;
     let log = AuditLog::start(store, signer, node_id.to_owned(), writer)?;
