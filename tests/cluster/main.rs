@@ -9,6 +9,7 @@ mod audit;
 mod common;
 mod etcd;
 mod idempotency;
+mod reads;
 mod shared;
 
 use std::time::{Duration, Instant};
