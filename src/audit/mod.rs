@@ -4,6 +4,7 @@
 
 mod checkpoint;
 mod mirror;
+mod mirror_reads;
 mod project;
 mod reader;
 mod rebuild;
@@ -28,6 +29,7 @@ pub use crate::merkle::proof::{
 use crate::merkle::{self, proof};
 pub use crate::merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
 pub use mirror::{mirror_identity, recorded_fork, MirrorError, MirrorLog, Standing};
+pub use mirror_reads::{index_mirrored, mirrored_application, MirroredApplication};
 pub use project::{
     policy_version_meta, projections_of, DishonestyDays, Projection, APPLICATION_CHAIN,
 };

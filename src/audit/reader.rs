@@ -151,6 +151,19 @@ impl AuditReader {
         }
     }
 
+    /// For a mirrored log: the application `id` as the mirror holds it
+    /// (see [`super::mirrored_application`]). None for the node's own log,
+    /// whose applications the gateway answers from its projections.
+    pub fn mirrored_application(
+        &self,
+        id: &str,
+    ) -> Option<Result<super::MirroredApplication, StoreError>> {
+        match &self.source {
+            Source::Own { .. } => None,
+            Source::Mirror { store, .. } => Some(super::mirrored_application(store, id)),
+        }
+    }
+
     fn store(&self) -> &AuditStore {
         match &self.source {
             Source::Own { log, .. } => log.store(),

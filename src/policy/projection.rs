@@ -103,6 +103,7 @@ pub fn apply(
                 officer_id: decided.officer_id.clone(),
                 hall_id: decided.hall_id.clone(),
                 caller: decided.caller.clone(),
+                served_from_mirror: None,
             };
             Ok(None)
         }

@@ -63,6 +63,21 @@ impl ApplicationApi {
         }
         cluster.owner_elsewhere(id).map(|owner| (cluster, owner))
     }
+
+    /// Cluster mode: a peer forwarded a read of another node's application
+    /// here (it could not reach the owner): answered from this node's
+    /// mirror of the owner's log.
+    fn mirror_asked(
+        &self,
+        id: &str,
+        forwarded: bool,
+    ) -> Option<(&super::cluster_hook::ClusterSubmit, String)> {
+        let cluster = self.cluster.as_ref()?;
+        if !forwarded {
+            return None;
+        }
+        cluster.owner_elsewhere(id).map(|owner| (cluster, owner))
+    }
 }
 
 /// A hall may read only the applications it submitted; admins read all.
@@ -141,13 +156,33 @@ impl ApplicationService for ApplicationApi {
         let forwarded = request.extensions().get::<ForwardedBy>().is_some();
         let id = request.into_inner().application_id;
         application_id_of(&id)?;
+        if let Some((cluster, owner)) = self.mirror_asked(&id, forwarded) {
+            // A peer could not reach the owner: this node's mirror answers,
+            // with the owner's rule of who may read it.
+            let application = cluster.mirrored_here(&owner, &id)?;
+            may_read(&caller, &application)?;
+            return Ok(Response::new(application));
+        }
         if let Some((cluster, owner)) = self.owner_elsewhere(&id, forwarded) {
             // The owner checks who may read it, as for its own callers.
             let what = format!("application {id}");
-            let application = cluster
+            let application = match cluster
                 .peers()
                 .get_application(&owner, &what, &id, &caller.identity)
-                .await?;
+                .await
+            {
+                Ok(application) => application,
+                Err(down) if down.code() == tonic::Code::Unavailable => {
+                    // The owner is down: a mirror of its log answers, marked.
+                    let Some(mirrored) = cluster.from_mirror(&owner, &id, &caller.identity).await?
+                    else {
+                        return Err(down);
+                    };
+                    may_read(&caller, &mirrored)?;
+                    mirrored
+                }
+                Err(status) => return Err(status),
+            };
             return Ok(Response::new(application));
         }
         let application = self.gateway.application(&id)?;
@@ -166,10 +201,41 @@ impl ApplicationService for ApplicationApi {
         let id = request.into_inner().application_id;
         application_id_of(&id)?;
         if let Some((cluster, owner)) = self.owner_elsewhere(&id, forwarded) {
-            let stream = cluster
+            let stream = match cluster
                 .peers()
                 .watch_application(&owner, &id, &caller.identity)
-                .await?;
+                .await
+            {
+                Ok(stream) => stream,
+                Err(down) if down.code() == tonic::Code::Unavailable => {
+                    // The owner is down: its state as a mirror holds it,
+                    // then the end of the stream (a clear status when it
+                    // is not final: updates need the owner).
+                    let Some(mirrored) = cluster.from_mirror(&owner, &id, &caller.identity).await?
+                    else {
+                        return Err(down);
+                    };
+                    may_read(&caller, &mirrored)?;
+                    let ended = (!is_final(&mirrored)).then(|| {
+                        Status::from(super::mirror_reads::MirrorReadError::WatchEnded {
+                            application_id: id.clone(),
+                            owner: owner.clone(),
+                            node: mirrored
+                                .served_from_mirror
+                                .as_ref()
+                                .map(|m| m.mirror_node_id.clone())
+                                .unwrap_or_default(),
+                            tree_size: mirrored
+                                .served_from_mirror
+                                .as_ref()
+                                .map_or(0, |m| m.tree_size),
+                        })
+                    });
+                    let items = std::iter::once(Ok(mirrored)).chain(ended.map(Err));
+                    return Ok(Response::new(Box::pin(tokio_stream::iter(items))));
+                }
+                Err(status) => return Err(status),
+            };
             let what = format!("application {id}");
             // The owner's updates as they come; a broken stream says who.
             return Ok(Response::new(Box::pin(stream.map(move |item| {

@@ -57,6 +57,15 @@ impl Logs {
             .insert(origin.to_owned(), reader);
     }
 
+    /// The mirror of `origin` kept here, if any (never the node's own log).
+    pub fn mirror(&self, origin: &str) -> Option<AuditReader> {
+        self.mirrors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(origin)
+            .cloned()
+    }
+
     /// The node's own origin.
     pub fn own_origin(&self) -> &str {
         &self.own_origin

@@ -16,8 +16,9 @@ use tonic::Status;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
+use super::mirror_reads::{MirrorReadError, MirrorReads};
 use super::peers::Peers;
-use super::{ApplicationApi, ServeError};
+use super::{ApplicationApi, Logs, ServeError};
 use crate::audit::AuditLog;
 use crate::cluster::{
     ClusterError, ClusterOptions, NodeRecord, Progress, ProgressFn, Reservations, Reserved, Session,
@@ -83,6 +84,7 @@ pub(super) async fn join(
         reservations,
         gateway: Arc::clone(gateway),
         deciding: Arc::new(Mutex::new(HashSet::new())),
+        mirrors: None,
     };
     // Orphans of an earlier run are settled (superseded, or confirmed)
     // before this node answers anything, as far as etcd lets it now; what
@@ -163,6 +165,9 @@ pub(super) struct ClusterSubmit {
     /// marking now; a reservation of this node's session not in here is
     /// left over from a failed attempt and may be taken over by this node.
     deciding: Arc<Mutex<HashSet<(String, String)>>>,
+    /// This node's mirrors of other nodes' logs: reads of a down node's
+    /// applications ([`super::mirror_reads`]). None until the node serves.
+    mirrors: Option<MirrorReads>,
 }
 
 /// Leaves [`ClusterSubmit::deciding`] however the attempt ends.
@@ -413,9 +418,100 @@ impl ClusterSubmit {
             return Ok(self.gateway.application(application_id)?);
         }
         let what = format!("request `{request_id}` (application {application_id})");
-        self.peers
+        match self
+            .peers
             .get_application(owner, &what, application_id, caller)
             .await
+        {
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                // The owner is down: its decision as a mirror holds it.
+                match self.from_mirror(owner, application_id, caller).await? {
+                    Some(application) if application.caller == caller => Ok(application),
+                    _ => Err(status),
+                }
+            }
+            answered => answered,
+        }
+    }
+
+    /// `application_id` of `owner` (down, or unreachable from here) from a
+    /// verified mirror of its log, marked as served from a mirror: this
+    /// node's own mirror first, then each other live node (by node id),
+    /// which answers a forwarded read of an application it does not own
+    /// from its mirror. Ok(None): no mirror holds it now. A refusal by a
+    /// mirror (another hall's application) is returned as it is. Who may
+    /// read what is checked by the caller for this node's mirror.
+    pub(super) async fn from_mirror(
+        &self,
+        owner: &str,
+        application_id: &str,
+        caller: &str,
+    ) -> Result<Option<Application>, Status> {
+        let Some(mirrors) = &self.mirrors else {
+            return Ok(None);
+        };
+        match mirrors.local(owner, application_id) {
+            Ok(application) => return Ok(Some(application)),
+            Err(e @ MirrorReadError::Store { .. }) => {
+                warn!(error = %e, "mirror unreadable; asking the other nodes' mirrors")
+            }
+            Err(e) => tracing::debug!(reason = %e, "not answered by this node's mirror"),
+        }
+        let mut others = match self.reservations.other_nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::debug!(error = %e, "node directory unreadable; no other mirror asked");
+                return Ok(None);
+            }
+        };
+        others.retain(|node| node != owner);
+        others.sort();
+        let what = format!("application {application_id} (from its mirror)");
+        for node in others {
+            match self
+                .peers
+                .get_application(&node, &what, application_id, caller)
+                .await
+            {
+                // Only a marked answer: a node that answers unmarked would
+                // claim to own another node's application.
+                Ok(application)
+                    if application.served_from_mirror.is_some()
+                        && application.application_id == application_id =>
+                {
+                    return Ok(Some(application))
+                }
+                Ok(_) => continue,
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::NotFound | tonic::Code::Unavailable | tonic::Code::Internal
+                    ) =>
+                {
+                    continue
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Ok(None)
+    }
+
+    /// A peer's forwarded read of `owner`'s application, answered from
+    /// this node's mirror of the owner's log (or why not). Who may read it
+    /// is the caller's check.
+    pub(super) fn mirrored_here(
+        &self,
+        owner: &str,
+        application_id: &str,
+    ) -> Result<Application, MirrorReadError> {
+        match &self.mirrors {
+            Some(mirrors) => mirrors.local(owner, application_id),
+            None => Err(MirrorReadError::NotMirroredHere {
+                application_id: application_id.to_owned(),
+                node: self.reservations.node_id().to_owned(),
+                origin: crate::security::log_origin(owner),
+            }),
+        }
     }
 }
 
@@ -531,6 +627,16 @@ async fn settle(submit: &ClusterSubmit, caller: &str, request_id: &str) -> Resul
 impl Joined {
     pub(super) fn submit(&self) -> ClusterSubmit {
         self.submit.clone()
+    }
+
+    /// Reads of a down node's applications are answered from the mirrors
+    /// in `logs` (this node's), and this node answers its peers' from them.
+    pub(super) fn serve_mirrors(mut self, logs: Logs) -> Self {
+        self.submit.mirrors = Some(MirrorReads::new(
+            self.submit.reservations.node_id().to_owned(),
+            logs,
+        ));
+        self
     }
 
     /// True while the node's etcd session is live.

@@ -609,7 +609,14 @@ async fn round(
         return;
     }
     match pull(&mut client, &peer.url, &origin, log).await {
-        Ok(size) => metrics.mirror_pull(&origin, "ok", size),
+        Ok(size) => {
+            metrics.mirror_pull(&origin, "ok", size);
+            // Reads of the origin's applications find them by this index
+            // (brought up to date by a read too, if this fails).
+            if let Err(e) = crate::audit::index_mirrored(log.store()) {
+                warn!(%origin, error = %e, "mirror's application index not updated");
+            }
+        }
         Err(e) if e.is_fork() => {
             error!(%origin, url = %peer.url, error = %e, "MIRROR REFUSED A FORK: mirroring this log stopped");
             metrics.mirror_pull(&origin, "fork", log.verified_size().unwrap_or(0));

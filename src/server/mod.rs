@@ -17,6 +17,7 @@ pub mod console;
 pub mod cosign;
 pub mod http;
 pub mod mirror;
+mod mirror_reads;
 mod operations;
 mod peers;
 mod registry;
@@ -855,6 +856,14 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         }
         None => None,
     };
+    // The logs this node serves: its own, and those it mirrors (added as
+    // the mirrors open). In a cluster they also answer reads of a down
+    // node's applications (`mirror_reads`).
+    let logs = Logs::new(
+        crate::security::log_origin(&options.node_id),
+        AuditReader::new(log.clone(), pseudonyms.clone()).with_witnesses(witness_ids),
+    );
+    let cluster = cluster.map(|joined| joined.serve_mirrors(logs.clone()));
     let (shared_sources, cluster) = match (&options.cluster, cluster) {
         (Some(options), Some(joined)) => {
             match cluster_shared::start(options, joined.live(), &directory, &gateway).await {
@@ -889,10 +898,6 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             "proofgate.v1.DepartmentRegistry",
             &["department", "admin", "auditor"],
         ),
-    );
-    let logs = Logs::new(
-        crate::security::log_origin(&options.node_id),
-        AuditReader::new(log.clone(), pseudonyms.clone()).with_witnesses(witness_ids),
     );
     let audit = InterceptedService::new(
         AuditServiceServer::new(AuditApi::new(logs.clone()).with_cluster(options.cluster.clone()))

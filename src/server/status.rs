@@ -22,6 +22,8 @@ use crate::gateway::GatewayError;
 use crate::merkle::ProofError;
 use crate::operations::OperationsError;
 
+use super::mirror_reads::MirrorReadError;
+
 /// INVALID_ARGUMENT: `message` for people, one BadRequest field violation
 /// per `(field, description)` for programs.
 pub fn invalid_argument(
@@ -212,6 +214,23 @@ impl From<ClusterError> for Status {
             | ClusterError::ReadTls { .. }
             | ClusterError::DigestKeyMismatch { .. }
             | ClusterError::BadRecord { .. } => internal(&e),
+        }
+    }
+}
+
+impl From<MirrorReadError> for Status {
+    fn from(e: MirrorReadError) -> Self {
+        match &e {
+            // Asked of a node as one possible mirror: the asker tries the
+            // next one.
+            MirrorReadError::NotMirroredHere { .. } | MirrorReadError::NotInMirror { .. } => {
+                Status::not_found(e.to_string())
+            }
+            MirrorReadError::Store { .. } => internal(&e),
+            // The watcher watches again later, at any node.
+            MirrorReadError::WatchEnded { .. } => {
+                unavailable_retry(e.to_string(), CLUSTER_RETRY_AFTER)
+            }
         }
     }
 }

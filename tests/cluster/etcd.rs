@@ -290,6 +290,18 @@ pub fn spawn_pki_node_without_mocks(
     spawn_node_on(etcd, node_id, data_dir, "127.0.0.1:0", Some(certs), &[])
 }
 
+/// [`spawn_pki_node_without_mocks`] with more `serve` arguments (kept by a
+/// restart).
+pub fn spawn_pki_node_with(
+    etcd: &str,
+    node_id: &str,
+    data_dir: &Path,
+    certs: &Path,
+    extra: &[&str],
+) -> Node {
+    spawn_node_on(etcd, node_id, data_dir, "127.0.0.1:0", Some(certs), extra)
+}
+
 /// Restarts a node that was killed, on its data and its address (so
 /// clients' channels reconnect to it by themselves).
 pub fn restart_node(etcd: &str, node_id: &str, old: &Node) -> Node {

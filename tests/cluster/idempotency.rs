@@ -617,7 +617,8 @@ async fn the_bench_spreads_over_the_nodes_and_retries_elsewhere_when_one_dies() 
 /// Owner routing (issue 10, item 6): GetApplication and WatchApplication of
 /// another node's application, asked at any node, are answered by its owner
 /// for the caller who asked (the owner checks who may read it); with the
-/// owner down, UNAVAILABLE names it, with a retry hint.
+/// owner down, node 2's mirror of node 1's log answers, marked, and what no
+/// mirror holds is UNAVAILABLE naming the owner, with a retry hint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_and_watches_at_any_node_are_answered_by_the_owner() {
     let Some(etcd) = EtcdCluster::start().await else {
@@ -684,11 +685,47 @@ async fn reads_and_watches_at_any_node_are_answered_by_the_owner() {
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
 
-    // Owner down: UNAVAILABLE naming it, with a retry hint.
+    // Owner down: node 2 mirrors node 1 (by default, the next node id,
+    // wrapping around); once its mirror has node 1's newest checkpoint, it
+    // answers for node 1, marked.
+    let target = tree_size_of(&n1).await;
+    let auditor2 = connect_with(&n2.endpoint, &n2.certs(), AUDITOR).await;
+    let started = Instant::now();
+    loop {
+        let mirrored = AuditServiceClient::new(auditor2.clone())
+            .get_checkpoint(GetCheckpointRequest {
+                origin: "proofgate/node-1".into(),
+                ..Default::default()
+            })
+            .await
+            .map_or(0, |r| r.into_inner().tree_size);
+        if mirrored >= target {
+            break;
+        }
+        assert!(started.elapsed() < BOUND, "node 2 never mirrored node 1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     n1.kill();
-    let down = ApplicationServiceClient::new(hall2.clone())
+    let mirrored = ApplicationServiceClient::new(hall2.clone())
         .get_application(GetApplicationRequest {
             application_id: decided.application_id.clone(),
+        })
+        .await
+        .expect("read from node 2's mirror")
+        .into_inner();
+    let mark = mirrored.served_from_mirror.clone().expect("marked");
+    assert_eq!(mark.mirror_node_id, "node-2");
+    assert_eq!(
+        Application {
+            served_from_mirror: None,
+            ..mirrored
+        },
+        last
+    );
+    // What no mirror holds: UNAVAILABLE naming the owner, with a retry hint.
+    let down = ApplicationServiceClient::new(hall2.clone())
+        .get_application(GetApplicationRequest {
+            application_id: "node-1.000000000000000000000001".into(),
         })
         .await
         .unwrap_err();

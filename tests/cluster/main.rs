@@ -10,6 +10,7 @@ mod batching;
 mod common;
 mod etcd;
 mod idempotency;
+mod reads;
 mod shared;
 
 use std::time::{Duration, Instant};

@@ -83,10 +83,10 @@ impl SharedSetup {
 }
 
 /// `proofgate mock-department NAME --gateway A,B,C --certs PKI`, until drop.
-struct MockProcess(Child);
+pub(super) struct MockProcess(Child);
 
 impl MockProcess {
-    fn start(name: &str, gateways: &[&str], pki: &Path) -> Self {
+    pub(super) fn start(name: &str, gateways: &[&str], pki: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_proofgate"))
             .args(["mock-department", name, "--gateway", &gateways.join(",")])
             .arg("--certs")
