@@ -11,11 +11,10 @@
 //! rare and signed one by one.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use prost::Message;
-use ring::digest::SHA256;
+use ring::digest::{digest, SHA256};
 use ring::signature::{Ed25519KeyPair, UnparsedPublicKey, ED25519};
 use tokio::sync::{mpsc, oneshot};
 
@@ -71,70 +70,33 @@ fn root_message(root: &[u8]) -> Vec<u8> {
 
 type SignRequest = (Vec<u8>, oneshot::Sender<(Vec<u8>, AnswerBatchProof)>);
 
-/// Most times the signer lets announced answers catch up before it signs
-/// what it has (each a `yield_now`: microseconds, never a timer).
-const MAX_CATCH_UP: usize = 8;
-
 /// Signs answers in batches on one task. Batching is adaptive, like group
-/// commit: the batch grows with the load and never waits when idle. A
-/// handler announces its answer when it starts building it
-/// ([`BatchSigner::announce`]); the signer takes every answer already
-/// queued and, while announced answers are still on their way, yields (a
-/// bounded number of times) so they join the batch. Alone, an answer is
-/// signed at once; under load, the answers in flight share one signature
-/// here and one verification at the gateway.
+/// commit: the signer takes every answer already queued and signs at once,
+/// never waiting for company. Alone, an answer is signed immediately; under
+/// load, the answers that queue while one batch is signed form the next, so a
+/// burst costs one signature here and one verification at the gateway.
 #[derive(Clone)]
 pub struct BatchSigner {
     tx: mpsc::Sender<SignRequest>,
-    /// Answers announced and not yet taken by the signer.
-    coming: Arc<AtomicUsize>,
-}
-
-/// An answer on its way to the signer (see [`BatchSigner::announce`]).
-/// Dropped without signing (the handler failed), it is no longer awaited.
-pub struct Announced {
-    coming: Option<Arc<AtomicUsize>>,
-}
-
-impl Drop for Announced {
-    fn drop(&mut self) {
-        if let Some(coming) = self.coming.take() {
-            coming.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
 }
 
 impl BatchSigner {
-    pub fn start(key: Arc<Ed25519KeyPair>) -> Self {
+    pub fn start(key: std::sync::Arc<Ed25519KeyPair>) -> Self {
         let (tx, mut rx) = mpsc::channel::<SignRequest>(4 * MAX_BATCH);
-        let coming = Arc::new(AtomicUsize::new(0));
-        let announced = Arc::clone(&coming);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while let Some(first) = rx.recv().await {
                 batch.push(first);
-                let mut catch_up = 0;
-                loop {
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(next) => batch.push(next),
-                            Err(_) => break,
-                        }
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
                     }
-                    // Queued answers were announced: taken, they are no
-                    // longer on their way. What remains is still coming.
-                    let still_coming = announced.load(Ordering::Acquire);
-                    if batch.len() >= MAX_BATCH || still_coming == 0 || catch_up >= MAX_CATCH_UP {
-                        break;
-                    }
-                    catch_up += 1;
-                    tokio::task::yield_now().await;
                 }
                 let leaves: Vec<Hash> = batch.iter().map(|(bytes, _)| leaf_hash(bytes)).collect();
                 let root = root_of(&leaves);
                 let signature = key.sign(&root_message(&root)).as_ref().to_vec();
                 let size = leaves.len() as u64;
-                tracing::debug!(size, catch_up, "answer batch signed");
                 for (index, (_, reply)) in batch.drain(..).enumerate() {
                     let path = inclusion_proof(&LeafHashes(&leaves), index as u64, size)
                         .unwrap_or_default()
@@ -151,39 +113,16 @@ impl BatchSigner {
                 }
             }
         });
-        Self { tx, coming }
-    }
-
-    /// Says an answer is being built and will be signed soon, so a batch
-    /// being formed waits for it (a few yields at most). Call it when the
-    /// answer's work starts; hand the result to [`Self::sign_announced`].
-    pub fn announce(&self) -> Announced {
-        self.coming.fetch_add(1, Ordering::AcqRel);
-        Announced {
-            coming: Some(Arc::clone(&self.coming)),
-        }
+        Self { tx }
     }
 
     /// Signs `answer` in place (signature and batch proof).
     pub async fn sign<M: BatchSigned>(&self, answer: &mut M) -> Result<(), &'static str> {
-        self.sign_announced(self.announce(), answer).await
-    }
-
-    /// Signs an announced answer in place.
-    pub async fn sign_announced<M: BatchSigned>(
-        &self,
-        mut announced: Announced,
-        answer: &mut M,
-    ) -> Result<(), &'static str> {
         let (reply, signed) = oneshot::channel();
-        let bytes = answer.signing_bytes();
-        let permit = self.tx.reserve().await.map_err(|_| "signer stopped")?;
-        // Queued and no longer coming, in one step as the signer sees it:
-        // the count falls only once the answer is in the queue.
-        permit.send((bytes, reply));
-        if let Some(coming) = announced.coming.take() {
-            coming.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.tx
+            .send((answer.signing_bytes(), reply))
+            .await
+            .map_err(|_| "signer stopped")?;
         let (signature, proof) = signed.await.map_err(|_| "signer stopped")?;
         answer.set_proof(signature, proof);
         Ok(())
@@ -219,13 +158,11 @@ impl AnswerVerifier {
         }
         // Cache by (key, root, signature): a root verified under one key or
         // signature says nothing about another.
-        let cache_key: [u8; 32] = {
-            let mut context = ring::digest::Context::new(&SHA256);
-            context.update(public_key);
-            context.update(&root);
-            context.update(answer.signature());
-            context.finish().as_ref().try_into().unwrap_or([0; 32])
-        };
+        let cache_key: [u8; 32] =
+            digest(&SHA256, &[public_key, &root, answer.signature()].concat())
+                .as_ref()
+                .try_into()
+                .unwrap_or([0; 32]);
         {
             let cache = self
                 .verified_roots
@@ -238,7 +175,6 @@ impl AnswerVerifier {
         let valid = UnparsedPublicKey::new(&ED25519, public_key)
             .verify(&root_message(&root), answer.signature())
             .is_ok();
-        tracing::debug!(valid, size = batch.size, "answer batch root verified");
         if valid {
             let mut cache = self
                 .verified_roots
@@ -347,36 +283,6 @@ mod tests {
         assert_eq!(tokio::time::Instant::now(), started, "the signer waited");
         assert_eq!(a.batch.as_ref().unwrap().size, 1);
         assert!(AnswerVerifier::default().verify(department_key.public_key().as_ref(), &a));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn answers_in_flight_share_one_batch_and_a_dropped_announcement_is_not_awaited() {
-        let department_key = key();
-        let signer = BatchSigner::start(Arc::clone(&department_key));
-        // Ten handlers have started their answers; the first reaches the
-        // signer before the others are built.
-        let announced: Vec<Announced> = (0..10).map(|_| signer.announce()).collect();
-        let mut handles = Vec::new();
-        for (i, announcement) in announced.into_iter().enumerate() {
-            let signer = signer.clone();
-            handles.push(tokio::spawn(async move {
-                let mut a = answer(&format!("n{i}"));
-                signer.sign_announced(announcement, &mut a).await.unwrap();
-                a
-            }));
-        }
-        let started = tokio::time::Instant::now();
-        for h in handles {
-            let a = h.await.unwrap();
-            assert_eq!(a.batch.as_ref().unwrap().size, 10, "one batch for all");
-            assert!(AnswerVerifier::default().verify(department_key.public_key().as_ref(), &a));
-        }
-        // A handler that failed after announcing is not waited for.
-        drop(signer.announce());
-        let mut alone = answer("alone");
-        signer.sign(&mut alone).await.unwrap();
-        assert_eq!(alone.batch.as_ref().unwrap().size, 1);
-        assert_eq!(tokio::time::Instant::now(), started, "no timer was used");
     }
 
     #[test]

@@ -288,15 +288,13 @@ impl DepartmentDirectory {
         // revocation lists expired) is not asked, even over a connection
         // opened before: what it says can no longer be trusted.
         if let Some(tls) = &self.client_tls {
-            // Judged under the lock rather than on a copy of the chain: no
-            // allocation per call.
-            let refusal = match source
+            let peer = source
                 .peer
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .as_deref()
-            {
-                Some(chain) => tls.server_refusal(chain, &department_identity(department)),
+                .clone();
+            let refusal = match peer {
+                Some(chain) => tls.server_refusal(&chain, &department_identity(department)),
                 None => tls.crl_problem().map(|_| Refusal::CrlsExpired),
             };
             // Logged by the TLS once per certificate and load (an expiry

@@ -138,9 +138,6 @@ impl DepartmentService for Arc<MockDepartment> {
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
         self.before_answer().await?;
-        // From here to the signature nothing waits: a batch being formed
-        // may wait for this answer.
-        let announced = self.signer().announce();
         let request = request.into_inner();
         let subject = request
             .subject
@@ -169,7 +166,7 @@ impl DepartmentService for Arc<MockDepartment> {
             ..Default::default()
         };
         self.signer()
-            .sign_announced(announced, &mut answer)
+            .sign(&mut answer)
             .await
             .map_err(Status::internal)?;
         Ok(Response::new(answer))
@@ -180,7 +177,6 @@ impl DepartmentService for Arc<MockDepartment> {
         request: Request<VerifyRequest>,
     ) -> Result<Response<VerifyResponse>, Status> {
         self.before_answer().await?;
-        let announced = self.signer().announce();
         let request = request.into_inner();
         let subject = request
             .subject
@@ -217,7 +213,7 @@ impl DepartmentService for Arc<MockDepartment> {
             }
         }
         self.signer()
-            .sign_announced(announced, &mut answer)
+            .sign(&mut answer)
             .await
             .map_err(Status::internal)?;
         Ok(Response::new(answer))
