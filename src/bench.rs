@@ -3,6 +3,10 @@
 //! health checks against the same server over the same connection, so the
 //! figures carry their own yardstick.
 //!
+//! With `--baseline relay` the yardstick is a minimal relay started in the
+//! same run ([`relay`]): the gateway's hops (hall → relay → the same
+//! department processes, same mutual TLS) with none of its work.
+//!
 //! With several endpoints (the nodes of a cluster) the workers are spread
 //! over them, and a worker whose node does not answer (UNAVAILABLE, a broken
 //! connection, no answer in time) sends the same request — same request_id —
@@ -10,6 +14,7 @@
 //! how many answers were `replayed` (the first attempt had been decided).
 
 pub mod disk;
+pub mod relay;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -20,12 +25,17 @@ use crate::security::{connect, IdentityHeader, TlsFiles, GATEWAY_IDENTITY};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
 use crate::pb::application_service_client::ApplicationServiceClient;
+use crate::pb::department_registry_client::DepartmentRegistryClient;
 use crate::pb::department_service_client::DepartmentServiceClient;
 use crate::pb::{
-    Commitment, IdType, Officer, QueryRequest, Subject, SubmitApplicationRequest,
-    SubmitApplicationResponse,
+    Commitment, IdType, ListDataSourcesRequest, Officer, QueryRequest, Subject,
+    SubmitApplicationRequest, SubmitApplicationResponse,
 };
+use crate::policy::PolicySet;
 
 /// How long one submission may take before the hall gives up on that node
 /// and tries the next.
@@ -53,7 +63,28 @@ pub struct BenchOptions {
     pub fanout: Vec<(String, String)>,
     /// Certificates folder (mutual TLS); None for a plaintext gateway.
     pub certs: Option<std::path::PathBuf>,
+    /// What the submissions are measured against (when `fanout` is empty).
+    pub baseline: Baseline,
+    /// The catalog the relay takes the matter's department calls from
+    /// (None: ./policies if it exists, else the built-in sample catalog).
+    pub policies: Option<std::path::PathBuf>,
 }
+
+/// The yardstick phase run before the submissions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Baseline {
+    /// Plain gRPC health checks to the gateway over the same connection.
+    #[default]
+    Health,
+    /// SubmitApplication through a minimal relay started in this run: same
+    /// mutual TLS, the same department calls to the same departments, no
+    /// policy, signature checks or log.
+    Relay,
+}
+
+/// The identity the bench reads the gateway's registry as (to find the
+/// departments' endpoints for the relay).
+const AUDITOR_IDENTITY: &str = "auditor.auditor.proofgate";
 
 /// The query each built-in department answers in a plain fan-out.
 fn fanout_query(department: &str) -> (&'static str, &'static [&'static str]) {
@@ -283,6 +314,92 @@ pub fn sample_submission(matter: &str, request_id: String) -> SubmitApplicationR
     }
 }
 
+/// Drives SubmitApplication on `clients` (workers spread over them, a
+/// request a node does not answer retried on the next).
+async fn submission_phase(
+    name: &'static str,
+    clients: Vec<ApplicationServiceClient<InterceptedService<Channel, IdentityHeader>>>,
+    matter: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> PhaseReport {
+    let run_id = crate::clock::system_now_unix_ms();
+    let matter = matter.to_owned();
+    run_phase(name, concurrency, duration, move |worker, n| {
+        let clients = clients.clone();
+        let request = sample_submission(&matter, format!("bench-{run_id}-{worker}-{n}"));
+        async move {
+            submit_with_retries(
+                clients.len(),
+                worker,
+                &request,
+                RETRY_BOUND,
+                |node, request| {
+                    let mut client = clients[node].clone();
+                    async move {
+                        let mut call = tonic::Request::new(request);
+                        call.set_timeout(ATTEMPT_TIMEOUT);
+                        client
+                            .submit_application(call)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                },
+            )
+            .await
+        }
+    })
+    .await
+}
+
+/// The catalog the relay reads the matter's department calls from.
+fn relay_policy(dir: Option<&std::path::Path>) -> Result<PolicySet, String> {
+    let default = std::path::Path::new("policies");
+    let dir = dir.or_else(|| default.is_dir().then_some(default));
+    match dir {
+        Some(dir) => crate::policy::load_dir(dir)
+            .map_err(|e| format!("the relay reads the catalog in {}: {e}", dir.display())),
+        None => crate::server::catalog::sample().map_err(|e| e.to_string()),
+    }
+}
+
+/// Starts the relay for `options.matter`, with the departments registered
+/// at the gateway `channel` (read as the auditor).
+async fn start_relay(
+    options: &BenchOptions,
+    channel: Channel,
+    load: &dyn Fn(&str) -> Result<Option<TlsFiles>, String>,
+) -> Result<relay::Relay, String> {
+    let policy = relay_policy(options.policies.as_deref())?;
+    let request = sample_submission(&options.matter, "relay-plan".into());
+    let calls = relay::calls_of(&policy, &request, crate::clock::system_now_unix_ms())?;
+    // The registry is read as the auditor: over mutual TLS that takes the
+    // auditor's certificate; in plaintext the identity header.
+    let registry_channel = match (&options.certs, load(AUDITOR_IDENTITY)?) {
+        (Some(_), Some(auditor)) => {
+            connect(&options.endpoints[0], Some(&auditor), GATEWAY_IDENTITY)
+                .await
+                .map_err(|e| format!("cannot connect to {}: {e}", options.endpoints[0]))?
+        }
+        _ => channel,
+    };
+    let sources = DepartmentRegistryClient::with_interceptor(
+        registry_channel,
+        IdentityHeader::new(AUDITOR_IDENTITY),
+    )
+    .list_data_sources(ListDataSourcesRequest {})
+    .await
+    .map_err(|s| format!("cannot list the gateway's data sources: {}", s.message()))?
+    .into_inner()
+    .sources;
+    relay::start(
+        calls,
+        &sources,
+        options.certs.clone().map(|certs| relay::RelayTls { certs }),
+    )
+    .await
+}
+
 /// Runs the baseline and the submission phase; returns both reports.
 pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
     let load = |identity: &str| -> Result<Option<TlsFiles>, String> {
@@ -308,7 +425,28 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
         );
     }
     let channel = channels[0].clone();
-    let baseline = if options.fanout.is_empty() {
+    let hall_client = |channel: Channel| {
+        ApplicationServiceClient::with_interceptor(channel, IdentityHeader::new(&hall_identity))
+    };
+    let baseline = if !options.fanout.is_empty() {
+        fanout_phase(options, &load).await?
+    } else if options.baseline == Baseline::Relay {
+        let relay = start_relay(options, channel.clone(), &load).await?;
+        let relay_channel = connect(&relay.endpoint, hall_tls.as_ref(), GATEWAY_IDENTITY)
+            .await
+            .map_err(|e| format!("cannot connect to the relay at {}: {e}", relay.endpoint))?;
+        let report = submission_phase(
+            "baseline: relay",
+            vec![hall_client(relay_channel)],
+            &options.matter,
+            options.concurrency,
+            options.duration,
+        )
+        .await;
+        // Stopped before the gateway's phase: it takes no cores from it.
+        relay.stop().await;
+        report
+    } else {
         let health = HealthClient::new(channel.clone());
         run_phase(
             "baseline: health check",
@@ -328,95 +466,73 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<PhaseReport>, String> {
             },
         )
         .await
-    } else {
-        // Departments answer only the gateway: the baseline calls as the gateway.
-        let gateway_tls = load(GATEWAY_IDENTITY)?;
-        let mut departments = Vec::new();
-        for (department, endpoint) in &options.fanout {
-            let channel = connect(
-                endpoint,
-                gateway_tls.as_ref(),
-                &crate::departments::department_identity(department),
-            )
-            .await
-            .map_err(|e| format!("cannot connect to {department} at {endpoint}: {e}"))?;
-            departments.push((department.clone(), DepartmentServiceClient::new(channel)));
-        }
-        run_phase(
-            "baseline: plain fan-out",
-            options.concurrency,
-            options.duration,
-            move |_, n| {
-                let calls: Vec<_> = departments
-                    .iter()
-                    .map(|(department, client)| {
-                        let (query, fields) = fanout_query(department);
-                        let mut client = client.clone();
-                        let request = QueryRequest {
-                            request_nonce: format!("fanout-{n}"),
-                            query: query.into(),
-                            subject: Some(Subject {
-                                id_type: IdType::ResidentId as i32,
-                                id_number: "330702199001011237".into(),
-                                name: "王伟".into(),
-                            }),
-                            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
-                            purpose: None,
-                        };
-                        async move { client.query(request).await.is_ok() }
-                    })
-                    .collect();
-                async move {
-                    futures_util::future::join_all(calls)
-                        .await
-                        .into_iter()
-                        .all(|ok| ok)
-                        .into()
-                }
-            },
-        )
-        .await
     };
     drop(channel);
-    let clients: Vec<_> = channels
-        .into_iter()
-        .map(|channel| {
-            ApplicationServiceClient::with_interceptor(channel, IdentityHeader::new(&hall_identity))
-        })
-        .collect();
-    let run_id = crate::clock::system_now_unix_ms();
-    let matter = options.matter.clone();
-    let submissions = run_phase(
+    let clients: Vec<_> = channels.into_iter().map(hall_client).collect();
+    let submissions = submission_phase(
         "SubmitApplication",
+        clients,
+        &options.matter,
         options.concurrency,
         options.duration,
-        move |worker, n| {
-            let clients = clients.clone();
-            let request = sample_submission(&matter, format!("bench-{run_id}-{worker}-{n}"));
-            async move {
-                submit_with_retries(
-                    clients.len(),
-                    worker,
-                    &request,
-                    RETRY_BOUND,
-                    |node, request| {
-                        let mut client = clients[node].clone();
-                        async move {
-                            let mut call = tonic::Request::new(request);
-                            call.set_timeout(ATTEMPT_TIMEOUT);
-                            client
-                                .submit_application(call)
-                                .await
-                                .map(|r| r.into_inner())
-                        }
-                    },
-                )
-                .await
-            }
-        },
     )
     .await;
     Ok(vec![baseline, submissions])
+}
+
+/// The plain fan-out baseline: the matter's queries straight to the
+/// departments, as the gateway, without the hop through a server.
+async fn fanout_phase(
+    options: &BenchOptions,
+    load: &dyn Fn(&str) -> Result<Option<TlsFiles>, String>,
+) -> Result<PhaseReport, String> {
+    // Departments answer only the gateway: the baseline calls as the gateway.
+    let gateway_tls = load(GATEWAY_IDENTITY)?;
+    let mut departments = Vec::new();
+    for (department, endpoint) in &options.fanout {
+        let channel = connect(
+            endpoint,
+            gateway_tls.as_ref(),
+            &crate::departments::department_identity(department),
+        )
+        .await
+        .map_err(|e| format!("cannot connect to {department} at {endpoint}: {e}"))?;
+        departments.push((department.clone(), DepartmentServiceClient::new(channel)));
+    }
+    Ok(run_phase(
+        "baseline: plain fan-out",
+        options.concurrency,
+        options.duration,
+        move |_, n| {
+            let calls: Vec<_> = departments
+                .iter()
+                .map(|(department, client)| {
+                    let (query, fields) = fanout_query(department);
+                    let mut client = client.clone();
+                    let request = QueryRequest {
+                        request_nonce: format!("fanout-{n}"),
+                        query: query.into(),
+                        subject: Some(Subject {
+                            id_type: IdType::ResidentId as i32,
+                            id_number: "330702199001011237".into(),
+                            name: "王伟".into(),
+                        }),
+                        fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+                        purpose: None,
+                    };
+                    async move { client.query(request).await.is_ok() }
+                })
+                .collect();
+            async move {
+                futures_util::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .all(|ok| ok)
+                    .into()
+            }
+        },
+    )
+    .await)
 }
 
 #[cfg(test)]

@@ -578,4 +578,22 @@ pub struct BenchArgs {
     /// `store_cache_mb` sets for `serve`).
     #[arg(long, value_name = "MB", default_value_t = crate::audit::DEFAULT_CACHE_BYTES / (1024 * 1024), requires = "applications")]
     pub cache_mb: u64,
+    /// The yardstick run before the submissions: `health` (gRPC health
+    /// checks to the gateway) or `relay` (a minimal relay started in this
+    /// run: same mutual TLS, the matter's department calls to the same
+    /// departments as registered at the gateway, no policy, signature
+    /// checks or log); the report gives gateway / relay.
+    #[arg(long, value_enum, default_value = "health", conflicts_with = "fanout")]
+    pub baseline: BenchBaseline,
+    /// The catalog the relay reads the matter's department calls from
+    /// [default: ./policies if it exists, else the built-in sample catalog].
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+}
+
+/// `bench --baseline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchBaseline {
+    Health,
+    Relay,
 }

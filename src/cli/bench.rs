@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use super::{BenchArgs, CliError, Report};
-use crate::bench::{self, BenchOptions};
+use super::{BenchArgs, BenchBaseline, CliError, Report};
+use crate::bench::{self, Baseline, BenchOptions};
 
 /// `proofgate bench`: runs the baseline and submission phases; the report
 /// has one line per phase.
@@ -34,6 +34,19 @@ pub async fn run(args: BenchArgs) -> Result<Report, CliError> {
         matter: args.matter,
         fanout,
         certs: (!args.insecure_plaintext).then_some(args.certs),
+        baseline: match args.baseline {
+            BenchBaseline::Health => Baseline::Health,
+            BenchBaseline::Relay => Baseline::Relay,
+        },
+        policies: args.policies,
+    };
+    // A yardstick of the same work shape: the ratio is the figure.
+    let ratio_of = if !options.fanout.is_empty() {
+        Some("plain fan-out")
+    } else if options.baseline == Baseline::Relay {
+        Some("relay")
+    } else {
+        None
     };
     // Printed now: the phases take a while.
     println!(
@@ -43,7 +56,15 @@ pub async fn run(args: BenchArgs) -> Result<Report, CliError> {
         options.concurrency
     );
     let reports = bench::run(&options).await.map_err(CliError::Bench)?;
-    let text = reports.iter().map(|r| format!("{r}\n")).collect();
+    let mut text: String = reports.iter().map(|r| format!("{r}\n")).collect();
+    if let (Some(name), [baseline, submissions]) = (ratio_of, reports.as_slice()) {
+        if baseline.per_second > 0.0 {
+            text.push_str(&format!(
+                "ratio gateway / {name}: {:.2}\n",
+                submissions.per_second / baseline.per_second
+            ));
+        }
+    }
     Ok(Report {
         text,
         ..Report::default()

@@ -28,8 +28,9 @@ pub mod node;
 pub mod policy;
 
 pub use args::{
-    AuditCommand, BenchArgs, Cli, ClusterAuditArgs, ClusterCommand, Command, ConfigCommand,
-    DevCertsArgs, EtcdArgs, LogSource, PolicyCommand, RestoreArgs, ServeArgs, WitnessArgs,
+    AuditCommand, BenchArgs, BenchBaseline, Cli, ClusterAuditArgs, ClusterCommand, Command,
+    ConfigCommand, DevCertsArgs, EtcdArgs, LogSource, PolicyCommand, RestoreArgs, ServeArgs,
+    WitnessArgs,
 };
 
 use std::path::PathBuf;
