@@ -174,7 +174,9 @@ impl ApplicationService for ApplicationApi {
                 Ok(application) => application,
                 Err(down) if down.code() == tonic::Code::Unavailable => {
                     // The owner is down: a mirror of its log answers, marked.
-                    let Some(mirrored) = cluster.from_mirror(&owner, &id, &caller.identity).await?
+                    let Some(mirrored) = cluster
+                        .read_from_mirror(&owner, &id, &caller.identity)
+                        .await?
                     else {
                         return Err(down);
                     };
@@ -211,7 +213,9 @@ impl ApplicationService for ApplicationApi {
                     // The owner is down: its state as a mirror holds it,
                     // then the end of the stream (a clear status when it
                     // is not final: updates need the owner).
-                    let Some(mirrored) = cluster.from_mirror(&owner, &id, &caller.identity).await?
+                    let Some(mirrored) = cluster
+                        .read_from_mirror(&owner, &id, &caller.identity)
+                        .await?
                     else {
                         return Err(down);
                     };

@@ -425,7 +425,7 @@ impl ClusterSubmit {
         {
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 // The owner is down: its decision as a mirror holds it.
-                match self.from_mirror(owner, application_id, caller).await? {
+                match self.read_from_mirror(owner, application_id, caller).await? {
                     Some(application) if application.caller == caller => Ok(application),
                     _ => Err(status),
                 }
@@ -441,7 +441,7 @@ impl ClusterSubmit {
     /// from its mirror. Ok(None): no mirror holds it now. A refusal by a
     /// mirror (another hall's application) is returned as it is. Who may
     /// read what is checked by the caller for this node's mirror.
-    pub(super) async fn from_mirror(
+    pub(super) async fn read_from_mirror(
         &self,
         owner: &str,
         application_id: &str,
