@@ -78,14 +78,14 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
                 vkey,
                 witnesses,
                 quorum,
-                all_signatures,
+                sample_signatures,
                 timing,
                 json,
                 ..
             } => {
                 let quorum = quorum.map(|quorum| cli::audit::Quorum { witnesses, quorum });
                 let how = cli::audit::VerifyHow {
-                    all_signatures,
+                    sample_signatures,
                     timing,
                 };
                 cli::audit::verify_with(&source, vkey, quorum, how, json)

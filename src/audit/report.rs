@@ -28,7 +28,7 @@ pub fn verify_table(report: &VerifyReport, seconds: f64) -> String {
             format!("{} (all)", report.signatures_checked)
         } else {
             format!(
-                "{} (the newest, the last of each key, one per 10,000 entries; --all-signatures for all)",
+                "{} (the newest, the last of each key, one per 10,000 entries; --sample-signatures)",
                 report.signatures_checked
             )
         },

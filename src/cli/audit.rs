@@ -32,8 +32,8 @@ pub struct Quorum {
 /// How `audit verify` checks and what it times.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VerifyHow {
-    /// Every checkpoint signature, not the sample.
-    pub all_signatures: bool,
+    /// Only a sample of checkpoint signatures, not every one.
+    pub sample_signatures: bool,
     /// Also time raw SHA-256 over the same entry bytes.
     pub timing: bool,
 }
@@ -69,12 +69,12 @@ pub fn verify_with(
         Some(q) => witness_keys(&q.witnesses)?,
     };
     let options = audit::VerifyOptions {
-        signatures: if how.all_signatures {
-            audit::SignatureCheck::All
-        } else {
+        signatures: if how.sample_signatures {
             audit::SignatureCheck::Sampled {
                 every: audit::SIGNATURE_SAMPLE_EVERY,
             }
+        } else {
+            audit::SignatureCheck::All
         },
     };
     let mut r = open_records(source)?
