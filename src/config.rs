@@ -30,6 +30,9 @@
 //! certs = "pki"                 # a shared PKI folder (dev-certs --dir pki); default DATA_DIR/certs
 //! advertise_address = "https://10.0.0.5:50051"  # published in the node directory
 //! mirrors = ["https://10.0.0.6:50051"]  # or ["https://...=VKEY"], or ["off"] (no default mirror in a cluster)
+//! mirror_ack = 1                # answer only once K mirrors hold the entry (default: 1 in a cluster, else 0)
+//! mirror_ack_timeout_ms = 10000 # then UNAVAILABLE: decided and logged here; retry with the same request_id
+//! mirror_peers = 2              # in a cluster, how many next nodes each node mirrors (default 2)
 //!
 //! [rate_limits.per_role]        # calls per second
 //! hall = 5000
@@ -102,6 +105,9 @@ struct FileConfig {
     certs: Option<PathBuf>,
     advertise_address: Option<String>,
     mirrors: Option<Vec<String>>,
+    mirror_ack: Option<usize>,
+    mirror_ack_timeout_ms: Option<u64>,
+    mirror_peers: Option<usize>,
     #[serde(default)]
     rate_limits: FileRateLimits,
     #[serde(default)]
@@ -247,6 +253,12 @@ pub struct Flags {
     pub advertise_address: Option<String>,
     /// `--mirror URL[=VKEY]` (repeatable) or `--mirror off`; empty: not given.
     pub mirrors: Vec<String>,
+    /// `--mirror-ack K`.
+    pub mirror_ack: Option<usize>,
+    /// `--mirror-ack-timeout-ms MS`.
+    pub mirror_ack_timeout_ms: Option<u64>,
+    /// `--mirror-peers N`.
+    pub mirror_peers: Option<usize>,
 }
 
 /// The whole precedence: defaults < `file` < `env` < `flags`.
@@ -297,6 +309,20 @@ pub fn resolve(
             line: 0,
             problem,
         })?;
+    }
+    if let Some(k) = flags.mirror_ack {
+        serve.mirror_ack = Some(k);
+    }
+    if let Some(ms) = flags.mirror_ack_timeout_ms {
+        serve.mirror_ack_timeout =
+            mirror_ack_timeout(ms).map_err(|problem| ConfigError::Invalid {
+                file: PathBuf::from("<flags>"),
+                line: 0,
+                problem,
+            })?;
+    }
+    if let Some(n) = flags.mirror_peers {
+        serve.mirror_peers = n;
     }
     if let Some(seconds) = flags.tls_poll_seconds {
         serve.tls_poll = (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
@@ -368,6 +394,16 @@ fn resolve_cluster(
     }
     *cluster = Some(options.validated().map_err(|e| e.to_string())?);
     Ok(())
+}
+
+/// `--mirror-ack-timeout-ms` / `mirror_ack_timeout_ms`: 100 ms to 10 minutes.
+fn mirror_ack_timeout(ms: u64) -> Result<std::time::Duration, String> {
+    if !(100..=600_000).contains(&ms) {
+        return Err(format!(
+            "mirror_ack_timeout_ms must be between 100 and 600000 (ms), not {ms}"
+        ));
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// `--mirror` / `mirrors` / `PROOFGATE_MIRRORS`: URLs (each optionally
@@ -500,6 +536,15 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
         }
         serve.crls = crls;
     }
+    if let Some(k) = parsed.mirror_ack {
+        serve.mirror_ack = Some(k);
+    }
+    if let Some(ms) = parsed.mirror_ack_timeout_ms {
+        serve.mirror_ack_timeout = mirror_ack_timeout(ms).map_err(invalid)?;
+    }
+    if let Some(n) = parsed.mirror_peers {
+        serve.mirror_peers = n;
+    }
     if let Some(v) = parsed.max_in_flight {
         if v == 0 {
             return Err(invalid("max_in_flight must be at least 1".into()));
@@ -611,6 +656,22 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
             ));
         }
         set_mirrors(&mut serve, &items).map_err(|e| env_error("PROOFGATE_MIRRORS", e))?;
+    }
+    if let Some(v) = env.get("PROOFGATE_MIRROR_ACK") {
+        serve.mirror_ack = Some(v.trim().parse().map_err(|_| {
+            env_error(
+                "PROOFGATE_MIRROR_ACK",
+                format!("`{v}` is not a number of mirrors (0 or more)"),
+            )
+        })?);
+    }
+    if let Some(v) = env.get("PROOFGATE_MIRROR_PEERS") {
+        serve.mirror_peers = v.trim().parse().map_err(|_| {
+            env_error(
+                "PROOFGATE_MIRROR_PEERS",
+                format!("`{v}` is not a number of peers (0 or more)"),
+            )
+        })?;
     }
     if let Some(v) = env.get("PROOFGATE_POLICIES") {
         serve.policies = Some(PathBuf::from(v));

@@ -6,7 +6,11 @@
 //!   A (its key copied back) resumes appending to the same log, which B
 //!   keeps mirroring;
 //! - a forked log (same key, another history) offered to a mirror is
-//!   refused and nothing of it is stored.
+//!   refused and nothing of it is stored;
+//! - with `--mirror-ack 1` a decision is answered only once the mirror holds
+//!   it: without a mirror the hall gets UNAVAILABLE (decided, logged, not
+//!   lost; the retry gets it), and every acknowledged decision is on the
+//!   mirror the moment it is answered.
 
 mod common;
 
@@ -469,6 +473,105 @@ async fn list_logs_without_etcd_names_the_own_log_and_the_mirrors() {
     assert!(list("node-3.gateway.proofgate").await.is_ok());
     let refused = list(HALL).await.expect_err("a hall may not read the log");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// Issue 11, "no disk can lose": with `--mirror-ack 1` an answer waits for
+/// a mirror, so the mirror holds every decision a hall was told about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mirror_ack_every_answered_decision_is_already_on_the_mirror() {
+    let pki = pki();
+    let dirs = tempfile::tempdir().unwrap();
+    let a = start(ServeOptions {
+        mirror_ack: Some(1),
+        mirror_ack_timeout: Duration::from_millis(300),
+        ..node(pki.path(), &dirs.path().join("a"), "node-1")
+    })
+    .await;
+    let mut hall = ApplicationServiceClient::new(connect_as(&a, HALL).await);
+
+    // No mirror yet: decided and logged here, but not answered as done.
+    let first = request("elderly-subsidy", ELDERLY);
+    let before = a.gateway.audit().durable_size();
+    let refused = hall
+        .submit_application(first.clone())
+        .await
+        .expect_err("no mirror holds it");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("decided and logged on this node")
+            && refused.message().contains("retry with the same request_id"),
+        "{}",
+        refused.message()
+    );
+    assert!(refused.metadata().get("retry-after-ms").is_some());
+    assert_eq!(a.gateway.audit().durable_size(), before + 1, "it is logged");
+
+    // A mirror starts: the retry gets that very decision, not a second one.
+    let b = start(ServeOptions {
+        mirrors: vec![MirrorTarget {
+            url: a.endpoint(),
+            vkey: None,
+        }],
+        mock_departments: false,
+        ..node(pki.path(), &dirs.path().join("b"), "node-2")
+    })
+    .await;
+    let started = Instant::now();
+    let replayed = loop {
+        match hall.submit_application(first.clone()).await {
+            Ok(reply) => break reply.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(started.elapsed() < BOUND, "the mirror never caught up");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(replayed.replayed);
+    let receipt = replayed
+        .application
+        .as_ref()
+        .unwrap()
+        .receipt
+        .clone()
+        .unwrap();
+    assert_eq!(receipt.index, before, "the decision logged the first time");
+    assert_eq!(a.gateway.audit().durable_size(), before + 1, "decided once");
+
+    // Under load, each answer is checked against the mirror right away
+    // (B's gauge of the size it holds, verified and flushed).
+    let b = Arc::new(b);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut client = hall.clone();
+        let b = Arc::clone(&b);
+        tasks.push(tokio::spawn(async move {
+            let mut answered = 0;
+            for _ in 0..15 {
+                let reply = client
+                    .submit_application(request("elderly-subsidy", ELDERLY))
+                    .await
+                    .expect("a mirror is up: answered")
+                    .into_inner();
+                let index = reply.application.unwrap().receipt.unwrap().index;
+                let held = b.metrics.mirror_tree_size(ORIGIN_A);
+                assert!(
+                    held > index,
+                    "entry {index} answered, the mirror holds {held}"
+                );
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 15);
+    }
+    let b = Arc::into_inner(b).expect("the tasks are done");
     b.shutdown().await;
     a.shutdown().await;
 }

@@ -911,6 +911,7 @@ async fn a_mirror_carries_the_cosignatures_and_a_restore_can_require_them() {
         .get_checkpoint(GetCheckpointRequest {
             origin: "proofgate/node-1".into(),
             min_cosignatures: 1,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -10,6 +10,7 @@ mod reader;
 mod rebuild;
 mod records;
 mod replay;
+mod replication;
 pub mod report;
 mod store;
 mod verify;
@@ -40,6 +41,7 @@ pub use rebuild::{
 };
 pub use records::{data_dir_records, export, file_records, LogRecord, RecordError, Records};
 pub use replay::{replay_records, Discrepancy, PolicyApproval, ReplayReport};
+pub use replication::{NotReplicated, Replication, DEFAULT_MIRROR_ACK_TIMEOUT};
 pub use store::{
     application_key, data_source_key, dishonesty_key, request_key, sled_config, spot_check_key,
     ticket_key, AuditStore, DishonestyRecord, KindUsage, SpotCheckRecord, StoreError, StoreOptions,

@@ -72,6 +72,8 @@ pub struct AuditReader {
 }
 
 #[derive(Clone)]
+// One reader per log, cloned per call: the size difference is not worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Source {
     /// The node's own log: served up to its durable size.
     Own {
@@ -161,6 +163,14 @@ impl AuditReader {
         match &self.source {
             Source::Own { .. } => None,
             Source::Mirror { store, .. } => Some(super::mirrored_application(store, id)),
+        }
+    }
+
+    /// The node's own log behind this reader; None for a mirrored log.
+    pub fn own_log(&self) -> Option<&super::AuditLog> {
+        match &self.source {
+            Source::Own { log, .. } => Some(log),
+            Source::Mirror { .. } => None,
         }
     }
 

@@ -114,7 +114,9 @@ pub struct AuditLog {
     verifier_key: String,
     /// Tree size of the last flushed batch: readers serve nothing beyond it,
     /// so no one sees a checkpoint a crash could still take back.
-    durable: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    durable: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// Which mirrors hold how much of the log (`serve --mirror-ack`).
+    replication: super::replication::Replication,
     /// Counts the handles alive, so a shutdown can wait for the last one
     /// (and with it the store's file lock) to go.
     lease: std::sync::Arc<()>,
@@ -131,7 +133,7 @@ impl AuditLog {
         let frontier = store.frontier()?;
         let verifier_key = signer.verifier_key();
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
-        let durable = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(frontier.size()));
+        let durable = std::sync::Arc::new(tokio::sync::watch::Sender::new(frontier.size()));
         let writer = Writer {
             durable: std::sync::Arc::clone(&durable),
             store: store.clone(),
@@ -149,6 +151,7 @@ impl AuditLog {
             store,
             verifier_key,
             durable,
+            replication: Default::default(),
             lease: std::sync::Arc::new(()),
         })
     }
@@ -195,7 +198,26 @@ impl AuditLog {
 
     /// Entries durably committed (and checkpointed).
     pub fn durable_size(&self) -> u64 {
-        self.durable.load(std::sync::atomic::Ordering::Acquire)
+        *self.durable.borrow()
+    }
+
+    /// Waits until more than `size` entries are durable, at most `wait`;
+    /// returns the durable size then (a mirror's long poll).
+    pub async fn durable_beyond(&self, size: u64, wait: std::time::Duration) -> u64 {
+        let mut durable = self.durable.subscribe();
+        let _ = tokio::time::timeout(wait, durable.wait_for(|now| *now > size)).await;
+        self.durable_size()
+    }
+
+    /// The mirrors' acknowledgements of this log.
+    pub fn replication(&self) -> &super::replication::Replication {
+        &self.replication
+    }
+
+    /// Waits until the first `size` entries are held by the mirrors that
+    /// `serve --mirror-ack` requires (at once when none are).
+    pub async fn replicated(&self, size: u64) -> Result<(), super::replication::NotReplicated> {
+        self.replication.wait(size).await
     }
 
     /// Handles of this log alive, this one included.
@@ -225,7 +247,7 @@ enum WriteStage {
 }
 
 struct Writer {
-    durable: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    durable: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     store: AuditStore,
     signer: NoteSigner,
     node_id: String,
@@ -343,8 +365,7 @@ impl Writer {
         db.apply_batch(sink.batch)
             .map_err(|e| (WriteStage::Apply, e.into()))?;
         db.flush().map_err(|e| (WriteStage::Flush, e.into()))?;
-        self.durable
-            .store(size, std::sync::atomic::Ordering::Release);
+        self.durable.send_replace(size);
         for receipt in &mut receipts {
             receipt.tree_size = size;
         }

@@ -458,6 +458,19 @@ pub struct ServeArgs {
     /// the directory).
     #[arg(long = "mirror", value_name = "URL[=VKEY]|off")]
     pub mirrors: Vec<String>,
+    /// Answer a decision only once K other nodes mirror it (its entry is on
+    /// K more disks) [default: 1 in a cluster, else 0]
+    #[arg(long, value_name = "K")]
+    pub mirror_ack: Option<usize>,
+    /// How long an answer waits for those mirrors; then UNAVAILABLE
+    /// ("decided and logged here; retry with the same request_id")
+    /// [default: 10000]
+    #[arg(long, value_name = "MS")]
+    pub mirror_ack_timeout_ms: Option<u64>,
+    /// In a cluster, how many next nodes (by node id) each node mirrors
+    /// [default: 2]
+    #[arg(long, value_name = "N")]
+    pub mirror_peers: Option<usize>,
 }
 
 impl ServeArgs {
@@ -486,6 +499,9 @@ impl ServeArgs {
             certs: self.certs.clone(),
             advertise_address: self.advertise_address.clone(),
             mirrors: self.mirrors.clone(),
+            mirror_ack: self.mirror_ack,
+            mirror_ack_timeout_ms: self.mirror_ack_timeout_ms,
+            mirror_peers: self.mirror_peers,
         }
     }
 }

@@ -40,6 +40,15 @@ pub enum GatewayError {
     /// The stored state and the event disagree (the projection refused it).
     #[error("the application does not accept this change")]
     NotApplicable(#[from] ApplyError),
+    /// Decided and durable here, but not yet held by the mirrors `serve
+    /// --mirror-ack` requires: not acknowledged; a retry of the same request
+    /// gets this decision once they hold it.
+    #[error("application `{application_id}` was decided and logged on this node, but is not yet on enough mirrors to be acknowledged: {cause}; nothing is lost or decided twice: retry with the same request_id")]
+    NotReplicated {
+        application_id: String,
+        #[source]
+        cause: crate::audit::NotReplicated,
+    },
 }
 
 fn join(violations: &[FieldViolation]) -> String {

@@ -241,8 +241,46 @@ impl Gateway {
 
     /// Decides a submission, or returns the application an earlier request
     /// with the same `request_id` from the same caller produced. The second
-    /// value is true for such a replay.
+    /// value is true for such a replay. Either is answered only once the
+    /// mirrors `serve --mirror-ack` requires hold it.
     pub async fn submit(
+        self: &Arc<Self>,
+        caller: &str,
+        request: SubmitApplicationRequest,
+    ) -> Result<(Application, bool), GatewayError> {
+        let (application, replayed) = self.submit_logged(caller, request).await?;
+        self.replicated(&application).await?;
+        Ok((application, replayed))
+    }
+
+    /// Waits until the mirrors required hold every entry of `application`.
+    async fn replicated(&self, application: &Application) -> Result<(), GatewayError> {
+        let size = application
+            .receipt
+            .as_ref()
+            .map_or_else(|| self.audit.durable_size(), |r| r.index + 1);
+        self.audit
+            .replicated(size)
+            .await
+            .map_err(|cause| GatewayError::NotReplicated {
+                application_id: application.application_id.clone(),
+                cause,
+            })
+    }
+
+    /// Whether the mirrors required hold every entry of `application_id`
+    /// now (settling marks a decision in etcd only then).
+    pub fn is_replicated(&self, application_id: &str) -> Result<bool, GatewayError> {
+        let application = self.application(application_id)?;
+        let size = application
+            .receipt
+            .as_ref()
+            .map_or_else(|| self.audit.durable_size(), |r| r.index + 1);
+        Ok(self.audit.replication().covers(size))
+    }
+
+    /// [`Self::submit`] up to the decision being durable here.
+    async fn submit_logged(
         self: &Arc<Self>,
         caller: &str,
         request: SubmitApplicationRequest,
@@ -522,14 +560,14 @@ impl Gateway {
             });
         };
         // Held until the completion is logged (see `decide`).
-        let _keys = self.departments.keys_in_use().await;
+        let keys = self.departments.keys_in_use().await;
         if !self
             .departments
             .verify_completion(&request.department_id, &request)
         {
             return Err(GatewayError::BadSignature(request.department_id.clone()));
         }
-        let _guard = self.lock_for(&ticket.application_id).lock().await;
+        let guard = self.lock_for(&ticket.application_id).lock().await;
         let application = self.application(&ticket.application_id)?;
         let event = Event::VerificationCompleted(VerificationCompleted {
             application_id: application.application_id.clone(),
@@ -555,6 +593,9 @@ impl Gateway {
             }
             other => other?,
         };
+        drop(guard);
+        drop(keys);
+        self.replicated(&application).await?;
         info!(
             application_id = %application.application_id,
             proof = %ticket.proof_id,

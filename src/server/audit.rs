@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -16,6 +17,9 @@ use crate::pb::{
     ListAccessesResponse, ListLogsRequest, ListLogsResponse, StoredEntry,
 };
 use crate::security::{caller, denied, Role};
+
+/// Longest wait of a GetCheckpoint long poll.
+const MAX_LONG_POLL_MS: u64 = 30_000;
 
 /// Longest origin a request may name.
 const MAX_ORIGIN_LEN: usize = 256;
@@ -138,15 +142,27 @@ impl AuditService for AuditApi {
         request: Request<GetCheckpointRequest>,
     ) -> Result<Response<Checkpoint>, Status> {
         log_reader(&request)?;
+        let caller = caller(&request)?;
         let GetCheckpointRequest {
             origin,
             min_cosignatures,
+            mirrored_size,
+            wait_beyond_size,
+            wait_ms,
         } = request.into_inner();
-        Ok(Response::new(
-            self.logs
-                .resolve(&origin)?
-                .checkpoint_with(min_cosignatures)?,
-        ))
+        let reader = self.logs.resolve(&origin)?;
+        if let Some(log) = reader.own_log() {
+            // A mirror of this log (another node) says how much it holds.
+            if mirrored_size > 0 && caller.role == Role::Gateway {
+                log.replication()
+                    .record(&caller.identity, mirrored_size.min(log.durable_size()));
+            }
+            if wait_beyond_size > 0 {
+                let wait = Duration::from_millis(u64::from(wait_ms).min(MAX_LONG_POLL_MS));
+                log.durable_beyond(wait_beyond_size, wait).await;
+            }
+        }
+        Ok(Response::new(reader.checkpoint_with(min_cosignatures)?))
     }
 
     type GetEntriesStream = Pin<Box<dyn Stream<Item = Result<StoredEntry, Status>> + Send>>;

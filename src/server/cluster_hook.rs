@@ -310,6 +310,13 @@ impl ClusterSubmit {
             .map_err(crate::gateway::GatewayError::from)?;
         let (application, replayed) = match self.gateway.submit(caller, request).await {
             Ok(decided) => decided,
+            Err(e @ crate::gateway::GatewayError::NotReplicated { .. }) => {
+                // Decided and logged here, not yet on the mirrors required:
+                // the reservation stays this node's, and settling marks it
+                // decided once they hold the entry (a retry then gets it).
+                warn!(error = %e, %request_id, "decision not yet replicated; marked decided in the background once it is");
+                return Err(e.into());
+            }
             Err(e) => {
                 // Not decided here: give the reservation up so a retry on
                 // any node may decide it. When the log failed, its entry may
@@ -575,6 +582,15 @@ async fn settle(submit: &ClusterSubmit, caller: &str, request_id: &str) -> Resul
         }
         return Ok(true);
     };
+    if !submit
+        .gateway
+        .is_replicated(&application_id)
+        .map_err(|e| e.to_string())?
+    {
+        // Not on the mirrors required yet: not marked (a mark is what lets
+        // another node answer it), tried again next round.
+        return Ok(false);
+    }
     let now = submit.now_ms();
     let held = reservations
         .get(caller, request_id)

@@ -35,8 +35,14 @@ use crate::pb::{GetCheckpointRequest, GetConsistencyProofRequest, GetEntriesRequ
 use crate::security::tls::NodeTls;
 use crate::security::{IdentityHeader, GATEWAY_IDENTITY};
 
-/// How often each mirrored log is asked for a newer checkpoint.
+/// How often the peers to mirror are looked up, and how long a mirror
+/// waits after a failed round before the next.
 pub const MIRROR_EVERY: Duration = Duration::from_secs(1);
+/// A mirror asks its peer for the next checkpoint with a long poll of this
+/// length: a new checkpoint is pulled as soon as it is durable there, so the
+/// peer's acknowledgements (`--mirror-ack`) wait for one round trip and one
+/// flush here, not for a timer.
+pub const LONG_POLL: Duration = Duration::from_secs(10);
 /// Entries asked for per GetEntries call (each chunk is checked, then stored).
 pub const MIRROR_CHUNK: u64 = 10_000;
 /// The folder of mirror stores in a data folder.
@@ -235,6 +241,41 @@ pub async fn pull(
     log: &MirrorLog,
 ) -> Result<u64, PullError> {
     let served = peer_checkpoint(client, url, origin).await?;
+    pull_to(client, url, origin, log, served).await
+}
+
+/// The newest checkpoint of the peer's own log once it is larger than
+/// `held` (a long poll of at most [`LONG_POLL`]), telling the peer that
+/// this mirror holds its log, verified and durable, up to `held`: the
+/// acknowledgement `serve --mirror-ack` waits for.
+pub async fn next_checkpoint(
+    client: &mut AuditClient,
+    url: &str,
+    origin: &str,
+    held: u64,
+) -> Result<crate::pb::Checkpoint, PullError> {
+    bounded(
+        url,
+        client.get_checkpoint(GetCheckpointRequest {
+            origin: origin.to_owned(),
+            mirrored_size: held,
+            wait_beyond_size: held,
+            wait_ms: LONG_POLL.as_millis() as u32,
+            ..Default::default()
+        }),
+    )
+    .await
+}
+
+/// [`pull`] from a checkpoint the peer served: checked, then the entries it
+/// adds. Returns the verified size.
+pub async fn pull_to(
+    client: &mut AuditClient,
+    url: &str,
+    origin: &str,
+    log: &MirrorLog,
+    served: crate::pb::Checkpoint,
+) -> Result<u64, PullError> {
     let checkpoint = match log.check_signature(&served.note) {
         Ok(checkpoint) => checkpoint,
         Err(e) if served.verifier_key != log.verifier_key() => {
@@ -336,9 +377,10 @@ pub fn mirror_path(data_dir: &Path, origin: &str) -> PathBuf {
 /// What the node mirrors, and how it reaches the peers.
 pub(super) struct MirrorPlan {
     pub targets: Vec<MirrorTarget>,
-    /// Cluster mode and not `--mirror off`: mirror the next node in the
-    /// directory (by node id, wrapping around).
+    /// Cluster mode and not `--mirror off`: mirror the next `peers` nodes
+    /// in the directory (by node id, wrapping around).
     pub cluster: Option<crate::cluster::ClusterOptions>,
+    pub peers: usize,
     pub node_id: String,
     pub data_dir: PathBuf,
     pub tls: Option<NodeTls>,
@@ -347,16 +389,25 @@ pub(super) struct MirrorPlan {
 }
 
 /// One mirrored origin: None once stopped (a fork, or a key that changed);
-/// it is still served as it is.
-struct Mirrored {
-    log: Option<MirrorLog>,
-    /// The last failure logged, so a peer down for an hour is one line.
-    last_problem: Option<String>,
+/// it is still served as it is. The lock keeps two followers of one origin
+/// (e.g. a node that moved to another address) from appending at once.
+type Mirrored = Option<Arc<tokio::sync::Mutex<MirrorLog>>>;
+
+/// What the followers share.
+struct Shared {
+    plan: MirrorPlan,
+    logs: Logs,
+    metrics: Metrics,
+    mirrored: Mutex<BTreeMap<String, Mirrored>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Opens the mirror stores already in the data folder and serves them (a
-/// node serves what it mirrored even when the origin is gone), then pulls
-/// every [`MIRROR_EVERY`].
+/// node serves what it mirrored even when the origin is gone), then follows
+/// every peer to mirror, each on its own task.
 pub(super) fn start(plan: MirrorPlan, logs: Logs, metrics: Metrics) -> Option<JoinHandle<()>> {
     let mut mirrored: BTreeMap<String, Mirrored> = BTreeMap::new();
     if let Ok(dirs) = std::fs::read_dir(plan.data_dir.join(MIRRORS_DIR)) {
@@ -374,7 +425,10 @@ pub(super) fn start(plan: MirrorPlan, logs: Logs, metrics: Metrics) -> Option<Jo
                         .flatten()
                         .map_or(0, |(size, _)| size);
                     let log = match MirrorLog::over(store.clone(), &origin, &vkey) {
-                        Ok(log) => Some(log),
+                        Ok(log) => {
+                            metrics.mirror_pull(&origin, "ok", verified);
+                            Some(Arc::new(tokio::sync::Mutex::new(log)))
+                        }
                         Err(e) => {
                             error!(%origin, error = %e, "mirror stays stopped; it is still served as it is");
                             let result = if e.is_fork() { "fork" } else { "error" };
@@ -382,16 +436,7 @@ pub(super) fn start(plan: MirrorPlan, logs: Logs, metrics: Metrics) -> Option<Jo
                             None
                         }
                     };
-                    if let Some(log) = &log {
-                        metrics.mirror_pull(&origin, "ok", log.verified_size().unwrap_or(0));
-                    }
-                    mirrored.insert(
-                        origin,
-                        Mirrored {
-                            log,
-                            last_problem: None,
-                        },
-                    );
+                    mirrored.insert(origin, log);
                 }
                 Ok(None) => warn!(path = %path.display(), "not a mirror store; ignored"),
                 Err(e) => {
@@ -403,18 +448,17 @@ pub(super) fn start(plan: MirrorPlan, logs: Logs, metrics: Metrics) -> Option<Jo
     if plan.targets.is_empty() && plan.cluster.is_none() && mirrored.is_empty() {
         return None;
     }
-    Some(tokio::spawn(run(plan, logs, metrics, mirrored)))
+    let shared = Arc::new(Shared {
+        plan,
+        logs,
+        metrics,
+        mirrored: Mutex::new(mirrored),
+    });
+    Some(tokio::spawn(run(shared)))
 }
 
-/// What first contact with a URL learnt: the origin it serves, or the last
-/// failure logged (logged again only when it changes).
-#[derive(Default)]
-struct Contact {
-    origin: Option<String>,
-    problem: Option<String>,
-}
-
-/// One peer to pull this round: where, which origin, which key.
+/// One peer to follow: where, which origin, which key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Peer {
     url: String,
     /// Empty: the peer's own log, whatever its origin (learnt on contact).
@@ -422,145 +466,177 @@ struct Peer {
     vkey: Option<String>,
 }
 
-async fn run(
-    plan: MirrorPlan,
-    logs: Logs,
-    metrics: Metrics,
-    mut mirrored: BTreeMap<String, Mirrored>,
-) {
-    let mut clients: BTreeMap<String, AuditClient> = BTreeMap::new();
-    // URL -> what first contact learnt (or why it failed).
-    let mut origins: BTreeMap<String, Contact> = BTreeMap::new();
+/// Looks up the peers to mirror every [`MIRROR_EVERY`] and keeps one
+/// follower task per peer; a peer that leaves the list (in a cluster: no
+/// longer among the next live nodes) is no longer followed. The followers
+/// belong to this task: when it is aborted (the node stops), so are they.
+async fn run(shared: Arc<Shared>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut followers: BTreeMap<Peer, tokio::task::AbortHandle> = BTreeMap::new();
     let mut every = tokio::time::interval(MIRROR_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
+        let plan = &shared.plan;
         let mut peers: Vec<Peer> = plan
             .targets
             .iter()
             .map(|t| Peer {
                 url: t.url.clone(),
-                origin: origins
-                    .get(&t.url)
-                    .and_then(|c| c.origin.clone())
-                    .unwrap_or_default(),
+                origin: String::new(),
                 vkey: t.vkey.clone(),
             })
             .collect();
         if let Some(cluster) = &plan.cluster {
             match crate::cluster::list_nodes(cluster).await {
                 Ok(nodes) => {
-                    if let Some(next) = successor(&plan.node_id, &nodes) {
-                        peers.push(Peer {
-                            url: next.address.clone(),
-                            origin: next.origin.clone(),
-                            vkey: Some(next.vkey.clone()),
-                        });
-                    }
+                    peers.extend(
+                        successors(&plan.node_id, &nodes, plan.peers)
+                            .into_iter()
+                            .map(|next| Peer {
+                                url: next.address.clone(),
+                                origin: next.origin.clone(),
+                                vkey: Some(next.vkey.clone()),
+                            }),
+                    );
                 }
                 Err(e) => {
-                    warn!(error = %e, "node directory unreadable; mirroring the peers already known")
+                    warn!(error = %e, "node directory unreadable; following the peers already known");
+                    continue;
                 }
             }
         }
+        while tasks.try_join_next().is_some() {}
+        followers.retain(|peer, task| {
+            let keep = peers.contains(peer) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
         for peer in peers {
-            let client = match clients.get(&peer.url) {
-                Some(client) => client.clone(),
-                None => match node_client(&peer.url, plan.tls.as_ref(), &plan.identity) {
-                    Ok(client) => {
-                        clients.insert(peer.url.clone(), client.clone());
-                        client
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "mirror peer unusable");
-                        continue;
-                    }
-                },
-            };
-            round(
-                &plan,
-                &logs,
-                &metrics,
-                &mut mirrored,
-                &mut origins,
-                peer,
-                client,
-            )
-            .await;
+            if let std::collections::btree_map::Entry::Vacant(slot) = followers.entry(peer) {
+                let task = tasks.spawn(follow(Arc::clone(&shared), slot.key().clone()));
+                slot.insert(task);
+            }
         }
     }
 }
 
-/// The live node after `own` by node id (wrapping around), not `own`.
-fn successor<'a>(
+/// The next `n` live nodes after `own` by node id (wrapping around), not
+/// `own`.
+fn successors<'a>(
     own: &str,
     nodes: &'a [crate::cluster::ListedNode],
-) -> Option<&'a crate::cluster::NodeRecord> {
+    n: usize,
+) -> Vec<&'a crate::cluster::NodeRecord> {
     let mut live: Vec<_> = nodes
         .iter()
         .filter(|n| n.live && n.record.node_id != own)
         .map(|n| &n.record)
         .collect();
     live.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-    live.iter()
-        .find(|n| n.node_id.as_str() > own)
-        .or_else(|| live.first())
-        .copied()
+    let first = live
+        .iter()
+        .position(|n| n.node_id.as_str() > own)
+        .unwrap_or(0);
+    let len = live.len();
+    live.rotate_left(first.min(len));
+    live.truncate(n);
+    live
 }
 
-async fn round(
-    plan: &MirrorPlan,
-    logs: &Logs,
-    metrics: &Metrics,
-    mirrored: &mut BTreeMap<String, Mirrored>,
-    origins: &mut BTreeMap<String, Contact>,
-    peer: Peer,
-    mut client: AuditClient,
-) {
-    // After first contact a URL given without a key keeps the pinned one.
-    let pinned = mirrored
-        .get(&peer.origin)
-        .and_then(|m| m.log.as_ref())
-        .map(|log| log.verifier_key().to_owned());
-    let peer = Peer {
-        vkey: peer.vkey.or(pinned),
-        ..peer
-    };
-    // First contact: learn the origin (and, unless given, the key).
-    let (origin, vkey) = if peer.origin.is_empty() || peer.vkey.is_none() {
-        match peer_checkpoint(&mut client, &peer.url, &peer.origin).await {
-            Ok(served) => {
-                let origin = crate::audit::parse_checkpoint(&served.note)
-                    .map(|c| c.origin)
-                    .unwrap_or_default();
-                if origin.is_empty() {
-                    warn!(url = %peer.url, "mirror peer serves a checkpoint without an origin");
-                    return;
-                }
-                origins.insert(
-                    peer.url.clone(),
-                    Contact {
-                        origin: Some(origin.clone()),
-                        problem: None,
-                    },
-                );
-                (origin, peer.vkey.unwrap_or(served.verifier_key))
-            }
-            Err(e) => {
-                let contact = origins.entry(peer.url.clone()).or_default();
-                let problem = e.to_string();
-                if contact.problem.as_deref() != Some(problem.as_str()) {
-                    warn!(error = %problem, "mirror peer not reachable; retrying every {}s", MIRROR_EVERY.as_secs());
-                    contact.problem = Some(problem);
-                }
-                return;
-            }
+/// Follows one peer: rounds back to back (each waits in a long poll for the
+/// peer's next checkpoint); after a failed round, waits [`MIRROR_EVERY`].
+async fn follow(shared: Arc<Shared>, peer: Peer) {
+    let plan = &shared.plan;
+    let mut client = match node_client(&peer.url, plan.tls.as_ref(), &plan.identity) {
+        Ok(client) => client,
+        Err(e) => {
+            warn!(error = %e, "mirror peer unusable");
+            return;
         }
-    } else {
-        (peer.origin, peer.vkey.unwrap_or_default())
     };
-    if !mirrored.contains_key(&origin) {
-        let path = mirror_path(&plan.data_dir, &origin);
+    let mut follower = Follower {
+        shared: &shared,
+        peer,
+        origin: None,
+        problem: None,
+    };
+    loop {
+        if !follower.round(&mut client).await {
+            tokio::time::sleep(MIRROR_EVERY).await;
+        }
+    }
+}
+
+struct Follower<'a> {
+    shared: &'a Shared,
+    peer: Peer,
+    /// The origin the peer serves, once known.
+    origin: Option<(String, String)>,
+    /// The last failure logged, so a peer down for an hour is one line.
+    problem: Option<String>,
+}
+
+impl Follower<'_> {
+    fn failed(&mut self, origin: &str, problem: String) {
+        if self.problem.as_deref() != Some(problem.as_str()) {
+            warn!(%origin, url = %self.peer.url, error = %problem, "mirror round failed; retrying every {}s", MIRROR_EVERY.as_secs());
+            self.problem = Some(problem);
+        }
+    }
+
+    /// The origin and key to follow: given, or learnt on first contact.
+    async fn identify(&mut self, client: &mut AuditClient) -> Option<(String, String)> {
+        if let Some(known) = &self.origin {
+            return Some(known.clone());
+        }
+        let pinned = |origin: &str| {
+            lock(&self.shared.mirrored)
+                .get(origin)
+                .and_then(|m| m.as_ref().map(Arc::clone))
+        };
+        let peer = &self.peer;
+        let known = if !peer.origin.is_empty() && peer.vkey.is_some() {
+            (peer.origin.clone(), peer.vkey.clone().unwrap_or_default())
+        } else {
+            match peer_checkpoint(client, &peer.url, &peer.origin).await {
+                Ok(served) => {
+                    let origin = crate::audit::parse_checkpoint(&served.note)
+                        .map(|c| c.origin)
+                        .unwrap_or_default();
+                    if origin.is_empty() {
+                        self.failed("?", "it serves a checkpoint without an origin".into());
+                        return None;
+                    }
+                    // After first contact a URL given without a key keeps
+                    // the pinned one.
+                    let vkey = match (&peer.vkey, pinned(&origin)) {
+                        (Some(vkey), _) => vkey.clone(),
+                        (None, Some(log)) => log.lock().await.verifier_key().to_owned(),
+                        (None, None) => served.verifier_key,
+                    };
+                    (origin, vkey)
+                }
+                Err(e) => {
+                    self.failed("?", e.to_string());
+                    return None;
+                }
+            }
+        };
+        self.origin = Some(known.clone());
+        Some(known)
+    }
+
+    /// The mirror log of `origin`, opened (and served) on first use.
+    fn log(&self, origin: &str, vkey: &str) -> Mirrored {
+        let shared = self.shared;
+        let mut mirrored = lock(&shared.mirrored);
+        if let Some(log) = mirrored.get(origin) {
+            return log.clone();
+        }
+        let path = mirror_path(&shared.plan.data_dir, origin);
         let opened = std::fs::create_dir_all(&path)
             .map_err(|e| {
                 MirrorError::from(crate::audit::StoreError::Corrupt(format!(
@@ -573,69 +649,95 @@ async fn round(
             Ok(store) => store,
             Err(e) => {
                 error!(%origin, error = %e, "mirror store cannot be opened");
-                return;
+                return None;
             }
         };
-        let log = match MirrorLog::over(store.clone(), &origin, &vkey) {
+        let log = match MirrorLog::over(store.clone(), origin, vkey) {
             Ok(log) => {
-                info!(%origin, url = %peer.url, %vkey, path = %path.display(), "mirroring a log");
-                logs.add_mirror(&origin, AuditReader::mirrored(store.clone(), vkey.clone()));
-                Some(log)
+                info!(%origin, url = %self.peer.url, %vkey, path = %path.display(), "mirroring a log");
+                shared
+                    .logs
+                    .add_mirror(origin, AuditReader::mirrored(store, vkey.to_owned()));
+                Some(Arc::new(tokio::sync::Mutex::new(log)))
             }
             Err(e) => {
                 error!(%origin, error = %e, "not mirroring this log");
-                metrics.mirror_pull(&origin, if e.is_fork() { "fork" } else { "error" }, 0);
+                let result = if e.is_fork() { "fork" } else { "error" };
+                shared.metrics.mirror_pull(origin, result, 0);
                 None
             }
         };
-        mirrored.insert(
-            origin.clone(),
-            Mirrored {
-                log,
-                last_problem: None,
-            },
-        );
+        mirrored.insert(origin.to_owned(), log.clone());
+        log
     }
-    let Some(entry) = mirrored.get_mut(&origin) else {
-        return;
-    };
-    let Some(log) = &entry.log else {
-        return;
-    };
-    if log.verifier_key() != vkey {
-        // The directory (or the flag) names another key than the one pinned.
-        error!(%origin, pinned = %log.verifier_key(), offered = %vkey, "the origin's key differs from the one this mirror is pinned to; not pulling");
-        metrics.mirror_pull(&origin, "error", log.verified_size().unwrap_or(0));
-        return;
-    }
-    match pull(&mut client, &peer.url, &origin, log).await {
-        Ok(size) => {
-            metrics.mirror_pull(&origin, "ok", size);
-            // Reads of the origin's applications find them by this index
-            // (brought up to date by a read too, if this fails).
-            if let Err(e) = crate::audit::index_mirrored(log.store()) {
-                warn!(%origin, error = %e, "mirror's application index not updated");
+
+    /// One round: tell the peer what this mirror holds, wait for its next
+    /// checkpoint, pull and check what it adds. True: go on at once; false:
+    /// wait before the next round (a failure, or mirroring stopped: a fork
+    /// or a key that changed, which an operator must look at).
+    async fn round(&mut self, client: &mut AuditClient) -> bool {
+        let Some((origin, vkey)) = self.identify(client).await else {
+            return false;
+        };
+        let Some(log) = self.log(&origin, &vkey) else {
+            self.failed(&origin, "mirroring this log is stopped".into());
+            return false;
+        };
+        let metrics = &self.shared.metrics;
+        let (held, pinned) = {
+            let log = log.lock().await;
+            (
+                log.verified_size().unwrap_or(0),
+                log.verifier_key().to_owned(),
+            )
+        };
+        if pinned != vkey {
+            // The directory (or the flag) names another key than the one pinned.
+            metrics.mirror_pull(&origin, "error", held);
+            self.failed(
+                &origin,
+                format!("the origin's key `{vkey}` differs from the one this mirror is pinned to, `{pinned}`; not pulling"),
+            );
+            return false;
+        }
+        // A long poll of the peer's own log that acknowledges `held`.
+        let served = next_checkpoint(client, &self.peer.url, &origin, held).await;
+        let pulled = match served {
+            Ok(served) => {
+                let log = log.lock().await;
+                pull_to(client, &self.peer.url, &origin, &log, served)
+                    .await
+                    .map(|size| (size, log.store().clone()))
+            }
+            Err(e) => Err(e),
+        };
+        match pulled {
+            Ok((size, store)) => {
+                metrics.mirror_pull(&origin, "ok", size);
+                // Reads of the origin's applications find them by this index
+                // (brought up to date by a read too, if this fails).
+                if let Err(e) = crate::audit::index_mirrored(&store) {
+                    warn!(%origin, error = %e, "mirror's application index not updated");
+                }
+                if self.problem.take().is_some() {
+                    info!(%origin, "mirror rounds succeed again");
+                }
+                // An empty log is not waited on by the long poll: pace it.
+                size > 0
+            }
+            Err(e) if e.is_fork() => {
+                error!(%origin, url = %self.peer.url, error = %e, "MIRROR REFUSED A FORK: mirroring this log stopped");
+                metrics.mirror_pull(&origin, "fork", held);
+                // Served as it is (the verified history); no longer pulled.
+                lock(&self.shared.mirrored).insert(origin, None);
+                false
+            }
+            Err(e) => {
+                self.failed(&origin, e.to_string());
+                metrics.mirror_pull(&origin, "error", held);
+                false
             }
         }
-        Err(e) if e.is_fork() => {
-            error!(%origin, url = %peer.url, error = %e, "MIRROR REFUSED A FORK: mirroring this log stopped");
-            metrics.mirror_pull(&origin, "fork", log.verified_size().unwrap_or(0));
-            // Served as it is (the verified history); no longer pulled.
-            entry.log = None;
-        }
-        Err(e) => {
-            let problem = e.to_string();
-            // Logged when the problem changes, not every second.
-            if entry.last_problem.as_deref() != Some(problem.as_str()) {
-                warn!(%origin, error = %problem, "mirror round failed; retrying every {}s", MIRROR_EVERY.as_secs());
-                entry.last_problem = Some(problem);
-            }
-            metrics.mirror_pull(&origin, "error", log.verified_size().unwrap_or(0));
-            return;
-        }
-    }
-    if entry.last_problem.take().is_some() {
-        info!(%origin, "mirror rounds succeed again");
     }
 }
 

@@ -66,6 +66,9 @@ pub const DEFAULT_DATA_DIR: &str = "proofgate-data";
 /// folder; otherwise the sample catalog compiled in ([`catalog`]) serves.
 pub const DEFAULT_POLICIES: &str = "policies";
 pub const DEFAULT_NODE_ID: &str = "node-1";
+/// In a cluster, how many next nodes each node mirrors by default: with
+/// `--mirror-ack 1`, one of them may be down and decisions go on.
+pub const DEFAULT_MIRROR_PEERS: usize = 2;
 /// Largest request a caller may send; a submission is a few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Longest a caller waits for one unary call before the server gives up.
@@ -134,6 +137,13 @@ pub struct ServeOptions {
     pub mirrors: Vec<MirrorTarget>,
     /// `--mirror off`: in a cluster, do not mirror a peer by default.
     pub mirror_off: bool,
+    /// `--mirror-ack K`: answer a decision only once K mirrors hold it.
+    /// None: 1 in a cluster that mirrors by default, else 0.
+    pub mirror_ack: Option<usize>,
+    /// `--mirror-ack-timeout-ms`: how long an answer waits for them.
+    pub mirror_ack_timeout: Duration,
+    /// `--mirror-peers N`: in a cluster, how many next nodes to mirror.
+    pub mirror_peers: usize,
     /// Certificate revocation lists (`--crl`, PEM or DER), checked on the
     /// node's gRPC listener and on its calls to departments (not by the
     /// in-process mock departments); reloaded with the node's
@@ -180,6 +190,9 @@ impl Default for ServeOptions {
             advertise_address: None,
             mirrors: Vec::new(),
             mirror_off: false,
+            mirror_ack: None,
+            mirror_ack_timeout: crate::audit::DEFAULT_MIRROR_ACK_TIMEOUT,
+            mirror_peers: DEFAULT_MIRROR_PEERS,
             crls: Vec::new(),
             tls_poll: Some(TLS_POLL_EVERY),
             roles: RoleMap::default(),
@@ -743,6 +756,20 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         source,
     })?;
     let (log, pseudonyms) = open_log(&options.data_dir, &options.node_id, options.writer)?;
+    // Acknowledgements wait for K mirrors: by default one in a cluster that
+    // mirrors by default (each node is then mirrored by its predecessors).
+    let mirror_ack = options.mirror_ack.unwrap_or(usize::from(
+        default_mirror(&options, tls.is_some()) && options.mirror_peers > 0,
+    ));
+    log.replication()
+        .configure(mirror_ack, options.mirror_ack_timeout);
+    if mirror_ack > 0 {
+        info!(
+            mirrors = mirror_ack,
+            timeout_ms = options.mirror_ack_timeout.as_millis() as u64,
+            "decisions are answered once this many other nodes mirror them"
+        );
+    }
     record_policy(&log, &policy, approval.as_ref()).await?;
 
     let directory = Arc::new(
@@ -1057,18 +1084,14 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
             }
         }
     });
-    // In a cluster each node mirrors the next one by default, over mutual
-    // TLS: that needs one PKI for all nodes (`--certs`); a node with its own
-    // dev CA could not reach its peers, so it does not try.
-    let default_mirror = options.cluster.is_some()
-        && !options.mirror_off
-        && (options.certs.is_some() || tls.is_none());
+    let default_mirror = default_mirror(&options, tls.is_some());
     if options.cluster.is_some() && !options.mirror_off && !default_mirror {
         warn!("cluster mode without --certs: this node mirrors no peer by default (its dev CA is its own; give every node the same --certs DIR)");
     }
     let mirror_task = mirror::start(
         mirror::MirrorPlan {
             targets: options.mirrors.clone(),
+            peers: options.mirror_peers,
             cluster: options.cluster.clone().filter(|_| default_mirror),
             node_id: options.node_id.clone(),
             data_dir: options.data_dir.clone(),
@@ -1194,6 +1217,13 @@ pub async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// In a cluster each node mirrors its next nodes by default, over mutual
+/// TLS: that needs one PKI for all nodes (`--certs`); a node with its own
+/// dev CA could not reach its peers, so it does not try.
+fn default_mirror(options: &ServeOptions, tls: bool) -> bool {
+    options.cluster.is_some() && !options.mirror_off && (options.certs.is_some() || !tls)
 }
 
 #[cfg(test)]

@@ -114,6 +114,9 @@ impl From<GatewayError> for Status {
             GatewayError::NotApplicable(_) => internal(&e),
             GatewayError::DuplicateFailed => Status::unavailable(e.to_string()),
             GatewayError::Task(_) => internal(&e),
+            GatewayError::NotReplicated { .. } => {
+                unavailable_retry(e.to_string(), std::time::Duration::from_secs(1))
+            }
         }
     }
 }
