@@ -138,21 +138,23 @@ stop_nodes
 
 # one node with etcd: batching off, then on (default), then 4 batches in flight
 export PROOFGATE_ETCD_BATCH=1
-serve one-nobatch node-1 29051 --etcd $E3 --etcd-prefix /bench-one-nobatch/ --mock-departments
+serve one-nobatch node-1 29051 --etcd $E3 --etcd-prefix /bench-one-nobatch/ --mock-departments --mirror-ack 0
 unset PROOFGATE_ETCD_BATCH
 bench "one node, etcd (3 members), PROOFGATE_ETCD_BATCH=1 (each write alone, no batching)" https://127.0.0.1:29051
 stop_nodes
 
-serve one node-1 29051 --etcd $E3 --etcd-prefix /bench-one/ --mock-departments
+serve one node-1 29051 --etcd $E3 --etcd-prefix /bench-one/ --mock-departments --mirror-ack 0
 bench "one node, etcd (3 members), batched writes (default: <= 64 per txn, 2 txns in flight)" https://127.0.0.1:29051
 stop_nodes
 
 export PROOFGATE_ETCD_IN_FLIGHT=4
-serve one-4 node-1 29051 --etcd $E3 --etcd-prefix /bench-one-4/ --mock-departments
+serve one-4 node-1 29051 --etcd $E3 --etcd-prefix /bench-one-4/ --mock-departments --mirror-ack 0
 unset PROOFGATE_ETCD_IN_FLIGHT
 bench "one node, etcd (3 members), batched writes, PROOFGATE_ETCD_IN_FLIGHT=4" https://127.0.0.1:29051
 stop_nodes
 
+# three nodes: each mirrors the other two and answers once one of them holds
+# the decision (--mirror-ack 1, the cluster default)
 serve three-1 node-1 29051 --etcd $E3 --etcd-prefix /bench-three/ --mock-departments
 serve three-2 node-2 29052 --etcd $E3 --etcd-prefix /bench-three/
 serve three-3 node-3 29053 --etcd $E3 --etcd-prefix /bench-three/

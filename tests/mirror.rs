@@ -10,7 +10,9 @@
 //! - with `--mirror-ack 1` a decision is answered only once the mirror holds
 //!   it: without a mirror the hall gets UNAVAILABLE (decided, logged, not
 //!   lost; the retry gets it), and every acknowledged decision is on the
-//!   mirror the moment it is answered.
+//!   mirror the moment it is answered;
+//! - a mirror follows its origin's key rotation (`audit rotate-key`), so a
+//!   node with `--mirror-ack` keeps deciding after rotating its key.
 
 mod common;
 
@@ -574,4 +576,83 @@ async fn with_mirror_ack_every_answered_decision_is_already_on_the_mirror() {
     let b = Arc::into_inner(b).expect("the tasks are done");
     b.shutdown().await;
     a.shutdown().await;
+}
+
+/// A rotation recorded in the log (signed by the old key) is followed by
+/// the mirror; a node that needs its mirror's acknowledgement decides again
+/// after `audit rotate-key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_follows_a_recorded_key_rotation_and_acknowledgements_go_on() {
+    let pki = pki();
+    let dirs = tempfile::tempdir().unwrap();
+    let a_data = dirs.path().join("a");
+    let a_options = |listen| ServeOptions {
+        listen,
+        mirror_ack: Some(1),
+        ..node(pki.path(), &a_data, "node-1")
+    };
+    let a = start(a_options("127.0.0.1:0".parse().unwrap())).await;
+    let a_addr = a.addr;
+    let old_vkey = a.gateway.audit().verifier_key().to_owned();
+    let b = start(ServeOptions {
+        mirrors: vec![MirrorTarget {
+            url: a.endpoint(),
+            vkey: None,
+        }],
+        mock_departments: false,
+        ..node(pki.path(), &dirs.path().join("b"), "node-2")
+    })
+    .await;
+    submit(&a, request("elderly-subsidy", ELDERLY))
+        .await
+        .expect("mirrored by B: answered");
+    a.shutdown().await;
+
+    let new_vkey = proofgate::cli::audit::rotate_key(&a_data, "node-1")
+        .await
+        .expect("rotated")
+        .text;
+    let a = start(a_options(a_addr)).await;
+    let rotated = a.gateway.audit().verifier_key().to_owned();
+    assert_ne!(rotated, old_vkey);
+    assert!(new_vkey.contains(&rotated), "{new_vkey}");
+    // Answered only once B, having followed the rotation, holds it.
+    let started = Instant::now();
+    let after = request("elderly-subsidy", ELDERLY);
+    let reply = loop {
+        match submit(&a, after.clone()).await {
+            Ok(reply) => break reply.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(started.elapsed() < BOUND, "B did not follow the rotation");
+            }
+        }
+    };
+    let index = reply.application.unwrap().receipt.unwrap().index;
+    let channel = connect_as(&b, AUDITOR).await;
+    let served = AuditServiceClient::new(channel)
+        .get_checkpoint(GetCheckpointRequest {
+            origin: ORIGIN_A.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(served.from_mirror && served.tree_size > index);
+    assert_eq!(
+        served.verifier_key, rotated,
+        "B serves A's log under its new key"
+    );
+    assert!(!b.metrics.mirror_forked(ORIGIN_A));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn submit(
+    node: &Running,
+    request: proofgate::pb::SubmitApplicationRequest,
+) -> Result<tonic::Response<proofgate::pb::SubmitApplicationResponse>, tonic::Status> {
+    ApplicationServiceClient::new(connect_as(node, HALL).await)
+        .submit_application(request)
+        .await
 }

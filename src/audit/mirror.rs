@@ -364,6 +364,69 @@ impl MirrorLog {
         Ok(())
     }
 
+    /// Whether stored entry `index` is the origin's rotation from the
+    /// pinned key to `new_vkey`, signed by the pinned key.
+    pub fn is_rotation_to(&self, index: u64, new_vkey: &str) -> Result<bool, MirrorError> {
+        use prost::Message;
+        let Some(bytes) = self.store.entry(index)? else {
+            return Ok(false);
+        };
+        let Ok(entry) = crate::pb::AuditEntry::decode(bytes.as_slice()) else {
+            return Ok(false);
+        };
+        let Some(crate::pb::audit_entry::Event::KeyRotated(rotation)) = entry.event else {
+            return Ok(false);
+        };
+        Ok(rotation.previous_verifier_key == self.vkey
+            && rotation.new_verifier_key == new_vkey
+            && ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ED25519,
+                self.verifier.public_key(),
+            )
+            .verify(
+                &super::verify::rotation_message(new_vkey),
+                &rotation.signature,
+            )
+            .is_ok())
+    }
+
+    /// Follows the origin's key rotation: the last entry of the verified
+    /// tree (its newest checkpoint, signed by the pinned key, covers it)
+    /// must rotate the pinned key to `new_vkey`, signed by the pinned key,
+    /// as `audit rotate-key` writes it. Then `new_vkey` is pinned and
+    /// verifies the checkpoints from here on.
+    pub fn follow_rotation(&mut self, new_vkey: &str) -> Result<(), MirrorError> {
+        let refused = |reason: String| MirrorError::KeyChanged {
+            origin: self.origin.clone(),
+            pinned: self.vkey.clone(),
+            served: format!("{new_vkey} ({reason})"),
+        };
+        let size = self.verified_size()?;
+        if size == 0
+            || self.store.tree_size()? != size
+            || !self.is_rotation_to(size - 1, new_vkey)?
+        {
+            return Err(refused(format!(
+                "the mirrored log's last verified entry (size {size}) is not a rotation to it signed by the pinned key"
+            )));
+        }
+        let verifier = NoteVerifier::from_vkey(new_vkey).map_err(|source| MirrorError::Key {
+            origin: self.origin.clone(),
+            vkey: new_vkey.to_owned(),
+            source,
+        })?;
+        if verifier.name() != self.origin {
+            return Err(refused("it names another origin".into()));
+        }
+        let db = self.store.db();
+        db.insert(VKEY_KEY, new_vkey.as_bytes())
+            .map_err(StoreError::from)?;
+        db.flush().map_err(StoreError::from)?;
+        self.vkey = new_vkey.to_owned();
+        self.verifier = verifier;
+        Ok(())
+    }
+
     /// Records a fork (durably, so a restart does not resume mirroring
     /// this log) and returns the error to report.
     fn fork(&self, reason: String) -> MirrorError {

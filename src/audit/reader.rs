@@ -26,6 +26,8 @@ pub const MAX_ACCESSES: u32 = 500;
 pub enum ReadError {
     #[error("the log has no checkpoint yet")]
     NoCheckpoint,
+    #[error("the log signed no checkpoint at size {0}")]
+    NoCheckpointAt(u64),
     /// A requested size or index is past the durable log.
     #[error("{what} {requested} is past the log's {size}")]
     PastTheLog {
@@ -220,12 +222,37 @@ impl AuditReader {
     /// cosignature gathered for it), or with `min_cosignatures` K > 0 the
     /// newest one carrying at least K cosignatures by this node's witnesses.
     pub fn checkpoint_with(&self, min_cosignatures: u32) -> Result<Checkpoint, ReadError> {
+        self.checkpoint_of(min_cosignatures, 0)
+    }
+
+    /// The checkpoint signed at exactly `size` (0: the newest), or the
+    /// newest with `min_cosignatures` (see GetCheckpointRequest).
+    pub fn checkpoint_of(&self, min_cosignatures: u32, size: u64) -> Result<Checkpoint, ReadError> {
         let store = self.store();
         let durable = self.durable_size()?;
+        if size > 0 && min_cosignatures > 0 {
+            return Err(ReadError::Invalid {
+                field: "tree_size",
+                problem: "ask for a checkpoint at a size, or for one with cosignatures, not both"
+                    .into(),
+            });
+        }
+        if size > durable {
+            return Err(ReadError::PastTheLog {
+                what: "tree size",
+                requested: size,
+                size: durable,
+            });
+        }
         let Some((newest, note)) = store.checkpoint_at_or_below(durable)? else {
             return Err(ReadError::NoCheckpoint);
         };
-        let (size, note) = if min_cosignatures == 0 {
+        let (size, note) = if size > 0 {
+            let note = store
+                .checkpoint(size)?
+                .ok_or(ReadError::NoCheckpointAt(size))?;
+            (size, store.cosigned_checkpoint(size)?.unwrap_or(note))
+        } else if min_cosignatures == 0 {
             let note = store.cosigned_checkpoint(newest)?.unwrap_or(note);
             (newest, note)
         } else {

@@ -149,6 +149,7 @@ impl AuditService for AuditApi {
             mirrored_size,
             wait_beyond_size,
             wait_ms,
+            tree_size,
         } = request.into_inner();
         let reader = self.logs.resolve(&origin)?;
         if let Some(log) = reader.own_log() {
@@ -162,7 +163,9 @@ impl AuditService for AuditApi {
                 log.durable_beyond(wait_beyond_size, wait).await;
             }
         }
-        Ok(Response::new(reader.checkpoint_with(min_cosignatures)?))
+        Ok(Response::new(
+            reader.checkpoint_of(min_cosignatures, tree_size)?,
+        ))
     }
 
     type GetEntriesStream = Pin<Box<dyn Stream<Item = Result<StoredEntry, Status>> + Send>>;

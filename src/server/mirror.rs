@@ -307,39 +307,7 @@ pub async fn pull_to(
     let mut at = from;
     while at < checkpoint.size {
         let end = checkpoint.size.min(at.saturating_add(MIRROR_CHUNK));
-        let mut stream = bounded(
-            url,
-            client.get_entries(GetEntriesRequest {
-                start: at,
-                end,
-                origin: origin.to_owned(),
-            }),
-        )
-        .await?;
-        let mut entries = Vec::with_capacity((end - at) as usize);
-        loop {
-            let next = tokio::time::timeout(CALL_TIMEOUT, stream.message())
-                .await
-                .map_err(|_| PullError::Timeout {
-                    url: url.to_owned(),
-                })?
-                .map_err(|status| PullError::Rpc {
-                    url: url.to_owned(),
-                    status,
-                })?;
-            let Some(entry) = next else { break };
-            let expected = at + entries.len() as u64;
-            if entry.index != expected {
-                return Err(PullError::BadAnswer {
-                    url: url.to_owned(),
-                    problem: format!("sent entry {} where {expected} was due", entry.index),
-                });
-            }
-            entries.push(entry.entry);
-            if at + entries.len() as u64 == end {
-                break;
-            }
-        }
+        let entries = fetch_entries(client, url, origin, at, end).await?;
         if entries.is_empty() {
             return Err(PullError::BadAnswer {
                 url: url.to_owned(),
@@ -358,6 +326,116 @@ pub async fn pull_to(
         at = log.append(&checkpoint, &served.note, at, &entries, &to_checkpoint)?;
     }
     Ok(log.verified_size().map_err(MirrorError::from)?)
+}
+
+/// Entries `start..end` of `origin` from the peer, unchecked (possibly
+/// fewer: a peer sends at most so many per call).
+async fn fetch_entries(
+    client: &mut AuditClient,
+    url: &str,
+    origin: &str,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Vec<u8>>, PullError> {
+    let mut stream = bounded(
+        url,
+        client.get_entries(GetEntriesRequest {
+            start,
+            end,
+            origin: origin.to_owned(),
+        }),
+    )
+    .await?;
+    let mut entries = Vec::with_capacity(end.saturating_sub(start).min(MIRROR_CHUNK) as usize);
+    loop {
+        let next = tokio::time::timeout(CALL_TIMEOUT, stream.message())
+            .await
+            .map_err(|_| PullError::Timeout {
+                url: url.to_owned(),
+            })?
+            .map_err(|status| PullError::Rpc {
+                url: url.to_owned(),
+                status,
+            })?;
+        let Some(entry) = next else { break };
+        let expected = start + entries.len() as u64;
+        if entry.index != expected {
+            return Err(PullError::BadAnswer {
+                url: url.to_owned(),
+                problem: format!("sent entry {} where {expected} was due", entry.index),
+            });
+        }
+        entries.push(entry.entry);
+        if start + entries.len() as u64 == end {
+            break;
+        }
+    }
+    Ok(entries)
+}
+
+/// The origin serves checkpoints signed by `new_vkey`, not by the key the
+/// mirror pinned: follow it only through a rotation the log recorded
+/// (`audit rotate-key`): the KeyRotated entry, signed by the pinned key, is
+/// the last entry of a checkpoint the pinned key signed. Pulls up to that
+/// checkpoint (all checked as usual), then pins `new_vkey`.
+pub async fn follow_rotation(
+    client: &mut AuditClient,
+    url: &str,
+    origin: &str,
+    log: &mut MirrorLog,
+    new_vkey: &str,
+    served_size: u64,
+) -> Result<(), PullError> {
+    let held = log.verified_size().map_err(MirrorError::from)?;
+    if held > 0 && log.is_rotation_to(held - 1, new_vkey)? {
+        return Ok(log.follow_rotation(new_vkey)?);
+    }
+    // Where the rotation is: located in the unchecked entries, then
+    // checked through the old key's checkpoint just after it.
+    let mut at = held;
+    let rotated_at = 'search: loop {
+        if at >= served_size {
+            return Err(MirrorError::KeyChanged {
+                origin: origin.to_owned(),
+                pinned: log.verifier_key().to_owned(),
+                served: format!(
+                    "{new_vkey} (the log records no rotation to it after entry {held})"
+                ),
+            }
+            .into());
+        }
+        let entries =
+            fetch_entries(client, url, origin, at, served_size.min(at + MIRROR_CHUNK)).await?;
+        if entries.is_empty() {
+            return Err(PullError::BadAnswer {
+                url: url.to_owned(),
+                problem: format!("no entries from {at} though its checkpoint has {served_size}"),
+            });
+        }
+        for (i, bytes) in entries.iter().enumerate() {
+            use prost::Message;
+            let rotation = crate::pb::AuditEntry::decode(bytes.as_slice())
+                .ok()
+                .and_then(|e| e.event);
+            if let Some(crate::pb::audit_entry::Event::KeyRotated(r)) = rotation {
+                if r.previous_verifier_key == log.verifier_key() && r.new_verifier_key == new_vkey {
+                    break 'search at + i as u64 + 1;
+                }
+            }
+        }
+        at += entries.len() as u64;
+    };
+    let old_checkpoint = bounded(
+        url,
+        client.get_checkpoint(GetCheckpointRequest {
+            origin: origin.to_owned(),
+            tree_size: rotated_at,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    pull_to(client, url, origin, log, old_checkpoint).await?;
+    Ok(log.follow_rotation(new_vkey)?)
 }
 
 /// The folder of `origin`'s mirror store in `data_dir`: the origin with
@@ -684,30 +762,41 @@ impl Follower<'_> {
             return false;
         };
         let metrics = &self.shared.metrics;
-        let (held, pinned) = {
-            let log = log.lock().await;
-            (
-                log.verified_size().unwrap_or(0),
-                log.verifier_key().to_owned(),
-            )
-        };
-        if pinned != vkey {
-            // The directory (or the flag) names another key than the one pinned.
-            metrics.mirror_pull(&origin, "error", held);
-            self.failed(
-                &origin,
-                format!("the origin's key `{vkey}` differs from the one this mirror is pinned to, `{pinned}`; not pulling"),
-            );
-            return false;
-        }
+        let held = log.lock().await.verified_size().unwrap_or(0);
         // A long poll of the peer's own log that acknowledges `held`.
         let served = next_checkpoint(client, &self.peer.url, &origin, held).await;
         let pulled = match served {
             Ok(served) => {
-                let log = log.lock().await;
-                pull_to(client, &self.peer.url, &origin, &log, served)
-                    .await
-                    .map(|size| (size, log.store().clone()))
+                let mut log = log.lock().await;
+                let url = &self.peer.url;
+                let mut rotated = Ok(());
+                if served.verifier_key != log.verifier_key() {
+                    // Signed by another key: followed only through a
+                    // rotation the log recorded, signed by the pinned key.
+                    rotated = follow_rotation(
+                        client,
+                        url,
+                        &origin,
+                        &mut log,
+                        &served.verifier_key,
+                        served.tree_size,
+                    )
+                    .await;
+                    if rotated.is_ok() {
+                        info!(%origin, vkey = %served.verifier_key, "mirror followed the origin's key rotation");
+                        self.shared.logs.add_mirror(
+                            &origin,
+                            AuditReader::mirrored(log.store().clone(), served.verifier_key.clone()),
+                        );
+                        self.origin = Some((origin.clone(), served.verifier_key.clone()));
+                    }
+                }
+                match rotated {
+                    Ok(()) => pull_to(client, url, &origin, &log, served)
+                        .await
+                        .map(|size| (size, log.store().clone())),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };

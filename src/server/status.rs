@@ -160,7 +160,9 @@ fn proof_status(e: &ProofError) -> Status {
 impl From<ReadError> for Status {
     fn from(e: ReadError) -> Self {
         match &e {
-            ReadError::NoCheckpoint => Status::not_found(e.to_string()),
+            ReadError::NoCheckpoint | ReadError::NoCheckpointAt(_) => {
+                Status::not_found(e.to_string())
+            }
             ReadError::UnknownOrigin { .. } => Status::not_found(e.to_string()),
             ReadError::PastTheLog { .. } => Status::out_of_range(e.to_string()),
             ReadError::Invalid { field, problem } => invalid_field(field, problem.clone()),

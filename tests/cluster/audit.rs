@@ -266,7 +266,8 @@ async fn a_cluster_is_audited_through_any_node_and_a_dead_nodes_log_from_its_mir
     assert!(text(&stats).contains("MISSING: node-2"), "{}", text(&stats));
 
     // Wait until node-2 has left the directory (its log stays listed in
-    // etcd), then kill node-1, the only node mirroring node-2.
+    // etcd), then kill node-1: node-3 mirrors both (each node mirrors its
+    // next two by default).
     let started = Instant::now();
     while etcd
         .nodes()
@@ -286,15 +287,26 @@ async fn a_cluster_is_audited_through_any_node_and_a_dead_nodes_log_from_its_mir
     );
     nodes[0].kill();
     let (output, rows) = verify_json(&endpoints, pki.path());
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for origin in ["proofgate/node-1", "proofgate/node-2"] {
+        let from = row(&rows, origin);
+        assert_eq!(from["result"], "ok", "{from}");
+        assert_eq!(from["verified_from"], "mirror on node-3", "{from}");
+    }
+    assert_eq!(row(&rows, "proofgate/node-3")["result"], "ok");
+
+    // With every node down, no log can be had: each row says so.
+    nodes[2].kill();
+    let (output, rows) = verify_json(&endpoints, pki.path());
     assert_eq!(output.status.code(), Some(69), "{}", text(&output));
     assert_eq!(rows.len(), 3, "{rows:?}");
-    assert_eq!(row(&rows, "proofgate/node-2")["result"], "unreachable");
-    let one = row(&rows, "proofgate/node-1");
-    assert_eq!(one["result"], "ok", "{one}");
-    assert_eq!(one["verified_from"], "mirror on node-3", "{one}");
-    assert_eq!(row(&rows, "proofgate/node-3")["result"], "ok");
+    for origin in ["proofgate/node-1", "proofgate/node-2", "proofgate/node-3"] {
+        assert_eq!(row(&rows, origin)["result"], "unreachable", "{rows:?}");
+    }
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("unreachable: proofgate/node-2"),
+        String::from_utf8_lossy(&output.stderr)
+            .contains("unreachable: proofgate/node-1, proofgate/node-2, proofgate/node-3"),
         "{}",
         text(&output)
     );

@@ -15,7 +15,7 @@ use tokio_stream::StreamExt;
 use super::common::*;
 use super::etcd::{
     dev_certs, restart_node, run_node_to_end, share_pseudonym_key, spawn_pki_node,
-    spawn_pki_node_without_mocks, EtcdCluster, Node, BOUND,
+    spawn_pki_node_with, spawn_pki_node_without_mocks, EtcdCluster, Node, BOUND,
 };
 use proofgate::pb::application_service_client::ApplicationServiceClient;
 use proofgate::pb::audit_entry::Event;
@@ -425,7 +425,15 @@ async fn a_restarted_node_supersedes_its_orphans_and_confirms_its_unmarked_decis
     let dir = tempfile::tempdir().unwrap();
     let certs = dev_certs(dir.path());
     let data = dir.path().join("n1");
-    let mut node = spawn_pki_node(&etcd.endpoints(), "node-1", &data, &certs);
+    // Alone in its cluster: no peer to mirror it, so no acknowledgement
+    // waits for one (`--mirror-ack 0`).
+    let mut node = spawn_pki_node_with(
+        &etcd.endpoints(),
+        "node-1",
+        &data,
+        &certs,
+        &["--mock-departments", "--mirror-ack", "0"],
+    );
     let hall = connect_with(&node.endpoint, &node.certs(), HALL).await;
     let orphan = submit_until_answered(&hall, &elderly("orphan-1"))
         .await
@@ -685,7 +693,15 @@ async fn reads_and_watches_at_any_node_are_answered_by_the_owner() {
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
 
-    // Owner down: node 2 mirrors node 1 (by default, the next node id,
+    // One of node 2's own, answered while node 1 (its mirror) is up.
+    let own = submit_until_answered(&hall2, &elderly("routed-2"))
+        .await
+        .unwrap()
+        .application
+        .unwrap();
+    assert!(own.application_id.starts_with("node-2."));
+
+    // Owner down: node 2 mirrors node 1 (by default, the next node ids,
     // wrapping around); once its mirror has node 1's newest checkpoint, it
     // answers for node 1, marked.
     let target = tree_size_of(&n1).await;
@@ -733,12 +749,22 @@ async fn reads_and_watches_at_any_node_are_answered_by_the_owner() {
     assert!(down.message().contains("node `node-1`"), "{down:?}");
     assert!(down.metadata().get("retry-after-ms").is_some(), "{down:?}");
     // Node 2's own applications are still read.
-    let own = submit_until_answered(&hall2, &elderly("routed-2"))
+    let read_own = ApplicationServiceClient::new(hall2.clone())
+        .get_application(GetApplicationRequest {
+            application_id: own.application_id.clone(),
+        })
         .await
-        .unwrap()
-        .application
-        .unwrap();
-    assert!(own.application_id.starts_with("node-2."));
+        .expect("node 2 reads its own")
+        .into_inner();
+    assert_eq!(read_own.application_id, own.application_id);
+    // But with its only mirror down, node 2 answers no new decision: it
+    // would be on one disk only (`--mirror-ack 1`, the cluster default).
+    let alone = submit_on(&hall2, &elderly("routed-3")).await.unwrap_err();
+    assert_eq!(alone.code(), tonic::Code::Unavailable, "{alone:?}");
+    assert!(
+        alone.message().contains("not yet on enough mirrors"),
+        "{alone:?}"
+    );
 }
 
 /// Owner routing of completions: a department completing, at node 2, a
