@@ -29,6 +29,9 @@
 //! | `proofgate_witness_lag_entries`             | gauge     | witness               |
 //! | `proofgate_witness_refusals_total`          | counter   | witness, status       |
 //! | `proofgate_witness_fork_alarms_total`       | counter   | witness               |
+//! | `proofgate_mirror_acked_size`               | gauge     | mirror                |
+//! | `proofgate_mirror_ack_required`             | gauge     |                       |
+//! | `proofgate_mirror_ack_timeouts_total`       | counter   |                       |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,6 +163,14 @@ struct Inner {
     witness_lag: Family<WitnessLabels, Gauge>,
     witness_refusals: Family<WitnessStatusLabels, Counter>,
     witness_fork_alarms: Family<WitnessLabels, Counter>,
+    mirror_acked_size: Family<MirrorLabels, Gauge>,
+    mirror_ack_required: Gauge,
+    mirror_ack_timeouts: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    mirror: String,
 }
 
 impl Default for Metrics {
@@ -306,6 +317,24 @@ impl Default for Metrics {
             "Possible forks reported: a witness refused a consistency proof (422) or a size conflict (409) did not resolve",
             witness_fork_alarms.clone(),
         );
+        let mirror_acked_size = Family::<MirrorLabels, Gauge>::default();
+        registry.register(
+            "mirror_acked_size",
+            "Entries of this node's own log each mirror reports holding, verified and durable",
+            mirror_acked_size.clone(),
+        );
+        let mirror_ack_required = Gauge::default();
+        registry.register(
+            "mirror_ack_required",
+            "Mirrors that must hold a decision before it is answered (serve --mirror-ack)",
+            mirror_ack_required.clone(),
+        );
+        let mirror_ack_timeouts = Counter::default();
+        registry.register(
+            "mirror_ack_timeouts",
+            "Answers not given because too few mirrors held the entry in time (the decision stands; the retry gets it)",
+            mirror_ack_timeouts.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -331,6 +360,9 @@ impl Default for Metrics {
                 witness_lag,
                 witness_refusals,
                 witness_fork_alarms,
+                mirror_acked_size,
+                mirror_ack_required,
+                mirror_ack_timeouts,
             }),
         }
     }
@@ -507,6 +539,28 @@ impl Metrics {
                 witness: witness.to_owned(),
             })
             .inc();
+    }
+
+    /// `mirror` holds this node's own log up to `size`.
+    pub fn mirror_acked(&self, mirror: &str, size: u64) {
+        self.inner
+            .mirror_acked_size
+            .get_or_create(&MirrorLabels {
+                mirror: mirror.to_owned(),
+            })
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+    }
+
+    /// How many mirrors an answer waits for.
+    pub fn mirror_ack_required(&self, required: usize) {
+        self.inner
+            .mirror_ack_required
+            .set(i64::try_from(required).unwrap_or(i64::MAX));
+    }
+
+    /// An answer waited for mirrors in vain.
+    pub fn mirror_ack_timeout(&self) {
+        self.inner.mirror_ack_timeouts.inc();
     }
 
     /// Replaces the gauges read from the running node.

@@ -19,6 +19,8 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
+
 /// How long an acknowledgement waits for mirrors by default.
 pub const DEFAULT_MIRROR_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,15 +45,28 @@ pub struct Replication {
 struct Inner {
     required: AtomicUsize,
     timeout: Mutex<Option<Duration>>,
+    /// Reports acknowledgements and timeouts (a default one until set).
+    metrics: Mutex<Metrics>,
     /// Mirror identity → the highest size it has reported holding.
     acks: watch::Sender<BTreeMap<String, u64>>,
 }
 
 impl Replication {
-    /// Acknowledgements wait for `required` mirrors, at most `timeout`.
-    pub fn configure(&self, required: usize, timeout: Duration) {
+    /// Acknowledgements wait for `required` mirrors, at most `timeout`;
+    /// `metrics` shows what the mirrors hold and every wait in vain.
+    pub fn configure(&self, required: usize, timeout: Duration, metrics: Metrics) {
         self.inner.required.store(required, Ordering::Release);
         *self.inner.timeout.lock().unwrap_or_else(|p| p.into_inner()) = Some(timeout);
+        metrics.mirror_ack_required(required);
+        *self.inner.metrics.lock().unwrap_or_else(|p| p.into_inner()) = metrics;
+    }
+
+    fn metrics(&self) -> Metrics {
+        self.inner
+            .metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn required(&self) -> usize {
@@ -70,7 +85,8 @@ impl Replication {
     /// that reports less (its store was replaced) keeps its highest report,
     /// which it did hold, verified, when it made it.
     pub fn record(&self, mirror: &str, size: u64) {
-        self.inner
+        let changed = self
+            .inner
             .acks
             .send_if_modified(|acks| match acks.get_mut(mirror) {
                 Some(held) if *held >= size => false,
@@ -83,6 +99,9 @@ impl Replication {
                     true
                 }
             });
+        if changed {
+            self.metrics().mirror_acked(mirror, size);
+        }
     }
 
     /// The mirrors heard from and the sizes they hold.
@@ -127,6 +146,7 @@ impl Replication {
             Ok(Ok(_)) => Ok(()),
             // The sender lives in `self`: it cannot close while we wait.
             Ok(Err(_)) | Err(_) => {
+                self.metrics().mirror_ack_timeout();
                 let acks = self.acks();
                 Err(NotReplicated {
                     size,
@@ -154,7 +174,8 @@ mod tests {
     async fn an_entry_counts_once_enough_distinct_mirrors_hold_it() {
         let replication = Replication::default();
         assert!(replication.covers(10), "nothing required: at once");
-        replication.configure(2, Duration::from_secs(5));
+        let metrics = Metrics::default();
+        replication.configure(2, Duration::from_secs(5), metrics.clone());
         assert!(!replication.covers(1));
 
         let waiting = {
@@ -172,12 +193,21 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), Ok(()));
         assert_eq!(replication.replicated_size(), 10);
         assert_eq!(replication.acks()["node-2.gateway.proofgate"], 12);
+        let shown = metrics.encode();
+        for line in [
+            "proofgate_mirror_acked_size{mirror=\"node-2.gateway.proofgate\"} 12",
+            "proofgate_mirror_acked_size{mirror=\"node-3.gateway.proofgate\"} 10",
+            "proofgate_mirror_ack_required 2",
+        ] {
+            assert!(shown.contains(line), "{line} missing:\n{shown}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_wait_ends_after_the_timeout_saying_who_holds_what() {
         let replication = Replication::default();
-        replication.configure(1, Duration::from_secs(5));
+        let metrics = Metrics::default();
+        replication.configure(1, Duration::from_secs(5), metrics.clone());
         replication.record("node-2.gateway.proofgate", 4);
         let started = tokio::time::Instant::now();
         let err = replication.wait(5).await.unwrap_err();
@@ -188,5 +218,8 @@ mod tests {
             "{err}"
         );
         assert_eq!(replication.wait(4).await, Ok(()));
+        assert!(metrics
+            .encode()
+            .contains("proofgate_mirror_ack_timeouts_total 1"));
     }
 }

@@ -116,28 +116,50 @@ impl Registry {
                 problem: "capacity_per_second must be at least 1".into(),
             });
         }
-        if let Some(shared) = &self.shared {
-            shared.writable().await.map_err(refused)?;
-        }
-        let _change = self.directory.changing_keys().await;
-        let before = self.directory.get(&source.department_id);
-        self.log(DataSourceChanged {
+        self.change(DataSourceChanged {
             source: Some(source.clone()),
             removed: false,
             changed_by,
         })
         .await?;
+        info!(department = %source.department_id, endpoint = %source.endpoint, "data source registered");
+        Ok(source)
+    }
+
+    /// One registry change, the same way for both kinds: refused while the
+    /// cluster's registry cannot be written; logged and applied while the
+    /// directory's keys are held (so no decision checked with the old key
+    /// is logged between); in a cluster written to etcd too, and rolled
+    /// back in this log when etcd does not take it. In effect here at once,
+    /// in the log's order; in a cluster the watch brings it to the other
+    /// nodes (and back here, unchanged).
+    async fn change(&self, change: DataSourceChanged) -> Result<(), RegistryError> {
+        let source = change.source.clone().unwrap_or_default();
+        let department_id = source.department_id.clone();
         if let Some(shared) = &self.shared {
-            if let Err(why) = shared.put(&source).await {
-                self.roll_back(&source.department_id, before).await;
+            shared.writable().await.map_err(refused)?;
+        }
+        let _change = self.directory.changing_keys().await;
+        let before = self.directory.get(&department_id);
+        let removed = change.removed;
+        self.log(change).await?;
+        if let Some(shared) = &self.shared {
+            let written = if removed {
+                shared.remove(&department_id).await
+            } else {
+                shared.put(&source).await
+            };
+            if let Err(why) = written {
+                self.roll_back(&department_id, before).await;
                 return Err(not_applied(why));
             }
         }
-        // In effect here at once, in the log's order; in a cluster the
-        // watch brings it to the other nodes (and back here, unchanged).
-        self.directory.upsert(source.clone())?;
-        info!(department = %source.department_id, endpoint = %source.endpoint, "data source registered");
-        Ok(source)
+        if removed {
+            self.directory.remove(&department_id);
+        } else {
+            self.directory.upsert(source)?;
+        }
+        Ok(())
     }
 
     async fn log(&self, change: DataSourceChanged) -> Result<(), RegistryError> {
@@ -186,23 +208,12 @@ impl Registry {
         let Some(source) = self.directory.get(department_id) else {
             return Err(RegistryError::NotRegistered(department_id.to_owned()));
         };
-        if let Some(shared) = &self.shared {
-            shared.writable().await.map_err(refused)?;
-        }
-        let _change = self.directory.changing_keys().await;
-        self.log(DataSourceChanged {
-            source: Some(source.clone()),
+        self.change(DataSourceChanged {
+            source: Some(source),
             removed: true,
             changed_by,
         })
         .await?;
-        if let Some(shared) = &self.shared {
-            if let Err(why) = shared.remove(department_id).await {
-                self.roll_back(department_id, Some(source)).await;
-                return Err(not_applied(why));
-            }
-        }
-        self.directory.remove(department_id);
         info!(department = %department_id, "data source deregistered");
         Ok(())
     }

@@ -80,6 +80,30 @@ impl ApplicationApi {
     }
 }
 
+/// The owner of `id` answered a forwarded read with `status`: when it is
+/// down (UNAVAILABLE), a mirror of its log answers, marked, with the
+/// owner's rule of who may read; otherwise, or when no mirror holds it, the
+/// owner's status.
+async fn owner_down(
+    cluster: &super::cluster_hook::ClusterSubmit,
+    owner: &str,
+    id: &str,
+    caller: &Caller,
+    status: Status,
+) -> Result<Application, Status> {
+    if status.code() != tonic::Code::Unavailable {
+        return Err(status);
+    }
+    let Some(mirrored) = cluster
+        .read_from_mirror(owner, id, &caller.identity)
+        .await?
+    else {
+        return Err(status);
+    };
+    may_read(caller, &mirrored)?;
+    Ok(mirrored)
+}
+
 /// A hall may read only the applications it submitted; admins read all.
 fn may_read(caller: &Caller, application: &Application) -> Result<(), Status> {
     if caller.role.is_admin() || application.caller == caller.identity {
@@ -172,18 +196,8 @@ impl ApplicationService for ApplicationApi {
                 .await
             {
                 Ok(application) => application,
-                Err(down) if down.code() == tonic::Code::Unavailable => {
-                    // The owner is down: a mirror of its log answers, marked.
-                    let Some(mirrored) = cluster
-                        .read_from_mirror(&owner, &id, &caller.identity)
-                        .await?
-                    else {
-                        return Err(down);
-                    };
-                    may_read(&caller, &mirrored)?;
-                    mirrored
-                }
-                Err(status) => return Err(status),
+                // The owner is down: a mirror of its log answers, marked.
+                Err(down) => owner_down(cluster, &owner, &id, &caller, down).await?,
             };
             return Ok(Response::new(application));
         }
@@ -209,17 +223,11 @@ impl ApplicationService for ApplicationApi {
                 .await
             {
                 Ok(stream) => stream,
-                Err(down) if down.code() == tonic::Code::Unavailable => {
+                Err(down) => {
                     // The owner is down: its state as a mirror holds it,
                     // then the end of the stream (a clear status when it
                     // is not final: updates need the owner).
-                    let Some(mirrored) = cluster
-                        .read_from_mirror(&owner, &id, &caller.identity)
-                        .await?
-                    else {
-                        return Err(down);
-                    };
-                    may_read(&caller, &mirrored)?;
+                    let mirrored = owner_down(cluster, &owner, &id, &caller, down).await?;
                     let ended = (!is_final(&mirrored)).then(|| {
                         Status::from(super::mirror_reads::MirrorReadError::WatchEnded {
                             application_id: id.clone(),
@@ -238,7 +246,6 @@ impl ApplicationService for ApplicationApi {
                     let items = std::iter::once(Ok(mirrored)).chain(ended.map(Err));
                     return Ok(Response::new(Box::pin(tokio_stream::iter(items))));
                 }
-                Err(status) => return Err(status),
             };
             let what = format!("application {id}");
             // The owner's updates as they come; a broken stream says who.

@@ -762,7 +762,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         default_mirror(&options, tls.is_some()) && options.mirror_peers > 0,
     ));
     log.replication()
-        .configure(mirror_ack, options.mirror_ack_timeout);
+        .configure(mirror_ack, options.mirror_ack_timeout, metrics.clone());
     if mirror_ack > 0 {
         info!(
             mirrors = mirror_ack,
