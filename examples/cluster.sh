@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A proofgate cluster on loopback: three etcd members (Debian's etcd-server),
 # one dev PKI, three gateway nodes sharing one pseudonym key (each mirrors
-# the next), the eight mock departments as their own processes, then
+# the next two, and answers once one holds the decision), the eight mock departments as their own processes, then
 # `cluster status` and a bench over all three nodes. Ctrl-C stops all of it.
 #
 #   examples/cluster.sh [WORK_DIR]        (default: a new temporary folder)
