@@ -396,11 +396,13 @@ fn resolve_cluster(
     Ok(())
 }
 
-/// `--mirror-ack-timeout-ms` / `mirror_ack_timeout_ms`: 100 ms to 10 minutes.
+/// `--mirror-ack-timeout-ms` / `mirror_ack_timeout_ms`: 100 ms to 20 s (a
+/// request's own limit is 30 s, and in a cluster a retry waits at most 24 s
+/// for another attempt: the UNAVAILABLE must come before those).
 fn mirror_ack_timeout(ms: u64) -> Result<std::time::Duration, String> {
-    if !(100..=600_000).contains(&ms) {
+    if !(100..=20_000).contains(&ms) {
         return Err(format!(
-            "mirror_ack_timeout_ms must be between 100 and 600000 (ms), not {ms}"
+            "mirror_ack_timeout_ms must be between 100 and 20000 (ms), not {ms}"
         ));
     }
     Ok(std::time::Duration::from_millis(ms))
@@ -664,6 +666,16 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
                 format!("`{v}` is not a number of mirrors (0 or more)"),
             )
         })?);
+    }
+    if let Some(v) = env.get("PROOFGATE_MIRROR_ACK_TIMEOUT_MS") {
+        let ms = v.trim().parse().map_err(|_| {
+            env_error(
+                "PROOFGATE_MIRROR_ACK_TIMEOUT_MS",
+                format!("`{v}` is not a number of milliseconds"),
+            )
+        })?;
+        serve.mirror_ack_timeout =
+            mirror_ack_timeout(ms).map_err(|e| env_error("PROOFGATE_MIRROR_ACK_TIMEOUT_MS", e))?;
     }
     if let Some(v) = env.get("PROOFGATE_MIRROR_PEERS") {
         serve.mirror_peers = v.trim().parse().map_err(|_| {

@@ -11,6 +11,9 @@
 //!   it: without a mirror the hall gets UNAVAILABLE (decided, logged, not
 //!   lost; the retry gets it), and every acknowledged decision is on the
 //!   mirror the moment it is answered;
+//! - an acknowledgement counts only from another node, for the tree this
+//!   log signed (not a size alone: another history under the same origin,
+//!   or the node itself, never counts);
 //! - a mirror follows its origin's key rotation (`audit rotate-key`), so a
 //!   node with `--mirror-ack` keeps deciding after rotating its key.
 
@@ -504,7 +507,7 @@ async fn with_mirror_ack_every_answered_decision_is_already_on_the_mirror() {
     assert!(
         refused
             .message()
-            .contains("decided and logged on this node")
+            .contains("logged on this node but not yet on enough mirrors")
             && refused.message().contains("retry with the same request_id"),
         "{}",
         refused.message()
@@ -554,11 +557,16 @@ async fn with_mirror_ack_every_answered_decision_is_already_on_the_mirror() {
         tasks.push(tokio::spawn(async move {
             let mut answered = 0;
             for _ in 0..15 {
-                let reply = client
-                    .submit_application(request("elderly-subsidy", ELDERLY))
-                    .await
-                    .expect("a mirror is up: answered")
-                    .into_inner();
+                // Retried as a hall would (the same request) when the mirror
+                // was slower than the short ack timeout; checked when answered.
+                let submitted = request("elderly-subsidy", ELDERLY);
+                let reply = loop {
+                    match client.submit_application(submitted.clone()).await {
+                        Ok(reply) => break reply.into_inner(),
+                        Err(status) if status.code() == tonic::Code::Unavailable => {}
+                        Err(status) => panic!("{status:?}"),
+                    }
+                };
                 let index = reply.application.unwrap().receipt.unwrap().index;
                 let held = b.metrics.mirror_tree_size(ORIGIN_A);
                 assert!(
@@ -655,4 +663,72 @@ async fn submit(
     ApplicationServiceClient::new(connect_as(node, HALL).await)
         .submit_application(request)
         .await
+}
+
+/// The acknowledgement a mirror sends (`mirrored_size` + `mirrored_root`)
+/// counts only when it names a tree this log signed, and only from another
+/// node calling for itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_counts_only_for_the_signed_tree_and_from_another_node() {
+    let pki = pki();
+    let dirs = tempfile::tempdir().unwrap();
+    let a = start(ServeOptions {
+        mirror_ack: Some(1),
+        mirror_ack_timeout: Duration::from_millis(200),
+        ..node(pki.path(), &dirs.path().join("a"), "node-1")
+    })
+    .await;
+    let first = request("elderly-subsidy", ELDERLY);
+    let refused = submit(&a, first.clone()).await.expect_err("no mirror");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    let size = a.gateway.audit().durable_size();
+    let signed = a
+        .gateway
+        .audit()
+        .store()
+        .checkpoint(size)
+        .unwrap()
+        .expect("a checkpoint at the durable size");
+    let root = proofgate::audit::parse_checkpoint(&signed)
+        .unwrap()
+        .root
+        .to_vec();
+    let ack = |identity: &'static str, size: u64, root: Vec<u8>| {
+        let endpoint = a.endpoint();
+        let certs = pki.path().to_path_buf();
+        async move {
+            AuditServiceClient::new(connect_with(&endpoint, &certs, identity).await)
+                .get_checkpoint(GetCheckpointRequest {
+                    mirrored_size: size,
+                    mirrored_root: root,
+                    ..Default::default()
+                })
+                .await
+                .expect("a gateway may read the log");
+        }
+    };
+    let still_refused = || async {
+        let status = submit(&a, first.clone())
+            .await
+            .expect_err("not acknowledged");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    };
+    // Another history under this origin (a wrong root), a size past the
+    // log, and this node acknowledging itself: none counts.
+    ack("node-2.gateway.proofgate", size, vec![7; 32]).await;
+    still_refused().await;
+    ack("node-2.gateway.proofgate", size + 5, root.clone()).await;
+    still_refused().await;
+    ack("node-1.gateway.proofgate", size, root.clone()).await;
+    still_refused().await;
+    assert_eq!(a.gateway.audit().replication().replicated_size(), 0);
+    // The tree this log signed, from another node: the decision is answered.
+    ack("node-2.gateway.proofgate", size, root).await;
+    let reply = submit(&a, first).await.expect("acknowledged").into_inner();
+    assert!(reply.replayed);
+    assert_eq!(a.gateway.audit().durable_size(), size, "decided once");
+    assert!(a.metrics.encode().contains(&format!(
+        "proofgate_mirror_acked_size{{mirror=\"node-2.gateway.proofgate\"}} {size}"
+    )));
+    a.shutdown().await;
 }

@@ -188,6 +188,20 @@ impl MirrorLog {
         Ok(self.store.latest_checkpoint()?.map_or(0, |(size, _)| size))
     }
 
+    /// The newest stored (verified) checkpoint's size and root hash; (0,
+    /// empty) if none.
+    pub fn verified(&self) -> Result<(u64, Vec<u8>), StoreError> {
+        Ok(match self.store.latest_checkpoint()? {
+            Some((size, note)) => {
+                let root = super::checkpoint::parse_checkpoint(&note)
+                    .map(|c| c.root.to_vec())
+                    .map_err(|e| StoreError::Corrupt(format!("stored checkpoint: {e}")))?;
+                (size, root)
+            }
+            None => (0, Vec::new()),
+        })
+    }
+
     /// Checks `note`'s signature by the origin's key and its origin line.
     pub fn check_signature(&self, note: &str) -> Result<Checkpoint, MirrorError> {
         let checkpoint =

@@ -168,6 +168,19 @@ impl AuditReader {
         }
     }
 
+    /// The root hash of the checkpoint this log signed at exactly `size`,
+    /// if it signed one there within what is served.
+    pub fn signed_root(&self, size: u64) -> Result<Option<Vec<u8>>, ReadError> {
+        if size > self.durable_size()? {
+            return Ok(None);
+        }
+        Ok(self
+            .store()
+            .checkpoint(size)?
+            .and_then(|note| super::parse_checkpoint(&note).ok())
+            .map(|checkpoint| checkpoint.root.to_vec()))
+    }
+
     /// The node's own log behind this reader; None for a mirrored log.
     pub fn own_log(&self) -> Option<&super::AuditLog> {
         match &self.source {

@@ -81,15 +81,15 @@ impl Replication {
             .unwrap_or(DEFAULT_MIRROR_ACK_TIMEOUT)
     }
 
-    /// `mirror` holds the log up to `size`. Sizes never go back: a mirror
-    /// that reports less (its store was replaced) keeps its highest report,
-    /// which it did hold, verified, when it made it.
+    /// `mirror` holds the log up to `size` (the caller has checked that
+    /// the log signed that tree). Its latest report counts: a mirror whose
+    /// store was replaced and reports less holds less.
     pub fn record(&self, mirror: &str, size: u64) {
         let changed = self
             .inner
             .acks
             .send_if_modified(|acks| match acks.get_mut(mirror) {
-                Some(held) if *held >= size => false,
+                Some(held) if *held == size => false,
                 Some(held) => {
                     *held = size;
                     true
@@ -183,9 +183,9 @@ mod tests {
             tokio::spawn(async move { replication.wait(10).await })
         };
         tokio::task::yield_now().await;
-        replication.record("node-2.gateway.proofgate", 12);
-        // The same mirror twice is still one mirror, and sizes never go back.
         replication.record("node-2.gateway.proofgate", 3);
+        // The same mirror twice is still one mirror; its latest report counts.
+        replication.record("node-2.gateway.proofgate", 12);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         assert_eq!(replication.replicated_size(), 0);

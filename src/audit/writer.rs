@@ -117,6 +117,8 @@ pub struct AuditLog {
     durable: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     /// Which mirrors hold how much of the log (`serve --mirror-ack`).
     replication: super::replication::Replication,
+    /// Set when the node stops: long polls end.
+    closing: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     /// Counts the handles alive, so a shutdown can wait for the last one
     /// (and with it the store's file lock) to go.
     lease: std::sync::Arc<()>,
@@ -152,6 +154,7 @@ impl AuditLog {
             verifier_key,
             durable,
             replication: Default::default(),
+            closing: std::sync::Arc::new(tokio::sync::watch::Sender::new(false)),
             lease: std::sync::Arc::new(()),
         })
     }
@@ -201,12 +204,25 @@ impl AuditLog {
         *self.durable.borrow()
     }
 
-    /// Waits until more than `size` entries are durable, at most `wait`;
-    /// returns the durable size then (a mirror's long poll).
+    /// Waits until more than `size` entries are durable, at most `wait`,
+    /// or until [`Self::end_long_polls`]; returns the durable size then (a
+    /// mirror's long poll).
     pub async fn durable_beyond(&self, size: u64, wait: std::time::Duration) -> u64 {
         let mut durable = self.durable.subscribe();
-        let _ = tokio::time::timeout(wait, durable.wait_for(|now| *now > size)).await;
+        let mut closing = self.closing.subscribe();
+        let _ = tokio::time::timeout(wait, async {
+            tokio::select! {
+                _ = durable.wait_for(|now| *now > size) => {}
+                _ = closing.wait_for(|closing| *closing) => {}
+            }
+        })
+        .await;
         self.durable_size()
+    }
+
+    /// The node stops: long polls answer at once from now on.
+    pub fn end_long_polls(&self) {
+        self.closing.send_replace(true);
     }
 
     /// The mirrors' acknowledgements of this log.

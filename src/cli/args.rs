@@ -459,11 +459,13 @@ pub struct ServeArgs {
     #[arg(long = "mirror", value_name = "URL[=VKEY]|off")]
     pub mirrors: Vec<String>,
     /// Answer a decision only once K other nodes mirror it (its entry is on
-    /// K more disks) [default: 1 in a cluster, else 0]
+    /// K more disks) [default: 1 in a cluster whose nodes mirror each other
+    /// by default (--etcd with --certs, not --mirror off, --mirror-peers >
+    /// 0), else 0]
     #[arg(long, value_name = "K")]
     pub mirror_ack: Option<usize>,
-    /// How long an answer waits for those mirrors; then UNAVAILABLE
-    /// ("decided and logged here; retry with the same request_id")
+    /// How long an answer waits for those mirrors (100–20000); then
+    /// UNAVAILABLE ("logged here; retry with the same request_id")
     /// [default: 10000]
     #[arg(long, value_name = "MS")]
     pub mirror_ack_timeout_ms: Option<u64>,

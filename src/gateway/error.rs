@@ -40,15 +40,25 @@ pub enum GatewayError {
     /// The stored state and the event disagree (the projection refused it).
     #[error("the application does not accept this change")]
     NotApplicable(#[from] ApplyError),
-    /// Decided and durable here, but not yet held by the mirrors `serve
-    /// --mirror-ack` requires: not acknowledged; a retry of the same request
-    /// gets this decision once they hold it.
-    #[error("application `{application_id}` was decided and logged on this node, but is not yet on enough mirrors to be acknowledged: {cause}; nothing is lost or decided twice: retry with the same request_id")]
+    /// Logged here, but not yet held by the mirrors `serve --mirror-ack`
+    /// requires: not answered. (The application id is not told: until it
+    /// is answered, the decision is not the caller's to rely on.)
+    #[error("{}", not_replicated(*completion, cause))]
     NotReplicated {
-        application_id: String,
+        /// A completion (resent as it is), not a submission or a read.
+        completion: bool,
         #[source]
         cause: crate::audit::NotReplicated,
     },
+}
+
+fn not_replicated(completion: bool, cause: &crate::audit::NotReplicated) -> String {
+    let (required, held_by) = (cause.required, cause.held_by);
+    if completion {
+        format!("the completion was logged on this node but is not yet on enough mirrors to be acknowledged ({held_by} of {required} hold it); send the same completion again: it is answered once they do")
+    } else {
+        format!("the application is logged on this node but not yet on enough mirrors to be answered ({held_by} of {required} hold it); retry with the same request_id: you get this decision once they do (or, should this node fail first, the one decision the cluster makes for it)")
+    }
 }
 
 fn join(violations: &[FieldViolation]) -> String {

@@ -73,6 +73,10 @@ pub struct Gateway {
     watchers: WatchHub,
     in_flight: Mutex<HashMap<Vec<u8>, InFlight>>,
     issued_tickets: decide::IssuedTickets,
+    /// Completions logged lately, so a department resending one (its first
+    /// answer was UNAVAILABLE: logged, not yet on the mirrors required) gets
+    /// the same answer once the mirrors hold it, not "no pending ticket".
+    completed: Mutex<RecentCompletions>,
     application_locks: Vec<tokio::sync::Mutex<()>>,
     rng: SystemRandom,
     clock: SharedClock,
@@ -97,6 +101,7 @@ impl Gateway {
             watchers: WatchHub::default(),
             in_flight: Mutex::new(HashMap::new()),
             issued_tickets: Mutex::new(std::collections::HashSet::new()),
+            completed: Mutex::default(),
             application_locks: (0..APPLICATION_LOCK_SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -253,19 +258,27 @@ impl Gateway {
         Ok((application, replayed))
     }
 
-    /// Waits until the mirrors required hold every entry of `application`.
-    async fn replicated(&self, application: &Application) -> Result<(), GatewayError> {
+    /// Waits until the mirrors required hold every entry of `application`
+    /// (`serve --mirror-ack`): what is answered, or read, is on their disks.
+    pub async fn replicated(&self, application: &Application) -> Result<(), GatewayError> {
         let size = application
             .receipt
             .as_ref()
             .map_or_else(|| self.audit.durable_size(), |r| r.index + 1);
-        self.audit
-            .replicated(size)
+        self.replicated_to(&application.application_id, size, false)
             .await
-            .map_err(|cause| GatewayError::NotReplicated {
-                application_id: application.application_id.clone(),
-                cause,
-            })
+    }
+
+    async fn replicated_to(
+        &self,
+        application_id: &str,
+        size: u64,
+        completion: bool,
+    ) -> Result<(), GatewayError> {
+        self.audit.replicated(size).await.map_err(|cause| {
+            tracing::warn!(%application_id, error = %cause, "not answered: not yet on the mirrors required");
+            GatewayError::NotReplicated { completion, cause }
+        })
     }
 
     /// Whether the mirrors required hold every entry of `application_id`
@@ -548,6 +561,16 @@ impl Gateway {
         let store = self.audit.store();
         let Some(ticket) = store.ticket(&request.department_id, &request.ticket)? else {
             let key = ticket_key(&request.department_id, &request.ticket);
+            let resent = lock(&self.completed).find(&key, &request);
+            if let Some((application_id, audit_index)) = resent {
+                // The same completion again: answered once it is mirrored.
+                self.replicated_to(&application_id, audit_index + 1, true)
+                    .await?;
+                return Ok(CompleteVerificationResponse {
+                    application_id,
+                    audit_index,
+                });
+            }
             let issued = self
                 .issued_tickets
                 .lock()
@@ -595,7 +618,14 @@ impl Gateway {
         };
         drop(guard);
         drop(keys);
-        self.replicated(&application).await?;
+        lock(&self.completed).remember(
+            ticket_key(&request.department_id, &request.ticket),
+            &request,
+            &application.application_id,
+            receipt.index,
+        );
+        self.replicated_to(&application.application_id, receipt.index + 1, true)
+            .await?;
         info!(
             application_id = %application.application_id,
             proof = %ticket.proof_id,
@@ -681,4 +711,94 @@ fn outcome_summary(application: &Application) -> String {
         .map(|p| format!("{}={}", p.proof_id, p.outcome().as_str_name()))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The completions this node logged lately (at most [`RecentCompletions::MAX`]).
+#[derive(Default)]
+struct RecentCompletions {
+    by_ticket: HashMap<Vec<u8>, Completed>,
+    order: std::collections::VecDeque<Vec<u8>>,
+}
+
+struct Completed {
+    outcome: i32,
+    signature: Vec<u8>,
+    reason: String,
+    application_id: String,
+    audit_index: u64,
+}
+
+impl RecentCompletions {
+    const MAX: usize = 4096;
+
+    fn remember(
+        &mut self,
+        key: Vec<u8>,
+        request: &CompleteVerificationRequest,
+        application_id: &str,
+        audit_index: u64,
+    ) {
+        if self.order.len() >= Self::MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_ticket.remove(&oldest);
+            }
+        }
+        self.order.push_back(key.clone());
+        self.by_ticket.insert(
+            key,
+            Completed {
+                outcome: request.outcome,
+                signature: request.signature.clone(),
+                reason: request.reason.clone(),
+                application_id: application_id.to_owned(),
+                audit_index,
+            },
+        );
+    }
+
+    /// The application and entry of an identical completion logged lately.
+    fn find(&self, key: &[u8], request: &CompleteVerificationRequest) -> Option<(String, u64)> {
+        self.by_ticket
+            .get(key)
+            .filter(|c| {
+                c.outcome == request.outcome
+                    && c.signature == request.signature
+                    && c.reason == request.reason
+            })
+            .map(|c| (c.application_id.clone(), c.audit_index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion(ticket: &str, outcome: VerificationOutcome) -> CompleteVerificationRequest {
+        CompleteVerificationRequest {
+            department_id: "health".into(),
+            ticket: ticket.into(),
+            outcome: outcome as i32,
+            signature: vec![1, 2, 3],
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_resent_completion_is_found_only_when_identical_and_recent() {
+        let mut recent = RecentCompletions::default();
+        let sent = completion("t-1", VerificationOutcome::Verified);
+        recent.remember(b"k-1".to_vec(), &sent, "node-1.app", 41);
+        assert_eq!(recent.find(b"k-1", &sent), Some(("node-1.app".into(), 41)));
+        // Another answer for the same ticket is not the same completion.
+        let other = completion("t-1", VerificationOutcome::NotVerified);
+        assert_eq!(recent.find(b"k-1", &other), None);
+        assert_eq!(recent.find(b"k-2", &sent), None);
+        // Bounded: the oldest goes first.
+        for i in 0..RecentCompletions::MAX {
+            recent.remember(format!("x-{i}").into_bytes(), &sent, "a", i as u64);
+        }
+        assert_eq!(recent.find(b"k-1", &sent), None);
+        assert_eq!(recent.by_ticket.len(), RecentCompletions::MAX);
+        assert!(recent.find(b"x-5", &sent).is_some());
+    }
 }

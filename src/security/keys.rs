@@ -73,8 +73,11 @@ pub enum LogKeyError {
 
 /// The origin line of a node's checkpoints.
 pub fn log_origin(node_id: &str) -> String {
-    format!("proofgate/{node_id}")
+    format!("{LOG_ORIGIN_PREFIX}{node_id}")
 }
+
+/// What a node's log origin starts with; its node id follows.
+pub const LOG_ORIGIN_PREFIX: &str = "proofgate/";
 
 /// Opens (or creates) the node's log in `data_dir` with its keys and starts
 /// its writer; writes `log.vkey` for verifiers.

@@ -22,6 +22,6 @@ pub use certs::{
 pub use identity::{Caller, Role, RoleMap};
 pub use keys::{
     generate_keys, load_or_generate_key_file, load_or_generate_keys, log_origin, open_log,
-    rotate_log_key, write_log_vkey, KeyError, LogKeyError, NodeKeys,
+    rotate_log_key, write_log_vkey, KeyError, LogKeyError, NodeKeys, LOG_ORIGIN_PREFIX,
 };
 pub use policy_signing::{Approval, PolicyKeyError, PolicyTrust, SignatureError};

@@ -203,6 +203,8 @@ impl ApplicationService for ApplicationApi {
         }
         let application = self.gateway.application(&id)?;
         may_read(&caller, &application)?;
+        // Read once the mirrors required hold it, as it is answered.
+        self.gateway.replicated(&application).await?;
         Ok(Response::new(application))
     }
 
@@ -255,11 +257,14 @@ impl ApplicationService for ApplicationApi {
         }
         let current = Arc::new(self.gateway.application(&id)?);
         may_read(&caller, &current)?;
+        // Each state is sent once the mirrors required hold it.
+        self.gateway.replicated(&current).await?;
         let (tx, rx) = mpsc::channel(4);
         if is_final(&current) {
             let _ = tx.send(Ok(current.as_ref().clone())).await;
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
+        let gateway = Arc::clone(&self.gateway);
         let mut changes = self.gateway.watchers().subscribe(Arc::clone(&current));
         // The store may have moved on between the read and the subscription.
         let current = match self.gateway.application(&id) {
@@ -271,6 +276,10 @@ impl ApplicationService for ApplicationApi {
             let mut next = current;
             loop {
                 if sent.is_none_or(|index| receipt_index(&next) > index) {
+                    if let Err(e) = gateway.replicated(&next).await {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
                     sent = Some(receipt_index(&next));
                     if tx.send(Ok(next.as_ref().clone())).await.is_err() {
                         return; // the follower left

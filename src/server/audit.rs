@@ -16,10 +16,10 @@ use crate::pb::{
     GetEntriesRequest, GetInclusionProofRequest, InclusionProof, ListAccessesRequest,
     ListAccessesResponse, ListLogsRequest, ListLogsResponse, StoredEntry,
 };
-use crate::security::{caller, denied, Role};
+use crate::security::{caller, denied, ForwardedBy, Role};
 
 /// Longest wait of a GetCheckpoint long poll.
-const MAX_LONG_POLL_MS: u64 = 30_000;
+const MAX_LONG_POLL_MS: u64 = 15_000;
 
 /// Longest origin a request may name.
 const MAX_ORIGIN_LEN: usize = 256;
@@ -116,16 +116,33 @@ impl Logs {
 
 pub struct AuditApi {
     logs: Logs,
+    /// The identities this node calls with (its own acknowledgements of
+    /// its own log do not count).
+    own_identities: Vec<String>,
     /// Cluster mode: where the node directory is (for `ListLogs`).
     cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 impl AuditApi {
     pub fn new(logs: Logs) -> Self {
+        let own_identities = logs
+            .own_origin()
+            .strip_prefix(crate::security::LOG_ORIGIN_PREFIX)
+            .map(crate::security::node_identity)
+            .into_iter()
+            .collect();
         Self {
             logs,
+            own_identities,
             cluster: None,
         }
+    }
+
+    /// The identity this node presents on its own calls, besides the one
+    /// its node id gives.
+    pub fn with_own_identity(mut self, identity: &str) -> Self {
+        self.own_identities.push(identity.to_owned());
+        self
     }
 
     /// `ListLogs` lists the cluster's logs from this etcd too.
@@ -143,6 +160,11 @@ impl AuditService for AuditApi {
     ) -> Result<Response<Checkpoint>, Status> {
         log_reader(&request)?;
         let caller = caller(&request)?;
+        // A mirror is another node calling for itself: not this node (a
+        // mirror on its own disk), not a call forwarded on someone's behalf.
+        let mirror = caller.role == Role::Gateway
+            && request.extensions().get::<ForwardedBy>().is_none()
+            && !self.own_identities.contains(&caller.identity);
         let GetCheckpointRequest {
             origin,
             min_cosignatures,
@@ -150,13 +172,19 @@ impl AuditService for AuditApi {
             wait_beyond_size,
             wait_ms,
             tree_size,
+            mirrored_root,
         } = request.into_inner();
         let reader = self.logs.resolve(&origin)?;
-        if let Some(log) = reader.own_log() {
-            // A mirror of this log (another node) says how much it holds.
-            if mirrored_size > 0 && caller.role == Role::Gateway {
-                log.replication()
-                    .record(&caller.identity, mirrored_size.min(log.durable_size()));
+        if let (Some(log), true) = (reader.own_log(), mirror) {
+            // A mirror says how much of this log it holds: counted only if
+            // this log signed that very tree (not another history under
+            // this origin, e.g. a log started anew after a lost disk).
+            if mirrored_size > 0 {
+                if reader.signed_root(mirrored_size)?.as_deref() == Some(&mirrored_root[..]) {
+                    log.replication().record(&caller.identity, mirrored_size);
+                } else {
+                    tracing::debug!(mirror = %caller.identity, size = mirrored_size, "a mirror's acknowledgement does not match this log's signed tree; not counted");
+                }
             }
             if wait_beyond_size > 0 {
                 let wait = Duration::from_millis(u64::from(wait_ms).min(MAX_LONG_POLL_MS));

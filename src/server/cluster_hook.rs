@@ -582,21 +582,24 @@ async fn settle(submit: &ClusterSubmit, caller: &str, request_id: &str) -> Resul
         }
         return Ok(true);
     };
-    if !submit
-        .gateway
-        .is_replicated(&application_id)
-        .map_err(|e| e.to_string())?
-    {
-        // Not on the mirrors required yet: not marked (a mark is what lets
-        // another node answer it), tried again next round.
-        return Ok(false);
-    }
+    // This node's decision is made the cluster's only once it is on the
+    // mirrors required (a mark is what lets another node answer it); until
+    // then it is tried again next round. An orphan is superseded at once.
+    let replicated = || {
+        submit
+            .gateway
+            .is_replicated(&application_id)
+            .map_err(|e| e.to_string())
+    };
     let now = submit.now_ms();
     let held = reservations
         .get(caller, request_id)
         .await
         .map_err(|e| e.to_string())?;
     let Some((held, revision)) = held else {
+        if !replicated()? {
+            return Ok(false);
+        }
         // Expired: this decision is the only one; claim it as decided.
         return reservations
             .claim_decided(caller, request_id, &digest, &application_id, now)
@@ -612,6 +615,9 @@ async fn settle(submit: &ClusterSubmit, caller: &str, request_id: &str) -> Resul
                 .map_err(|e| e.to_string())?;
         }
         return Ok(true);
+    }
+    if !replicated()? {
+        return Ok(false);
     }
     let mut revision = revision;
     if !reservations.is_ours(&held) {

@@ -246,19 +246,21 @@ pub async fn pull(
 
 /// The newest checkpoint of the peer's own log once it is larger than
 /// `held` (a long poll of at most [`LONG_POLL`]), telling the peer that
-/// this mirror holds its log, verified and durable, up to `held`: the
-/// acknowledgement `serve --mirror-ack` waits for.
+/// this mirror holds its log, verified and durable, up to `held`, with the
+/// signed root `root`: the acknowledgement `serve --mirror-ack` waits for.
 pub async fn next_checkpoint(
     client: &mut AuditClient,
     url: &str,
     origin: &str,
     held: u64,
+    root: Vec<u8>,
 ) -> Result<crate::pb::Checkpoint, PullError> {
     bounded(
         url,
         client.get_checkpoint(GetCheckpointRequest {
             origin: origin.to_owned(),
             mirrored_size: held,
+            mirrored_root: root,
             wait_beyond_size: held,
             wait_ms: LONG_POLL.as_millis() as u32,
             ..Default::default()
@@ -373,69 +375,122 @@ async fn fetch_entries(
     Ok(entries)
 }
 
-/// The origin serves checkpoints signed by `new_vkey`, not by the key the
-/// mirror pinned: follow it only through a rotation the log recorded
-/// (`audit rotate-key`): the KeyRotated entry, signed by the pinned key, is
-/// the last entry of a checkpoint the pinned key signed. Pulls up to that
-/// checkpoint (all checked as usual), then pins `new_vkey`.
-pub async fn follow_rotation(
+/// Most key rotations followed in one go (A→B→C… while the mirror was away).
+const MAX_ROTATIONS: usize = 16;
+
+/// The origin serves a checkpoint (`served`) its pinned key does not sign:
+/// follow it only through rotations the log recorded (`audit rotate-key`):
+/// each KeyRotated entry, signed by the key pinned then, is the last entry
+/// of a checkpoint that key signed. Pulls up to that checkpoint (all checked
+/// as usual), pins the rotation's new key, and goes on until the pinned key
+/// signs `served`. Returns whether a key was followed.
+pub async fn follow_rotations(
     client: &mut AuditClient,
     url: &str,
     origin: &str,
     log: &mut MirrorLog,
-    new_vkey: &str,
-    served_size: u64,
-) -> Result<(), PullError> {
-    let held = log.verified_size().map_err(MirrorError::from)?;
-    if held > 0 && log.is_rotation_to(held - 1, new_vkey)? {
-        return Ok(log.follow_rotation(new_vkey)?);
-    }
-    // Where the rotation is: located in the unchecked entries, then
-    // checked through the old key's checkpoint just after it.
-    let mut at = held;
-    let rotated_at = 'search: loop {
-        if at >= served_size {
-            return Err(MirrorError::KeyChanged {
-                origin: origin.to_owned(),
-                pinned: log.verifier_key().to_owned(),
-                served: format!(
-                    "{new_vkey} (the log records no rotation to it after entry {held})"
-                ),
-            }
-            .into());
+    served: &crate::pb::Checkpoint,
+) -> Result<bool, PullError> {
+    let mut followed = false;
+    for _ in 0..MAX_ROTATIONS {
+        if log.check_signature(&served.note).is_ok() {
+            return Ok(followed);
         }
-        let entries =
-            fetch_entries(client, url, origin, at, served_size.min(at + MIRROR_CHUNK)).await?;
+        let held = log.verified_size().map_err(MirrorError::from)?;
+        let (rotated_at, new_vkey) = find_rotation(client, url, origin, log, held, served).await?;
+        if rotated_at > held {
+            let old_checkpoint = bounded(
+                url,
+                client.get_checkpoint(GetCheckpointRequest {
+                    origin: origin.to_owned(),
+                    tree_size: rotated_at,
+                    ..Default::default()
+                }),
+            )
+            .await?;
+            pull_to(client, url, origin, log, old_checkpoint).await?;
+        }
+        log.follow_rotation(&new_vkey)?;
+        followed = true;
+    }
+    Err(MirrorError::KeyChanged {
+        origin: origin.to_owned(),
+        pinned: log.verifier_key().to_owned(),
+        served: format!(
+            "{} (more than {MAX_ROTATIONS} rotations)",
+            served.verifier_key
+        ),
+    }
+    .into())
+}
+
+/// The next rotation from the pinned key: (the tree size just after its
+/// entry, its new key). Located in unchecked entries from `held` on (or the
+/// last entry held); checked afterwards, through the old key's checkpoint.
+async fn find_rotation(
+    client: &mut AuditClient,
+    url: &str,
+    origin: &str,
+    log: &MirrorLog,
+    held: u64,
+    served: &crate::pb::Checkpoint,
+) -> Result<(u64, String), PullError> {
+    let rotation_from = |bytes: &[u8]| {
+        use prost::Message;
+        match crate::pb::AuditEntry::decode(bytes).ok()?.event? {
+            crate::pb::audit_entry::Event::KeyRotated(r)
+                if r.previous_verifier_key == log.verifier_key() =>
+            {
+                Some(r.new_verifier_key)
+            }
+            _ => None,
+        }
+    };
+    if held > 0 {
+        if let Some(new_vkey) = log
+            .store()
+            .entry(held - 1)
+            .map_err(MirrorError::from)?
+            .and_then(|bytes| rotation_from(&bytes))
+        {
+            return Ok((held, new_vkey));
+        }
+    }
+    let mut at = held;
+    while at < served.tree_size {
+        let entries = fetch_entries(
+            client,
+            url,
+            origin,
+            at,
+            served.tree_size.min(at + MIRROR_CHUNK),
+        )
+        .await?;
         if entries.is_empty() {
             return Err(PullError::BadAnswer {
                 url: url.to_owned(),
-                problem: format!("no entries from {at} though its checkpoint has {served_size}"),
+                problem: format!(
+                    "no entries from {at} though its checkpoint has {}",
+                    served.tree_size
+                ),
             });
         }
         for (i, bytes) in entries.iter().enumerate() {
-            use prost::Message;
-            let rotation = crate::pb::AuditEntry::decode(bytes.as_slice())
-                .ok()
-                .and_then(|e| e.event);
-            if let Some(crate::pb::audit_entry::Event::KeyRotated(r)) = rotation {
-                if r.previous_verifier_key == log.verifier_key() && r.new_verifier_key == new_vkey {
-                    break 'search at + i as u64 + 1;
-                }
+            if let Some(new_vkey) = rotation_from(bytes) {
+                return Ok((at + i as u64 + 1, new_vkey));
             }
         }
         at += entries.len() as u64;
-    };
-    let old_checkpoint = bounded(
-        url,
-        client.get_checkpoint(GetCheckpointRequest {
-            origin: origin.to_owned(),
-            tree_size: rotated_at,
-            ..Default::default()
-        }),
-    )
-    .await?;
-    pull_to(client, url, origin, log, old_checkpoint).await?;
-    Ok(log.follow_rotation(new_vkey)?)
+    }
+    Err(MirrorError::KeyChanged {
+        origin: origin.to_owned(),
+        pinned: log.verifier_key().to_owned(),
+        served: format!(
+            "{} (its checkpoint is not signed by the pinned key, and the log records no rotation from it after entry {held})",
+            served.verifier_key
+        ),
+    }
+    .into())
 }
 
 /// The folder of `origin`'s mirror store in `data_dir`: the origin with
@@ -640,13 +695,18 @@ async fn follow(shared: Arc<Shared>, peer: Peer) {
         peer,
         origin: None,
         problem: None,
+        backoff: MIRROR_EVERY,
     };
     loop {
         if !follower.round(&mut client).await {
-            tokio::time::sleep(MIRROR_EVERY).await;
+            tokio::time::sleep(std::mem::replace(&mut follower.backoff, MIRROR_EVERY)).await;
         }
     }
 }
+
+/// After a key the mirror cannot follow, the next try waits this long (the
+/// search for a rotation reads the log from the mirrored size on).
+const KEY_CHANGED_BACKOFF: Duration = Duration::from_secs(30);
 
 struct Follower<'a> {
     shared: &'a Shared,
@@ -655,6 +715,8 @@ struct Follower<'a> {
     origin: Option<(String, String)>,
     /// The last failure logged, so a peer down for an hour is one line.
     problem: Option<String>,
+    /// How long to wait after a failed round.
+    backoff: Duration,
 }
 
 impl Follower<'_> {
@@ -686,6 +748,14 @@ impl Follower<'_> {
                         .unwrap_or_default();
                     if origin.is_empty() {
                         self.failed("?", "it serves a checkpoint without an origin".into());
+                        return None;
+                    }
+                    if origin == crate::security::log_origin(&self.shared.plan.node_id) {
+                        // A copy on this node's own disk guards against nothing.
+                        self.failed(
+                            &origin,
+                            "it serves this node's own log: not mirrored".into(),
+                        );
                         return None;
                     }
                     // After first contact a URL given without a key keeps
@@ -762,37 +832,26 @@ impl Follower<'_> {
             return false;
         };
         let metrics = &self.shared.metrics;
-        let held = log.lock().await.verified_size().unwrap_or(0);
+        let (held, root) = log.lock().await.verified().unwrap_or_default();
         // A long poll of the peer's own log that acknowledges `held`.
-        let served = next_checkpoint(client, &self.peer.url, &origin, held).await;
+        let served = next_checkpoint(client, &self.peer.url, &origin, held, root).await;
         let pulled = match served {
             Ok(served) => {
                 let mut log = log.lock().await;
                 let url = &self.peer.url;
-                let mut rotated = Ok(());
-                if served.verifier_key != log.verifier_key() {
-                    // Signed by another key: followed only through a
-                    // rotation the log recorded, signed by the pinned key.
-                    rotated = follow_rotation(
-                        client,
-                        url,
+                // Signed by another key: followed only through rotations the
+                // log recorded, each signed by the key pinned before it.
+                let rotated = follow_rotations(client, url, &origin, &mut log, &served).await;
+                if let Ok(true) = rotated {
+                    info!(%origin, vkey = %log.verifier_key(), "mirror followed the origin's key rotation");
+                    self.shared.logs.add_mirror(
                         &origin,
-                        &mut log,
-                        &served.verifier_key,
-                        served.tree_size,
-                    )
-                    .await;
-                    if rotated.is_ok() {
-                        info!(%origin, vkey = %served.verifier_key, "mirror followed the origin's key rotation");
-                        self.shared.logs.add_mirror(
-                            &origin,
-                            AuditReader::mirrored(log.store().clone(), served.verifier_key.clone()),
-                        );
-                        self.origin = Some((origin.clone(), served.verifier_key.clone()));
-                    }
+                        AuditReader::mirrored(log.store().clone(), log.verifier_key().to_owned()),
+                    );
+                    self.origin = Some((origin.clone(), log.verifier_key().to_owned()));
                 }
                 match rotated {
-                    Ok(()) => pull_to(client, url, &origin, &log, served)
+                    Ok(_) => pull_to(client, url, &origin, &log, served)
                         .await
                         .map(|size| (size, log.store().clone())),
                     Err(e) => Err(e),
@@ -822,6 +881,9 @@ impl Follower<'_> {
                 false
             }
             Err(e) => {
+                if matches!(e, PullError::Mirror(MirrorError::KeyChanged { .. })) {
+                    self.backoff = KEY_CHANGED_BACKOFF;
+                }
                 self.failed(&origin, e.to_string());
                 metrics.mirror_pull(&origin, "error", held);
                 false

@@ -476,6 +476,8 @@ impl Running {
         if let Some(joined) = self.cluster.take() {
             joined.leave().await;
         }
+        // Mirrors' long polls end now, so they do not hold the stop up.
+        self.gateway.audit().end_long_polls();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -763,6 +765,9 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     ));
     log.replication()
         .configure(mirror_ack, options.mirror_ack_timeout, metrics.clone());
+    if mirror_ack > 0 && tls.is_some() && identity == GATEWAY_IDENTITY {
+        warn!("this node presents the shared gateway.proofgate identity: a mirror presenting it too cannot be told from this node, so its acknowledgements do not count; give each node its own certificate (dev-certs --issue <node-id>.gateway.proofgate)");
+    }
     if mirror_ack > 0 {
         info!(
             mirrors = mirror_ack,
@@ -927,8 +932,12 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         ),
     );
     let audit = InterceptedService::new(
-        AuditServiceServer::new(AuditApi::new(logs.clone()).with_cluster(options.cluster.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        AuditServiceServer::new(
+            AuditApi::new(logs.clone())
+                .with_own_identity(&identity)
+                .with_cluster(options.cluster.clone()),
+        )
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
         guard.for_service(
             "proofgate.v1.AuditService",
             // A gateway identity: a peer node mirroring this node's log.
