@@ -40,6 +40,84 @@ pub struct DiskOptions {
     pub cache_bytes: u64,
 }
 
+/// `bench --applications N --external`: the same submissions, sent to a
+/// node already serving in another process (so that its memory is the
+/// node's alone), in chunks that may be resumed: request ids start at
+/// `disk-{first}`, and the pending ones are the first `pending` of all.
+#[derive(Debug, Clone)]
+pub struct ExternalOptions {
+    pub applications: u64,
+    pub first: u64,
+    pub pending: u64,
+    pub concurrency: usize,
+    pub matter: String,
+    pub endpoint: String,
+    pub certs: PathBuf,
+    /// The node's process: its VmRSS and VmHWM are read after the run.
+    pub node_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExternalReport {
+    pub submitted: u64,
+    pub failed: u64,
+    pub seconds: f64,
+    pub node_pid: Option<u32>,
+    pub node_rss: Option<(u64, u64)>,
+}
+
+impl std::fmt::Display for ExternalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "applications       {} decided, {} failed, in {:.1} s ({:.0}/s)",
+            self.submitted,
+            self.failed,
+            self.seconds,
+            self.submitted as f64 / self.seconds.max(1e-9)
+        )?;
+        match (self.node_pid, self.node_rss) {
+            (Some(pid), Some((rss, peak))) => writeln!(
+                f,
+                "node process {pid} after the run: VmRSS {:.1} MB, VmHWM {:.1} MB (the node alone)",
+                rss as f64 / 1e6,
+                peak as f64 / 1e6
+            ),
+            (Some(pid), None) => writeln!(f, "node process {pid}: no /proc status"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Submits to a node serving elsewhere; see [`ExternalOptions`].
+pub async fn run_external(options: &ExternalOptions) -> Result<ExternalReport, String> {
+    let hall_identity = format!("{BENCH_HALL}.hall.proofgate");
+    let tls = TlsFiles::load(&options.certs, &hall_identity).map_err(|e| e.to_string())?;
+    let channel = connect(&options.endpoint, Some(&tls), GATEWAY_IDENTITY)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", options.endpoint))?;
+    let client =
+        ApplicationServiceClient::with_interceptor(channel, IdentityHeader::new(&hall_identity));
+    let plan = Plan {
+        first: options.first,
+        end: options.first + options.applications,
+        pending: options.pending,
+        concurrency: options.concurrency,
+        matter: options.matter.clone(),
+    };
+    let (submitted, failed, seconds) = submit(client, plan).await;
+    let node_rss = options
+        .node_pid
+        .and_then(|pid| memory_of(&format!("/proc/{pid}/status")));
+    Ok(ExternalReport {
+        submitted,
+        failed,
+        seconds,
+        node_pid: options.node_pid,
+        node_rss,
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct DiskReport {
     pub data_dir: PathBuf,
@@ -95,7 +173,12 @@ impl std::fmt::Display for DiskReport {
 
 /// VmRSS and VmHWM of this process, in bytes (Linux); None elsewhere.
 pub fn resident_memory() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    memory_of("/proc/self/status")
+}
+
+/// VmRSS and VmHWM from a /proc/PID/status file, in bytes.
+fn memory_of(status_file: &str) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(status_file).ok()?;
     let field = |name: &str| {
         status
             .lines()
@@ -187,25 +270,51 @@ async fn submit_all(
         .map_err(|e| format!("cannot connect to the node: {e}"))?;
     let client =
         ApplicationServiceClient::with_interceptor(channel, IdentityHeader::new(&hall_identity));
-    let next = Arc::new(AtomicU64::new(0));
+    let plan = Plan {
+        first: 0,
+        end: options.applications,
+        pending: options.pending.min(options.applications),
+        concurrency: options.concurrency,
+        matter: options.matter.clone(),
+    };
+    Ok(submit(client, plan).await)
+}
+
+/// Which applications to submit: ids `disk-{first}` up to `disk-{end}`
+/// (excluded); those below `pending` are left pending.
+struct Plan {
+    first: u64,
+    end: u64,
+    pending: u64,
+    concurrency: usize,
+    matter: String,
+}
+
+type Client = ApplicationServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, IdentityHeader>,
+>;
+
+/// Submits the plan's applications at its concurrency; (decided, failed,
+/// seconds).
+async fn submit(client: Client, plan: Plan) -> (u64, u64, f64) {
+    let next = Arc::new(AtomicU64::new(plan.first));
     let failed = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let started = Instant::now();
-    let total = options.applications;
-    let pending = options.pending.min(total);
+    let (end, pending) = (plan.end, plan.pending);
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..options.concurrency.max(1) {
+    for _ in 0..plan.concurrency.max(1) {
         let (client, next, failed, first_error) = (
             client.clone(),
             Arc::clone(&next),
             Arc::clone(&failed),
             Arc::clone(&first_error),
         );
-        let matter = options.matter.clone();
+        let matter = plan.matter.clone();
         workers.spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
+                if n >= end {
                     break;
                 }
                 let id = format!("disk-{n}");
@@ -238,5 +347,44 @@ async fn submit_all(
     if let Some(error) = first_error.lock().ok().and_then(|e| e.clone()) {
         eprintln!("bench: {failed} submissions failed; the first: {error}");
     }
-    Ok((total - failed, failed, seconds))
+    let total = end.saturating_sub(plan.first);
+    (total - failed, failed, seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--external` sends its chunk (ids from `first`) to a node serving
+    /// elsewhere and reads that process's memory; a node in this process
+    /// stands in for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn external_chunk_reaches_a_serving_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let serve = ServeOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.path().join("data"),
+            metrics_listen: None,
+            console: false,
+            ..ServeOptions::default()
+        };
+        let running = server::start(serve).await.unwrap();
+        let options = ExternalOptions {
+            applications: 3,
+            first: 10,
+            pending: 0,
+            concurrency: 2,
+            matter: "public-rental-housing".into(),
+            endpoint: running.endpoint(),
+            certs: running.certs_dir.clone().unwrap(),
+            node_pid: Some(std::process::id()),
+        };
+        let report = run_external(&options).await.unwrap();
+        running.shutdown().await;
+        assert_eq!((report.submitted, report.failed), (3, 0));
+        assert!(report
+            .node_rss
+            .is_some_and(|(rss, peak)| rss > 0 && peak >= rss));
+        assert!(report.to_string().contains("the node alone"));
+    }
 }

@@ -343,7 +343,7 @@ impl RelayService {
                     purpose,
                 });
                 call.set_timeout(CALL_TIMEOUT);
-                client.query(call).await.is_ok()
+                report_first_error(client.query(call).await)
             }
             RelayCall::Verify {
                 proof_id, claim, ..
@@ -356,8 +356,24 @@ impl RelayService {
                     purpose,
                 });
                 call.set_timeout(CALL_TIMEOUT);
-                client.verify(call).await.is_ok()
+                report_first_error(client.verify(call).await)
             }
+        }
+    }
+}
+
+/// Whether a department call succeeded; the first failure of the process is
+/// printed, so that a relay whose calls fail (and are retried by the load
+/// generator) says why.
+fn report_first_error<T>(result: Result<T, Status>) -> bool {
+    static PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    match result {
+        Ok(_) => true,
+        Err(status) => {
+            if !PRINTED.swap(true, Ordering::Relaxed) {
+                eprintln!("relay: a department call failed (first of the run): {status}");
+            }
+            false
         }
     }
 }

@@ -598,6 +598,20 @@ pub struct BenchArgs {
     /// `store_cache_mb` sets for `serve`).
     #[arg(long, value_name = "MB", default_value_t = crate::audit::DEFAULT_CACHE_BYTES / (1024 * 1024), requires = "applications")]
     pub cache_mb: u64,
+    /// Disk mode, against a node already serving in another process: send
+    /// the N applications to --endpoint (with --certs) instead of starting a
+    /// node; no folder figures (stop the node, then `audit usage`). The
+    /// node's memory is then its own, not the load generator's.
+    #[arg(long, requires = "applications", conflicts_with_all = ["data_dir", "keep"])]
+    pub external: bool,
+    /// With --external: request ids start at disk-K, so that a long run can
+    /// be sent in chunks (the pending ones are ids below --pending).
+    #[arg(long, value_name = "K", default_value_t = 0, requires = "external")]
+    pub first: u64,
+    /// With --external: the node's process id; its VmRSS and VmHWM
+    /// (/proc/PID/status) are printed after the run.
+    #[arg(long, value_name = "PID", requires = "external")]
+    pub node_pid: Option<u32>,
     /// The yardstick run before the submissions: `health` (gRPC health
     /// checks to the gateway) or `relay` (a minimal relay started in this
     /// run: same mutual TLS, the matter's department calls to the same

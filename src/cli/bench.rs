@@ -74,6 +74,35 @@ pub async fn run(args: BenchArgs) -> Result<Report, CliError> {
 /// `proofgate bench --applications N`: a node of its own, N applications,
 /// then the figures of its data folder.
 async fn disk(args: BenchArgs, applications: u64) -> Result<Report, CliError> {
+    if args.external {
+        let endpoint = args.endpoint.first().cloned().unwrap_or_default();
+        let options = bench::disk::ExternalOptions {
+            applications,
+            first: args.first,
+            pending: args.pending,
+            concurrency: args.concurrency,
+            matter: args.matter,
+            endpoint,
+            certs: args.certs,
+            node_pid: args.node_pid,
+        };
+        println!(
+            "bench: the node at {}, applications disk-{}..disk-{} of {} (ids below {} pending) at concurrency {}",
+            options.endpoint,
+            options.first,
+            options.first + applications,
+            options.matter,
+            options.pending,
+            options.concurrency
+        );
+        let report = bench::disk::run_external(&options)
+            .await
+            .map_err(CliError::Bench)?;
+        return Ok(Report {
+            text: report.to_string(),
+            ..Report::default()
+        });
+    }
     let options = bench::disk::DiskOptions {
         applications,
         pending: args.pending,
