@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{bounded, ClusterError, ClusterOptions};
 
 /// What a node says about itself in the directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub node_id: String,
     /// Where its gRPC services answer (`https://host:port`).

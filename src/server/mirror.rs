@@ -606,6 +606,8 @@ struct Peer {
 async fn run(shared: Arc<Shared>) {
     let mut tasks = tokio::task::JoinSet::new();
     let mut followers: BTreeMap<Peer, tokio::task::AbortHandle> = BTreeMap::new();
+    // The last failure to read the node directory, logged once.
+    let mut directory_problem: Option<String> = None;
     let mut every = tokio::time::interval(MIRROR_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -623,6 +625,9 @@ async fn run(shared: Arc<Shared>) {
         if let Some(cluster) = &plan.cluster {
             match crate::cluster::list_nodes(cluster).await {
                 Ok(nodes) => {
+                    if directory_problem.take().is_some() {
+                        info!("node directory readable again");
+                    }
                     peers.extend(
                         successors(&plan.node_id, &nodes, plan.peers)
                             .into_iter()
@@ -634,7 +639,11 @@ async fn run(shared: Arc<Shared>) {
                     );
                 }
                 Err(e) => {
-                    warn!(error = %e, "node directory unreadable; following the peers already known");
+                    let problem = e.to_string();
+                    if directory_problem.as_deref() != Some(problem.as_str()) {
+                        warn!(error = %problem, "node directory unreadable; following the peers already known");
+                        directory_problem = Some(problem);
+                    }
                     continue;
                 }
             }
@@ -683,11 +692,15 @@ fn successors<'a>(
 /// peer's next checkpoint); after a failed round, waits [`MIRROR_EVERY`].
 async fn follow(shared: Arc<Shared>, peer: Peer) {
     let plan = &shared.plan;
-    let mut client = match node_client(&peer.url, plan.tls.as_ref(), &plan.identity) {
-        Ok(client) => client,
-        Err(e) => {
-            warn!(error = %e, "mirror peer unusable");
-            return;
+    // An address this node cannot call (e.g. http:// with TLS on) stays
+    // unusable: said once, looked at again now and then.
+    let mut client = loop {
+        match node_client(&peer.url, plan.tls.as_ref(), &plan.identity) {
+            Ok(client) => break client,
+            Err(e) => {
+                warn!(error = %e, "mirror peer unusable");
+                tokio::time::sleep(KEY_CHANGED_BACKOFF * 10).await;
+            }
         }
     };
     let mut follower = Follower {
@@ -895,6 +908,41 @@ impl Follower<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_node_mirrors_its_next_live_nodes_wrapping_around() {
+        let listed = |id: &str, live: bool| crate::cluster::ListedNode {
+            record: crate::cluster::NodeRecord {
+                node_id: id.into(),
+                ..Default::default()
+            },
+            lease: String::new(),
+            lease_ttl_s: None,
+            live,
+        };
+        let nodes = [
+            listed("node-3", true),
+            listed("node-1", true),
+            listed("node-4", false),
+            listed("node-2", true),
+        ];
+        let ids = |own: &str, n: usize| -> Vec<String> {
+            successors(own, &nodes, n)
+                .into_iter()
+                .map(|r| r.node_id.clone())
+                .collect()
+        };
+        assert_eq!(ids("node-1", 2), ["node-2", "node-3"]);
+        assert_eq!(ids("node-2", 2), ["node-3", "node-1"]);
+        assert_eq!(ids("node-3", 2), ["node-1", "node-2"]);
+        assert_eq!(ids("node-3", 1), ["node-1"]);
+        assert_eq!(
+            ids("node-3", 5),
+            ["node-1", "node-2"],
+            "never itself, never a dead node"
+        );
+        assert!(ids("node-1", 0).is_empty());
+    }
 
     #[test]
     fn targets_take_an_optional_key_and_paths_name_the_origin() {
