@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The cluster benchmarks of issue 10 in one run (BENCHMARKS.md, "Cluster
 # mode: etcd writes"): the etcd write itself, then one node without etcd,
-# one node with etcd (reservation writes not batched, batched, batched with
-# 4 transactions in flight), three nodes with etcd; SubmitApplication at c=1 and c=64 each, and etcd's own
-# counters around each gateway run (writes per application).
+# one node with etcd (reservation writes not batched, batched — the default,
+# one transaction in flight — and batched with 2 in flight, the default before
+# 2026-12-07), three nodes with etcd (--mirror-ack 1, the default, and
+# --mirror-ack 0); SubmitApplication at c=1 and c=64 each, and etcd's own
+# counters around each gateway run (writes per application, WAL fsync time).
 #
 #   examples/bench-etcd.sh WORK_DIR
 #
@@ -57,7 +59,7 @@ done
 pids+=($!)
 
 "$PG" dev-certs --dir pki >/dev/null
-for d in solo:node-1 one:node-1 one-nobatch:node-1 one-4:node-1 three-1:node-1 three-2:node-2 three-3:node-3; do
+for d in solo:node-1 one:node-1 one-nobatch:node-1 one-2:node-1 three-1:node-1 three-2:node-2 three-3:node-3 three0-1:node-1 three0-2:node-2 three0-3:node-3; do
   "$PG" keygen --data-dir ${d%:*} --node-id ${d#*:} >/dev/null
   [ ${d%:*} = solo ] || cp solo/keys/pseudonym.key ${d%:*}/keys/pseudonym.key
 done
@@ -70,6 +72,14 @@ done
 counters() {
   curl -s http://127.0.0.1:25379/metrics |
     awk '/^etcd_server_proposals_committed_total |^etcd_mvcc_put_total |^etcd_mvcc_txn_total /{printf "%s %.0f\n", $1, $2}'
+}
+# mean WAL fsync of member 1 between two `fsyncs` readings (sum count)
+fsyncs() {
+  curl -s http://127.0.0.1:25379/metrics |
+    awk '/^etcd_disk_wal_fsync_duration_seconds_sum /{s=$2} /^etcd_disk_wal_fsync_duration_seconds_count /{c=$2} END{print s, c}'
+}
+fsync_mean() { # before after
+  echo "$1 $2" | awk '{n = $4 - $2; printf "%d fsyncs, mean %.3f ms", n, n ? 1000 * ($3 - $1) / n : 0}'
 }
 delta() { # before after
   join <(echo "$1") <(echo "$2") | awk '{printf "%s +%d  ", $1, $3 - $2}'
@@ -113,6 +123,7 @@ bench() { # LABEL ENDPOINTS
   for c in 1 64; do
     local before after e0 n0
     before=$(counters)
+    f0=$(fsyncs)
     e0=$(cpu "${members_pids[@]}")
     n0=$(cpu "${node_pids[@]}")
     echo "== $1, c=$c"
@@ -120,23 +131,26 @@ bench() { # LABEL ENDPOINTS
     "$PG" bench --endpoint "$2" --certs pki --matter "$MATTER" --seconds "$S" --concurrency $c
     after=$(counters)
     echo "etcd counters: $(delta "$before" "$after")"
+    echo "etcd member 1 WAL: $(fsync_mean "$f0" "$(fsyncs)")"
     echo "cpu seconds over both phases: etcd members $(awk -v a="$e0" -v b="$(cpu "${members_pids[@]}")" 'BEGIN{printf "%.2f", b - a}')  node(s) $(awk -v a="$n0" -v b="$(cpu "${node_pids[@]}")" 'BEGIN{printf "%.2f", b - a}')"
   done
 }
 
 echo "== date $(date -u +%FT%TZ), $(nproc) cores, $("$ETCD_BIN" --version | head -1)"
 echo "== etcd write (create-if-absent txn, sequential)"
-for args in "$E1 --etcd-txn 500" "$E3 --etcd-txn 500" "$E3 --etcd-txn 100 --etcd-batch 64"; do
+for args in "$E1 --etcd-txn 500" "$E3 --etcd-txn 500" "$E3 --etcd-txn 500 --etcd-pause-us 1000" "$E3 --etcd-txn 100 --etcd-batch 64"; do
   echo "\$ proofgate bench --etcd $args"
+  f0=$(fsyncs)
   # shellcheck disable=SC2086
   "$PG" bench --etcd $args
+  echo "etcd member 1 WAL: $(fsync_mean "$f0" "$(fsyncs)")"
 done
 
 serve solo node-1 29051
 bench "one node, no etcd" https://127.0.0.1:29051
 stop_nodes
 
-# one node with etcd: batching off, then on (default), then 4 batches in flight
+# one node with etcd: batching off, then on (default), then 2 batches in flight
 export PROOFGATE_ETCD_BATCH=1
 serve one-nobatch node-1 29051 --etcd $E3 --etcd-prefix /bench-one-nobatch/ --mock-departments --mirror-ack 0
 unset PROOFGATE_ETCD_BATCH
@@ -144,22 +158,37 @@ bench "one node, etcd (3 members), PROOFGATE_ETCD_BATCH=1 (each write alone, no 
 stop_nodes
 
 serve one node-1 29051 --etcd $E3 --etcd-prefix /bench-one/ --mock-departments --mirror-ack 0
-bench "one node, etcd (3 members), batched writes (default: <= 64 per txn, 2 txns in flight)" https://127.0.0.1:29051
+bench "one node, etcd (3 members), batched writes (default: <= 64 per txn, 1 txn in flight)" https://127.0.0.1:29051
 stop_nodes
 
-export PROOFGATE_ETCD_IN_FLIGHT=4
-serve one-4 node-1 29051 --etcd $E3 --etcd-prefix /bench-one-4/ --mock-departments --mirror-ack 0
+export PROOFGATE_ETCD_IN_FLIGHT=2
+serve one-2 node-1 29051 --etcd $E3 --etcd-prefix /bench-one-2/ --mock-departments --mirror-ack 0
 unset PROOFGATE_ETCD_IN_FLIGHT
-bench "one node, etcd (3 members), batched writes, PROOFGATE_ETCD_IN_FLIGHT=4" https://127.0.0.1:29051
+bench "one node, etcd (3 members), batched writes, PROOFGATE_ETCD_IN_FLIGHT=2 (the default before 2026-12-07)" https://127.0.0.1:29051
 stop_nodes
 
 # three nodes: each mirrors the other two and answers once one of them holds
-# the decision (--mirror-ack 1, the cluster default)
+# the decision (--mirror-ack 1, the cluster default); then with --mirror-ack 0
 serve three-1 node-1 29051 --etcd $E3 --etcd-prefix /bench-three/ --mock-departments
 serve three-2 node-2 29052 --etcd $E3 --etcd-prefix /bench-three/
 serve three-3 node-3 29053 --etcd $E3 --etcd-prefix /bench-three/
-bench "three nodes, etcd (3 members), departments in node-1" https://127.0.0.1:29051,https://127.0.0.1:29052,https://127.0.0.1:29053
+bench "three nodes, etcd (3 members), --mirror-ack 1 (default), departments in node-1" https://127.0.0.1:29051,https://127.0.0.1:29052,https://127.0.0.1:29053
+stop_nodes
+
+serve three0-1 node-1 29051 --etcd $E3 --etcd-prefix /bench-three0/ --mock-departments --mirror-ack 0
+serve three0-2 node-2 29052 --etcd $E3 --etcd-prefix /bench-three0/ --mirror-ack 0
+serve three0-3 node-3 29053 --etcd $E3 --etcd-prefix /bench-three0/ --mirror-ack 0
+bench "three nodes, etcd (3 members), --mirror-ack 0, departments in node-1" https://127.0.0.1:29051,https://127.0.0.1:29052,https://127.0.0.1:29053
 stop_nodes
 
 echo "== etcd write again, after the gateway runs"
 "$PG" bench --etcd $E3 --etcd-txn 500
+
+echo "== one reservation as etcd holds it (key + value bytes), from the one-node run"
+range=$(curl -s http://127.0.0.1:25379/v3/kv/range \
+  -d "{\"key\":\"$(printf /bench-one/requests/ | base64 -w0)\",\"range_end\":\"$(printf /bench-one/requests0 | base64 -w0)\",\"limit\":1}")
+k=$(echo "$range" | grep -o '"key":"[^"]*"' | head -1 | cut -d'"' -f4 | base64 -d)
+v=$(echo "$range" | grep -o '"value":"[^"]*"' | head -1 | cut -d'"' -f4 | base64 -d)
+echo "reservations under /bench-one/: $(echo "$range" | grep -o '"count":"[0-9]*"' | cut -d'"' -f4)"
+echo "key ${#k} B + value ${#v} B: $k = $v"
+echo "etcd member 1 database: $(curl -s http://127.0.0.1:25379/metrics | awk '/^etcd_mvcc_db_total_size_in_bytes /{printf "%.0f B", $2} /^etcd_mvcc_db_total_size_in_use_in_bytes /{printf " (in use %.0f B)", $2}')"

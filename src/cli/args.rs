@@ -576,6 +576,11 @@ pub struct BenchArgs {
     /// nodes batch reservation writes under load.
     #[arg(long, value_name = "B", default_value_t = 1, requires = "etcd_txn")]
     pub etcd_batch: usize,
+    /// With --etcd-txn: P µs of idle time before each transaction (not
+    /// counted), as a node at concurrency 1 leaves etcd idle while it
+    /// decides between its two writes.
+    #[arg(long, value_name = "P", default_value_t = 0, requires = "etcd_txn")]
+    pub etcd_pause_us: u64,
     /// Disk mode: start a node in-process on a fresh data folder (mutual
     /// TLS, the built-in mock departments), submit N applications of
     /// --matter at --concurrency, stop it cleanly, and report bytes per

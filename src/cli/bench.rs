@@ -10,8 +10,10 @@ use crate::bench::{self, Baseline, BenchOptions};
 pub async fn run(args: BenchArgs) -> Result<Report, CliError> {
     if let Some(transactions) = args.etcd_txn {
         let options = crate::cluster::ClusterOptions::new(args.etcd).validated()?;
+        let pause = Duration::from_micros(args.etcd_pause_us);
         let measured =
-            crate::cluster::txn_bench::run(&options, transactions.max(1), args.etcd_batch).await?;
+            crate::cluster::txn_bench::run(&options, transactions.max(1), args.etcd_batch, pause)
+                .await?;
         return Ok(Report {
             text: format!("{measured}\n"),
             ..Report::default()

@@ -10,9 +10,9 @@
 //!
 //! - **No waiting when idle.** A write that finds nothing in flight is sent at
 //!   once, alone and not nested (the same transaction as before batching).
-//! - **Batching under load.** At most [`MAX_IN_FLIGHT`] batches are in flight;
-//!   writes that arrive meanwhile queue, and the next free slot takes all of
-//!   them (up to [`MAX_BATCH`]) as one transaction — as the audit writer's
+//! - **Batching under load.** At most [`MAX_IN_FLIGHT`] batches (by default
+//!   one) are in flight; writes that arrive meanwhile queue, and the next
+//!   free slot takes all of them (up to [`MAX_BATCH`]) as one transaction — as the audit writer's
 //!   group commit does with entries.
 //! - **One write per key per batch.** etcd refuses a transaction that writes
 //!   a key twice, so a second write of a key queued behind the first waits
@@ -35,9 +35,14 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 /// Most writes in one transaction: etcd's default `--max-txn-ops` is 128.
 pub const MAX_BATCH: usize = 64;
 
-/// Batches sent and not yet answered, at most: while they are out, writes
-/// queue for the next one.
-pub const MAX_IN_FLIGHT: usize = 2;
+/// Batches sent and not yet answered, at most: while one is out, writes
+/// queue for the next one. One, because etcd's cost is per transaction
+/// more than per write: at c=64 on one 2-core machine (node, 3 members and
+/// load generator sharing it) one batch in flight made batches larger and
+/// took the members' CPU per application from 0.22 to 0.17 ms, and the
+/// node from ~1,930 to ~2,120 applications/s, p50 33 → 30 ms
+/// (BENCHMARKS.md, 2026-12-07). An idle write still goes at once.
+pub const MAX_IN_FLIGHT: usize = 1;
 
 /// How many writes go in one transaction, and how many transactions may be
 /// in flight.
@@ -379,6 +384,15 @@ mod tests {
 
     #[tokio::test]
     async fn writes_queued_while_busy_go_as_one_batch_each_with_its_own_outcome() {
+        queued_while_busy(MAX_IN_FLIGHT).await;
+    }
+
+    #[tokio::test]
+    async fn with_two_batches_in_flight_both_slots_fill_before_writes_queue() {
+        queued_while_busy(2).await;
+    }
+
+    async fn queued_while_busy(in_flight: usize) {
         tokio::time::pause();
         let gate = Arc::new(Semaphore::new(0));
         let fake = Arc::new(Fake {
@@ -386,7 +400,11 @@ mod tests {
             ..Fake::default()
         });
         fake.keys.lock().unwrap().insert("taken".into(), ());
-        let batcher = Batcher::start(Arc::clone(&fake));
+        let limits = Limits {
+            max_in_flight: in_flight,
+            ..Limits::default()
+        };
+        let batcher = Batcher::start_with(Arc::clone(&fake), limits);
         let write = |key: &str| {
             let batcher = batcher.clone();
             let key = key.to_owned();
@@ -394,7 +412,7 @@ mod tests {
         };
         // Fill every slot with a single write, one at a time.
         let mut first = Vec::new();
-        for i in 0..MAX_IN_FLIGHT {
+        for i in 0..in_flight {
             first.push(write(&format!("slot-{i}")));
             settle().await;
             assert_eq!(sent(&fake).len(), i + 1);
@@ -404,7 +422,7 @@ mod tests {
         let keys = ["c", "d", "taken", "e", "c", "f"];
         let queued: Vec<_> = keys.iter().map(|k| write(k)).collect();
         settle().await;
-        assert_eq!(sent(&fake).len(), MAX_IN_FLIGHT, "nothing sent while busy");
+        assert_eq!(sent(&fake).len(), in_flight, "nothing sent while busy");
         gate.add_permits(100);
         for handle in first {
             assert_eq!(handle.await.unwrap(), Some(Ok(true)));
@@ -422,11 +440,14 @@ mod tests {
             .collect();
         assert_eq!(outs, want);
         let sent = sent(&fake);
-        assert_eq!(sent.len(), MAX_IN_FLIGHT + 2, "{sent:?}");
-        assert_eq!(sent[MAX_IN_FLIGHT], ["c", "d", "taken", "e", "f"]);
-        assert_eq!(sent[MAX_IN_FLIGHT + 1], ["c"]);
+        assert_eq!(sent.len(), in_flight + 2, "{sent:?}");
+        assert_eq!(sent[in_flight], ["c", "d", "taken", "e", "f"]);
+        assert_eq!(sent[in_flight + 1], ["c"]);
         let (transactions, writes) = batcher.counts();
-        assert_eq!((transactions, writes), (MAX_IN_FLIGHT as u64 + 2, 8));
+        assert_eq!(
+            (transactions, writes),
+            (in_flight as u64 + 2, in_flight as u64 + 6)
+        );
     }
 
     #[test]

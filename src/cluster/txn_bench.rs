@@ -2,8 +2,10 @@
 //! reservation makes, measured with the client and options the nodes use —
 //! N create-if-absent transactions, one after the other, each on a new key
 //! with a value the size of a reservation (`--etcd-batch B`: B such writes
-//! nested in each transaction, as the batcher sends them under load). The
-//! keys live under `<prefix>bench/` and are deleted at the end.
+//! nested in each transaction, as the batcher sends them under load;
+//! `--etcd-pause-us P`: a pause of P µs before each transaction, as a node
+//! at concurrency 1 leaves etcd idle while it decides). The keys live under
+//! `<prefix>bench/` and are deleted at the end.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,8 @@ pub struct TxnBench {
     pub endpoints: String,
     pub transactions: usize,
     pub writes_per_transaction: usize,
+    /// Idle time before each transaction (not counted in its latency).
+    pub pause: Duration,
     pub total: Duration,
     pub mean: Duration,
     pub p50: Duration,
@@ -30,11 +34,16 @@ impl std::fmt::Display for TxnBench {
         let secs = self.total.as_secs_f64().max(1e-9);
         write!(
             f,
-            "etcd create-if-absent txn ({} against {}): {} sequential, {} write(s) each: {:.0} txn/s, {:.0} writes/s, mean {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, conflicts {}",
+            "etcd create-if-absent txn ({} against {}): {} sequential, {} write(s) each{}: {:.0} txn/s, {:.0} writes/s, mean {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, conflicts {}",
             if self.endpoints.contains(',') { "client over all members" } else { "one member" },
             self.endpoints,
             self.transactions,
             self.writes_per_transaction,
+            if self.pause.is_zero() {
+                String::new()
+            } else {
+                format!(", each after {} µs idle", self.pause.as_micros())
+            },
             self.transactions as f64 / secs,
             (self.transactions * self.writes_per_transaction) as f64 / secs,
             ms(self.mean),
@@ -67,11 +76,13 @@ fn create(key: &str, i: usize) -> Txn {
         .and_then([TxnOp::put(key.as_bytes(), value(i), None)])
 }
 
-/// Runs `transactions` sequential transactions of `batch` writes each.
+/// Runs `transactions` sequential transactions of `batch` writes each, each
+/// after `pause` of idle time.
 pub async fn run(
     options: &ClusterOptions,
     transactions: usize,
     batch: usize,
+    pause: Duration,
 ) -> Result<TxnBench, ClusterError> {
     let batch = batch.clamp(1, super::batch::MAX_BATCH);
     let client = connect(options).await?;
@@ -99,6 +110,10 @@ pub async fn run(
     let mut conflicts = 0;
     let started = Instant::now();
     for round in 0..transactions {
+        if !pause.is_zero() {
+            // A thread sleeps to the µs; tokio's timer only to the ms.
+            let _ = tokio::task::spawn_blocking(move || std::thread::sleep(pause)).await;
+        }
         let t = Instant::now();
         let response = bounded(options, client.clone().txn(txn_of(round))).await?;
         times.push(t.elapsed());
@@ -132,6 +147,7 @@ pub async fn run(
         endpoints: options.endpoints_text(),
         transactions,
         writes_per_transaction: batch,
+        pause,
         total,
         mean: times.iter().sum::<Duration>() / count,
         p50: at(0.50),
