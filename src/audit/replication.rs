@@ -45,8 +45,8 @@ pub struct Replication {
 struct Inner {
     required: AtomicUsize,
     timeout: Mutex<Option<Duration>>,
-    /// Reports acknowledgements and timeouts (a default one until set).
-    metrics: Mutex<Metrics>,
+    /// Reports acknowledgements and timeouts, once configured.
+    metrics: Mutex<Option<Metrics>>,
     /// Mirror identity → the highest size it has reported holding.
     acks: watch::Sender<BTreeMap<String, u64>>,
 }
@@ -58,10 +58,10 @@ impl Replication {
         self.inner.required.store(required, Ordering::Release);
         *self.inner.timeout.lock().unwrap_or_else(|p| p.into_inner()) = Some(timeout);
         metrics.mirror_ack_required(required);
-        *self.inner.metrics.lock().unwrap_or_else(|p| p.into_inner()) = metrics;
+        *self.inner.metrics.lock().unwrap_or_else(|p| p.into_inner()) = Some(metrics);
     }
 
-    fn metrics(&self) -> Metrics {
+    fn metrics(&self) -> Option<Metrics> {
         self.inner
             .metrics
             .lock()
@@ -99,8 +99,8 @@ impl Replication {
                     true
                 }
             });
-        if changed {
-            self.metrics().mirror_acked(mirror, size);
+        if let (true, Some(metrics)) = (changed, self.metrics()) {
+            metrics.mirror_acked(mirror, size);
         }
     }
 
@@ -146,7 +146,9 @@ impl Replication {
             Ok(Ok(_)) => Ok(()),
             // The sender lives in `self`: it cannot close while we wait.
             Ok(Err(_)) | Err(_) => {
-                self.metrics().mirror_ack_timeout();
+                if let Some(metrics) = self.metrics() {
+                    metrics.mirror_ack_timeout();
+                }
                 let acks = self.acks();
                 Err(NotReplicated {
                     size,
