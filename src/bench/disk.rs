@@ -66,16 +66,23 @@ pub struct ExternalReport {
     pub node_rss: Option<(u64, u64)>,
 }
 
+/// The first line of both reports: how many applications, in how long.
+fn applications_line(
+    f: &mut std::fmt::Formatter<'_>,
+    submitted: u64,
+    failed: u64,
+    seconds: f64,
+) -> std::fmt::Result {
+    writeln!(
+        f,
+        "applications       {submitted} decided, {failed} failed, in {seconds:.1} s ({:.0}/s)",
+        submitted as f64 / seconds.max(1e-9)
+    )
+}
+
 impl std::fmt::Display for ExternalReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "applications       {} decided, {} failed, in {:.1} s ({:.0}/s)",
-            self.submitted,
-            self.failed,
-            self.seconds,
-            self.submitted as f64 / self.seconds.max(1e-9)
-        )?;
+        applications_line(f, self.submitted, self.failed, self.seconds)?;
         match (self.node_pid, self.node_rss) {
             (Some(pid), Some((rss, peak))) => writeln!(
                 f,
@@ -142,14 +149,7 @@ impl DiskReport {
 
 impl std::fmt::Display for DiskReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "applications       {} decided, {} failed, in {:.1} s ({:.0}/s)",
-            self.submitted,
-            self.failed,
-            self.seconds,
-            self.submitted as f64 / self.seconds.max(1e-9)
-        )?;
+        applications_line(f, self.submitted, self.failed, self.seconds)?;
         writeln!(f, "data folder        {}", self.data_dir.display())?;
         f.write_str(&crate::audit::report::usage_table(&self.usage))?;
         writeln!(
