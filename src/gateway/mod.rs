@@ -261,12 +261,21 @@ impl Gateway {
     /// Waits until the mirrors required hold every entry of `application`
     /// (`serve --mirror-ack`): what is answered, or read, is on their disks.
     pub async fn replicated(&self, application: &Application) -> Result<(), GatewayError> {
-        let size = application
+        self.replicated_to(
+            &application.application_id,
+            self.log_size_holding(application),
+            false,
+        )
+        .await
+    }
+
+    /// The log size that holds every entry of `application` (its latest
+    /// entry's, or, without a receipt, the durable size).
+    fn log_size_holding(&self, application: &Application) -> u64 {
+        application
             .receipt
             .as_ref()
-            .map_or_else(|| self.audit.durable_size(), |r| r.index + 1);
-        self.replicated_to(&application.application_id, size, false)
-            .await
+            .map_or_else(|| self.audit.durable_size(), |r| r.index + 1)
     }
 
     async fn replicated_to(
@@ -285,11 +294,10 @@ impl Gateway {
     /// now (settling marks a decision in etcd only then).
     pub fn is_replicated(&self, application_id: &str) -> Result<bool, GatewayError> {
         let application = self.application(application_id)?;
-        let size = application
-            .receipt
-            .as_ref()
-            .map_or_else(|| self.audit.durable_size(), |r| r.index + 1);
-        Ok(self.audit.replication().covers(size))
+        Ok(self
+            .audit
+            .replication()
+            .covers(self.log_size_holding(&application)))
     }
 
     /// [`Self::submit`] up to the decision being durable here.

@@ -309,16 +309,7 @@ pub async fn pull_to(
     let mut at = from;
     while at < checkpoint.size {
         let end = checkpoint.size.min(at.saturating_add(MIRROR_CHUNK));
-        let entries = fetch_entries(client, url, origin, at, end).await?;
-        if entries.is_empty() {
-            return Err(PullError::BadAnswer {
-                url: url.to_owned(),
-                problem: format!(
-                    "no entries from {at} though its checkpoint has {}",
-                    checkpoint.size
-                ),
-            });
-        }
+        let entries = fetch_entries(client, url, origin, at, end, checkpoint.size).await?;
         let chunk_end = at + entries.len() as u64;
         let to_checkpoint = if chunk_end < checkpoint.size {
             consistency(client, url, origin, chunk_end, checkpoint.size).await?
@@ -331,13 +322,15 @@ pub async fn pull_to(
 }
 
 /// Entries `start..end` of `origin` from the peer, unchecked (possibly
-/// fewer: a peer sends at most so many per call).
+/// fewer: a peer sends at most so many per call, but at least one: its
+/// checkpoint of `size` says they exist).
 async fn fetch_entries(
     client: &mut AuditClient,
     url: &str,
     origin: &str,
     start: u64,
     end: u64,
+    size: u64,
 ) -> Result<Vec<Vec<u8>>, PullError> {
     let mut stream = bounded(
         url,
@@ -371,6 +364,12 @@ async fn fetch_entries(
         if start + entries.len() as u64 == end {
             break;
         }
+    }
+    if entries.is_empty() {
+        return Err(PullError::BadAnswer {
+            url: url.to_owned(),
+            problem: format!("no entries from {start} though its checkpoint has {size}"),
+        });
     }
     Ok(entries)
 }
@@ -464,17 +463,9 @@ async fn find_rotation(
             origin,
             at,
             served.tree_size.min(at + MIRROR_CHUNK),
+            served.tree_size,
         )
         .await?;
-        if entries.is_empty() {
-            return Err(PullError::BadAnswer {
-                url: url.to_owned(),
-                problem: format!(
-                    "no entries from {at} though its checkpoint has {}",
-                    served.tree_size
-                ),
-            });
-        }
         for (i, bytes) in entries.iter().enumerate() {
             if let Some(new_vkey) = rotation_from(bytes) {
                 return Ok((at + i as u64 + 1, new_vkey));
