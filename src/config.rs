@@ -25,6 +25,7 @@
 //! console = "on"                      # or "off": the console at / on that listener
 //! max_in_flight = 4096
 //! store_cache_mb = 16                 # sled's page cache of the log (default 16)
+//! store_compression = true            # sled's zstd, for a log created from now on (default true)
 //! policy_keys = ["keys/policy-signing.vkey"]  # any: every set must be signed
 //! crls = ["proofgate-data/certs/ca.crl"]       # revoked certificates are refused
 //! certs = "pki"                 # a shared PKI folder (dev-certs --dir pki); default DATA_DIR/certs
@@ -100,6 +101,7 @@ struct FileConfig {
     console: Option<Switch>,
     max_in_flight: Option<usize>,
     store_cache_mb: Option<u64>,
+    store_compression: Option<bool>,
     policy_keys: Option<Vec<PathBuf>>,
     crls: Option<Vec<PathBuf>>,
     certs: Option<PathBuf>,
@@ -560,6 +562,9 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<NodeCo
             ));
         }
         serve.writer.store.cache_bytes = mb * 1024 * 1024;
+    }
+    if let Some(on) = parsed.store_compression {
+        serve.writer.store.compression = on;
     }
     let mut limits = RateLimits::default();
     for (role, rate) in parsed.rate_limits.per_role {

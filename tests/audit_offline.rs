@@ -6,9 +6,10 @@ mod common;
 
 use common::*;
 use proofgate::audit::{
-    application_key, data_dir_records, export, file_records, leaf_hash, rebuild_data_dir,
-    replay_records, verify_consistency, verify_inclusion, verify_records, AuditLog, AuditStore,
-    LogRecord, NoteSigner, NoteVerifier, Problem, WriterOptions,
+    application_key, data_dir_records, decode_group, encode_group, export, file_records, group_key,
+    leaf_hash, rebuild_data_dir, replay_records, verify_consistency, verify_inclusion,
+    verify_records, AuditLog, AuditStore, LogRecord, NoteSigner, NoteVerifier, Problem,
+    WriterOptions, GROUP_ENTRIES,
 };
 use proofgate::pb::{
     audit_entry::Event, AuditEntry, GetCheckpointRequest, GetConsistencyProofRequest,
@@ -496,13 +497,21 @@ async fn changing_a_stored_entry_in_the_data_folder_is_caught() {
             .tree_size()
             .unwrap();
         let index = size / 2;
-        // Flip the entry's last byte, leaving its recorded leaf hash as it was.
+        // Flip the entry's last byte, leaving its recorded leaf hash as it
+        // was. It is in a complete group of sixteen (the tail's entries are
+        // stored alone).
+        assert!(
+            index < size / GROUP_ENTRIES * GROUP_ENTRIES,
+            "{index} of {size}"
+        );
         let db = open_raw(&dir.path().join("log"));
-        let mut key = vec![b'e'];
-        key.extend_from_slice(&index.to_be_bytes());
-        let mut value = db.get(&key).unwrap().unwrap().to_vec();
-        let last = value.len() - 1;
-        value[last] ^= 0x80;
+        let group = index / GROUP_ENTRIES;
+        let key = group_key(group);
+        let mut entries = decode_group(group, &db.get(key).unwrap().unwrap()).unwrap();
+        let bytes = &mut entries[(index % GROUP_ENTRIES) as usize].1;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x80;
+        let value = encode_group(&mut zstd::block::Compressor::new(), &entries).unwrap();
         db.insert(key, value).unwrap();
         db.flush().unwrap();
         index

@@ -304,14 +304,16 @@ impl MirrorLog {
         }
         let mut batch = sled::Batch::default();
         let mut nodes = Vec::with_capacity(16);
+        let (mut tail, _) = super::groups::AppendTail::open(&self.store, start)?;
         for bytes in entries {
             stage_entry(
                 &mut frontier,
+                &mut tail,
                 leaf_hash(bytes),
                 bytes,
                 &mut batch,
                 &mut nodes,
-            );
+            )?;
         }
         let root = frontier.root();
         if end == checkpoint.size {

@@ -3,6 +3,7 @@
 //! sealed per batch by an Ed25519-signed checkpoint (C2SP signed note).
 
 mod checkpoint;
+mod groups;
 mod mirror;
 mod mirror_reads;
 mod project;
@@ -29,6 +30,7 @@ pub use crate::merkle::proof::{
 };
 use crate::merkle::{self, proof};
 pub use crate::merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
+pub use groups::{decode_group, encode_group, group_key, GROUP_ENTRIES};
 pub use mirror::{mirror_identity, recorded_fork, MirrorError, MirrorLog, Standing};
 pub use mirror_reads::{index_mirrored, mirrored_application, MirroredApplication};
 pub use project::{

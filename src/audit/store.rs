@@ -4,7 +4,8 @@
 //!
 //! | prefix | key                         | value                          |
 //! |--------|-----------------------------|--------------------------------|
-//! | `e`    | index (u64 BE)              | leaf hash (32) then the encoded AuditEntry |
+//! | `g`    | group (u64 BE)              | entries 16g..16g+16: leaf hashes and encoded AuditEntries, one zstd frame (see `groups`) |
+//! | `e`    | index (u64 BE)              | leaf hash (32) then the encoded AuditEntry: the entries of the last, incomplete group |
 //! | `c`    | tree size (u64 BE)          | signed checkpoint note         |
 //! | `m`    | `frontier`                  | Merkle frontier                |
 //! | `a`    | application id              | 0, then the indices of its entries (varints); before issue 12: the encoded Application |
@@ -21,6 +22,7 @@ use std::path::Path;
 use prost::Message;
 use thiserror::Error;
 
+use super::groups::{stored_entry, AppendTail, Entries};
 use super::merkle::{Frontier, Hash};
 use super::proof::{ProofError, SubtreeSource};
 use crate::pb::{Application, DataSource};
@@ -33,6 +35,8 @@ pub enum StoreError {
     InUse(String),
     #[error("audit store is corrupt: {0}")]
     Corrupt(String),
+    #[error("audit store: cannot compress a group of entries")]
+    Compress(#[source] std::io::Error),
 }
 
 /// A pending verification, found by the department's ticket.
@@ -118,7 +122,7 @@ pub(super) fn checkpoint_key(size: u64) -> [u8; 9] {
     prefixed(b'c', size)
 }
 
-fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
+pub(super) fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[0] = prefix;
     key[1..].copy_from_slice(&n.to_be_bytes());
@@ -139,18 +143,20 @@ pub(super) fn entry_value(leaf: &Hash, bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Stages one entry at the frontier's next index into `batch`: the entry
-/// (with its leaf hash) and the Merkle nodes it completes (levels ≥
-/// [`LOWEST_STORED_NODE_LEVEL`]). The writer and a mirror both append
-/// through here; the caller adds the frontier and the checkpoint. Returns
-/// the entry's index.
+/// (with its leaf hash; with its group once the group is complete) and the
+/// Merkle nodes it completes (levels ≥ [`LOWEST_STORED_NODE_LEVEL`]). The
+/// writer and a mirror both append through here; the caller adds the
+/// frontier and the checkpoint. Returns the entry's index.
 pub(super) fn stage_entry(
     frontier: &mut Frontier,
+    tail: &mut AppendTail,
     leaf: Hash,
     bytes: &[u8],
     batch: &mut sled::Batch,
     nodes: &mut Vec<(u8, u64, Hash)>,
-) -> u64 {
+) -> Result<u64, StoreError> {
     let index = frontier.size();
+    tail.stage(index, leaf, bytes, batch)?;
     nodes.clear();
     frontier.push_with_nodes(leaf, nodes);
     for (level, node_index, hash) in nodes.iter() {
@@ -158,11 +164,18 @@ pub(super) fn stage_entry(
             batch.insert(&node_key(*level, *node_index)[..], &hash[..]);
         }
     }
-    batch.insert(&entry_key(index), entry_value(&leaf, bytes));
-    index
+    Ok(index)
 }
 
-fn split_entry(index: u64, value: &[u8]) -> Result<(Hash, &[u8]), StoreError> {
+/// The index of an entry key (`e` + u64 BE).
+pub(super) fn entry_index(key: &[u8]) -> Result<u64, StoreError> {
+    key.get(1..)
+        .and_then(|k| <[u8; 8]>::try_from(k).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt("entry key is not 9 bytes".into()))
+}
+
+pub(super) fn split_entry(index: u64, value: &[u8]) -> Result<(Hash, &[u8]), StoreError> {
     let (leaf, bytes) = value.split_first_chunk::<32>().ok_or_else(|| {
         StoreError::Corrupt(format!("entry {index} is shorter than its leaf hash"))
     })?;
@@ -324,13 +337,13 @@ impl AuditStore {
                 .ok_or_else(|| StoreError::Corrupt("frontier record is malformed".into()))?,
         };
         let size = frontier.size();
-        if size > 0 && self.db.get(entry_key(size - 1))?.is_none() {
+        if size > 0 && stored_entry(self, size - 1)?.is_none() {
             return Err(StoreError::Corrupt(format!(
                 "tree size is {size} but entry {} is missing",
                 size - 1
             )));
         }
-        if self.db.get(entry_key(size))?.is_some() {
+        if stored_entry(self, size)?.is_some() {
             return Err(StoreError::Corrupt(format!(
                 "entry {size} exists beyond the committed tree size"
             )));
@@ -343,10 +356,7 @@ impl AuditStore {
     }
 
     pub fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db
-            .get(entry_key(index))?
-            .map(|v| split_entry(index, &v).map(|(_, bytes)| bytes.to_vec()))
-            .transpose()
+        Ok(stored_entry(self, index)?.map(|(_, bytes)| bytes))
     }
 
     /// Entries `[start, end)` in order.
@@ -366,18 +376,7 @@ impl AuditStore {
         start: u64,
         end: u64,
     ) -> impl Iterator<Item = Result<(u64, Hash, Vec<u8>), StoreError>> + Send + use<> {
-        self.db
-            .range(entry_key(start)..entry_key(end.max(start)))
-            .map(|item| {
-                let (key, value) = item?;
-                let index = u64::from_be_bytes(
-                    key[1..]
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt("entry key is not 9 bytes".into()))?,
-                );
-                let (leaf, bytes) = split_entry(index, &value)?;
-                Ok((index, leaf, bytes.to_vec()))
-            })
+        Entries::new(self.clone(), start, end)
     }
 
     /// The latest checkpoint note, if any batch was committed.
@@ -411,11 +410,10 @@ impl AuditStore {
         let mut application = Application::default();
         let mut receipt = None;
         for index in indices {
-            let stored = self.db.get(entry_key(index))?.ok_or_else(|| {
+            let (leaf, bytes) = stored_entry(self, index)?.ok_or_else(|| {
                 StoreError::Corrupt(format!("entry {index} of an application is missing"))
             })?;
-            let (leaf, bytes) = split_entry(index, &stored)?;
-            let event = crate::pb::AuditEntry::decode(bytes)
+            let event = crate::pb::AuditEntry::decode(bytes.as_slice())
                 .ok()
                 .and_then(|e| e.event)
                 .ok_or_else(|| StoreError::Corrupt(format!("entry {index} does not decode")))?;
@@ -556,7 +554,8 @@ impl Usage {
 /// The key kinds of the table at the top of this file.
 fn kind_name(prefix: u8) -> &'static str {
     match prefix {
-        b'e' => "entries",
+        b'e' => "entries (the incomplete group)",
+        b'g' => "entries (groups of 16)",
         b'c' => "checkpoints",
         b'm' => "bookkeeping (frontier, meta)",
         b'a' => "application projections",
@@ -620,10 +619,7 @@ impl AuditStore {
 impl AuditStore {
     /// The leaf hash recorded for entry `index` when it was written.
     pub fn leaf_hash(&self, index: u64) -> Result<Option<Hash>, StoreError> {
-        self.db
-            .get(entry_key(index))?
-            .map(|v| split_entry(index, &v).map(|(leaf, _)| leaf))
-            .transpose()
+        Ok(stored_entry(self, index)?.map(|(leaf, _)| leaf))
     }
 
     /// Indexes of the entries that touched `pseudonym`, after `after` (exclusive).
@@ -947,7 +943,7 @@ mod tests {
         );
         assert_eq!(apps.kind, "application projections");
         // Largest kind first.
-        assert_eq!(usage.kinds[0].kind, "entries");
+        assert_eq!(usage.kinds[0].kind, "entries (the incomplete group)");
         assert_eq!(usage.payload(), 13 + 150 + 9 + 300);
         assert!(usage.on_disk >= usage.payload(), "{usage:?}");
     }

@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 
 use super::checkpoint::NoteSigner;
+use super::groups::AppendTail;
 use super::merkle::{leaf_hash, Frontier, Hash};
 use super::project::{BatchSink, Projection, Staged};
 use super::store::{checkpoint_key, stage_entry, AuditStore, StoreError, FRONTIER_KEY};
@@ -133,6 +134,13 @@ impl AuditLog {
         options: WriterOptions,
     ) -> Result<Self, AuditError> {
         let frontier = store.frontier()?;
+        let (tail, grouped) = AppendTail::open(&store, frontier.size())?;
+        if grouped > 0 {
+            info!(
+                entries = grouped,
+                "entries stored one to a value (before issue 12) grouped sixteen to a value"
+            );
+        }
         let verifier_key = signer.verifier_key();
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
         let durable = std::sync::Arc::new(tokio::sync::watch::Sender::new(frontier.size()));
@@ -142,6 +150,7 @@ impl AuditLog {
             signer,
             node_id,
             frontier,
+            tail,
             max_batch: options.max_batch.max(1),
         };
         std::thread::Builder::new()
@@ -268,6 +277,8 @@ struct Writer {
     signer: NoteSigner,
     node_id: String,
     frontier: Frontier,
+    /// The entries of the incomplete group, staged again with its last one.
+    tail: AppendTail,
     max_batch: usize,
 }
 
@@ -336,6 +347,11 @@ impl Writer {
                 // a failed flush sled holds it, and reusing its indices would
                 // fork the log.
                 if stage == WriteStage::Apply {
+                    match AppendTail::open(&self.store, before.size()) {
+                        Ok((tail, _)) => self.tail = tail,
+                        // The next batch is refused by the stale tail.
+                        Err(e) => error!(error = %e, "the audit log's tail cannot be read again"),
+                    }
                     self.frontier = before;
                 }
                 let e = Arc::new(e);
@@ -358,11 +374,13 @@ impl Writer {
             let leaf = leaf_hash(&bytes);
             stage_entry(
                 &mut self.frontier,
+                &mut self.tail,
                 leaf,
                 &bytes,
                 &mut sink.batch,
                 &mut nodes,
-            );
+            )
+            .map_err(|e| (WriteStage::Apply, e))?;
             receipts.push(Receipt {
                 index,
                 leaf_hash: leaf,

@@ -36,8 +36,8 @@ pub struct DiskOptions {
     /// under the system's temporary folder, removed afterwards unless `keep`.
     pub data_dir: Option<PathBuf>,
     pub keep: bool,
-    /// sled's page cache of the node's store, in bytes.
-    pub cache_bytes: u64,
+    /// How the node's store is opened (sled's page cache, compression).
+    pub store: crate::audit::StoreOptions,
 }
 
 /// `bench --applications N --external`: the same submissions, sent to a
@@ -227,7 +227,7 @@ pub async fn run(options: &DiskOptions) -> Result<DiskReport, String> {
         console: false,
         ..ServeOptions::default()
     };
-    serve.writer.store.cache_bytes = options.cache_bytes;
+    serve.writer.store = options.store;
     let running = server::start(serve)
         .await
         .map_err(|e| format!("cannot start the node: {e}"))?;

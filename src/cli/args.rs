@@ -603,6 +603,10 @@ pub struct BenchArgs {
     /// `store_cache_mb` sets for `serve`).
     #[arg(long, value_name = "MB", default_value_t = crate::audit::DEFAULT_CACHE_BYTES / (1024 * 1024), requires = "applications")]
     pub cache_mb: u64,
+    /// Disk mode: sled's zstd compression of the node's new store (what
+    /// `store_compression` sets for `serve`).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, requires = "applications")]
+    pub store_compression: bool,
     /// Disk mode, against a node already serving in another process: send
     /// the N applications to --endpoint (with --certs) instead of starting a
     /// node; no folder figures (stop the node, then `audit usage`). The

@@ -112,7 +112,10 @@ async fn disk(args: BenchArgs, applications: u64) -> Result<Report, CliError> {
         matter: args.matter,
         data_dir: args.data_dir,
         keep: args.keep,
-        cache_bytes: args.cache_mb.max(1) * 1024 * 1024,
+        store: crate::audit::StoreOptions {
+            cache_bytes: args.cache_mb.max(1) * 1024 * 1024,
+            compression: args.store_compression,
+        },
     };
     println!(
         "bench: a node of its own, {applications} applications of {} ({} pending) at concurrency {}",

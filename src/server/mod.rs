@@ -321,7 +321,7 @@ pub mod exit {
         match e {
             StoreError::InUse(_) => UNAVAILABLE,
             StoreError::Corrupt(_) => DATA,
-            StoreError::Sled(_) => FAILURE,
+            StoreError::Sled(_) | StoreError::Compress(_) => FAILURE,
         }
     }
 

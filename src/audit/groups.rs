@@ -1,0 +1,505 @@
+//! Entries are stored sixteen to a sled value (issue 12): one zstd frame per
+//! aligned group of [`GROUP_ENTRIES`] consecutive entries, under key `g` +
+//! group number (u64 BE). One at a time, zstd brought an entry to 0.81 of
+//! its bytes; sixteen together compress to 0.31, sled keeps one key where it
+//! kept sixteen (its page metadata lives in memory), and a reader fetches one
+//! value per sixteen entries.
+//!
+//! The entries of a group not yet complete (the log's tail, at most fifteen)
+//! stay under their own keys (`e` + index, leaf hash then bytes, as before
+//! issue 12). The batch that appends a group's last entry writes the group
+//! and removes its singles, in the one atomic batch of that append; so the
+//! groups are always a prefix of the log and the singles its tail. A store
+//! written before issue 12 holds singles only: [`AppendTail::open`] groups
+//! them, in order, before the first append.
+//!
+//! A group's value: format byte 1, the length of the uncompressed bytes (a
+//! varint), then one zstd frame of, for each entry, its leaf hash (32), its
+//! length (varint) and its bytes.
+
+use std::cell::RefCell;
+
+use super::merkle::Hash;
+use super::store::{entry_key, entry_value, split_entry, AuditStore, StoreError};
+
+/// Entries per group: 2^[`super::store::LOWEST_STORED_NODE_LEVEL`], so the
+/// Merkle subtrees recomputed from leaves each come from one group.
+pub const GROUP_ENTRIES: u64 = 16;
+
+const FORMAT: u8 = 1;
+
+/// zstd level 3, as sled compresses: most of the gain of higher levels at a
+/// fraction of the writer's time.
+const LEVEL: i32 = 3;
+
+/// A group larger than this, once uncompressed, is corrupt (sixteen entries
+/// of a few kilobytes each are far below it).
+const MAX_GROUP_BYTES: usize = 64 << 20;
+
+pub fn group_key(group: u64) -> [u8; 9] {
+    super::store::prefixed(b'g', group)
+}
+
+/// The group holding entry `index`, and the first index of that group.
+pub(super) fn group_of(index: u64) -> (u64, u64) {
+    let group = index / GROUP_ENTRIES;
+    (group, group * GROUP_ENTRIES)
+}
+
+/// The stored value of one complete group: `entries` are (leaf hash, bytes)
+/// in index order.
+pub fn encode_group(
+    compressor: &mut zstd::block::Compressor,
+    entries: &[(Hash, Vec<u8>)],
+) -> Result<Vec<u8>, StoreError> {
+    let mut raw = Vec::with_capacity(entries.iter().map(|(_, b)| 34 + b.len()).sum());
+    for (leaf, bytes) in entries {
+        raw.extend_from_slice(leaf);
+        prost::encoding::encode_varint(bytes.len() as u64, &mut raw);
+        raw.extend_from_slice(bytes);
+    }
+    let frame = compressor
+        .compress(&raw, LEVEL)
+        .map_err(StoreError::Compress)?;
+    let mut value = Vec::with_capacity(frame.len() + 6);
+    value.push(FORMAT);
+    prost::encoding::encode_varint(raw.len() as u64, &mut value);
+    value.extend_from_slice(&frame);
+    Ok(value)
+}
+
+thread_local! {
+    /// One zstd context per reading thread, reused for every group.
+    static DECOMPRESSOR: RefCell<zstd::block::Decompressor> =
+        RefCell::new(zstd::block::Decompressor::new());
+}
+
+/// The (leaf hash, bytes) of the entries of stored group `group`.
+pub fn decode_group(group: u64, value: &[u8]) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("entry group {group}: {what}"));
+    let Some((&FORMAT, mut rest)) = value.split_first() else {
+        return Err(corrupt("unknown format"));
+    };
+    let raw_len = prost::encoding::decode_varint(&mut rest)
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n <= MAX_GROUP_BYTES)
+        .ok_or_else(|| corrupt("bad length"))?;
+    let raw = DECOMPRESSOR
+        .with(|d| d.borrow_mut().decompress(rest, raw_len))
+        .map_err(|e| corrupt(&format!("does not decompress ({e})")))?;
+    if raw.len() != raw_len {
+        return Err(corrupt("length differs from the recorded one"));
+    }
+    let mut entries = Vec::with_capacity(GROUP_ENTRIES as usize);
+    let mut rest = raw.as_slice();
+    while !rest.is_empty() {
+        let (leaf, after) = rest
+            .split_first_chunk::<32>()
+            .ok_or_else(|| corrupt("an entry is shorter than its leaf hash"))?;
+        let mut after = after;
+        let len = prost::encoding::decode_varint(&mut after)
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n <= after.len())
+            .ok_or_else(|| corrupt("an entry's length runs past the group"))?;
+        entries.push((*leaf, after[..len].to_vec()));
+        rest = &after[len..];
+    }
+    if entries.len() as u64 != GROUP_ENTRIES {
+        return Err(corrupt(&format!(
+            "holds {} entries, not {GROUP_ENTRIES}",
+            entries.len()
+        )));
+    }
+    Ok(entries)
+}
+
+/// Stages the group `group` (its `entries`, complete) into `batch`, in
+/// place of its singles.
+fn stage_group(
+    compressor: &mut zstd::block::Compressor,
+    group: u64,
+    entries: &[(Hash, Vec<u8>)],
+    batch: &mut sled::Batch,
+) -> Result<(), StoreError> {
+    batch.insert(&group_key(group)[..], encode_group(compressor, entries)?);
+    let start = group * GROUP_ENTRIES;
+    for index in start..start + GROUP_ENTRIES {
+        batch.remove(&entry_key(index)[..]);
+    }
+    Ok(())
+}
+
+/// The entries of the group not yet complete, kept by whoever appends (the
+/// node's writer, a mirror) to write the group when its last entry comes.
+pub(super) struct AppendTail {
+    /// Index of the next entry.
+    next: u64,
+    /// (leaf hash, bytes) of the entries of the incomplete group, from its first.
+    entries: Vec<(Hash, Vec<u8>)>,
+    compressor: zstd::block::Compressor,
+}
+
+/// Groups converted per batch by [`AppendTail::open`]: about 0.5 MB of
+/// entries a batch.
+const GROUPS_PER_MIGRATION_BATCH: u64 = 256;
+
+impl AppendTail {
+    /// Readies `store` of `size` entries for appending: every complete group
+    /// still stored as singles (a store written before issue 12) is grouped,
+    /// oldest first, each batch atomic; then the tail is read. Returns the
+    /// tail and how many entries were grouped.
+    pub(super) fn open(store: &AuditStore, size: u64) -> Result<(Self, u64), StoreError> {
+        let mut compressor = zstd::block::Compressor::new();
+        let (_, tail_start) = group_of(size);
+        let db = store.db();
+        let first_single = match db.scan_prefix(b"e").next() {
+            None => tail_start,
+            Some(item) => super::store::entry_index(&item?.0)?,
+        };
+        let mut grouped = 0;
+        let mut group = first_single / GROUP_ENTRIES;
+        while group * GROUP_ENTRIES < tail_start {
+            let mut batch = sled::Batch::default();
+            let last = (group + GROUPS_PER_MIGRATION_BATCH).min(tail_start / GROUP_ENTRIES);
+            for g in group..last {
+                let entries = singles(store, g * GROUP_ENTRIES, (g + 1) * GROUP_ENTRIES)?;
+                stage_group(&mut compressor, g, &entries, &mut batch)?;
+                grouped += GROUP_ENTRIES;
+            }
+            db.apply_batch(batch)?;
+            group = last;
+        }
+        if grouped > 0 {
+            db.flush()?;
+        }
+        let entries = singles(store, tail_start, size)?;
+        Ok((
+            Self {
+                next: size,
+                entries,
+                compressor,
+            },
+            grouped,
+        ))
+    }
+
+    /// Stages the entry at index `index` into `batch`: under its own key,
+    /// and, when it completes its group, the group in place of its singles.
+    pub(super) fn stage(
+        &mut self,
+        index: u64,
+        leaf: Hash,
+        bytes: &[u8],
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        if index != self.next {
+            return Err(StoreError::Corrupt(format!(
+                "entry {index} staged where entry {} was due",
+                self.next
+            )));
+        }
+        batch.insert(&entry_key(index)[..], entry_value(&leaf, bytes));
+        self.entries.push((leaf, bytes.to_vec()));
+        self.next += 1;
+        if self.next.is_multiple_of(GROUP_ENTRIES) {
+            stage_group(
+                &mut self.compressor,
+                index / GROUP_ENTRIES,
+                &self.entries,
+                batch,
+            )?;
+            self.entries.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Entries `[start, end)` stored as singles, all of them, in order.
+fn singles(store: &AuditStore, start: u64, end: u64) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
+    let mut out = Vec::with_capacity((end - start) as usize);
+    for item in store.db().range(entry_key(start)..entry_key(end)) {
+        let (key, value) = item?;
+        let index = super::store::entry_index(&key)?;
+        if index != start + out.len() as u64 {
+            break;
+        }
+        let (leaf, bytes) = split_entry(index, &value)?;
+        out.push((leaf, bytes.to_vec()));
+    }
+    if out.len() as u64 != end - start {
+        return Err(StoreError::Corrupt(format!(
+            "entry {} is missing (neither in a group nor stored alone)",
+            start + out.len() as u64
+        )));
+    }
+    Ok(out)
+}
+
+/// The stored entry `index`: (leaf hash, bytes), wherever it is kept.
+pub(super) fn stored_entry(
+    store: &AuditStore,
+    index: u64,
+) -> Result<Option<(Hash, Vec<u8>)>, StoreError> {
+    // The single first: a group replaces its singles in one atomic batch,
+    // so a single found missing is either grouped by now or not there.
+    if let Some(value) = store.db().get(entry_key(index))? {
+        let (leaf, bytes) = split_entry(index, &value)?;
+        return Ok(Some((leaf, bytes.to_vec())));
+    }
+    let (group, first) = group_of(index);
+    let Some(value) = store.db().get(group_key(group))? else {
+        return Ok(None);
+    };
+    let mut entries = decode_group(group, &value)?;
+    Ok(Some(entries.swap_remove((index - first) as usize)))
+}
+
+/// Entries `[start, end)` in order, each with its leaf hash, from groups
+/// and singles alike; ends at the first index not stored. Safe beside an
+/// appender: a group written while this reads is found where its singles
+/// were.
+pub(super) struct Entries {
+    store: AuditStore,
+    next: u64,
+    end: u64,
+    ready: std::collections::VecDeque<(u64, Hash, Vec<u8>)>,
+    done: bool,
+}
+
+impl Entries {
+    pub(super) fn new(store: AuditStore, start: u64, end: u64) -> Self {
+        Self {
+            store,
+            next: start,
+            end: end.max(start),
+            ready: Default::default(),
+            done: false,
+        }
+    }
+
+    /// Reads what follows `next`: the rest of its group, from the group's
+    /// value or from its singles.
+    fn fill(&mut self) -> Result<(), StoreError> {
+        let (group, first) = group_of(self.next);
+        let stop = self.end.min(first + GROUP_ENTRIES);
+        if self.read_group(group, first, stop)? {
+            return Ok(());
+        }
+        let db = self.store.db();
+        let mut index = self.next;
+        for item in db.range(entry_key(self.next)..entry_key(stop)) {
+            let (key, value) = item?;
+            if super::store::entry_index(&key)? != index {
+                break;
+            }
+            let (leaf, bytes) = split_entry(index, &value)?;
+            self.ready.push_back((index, leaf, bytes.to_vec()));
+            index += 1;
+        }
+        if index == self.next {
+            // No single: grouped since the first look, or the end of the log.
+            if !self.read_group(group, first, stop)? {
+                self.done = true;
+            }
+            return Ok(());
+        }
+        self.next = index;
+        Ok(())
+    }
+
+    fn read_group(&mut self, group: u64, first: u64, stop: u64) -> Result<bool, StoreError> {
+        let Some(value) = self.store.db().get(group_key(group))? else {
+            return Ok(false);
+        };
+        let entries = decode_group(group, &value)?;
+        let skip = (self.next - first) as usize;
+        let take = (stop - self.next) as usize;
+        for (offset, (leaf, bytes)) in entries.into_iter().skip(skip).take(take).enumerate() {
+            self.ready
+                .push_back((self.next + offset as u64, leaf, bytes));
+        }
+        self.next = stop;
+        Ok(true)
+    }
+}
+
+impl Iterator for Entries {
+    type Item = Result<(u64, Hash, Vec<u8>), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.ready.is_empty() {
+            if self.done || self.next >= self.end {
+                return None;
+            }
+            if let Err(e) = self.fill() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+        self.ready.pop_front().map(Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::{leaf_hash, Frontier};
+    use proptest::prelude::*;
+
+    fn entry(i: u64, len: usize) -> Vec<u8> {
+        (0..len).map(|k| (i as usize * 31 + k) as u8).collect()
+    }
+
+    /// Appends `sizes.len()` entries in batches of the given splits, as the
+    /// writer does (stage, frontier, one atomic batch each).
+    fn append(store: &AuditStore, sizes: &[usize], splits: &[usize]) -> Vec<(Hash, Vec<u8>)> {
+        let mut frontier = store.frontier().unwrap();
+        let (mut tail, _) = AppendTail::open(store, frontier.size()).unwrap();
+        let mut written = Vec::new();
+        let mut nodes = Vec::new();
+        let mut at = 0;
+        for &split in splits.iter().chain(std::iter::once(&usize::MAX)) {
+            if at >= sizes.len() {
+                break;
+            }
+            let mut batch = sled::Batch::default();
+            for &len in &sizes[at..at.saturating_add(split.max(1)).min(sizes.len())] {
+                let index = frontier.size();
+                let bytes = entry(index, len);
+                let leaf = leaf_hash(&bytes);
+                super::super::store::stage_entry(
+                    &mut frontier,
+                    &mut tail,
+                    leaf,
+                    &bytes,
+                    &mut batch,
+                    &mut nodes,
+                )
+                .unwrap();
+                written.push((leaf, bytes));
+                at += 1;
+            }
+            batch.insert(super::super::store::FRONTIER_KEY, frontier.to_bytes());
+            store.db().apply_batch(batch).unwrap();
+        }
+        written
+    }
+
+    fn keys(store: &AuditStore, prefix: u8) -> usize {
+        store.db().scan_prefix([prefix]).count()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Whatever the batches, every complete group is one value, the
+        /// tail is singles, and every read gives back what was appended.
+        #[test]
+        fn entries_read_back_as_appended_whatever_the_batches(
+            sizes in proptest::collection::vec(0usize..300, 0..70),
+            splits in proptest::collection::vec(1usize..20, 0..70),
+            a in 0u64..80,
+            b in 0u64..80,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = AuditStore::open(&dir.path().join("log")).unwrap();
+            let written = append(&store, &sizes, &splits);
+            let n = written.len() as u64;
+            prop_assert_eq!(store.frontier().unwrap().size(), n);
+            prop_assert_eq!(keys(&store, b'g') as u64, n / GROUP_ENTRIES);
+            prop_assert_eq!(keys(&store, b'e') as u64, n % GROUP_ENTRIES);
+            let (start, end) = (a.min(b), a.max(b));
+            let read: Vec<_> = store.entries_with_leaves(start, end).map(Result::unwrap).collect();
+            let want: Vec<_> = (start..end.min(n))
+                .map(|i| (i, written[i as usize].0, written[i as usize].1.clone()))
+                .collect();
+            prop_assert_eq!(read, want);
+            for i in [start, end, n.saturating_sub(1), n] {
+                let got = store.entry(i).unwrap();
+                prop_assert_eq!(got, written.get(i as usize).map(|w| w.1.clone()));
+                prop_assert_eq!(store.leaf_hash(i).unwrap(), written.get(i as usize).map(|w| w.0));
+            }
+            let mut expected = Frontier::default();
+            for (leaf, _) in &written {
+                expected.push_with_nodes(*leaf, &mut Vec::new());
+            }
+            prop_assert_eq!(store.frontier().unwrap().root(), expected.root());
+        }
+
+        /// A damaged group is an error, never a panic.
+        #[test]
+        fn any_group_value_decodes_or_is_refused(value in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_group(3, &value);
+            let mut framed = vec![FORMAT];
+            framed.extend_from_slice(&value);
+            let _ = decode_group(3, &framed);
+        }
+    }
+
+    #[test]
+    fn a_store_of_singles_is_grouped_before_the_first_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(&dir.path().join("log")).unwrap();
+        // As a store before issue 12 holds them: every entry alone.
+        let mut frontier = Frontier::default();
+        let mut batch = sled::Batch::default();
+        let mut written = Vec::new();
+        for i in 0..40u64 {
+            let bytes = entry(i, 100 + i as usize);
+            let leaf = leaf_hash(&bytes);
+            batch.insert(&entry_key(i)[..], entry_value(&leaf, &bytes));
+            frontier.push_with_nodes(leaf, &mut Vec::new());
+            written.push((i, leaf, bytes));
+        }
+        batch.insert(super::super::store::FRONTIER_KEY, frontier.to_bytes());
+        store.db().apply_batch(batch).unwrap();
+        let read = |store: &AuditStore| -> Vec<_> {
+            store
+                .entries_with_leaves(0, u64::MAX)
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(read(&store), written, "readable before grouping");
+
+        let (_, grouped) = AppendTail::open(&store, 40).unwrap();
+        assert_eq!(grouped, 32);
+        assert_eq!((keys(&store, b'g'), keys(&store, b'e')), (2, 8));
+        assert_eq!(read(&store), written);
+        // Once grouped, nothing is left to do; appending goes on.
+        assert_eq!(AppendTail::open(&store, 40).unwrap().1, 0);
+        append(&store, &[10; 9], &[9]);
+        assert_eq!((keys(&store, b'g'), keys(&store, b'e')), (3, 1));
+        assert_eq!(store.frontier().unwrap().size(), 49);
+    }
+
+    #[test]
+    fn a_reader_finds_entries_grouped_while_it_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(&dir.path().join("log")).unwrap();
+        let mut written = append(&store, &[50; 15], &[15]);
+        let mut reader = store.entries_with_leaves(0, u64::MAX);
+        let first: Vec<_> = (&mut reader).take(3).map(Result::unwrap).collect();
+        assert_eq!(first.len(), 3);
+        // Entry 15 completes group 0: its singles are replaced by the group.
+        written.extend(append(&store, &[50; 2], &[2]));
+        assert_eq!((keys(&store, b'g'), keys(&store, b'e')), (1, 1));
+        let rest: Vec<_> = reader.map(Result::unwrap).collect();
+        let indices: Vec<u64> = first.iter().chain(&rest).map(|(i, _, _)| *i).collect();
+        assert_eq!(indices, (0..17).collect::<Vec<_>>());
+        assert_eq!(rest.last().unwrap().2, written[16].1);
+    }
+
+    #[test]
+    fn a_missing_single_below_the_tail_is_corrupt_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(&dir.path().join("log")).unwrap();
+        append(&store, &[20; 20], &[20]);
+        store.db().remove(entry_key(17)).unwrap();
+        assert!(matches!(
+            AppendTail::open(&store, 20),
+            Err(StoreError::Corrupt(m)) if m.contains("entry 17")
+        ));
+    }
+}
