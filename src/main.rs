@@ -93,6 +93,7 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
             AuditCommand::Replay { source, json } => cli::audit::replay(&source, json),
             AuditCommand::Rebuild { data_dir, json } => cli::audit::rebuild(&data_dir, json),
             AuditCommand::Usage { data_dir, json } => cli::audit::usage(&data_dir, json),
+            AuditCommand::Compact { data_dir } => cli::audit::compact(&data_dir),
             AuditCommand::Restore(args) => cli::audit::restore(&args).await,
             AuditCommand::RotateKey { data_dir, node_id } => {
                 cli::audit::rotate_key(&data_dir, &node_id).await

@@ -5,22 +5,28 @@
 //! kept sixteen (its page metadata lives in memory), and a reader fetches one
 //! value per sixteen entries.
 //!
-//! The entries of a group not yet complete (the log's tail, at most fifteen)
-//! stay under their own keys (`e` + index, leaf hash then bytes, as before
-//! issue 12). The batch that appends a group's last entry writes the group
-//! and removes its singles, in the one atomic batch of that append; so the
-//! groups are always a prefix of the log and the singles its tail. A store
-//! written before issue 12 holds singles only: [`AppendTail::open`] groups
-//! them, in order, before the first append.
+//! The entries of the group not yet complete (the log's tail, at most
+//! fifteen) are stored as chunks: each batch's entries of that group in one
+//! value under `f` + the index of its first entry. The batch that appends a
+//! group's last entry writes the group and removes its chunks, atomically;
+//! so the groups are always a prefix of the log and the chunks its tail.
+//! One value per batch, not per entry: sled rewrites a whole page after ten
+//! changes to it, and a page of single entries, each written and then
+//! removed, was rewritten about three times per group (measured: the store
+//! grew by 1.7 KB per application of dead pages).
 //!
-//! A group's value: format byte 1, the length of the uncompressed bytes (a
-//! varint), then one zstd frame of, for each entry, its leaf hash (32), its
-//! length (varint) and its bytes.
+//! A store written before issue 12 holds each entry alone (`e` + index,
+//! leaf hash then bytes). Readers still read those; [`AppendTail::open`]
+//! groups them, oldest first, before the first append.
+//!
+//! A group's or a chunk's value: format byte 1, the length of the
+//! uncompressed bytes (a varint), then one zstd frame of, for each entry,
+//! its leaf hash (32), its length (varint) and its bytes.
 
 use std::cell::RefCell;
 
 use super::merkle::Hash;
-use super::store::{entry_key, entry_value, split_entry, AuditStore, StoreError};
+use super::store::{entry_index, entry_key, prefixed, split_entry, AuditStore, StoreError};
 
 /// Entries per group: 2^[`super::store::LOWEST_STORED_NODE_LEVEL`], so the
 /// Merkle subtrees recomputed from leaves each come from one group.
@@ -32,12 +38,30 @@ const FORMAT: u8 = 1;
 /// fraction of the writer's time.
 const LEVEL: i32 = 3;
 
-/// A group larger than this, once uncompressed, is corrupt (sixteen entries
+/// A value larger than this, once uncompressed, is corrupt (sixteen entries
 /// of a few kilobytes each are far below it).
 const MAX_GROUP_BYTES: usize = 64 << 20;
 
+/// Where groups and chunks sit among the store's keys matters: sled keeps
+/// sixteen keys to a page and rewrites a whole page after ten changes to
+/// it. Groups (about 9 KB each) come first (`G` sorts before every
+/// lowercase prefix), so the page where they are appended holds only the
+/// first application projections beside them, which are rarely written;
+/// under `g`, that page also held the frontier, written by every batch,
+/// and was rewritten, sixteen groups at a time, every ten batches (the
+/// store grew by 2.4 KB of dead pages per application). Chunks sit among
+/// small, often written records (`h` dishonesty records, `m` the
+/// frontier), never beside a group.
+const GROUP_PREFIX: u8 = b'G';
+const CHUNK_PREFIX: u8 = b'j';
+
 pub fn group_key(group: u64) -> [u8; 9] {
-    super::store::prefixed(b'g', group)
+    prefixed(GROUP_PREFIX, group)
+}
+
+/// The key of a chunk of the incomplete group whose first entry is `first`.
+pub fn chunk_key(first: u64) -> [u8; 9] {
+    prefixed(CHUNK_PREFIX, first)
 }
 
 /// The group holding entry `index`, and the first index of that group.
@@ -46,8 +70,8 @@ pub(super) fn group_of(index: u64) -> (u64, u64) {
     (group, group * GROUP_ENTRIES)
 }
 
-/// The stored value of one complete group: `entries` are (leaf hash, bytes)
-/// in index order.
+/// The stored value of consecutive entries (a group, or a chunk):
+/// `entries` are (leaf hash, bytes) in index order.
 pub fn encode_group(
     compressor: &mut zstd::block::Compressor,
     entries: &[(Hash, Vec<u8>)],
@@ -69,14 +93,15 @@ pub fn encode_group(
 }
 
 thread_local! {
-    /// One zstd context per reading thread, reused for every group.
+    /// One zstd context per reading thread, reused for every value.
     static DECOMPRESSOR: RefCell<zstd::block::Decompressor> =
         RefCell::new(zstd::block::Decompressor::new());
 }
 
-/// The (leaf hash, bytes) of the entries of stored group `group`.
-pub fn decode_group(group: u64, value: &[u8]) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("entry group {group}: {what}"));
+/// The (leaf hash, bytes) of the entries of a stored group or chunk, `what`
+/// naming it in errors.
+fn decode_entries(what: &str, value: &[u8]) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
+    let corrupt = |why: &str| StoreError::Corrupt(format!("{what}: {why}"));
     let Some((&FORMAT, mut rest)) = value.split_first() else {
         return Err(corrupt("unknown format"));
     };
@@ -102,42 +127,53 @@ pub fn decode_group(group: u64, value: &[u8]) -> Result<Vec<(Hash, Vec<u8>)>, St
             .ok()
             .and_then(|n| usize::try_from(n).ok())
             .filter(|n| *n <= after.len())
-            .ok_or_else(|| corrupt("an entry's length runs past the group"))?;
+            .ok_or_else(|| corrupt("an entry's length runs past the value"))?;
         entries.push((*leaf, after[..len].to_vec()));
         rest = &after[len..];
     }
+    Ok(entries)
+}
+
+/// The (leaf hash, bytes) of the entries of stored group `group`.
+pub fn decode_group(group: u64, value: &[u8]) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
+    let what = format!("entry group {group}");
+    let entries = decode_entries(&what, value)?;
     if entries.len() as u64 != GROUP_ENTRIES {
-        return Err(corrupt(&format!(
-            "holds {} entries, not {GROUP_ENTRIES}",
+        return Err(StoreError::Corrupt(format!(
+            "{what}: holds {} entries, not {GROUP_ENTRIES}",
             entries.len()
         )));
     }
     Ok(entries)
 }
 
-/// Stages the group `group` (its `entries`, complete) into `batch`, in
-/// place of its singles.
-fn stage_group(
-    compressor: &mut zstd::block::Compressor,
-    group: u64,
-    entries: &[(Hash, Vec<u8>)],
-    batch: &mut sled::Batch,
-) -> Result<(), StoreError> {
-    batch.insert(&group_key(group)[..], encode_group(compressor, entries)?);
-    let start = group * GROUP_ENTRIES;
-    for index in start..start + GROUP_ENTRIES {
-        batch.remove(&entry_key(index)[..]);
+/// The entries of the chunk whose first entry is `first`: at least one, and
+/// none past the end of its group.
+fn decode_chunk(first: u64, value: &[u8]) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
+    let what = format!("entry chunk at {first}");
+    let entries = decode_entries(&what, value)?;
+    let room = GROUP_ENTRIES - first % GROUP_ENTRIES;
+    if entries.is_empty() || entries.len() as u64 > room {
+        return Err(StoreError::Corrupt(format!(
+            "{what}: holds {} entries, room for 1 to {room}",
+            entries.len()
+        )));
     }
-    Ok(())
+    Ok(entries)
 }
 
 /// The entries of the group not yet complete, kept by whoever appends (the
-/// node's writer, a mirror) to write the group when its last entry comes.
+/// node's writer, a mirror): [`Self::stage`] each entry, then
+/// [`Self::finish`] the batch.
 pub(super) struct AppendTail {
     /// Index of the next entry.
     next: u64,
+    /// First entry staged but not yet in a chunk or a group.
+    unwritten: u64,
     /// (leaf hash, bytes) of the entries of the incomplete group, from its first.
     entries: Vec<(Hash, Vec<u8>)>,
+    /// The first index of each chunk stored for the incomplete group.
+    chunks: Vec<u64>,
     compressor: zstd::block::Compressor,
 }
 
@@ -146,47 +182,82 @@ pub(super) struct AppendTail {
 const GROUPS_PER_MIGRATION_BATCH: u64 = 256;
 
 impl AppendTail {
-    /// Readies `store` of `size` entries for appending: every complete group
-    /// still stored as singles (a store written before issue 12) is grouped,
-    /// oldest first, each batch atomic; then the tail is read. Returns the
-    /// tail and how many entries were grouped.
+    /// Readies `store` of `size` entries for appending: every entry still
+    /// stored alone (a store written before issue 12) is moved, oldest
+    /// first, each batch atomic, into its group or, in the incomplete
+    /// group, into one chunk; then the tail is read. Returns the tail and
+    /// how many entries were moved.
     pub(super) fn open(store: &AuditStore, size: u64) -> Result<(Self, u64), StoreError> {
         let mut compressor = zstd::block::Compressor::new();
         let (_, tail_start) = group_of(size);
         let db = store.db();
         let first_single = match db.scan_prefix(b"e").next() {
-            None => tail_start,
-            Some(item) => super::store::entry_index(&item?.0)?,
+            None => None,
+            Some(item) => Some(entry_index(&item?.0)?),
         };
-        let mut grouped = 0;
-        let mut group = first_single / GROUP_ENTRIES;
-        while group * GROUP_ENTRIES < tail_start {
-            let mut batch = sled::Batch::default();
-            let last = (group + GROUPS_PER_MIGRATION_BATCH).min(tail_start / GROUP_ENTRIES);
-            for g in group..last {
-                let entries = singles(store, g * GROUP_ENTRIES, (g + 1) * GROUP_ENTRIES)?;
-                stage_group(&mut compressor, g, &entries, &mut batch)?;
-                grouped += GROUP_ENTRIES;
+        let mut moved = 0;
+        if let Some(first_single) = first_single {
+            let mut group = first_single / GROUP_ENTRIES;
+            while group * GROUP_ENTRIES < tail_start {
+                let mut batch = sled::Batch::default();
+                let last = (group + GROUPS_PER_MIGRATION_BATCH).min(tail_start / GROUP_ENTRIES);
+                for g in group..last {
+                    let first = g * GROUP_ENTRIES;
+                    let entries = singles(store, first, first + GROUP_ENTRIES)?;
+                    batch.insert(&group_key(g)[..], encode_group(&mut compressor, &entries)?);
+                    for index in first..first + GROUP_ENTRIES {
+                        batch.remove(&entry_key(index)[..]);
+                    }
+                    moved += GROUP_ENTRIES;
+                }
+                db.apply_batch(batch)?;
+                group = last;
             }
-            db.apply_batch(batch)?;
-            group = last;
         }
-        if grouped > 0 {
+        let entries: Vec<(Hash, Vec<u8>)> = Entries::new(store.clone(), tail_start, size)
+            .map(|item| item.map(|(_, leaf, bytes)| (leaf, bytes)))
+            .collect::<Result<_, _>>()?;
+        if entries.len() as u64 != size - tail_start {
+            return Err(missing(tail_start + entries.len() as u64));
+        }
+        let mut chunks = Vec::new();
+        for item in db.range(chunk_key(tail_start)..chunk_key(size)) {
+            chunks.push(entry_index(&item?.0)?);
+        }
+        if first_single.is_some_and(|first| first < size) && !entries.is_empty() {
+            // Singles of the incomplete group: one chunk in their place.
+            let mut batch = sled::Batch::default();
+            for index in tail_start..size {
+                batch.remove(&entry_key(index)[..]);
+            }
+            for first in chunks.drain(..) {
+                batch.remove(&chunk_key(first)[..]);
+            }
+            batch.insert(
+                &chunk_key(tail_start)[..],
+                encode_group(&mut compressor, &entries)?,
+            );
+            chunks.push(tail_start);
+            db.apply_batch(batch)?;
+            moved += entries.len() as u64;
+        }
+        if moved > 0 {
             db.flush()?;
         }
-        let entries = singles(store, tail_start, size)?;
         Ok((
             Self {
                 next: size,
+                unwritten: size,
                 entries,
+                chunks,
                 compressor,
             },
-            grouped,
+            moved,
         ))
     }
 
-    /// Stages the entry at index `index` into `batch`: under its own key,
-    /// and, when it completes its group, the group in place of its singles.
+    /// Stages the entry at index `index` into `batch`; when it completes its
+    /// group, the group in place of the group's chunks.
     pub(super) fn stage(
         &mut self,
         index: u64,
@@ -200,28 +271,53 @@ impl AppendTail {
                 self.next
             )));
         }
-        batch.insert(&entry_key(index)[..], entry_value(&leaf, bytes));
         self.entries.push((leaf, bytes.to_vec()));
         self.next += 1;
         if self.next.is_multiple_of(GROUP_ENTRIES) {
-            stage_group(
-                &mut self.compressor,
-                index / GROUP_ENTRIES,
-                &self.entries,
-                batch,
-            )?;
+            let group = index / GROUP_ENTRIES;
+            batch.insert(
+                &group_key(group)[..],
+                encode_group(&mut self.compressor, &self.entries)?,
+            );
+            for first in self.chunks.drain(..) {
+                batch.remove(&chunk_key(first)[..]);
+            }
             self.entries.clear();
+            self.unwritten = self.next;
         }
+        Ok(())
+    }
+
+    /// Stages the entries of the incomplete group staged since the last
+    /// call as one chunk. Call once per batch, after its last entry.
+    pub(super) fn finish(&mut self, batch: &mut sled::Batch) -> Result<(), StoreError> {
+        if self.next == self.unwritten {
+            return Ok(());
+        }
+        let group_start = self.next - self.entries.len() as u64;
+        let from = (self.unwritten - group_start) as usize;
+        batch.insert(
+            &chunk_key(self.unwritten)[..],
+            encode_group(&mut self.compressor, &self.entries[from..])?,
+        );
+        self.chunks.push(self.unwritten);
+        self.unwritten = self.next;
         Ok(())
     }
 }
 
-/// Entries `[start, end)` stored as singles, all of them, in order.
+fn missing(index: u64) -> StoreError {
+    StoreError::Corrupt(format!(
+        "entry {index} is missing (in no group, chunk or single record)"
+    ))
+}
+
+/// Entries `[start, end)` stored alone (before issue 12), all of them, in order.
 fn singles(store: &AuditStore, start: u64, end: u64) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
     let mut out = Vec::with_capacity((end - start) as usize);
     for item in store.db().range(entry_key(start)..entry_key(end)) {
         let (key, value) = item?;
-        let index = super::store::entry_index(&key)?;
+        let index = entry_index(&key)?;
         if index != start + out.len() as u64 {
             break;
         }
@@ -229,10 +325,7 @@ fn singles(store: &AuditStore, start: u64, end: u64) -> Result<Vec<(Hash, Vec<u8
         out.push((leaf, bytes.to_vec()));
     }
     if out.len() as u64 != end - start {
-        return Err(StoreError::Corrupt(format!(
-            "entry {} is missing (neither in a group nor stored alone)",
-            start + out.len() as u64
-        )));
+        return Err(missing(start + out.len() as u64));
     }
     Ok(out)
 }
@@ -242,24 +335,39 @@ pub(super) fn stored_entry(
     store: &AuditStore,
     index: u64,
 ) -> Result<Option<(Hash, Vec<u8>)>, StoreError> {
-    // The single first: a group replaces its singles in one atomic batch,
-    // so a single found missing is either grouped by now or not there.
-    if let Some(value) = store.db().get(entry_key(index))? {
+    let db = store.db();
+    let (group, first) = group_of(index);
+    let from_group = || -> Result<Option<(Hash, Vec<u8>)>, StoreError> {
+        let Some(value) = db.get(group_key(group))? else {
+            return Ok(None);
+        };
+        let mut entries = decode_group(group, &value)?;
+        Ok(Some(entries.swap_remove((index - first) as usize)))
+    };
+    if let Some(entry) = from_group()? {
+        return Ok(Some(entry));
+    }
+    if let Some(item) = db.range(chunk_key(first)..=chunk_key(index)).next_back() {
+        let (key, value) = item?;
+        let start = entry_index(&key)?;
+        let mut entries = decode_chunk(start, &value)?;
+        if index < start + entries.len() as u64 {
+            return Ok(Some(entries.swap_remove((index - start) as usize)));
+        }
+    }
+    if let Some(value) = db.get(entry_key(index))? {
         let (leaf, bytes) = split_entry(index, &value)?;
         return Ok(Some((leaf, bytes.to_vec())));
     }
-    let (group, first) = group_of(index);
-    let Some(value) = store.db().get(group_key(group))? else {
-        return Ok(None);
-    };
-    let mut entries = decode_group(group, &value)?;
-    Ok(Some(entries.swap_remove((index - first) as usize)))
+    // The group is written as its chunks go, in one atomic batch: a chunk
+    // missed above may be grouped by now.
+    from_group()
 }
 
-/// Entries `[start, end)` in order, each with its leaf hash, from groups
-/// and singles alike; ends at the first index not stored. Safe beside an
-/// appender: a group written while this reads is found where its singles
-/// were.
+/// Entries `[start, end)` in order, each with its leaf hash, from groups,
+/// chunks and single records alike; ends at the first index not stored.
+/// Safe beside an appender: a group written while this reads is found
+/// where its chunks were.
 pub(super) struct Entries {
     store: AuditStore,
     next: u64,
@@ -279,27 +387,43 @@ impl Entries {
         }
     }
 
-    /// Reads what follows `next`: the rest of its group, from the group's
-    /// value or from its singles.
+    /// Reads what follows `next`, up to the end of its group: from the
+    /// group's value, else from chunks, else from single records.
     fn fill(&mut self) -> Result<(), StoreError> {
         let (group, first) = group_of(self.next);
         let stop = self.end.min(first + GROUP_ENTRIES);
         if self.read_group(group, first, stop)? {
             return Ok(());
         }
-        let db = self.store.db();
+        let db = self.store.db().clone();
         let mut index = self.next;
-        for item in db.range(entry_key(self.next)..entry_key(stop)) {
+        for item in db.range(chunk_key(first)..chunk_key(stop)) {
             let (key, value) = item?;
-            if super::store::entry_index(&key)? != index {
+            let start = entry_index(&key)?;
+            if start > index {
                 break;
             }
-            let (leaf, bytes) = split_entry(index, &value)?;
-            self.ready.push_back((index, leaf, bytes.to_vec()));
-            index += 1;
+            for (offset, (leaf, bytes)) in decode_chunk(start, &value)?.into_iter().enumerate() {
+                let at = start + offset as u64;
+                if at == index && at < stop {
+                    self.ready.push_back((at, leaf, bytes));
+                    index += 1;
+                }
+            }
         }
         if index == self.next {
-            // No single: grouped since the first look, or the end of the log.
+            for item in db.range(entry_key(self.next)..entry_key(stop)) {
+                let (key, value) = item?;
+                if entry_index(&key)? != index {
+                    break;
+                }
+                let (leaf, bytes) = split_entry(index, &value)?;
+                self.ready.push_back((index, leaf, bytes.to_vec()));
+                index += 1;
+            }
+        }
+        if index == self.next {
+            // Nothing: grouped since the first look, or the end of the log.
             if !self.read_group(group, first, stop)? {
                 self.done = true;
             }
@@ -344,6 +468,7 @@ impl Iterator for Entries {
 
 #[cfg(test)]
 mod tests {
+    use super::super::store::entry_value;
     use super::*;
     use crate::merkle::{leaf_hash, Frontier};
     use proptest::prelude::*;
@@ -381,6 +506,7 @@ mod tests {
                 written.push((leaf, bytes));
                 at += 1;
             }
+            tail.finish(&mut batch).unwrap();
             batch.insert(super::super::store::FRONTIER_KEY, frontier.to_bytes());
             store.db().apply_batch(batch).unwrap();
         }
@@ -408,8 +534,12 @@ mod tests {
             let written = append(&store, &sizes, &splits);
             let n = written.len() as u64;
             prop_assert_eq!(store.frontier().unwrap().size(), n);
-            prop_assert_eq!(keys(&store, b'g') as u64, n / GROUP_ENTRIES);
-            prop_assert_eq!(keys(&store, b'e') as u64, n % GROUP_ENTRIES);
+            prop_assert_eq!(keys(&store, GROUP_PREFIX) as u64, n / GROUP_ENTRIES);
+            prop_assert_eq!(keys(&store, b'e'), 0);
+            // At most one chunk per batch, none once a group is complete.
+            let chunks = keys(&store, CHUNK_PREFIX) as u64;
+            prop_assert!(chunks <= n % GROUP_ENTRIES);
+            prop_assert_eq!(chunks == 0, n.is_multiple_of(GROUP_ENTRIES));
             let (start, end) = (a.min(b), a.max(b));
             let read: Vec<_> = store.entries_with_leaves(start, end).map(Result::unwrap).collect();
             let want: Vec<_> = (start..end.min(n))
@@ -463,14 +593,21 @@ mod tests {
         };
         assert_eq!(read(&store), written, "readable before grouping");
 
-        let (_, grouped) = AppendTail::open(&store, 40).unwrap();
-        assert_eq!(grouped, 32);
-        assert_eq!((keys(&store, b'g'), keys(&store, b'e')), (2, 8));
+        let (_, moved) = AppendTail::open(&store, 40).unwrap();
+        assert_eq!(moved, 40);
+        let kinds = |store: &AuditStore| {
+            (
+                keys(store, GROUP_PREFIX),
+                keys(store, CHUNK_PREFIX),
+                keys(store, b'e'),
+            )
+        };
+        assert_eq!(kinds(&store), (2, 1, 0));
         assert_eq!(read(&store), written);
-        // Once grouped, nothing is left to do; appending goes on.
+        // Once moved, nothing is left to do; appending goes on.
         assert_eq!(AppendTail::open(&store, 40).unwrap().1, 0);
         append(&store, &[10; 9], &[9]);
-        assert_eq!((keys(&store, b'g'), keys(&store, b'e')), (3, 1));
+        assert_eq!(kinds(&store), (3, 1, 0));
         assert_eq!(store.frontier().unwrap().size(), 49);
     }
 
@@ -484,7 +621,10 @@ mod tests {
         assert_eq!(first.len(), 3);
         // Entry 15 completes group 0: its singles are replaced by the group.
         written.extend(append(&store, &[50; 2], &[2]));
-        assert_eq!((keys(&store, b'g'), keys(&store, b'e')), (1, 1));
+        assert_eq!(
+            (keys(&store, GROUP_PREFIX), keys(&store, CHUNK_PREFIX)),
+            (1, 1)
+        );
         let rest: Vec<_> = reader.map(Result::unwrap).collect();
         let indices: Vec<u64> = first.iter().chain(&rest).map(|(i, _, _)| *i).collect();
         assert_eq!(indices, (0..17).collect::<Vec<_>>());
@@ -492,14 +632,27 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_single_below_the_tail_is_corrupt_not_skipped() {
+    fn a_missing_entry_is_corrupt_not_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let store = AuditStore::open(&dir.path().join("log")).unwrap();
-        append(&store, &[20; 20], &[20]);
-        store.db().remove(entry_key(17)).unwrap();
+        let mut batch = sled::Batch::default();
+        for i in (0..20u64).filter(|i| *i != 9) {
+            batch.insert(&entry_key(i)[..], entry_value(&[0; 32], b"x"));
+        }
+        store.db().apply_batch(batch).unwrap();
         assert!(matches!(
             AppendTail::open(&store, 20),
-            Err(StoreError::Corrupt(m)) if m.contains("entry 17")
+            Err(StoreError::Corrupt(m)) if m.contains("entry 9 ")
         ));
+        // A chunk that is not there: the tail cannot be read either.
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(&dir.path().join("log")).unwrap();
+        append(&store, &[20; 20], &[18, 1, 1]);
+        store.db().remove(chunk_key(18)).unwrap();
+        assert!(matches!(
+            AppendTail::open(&store, 20),
+            Err(StoreError::Corrupt(m)) if m.contains("entry 18 ")
+        ));
+        assert_eq!(store.entries(0, 20).count(), 18);
     }
 }

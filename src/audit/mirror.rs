@@ -315,6 +315,7 @@ impl MirrorLog {
                 &mut nodes,
             )?;
         }
+        tail.finish(&mut batch)?;
         let root = frontier.root();
         if end == checkpoint.size {
             if root != checkpoint.root {

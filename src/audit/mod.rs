@@ -30,7 +30,7 @@ pub use crate::merkle::proof::{
 };
 use crate::merkle::{self, proof};
 pub use crate::merkle::{leaf_hash, node_hash, root_of, Frontier, Hash, EMPTY_ROOT};
-pub use groups::{decode_group, encode_group, group_key, GROUP_ENTRIES};
+pub use groups::{chunk_key, decode_group, encode_group, group_key, GROUP_ENTRIES};
 pub use mirror::{mirror_identity, recorded_fork, MirrorError, MirrorLog, Standing};
 pub use mirror_reads::{index_mirrored, mirrored_application, MirroredApplication};
 pub use project::{
@@ -45,9 +45,9 @@ pub use records::{data_dir_records, export, file_records, LogRecord, RecordError
 pub use replay::{replay_records, Discrepancy, PolicyApproval, ReplayReport};
 pub use replication::{NotReplicated, Replication, DEFAULT_MIRROR_ACK_TIMEOUT};
 pub use store::{
-    application_key, data_source_key, dishonesty_key, request_key, sled_config, spot_check_key,
-    ticket_key, AuditStore, DishonestyRecord, KindUsage, SpotCheckRecord, StoreError, StoreOptions,
-    TicketRecord, Usage, DEFAULT_CACHE_BYTES, POLICY_VERSION_KEY,
+    application_key, compact, data_source_key, dishonesty_key, request_key, sled_config,
+    spot_check_key, ticket_key, AuditStore, DishonestyRecord, KindUsage, SpotCheckRecord,
+    StoreError, StoreOptions, TicketRecord, Usage, DEFAULT_CACHE_BYTES, POLICY_VERSION_KEY,
 };
 pub use verify::{
     rotation_message, verify_records, verify_records_with, Problem, SignatureCheck, VerifyOptions,

@@ -4,8 +4,9 @@
 //!
 //! | prefix | key                         | value                          |
 //! |--------|-----------------------------|--------------------------------|
-//! | `g`    | group (u64 BE)              | entries 16g..16g+16: leaf hashes and encoded AuditEntries, one zstd frame (see `groups`) |
-//! | `e`    | index (u64 BE)              | leaf hash (32) then the encoded AuditEntry: the entries of the last, incomplete group |
+//! | `G`    | group (u64 BE)              | entries 16g..16g+16: leaf hashes and encoded AuditEntries, one zstd frame (see `groups`) |
+//! | `j`    | first index (u64 BE)        | a chunk of the last, incomplete group: one batch's entries of it, as a group's |
+//! | `e`    | index (u64 BE)              | before issue 12, each entry alone: leaf hash (32) then the encoded AuditEntry |
 //! | `c`    | tree size (u64 BE)          | signed checkpoint note         |
 //! | `m`    | `frontier`                  | Merkle frontier                |
 //! | `a`    | application id              | 0, then the indices of its entries (varints); before issue 12: the encoded Application |
@@ -134,7 +135,9 @@ pub(super) fn prefixed(prefix: u8, n: u64) -> [u8; 9] {
 /// inserts per append.
 pub(super) const LOWEST_STORED_NODE_LEVEL: u8 = 4;
 
-/// The value stored for an entry: its leaf hash, then its bytes.
+/// The value stored for an entry alone before issue 12: its leaf hash, then
+/// its bytes (what tests write to stand for such a store).
+#[cfg(test)]
 pub(super) fn entry_value(leaf: &Hash, bytes: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(32 + bytes.len());
     value.extend_from_slice(leaf);
@@ -554,8 +557,9 @@ impl Usage {
 /// The key kinds of the table at the top of this file.
 fn kind_name(prefix: u8) -> &'static str {
     match prefix {
-        b'e' => "entries (the incomplete group)",
-        b'g' => "entries (groups of 16)",
+        b'j' => "entries (the incomplete group)",
+        b'e' => "entries (one a record, before issue 12)",
+        b'G' => "entries (groups of 16)",
         b'c' => "checkpoints",
         b'm' => "bookkeeping (frontier, meta)",
         b'a' => "application projections",
@@ -607,6 +611,94 @@ impl AuditStore {
         kinds.sort_by_key(|k| std::cmp::Reverse(k.key_bytes + k.value_bytes));
         Ok(Usage { kinds, on_disk })
     }
+}
+
+/// Bytes copied per batch by [`compact`].
+const COMPACT_BATCH_BYTES: usize = 4 << 20;
+
+/// Rewrites the stopped store at `path` into a fresh sled database, every
+/// tree and key as it is, and puts it in its place: sled reuses the space
+/// of dead pages but never gives it back, so a store keeps the largest
+/// size it ever needed. The copy is checked (sled's checksum of every tree)
+/// before it replaces the original. Returns the bytes of the folder before
+/// and after.
+pub fn compact(path: &Path) -> Result<(u64, u64), StoreError> {
+    let size_of = |p: &Path| {
+        folder_bytes(p)
+            .map_err(|e| StoreError::Corrupt(format!("cannot size {}: {e}", p.display())))
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "log".into());
+    let fresh = path.with_file_name(format!("{name}.compacting"));
+    let previous = path.with_file_name(format!("{name}.before-compact"));
+    if previous.exists() {
+        return Err(StoreError::Corrupt(format!(
+            "{} exists: an earlier compaction stopped half way; keep the folder that opens ({} or it), remove the other, and run again",
+            previous.display(),
+            path.display()
+        )));
+    }
+    let before = size_of(path)?;
+    let compression = persisted_parameters(path).is_none_or(|(_, c)| c);
+    let checksum = {
+        let source = AuditStore::open(path)?;
+        if fresh.exists() {
+            std::fs::remove_dir_all(&fresh).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        }
+        let target = sled_config(
+            &fresh,
+            StoreOptions {
+                compression,
+                ..StoreOptions::default()
+            },
+        )
+        .open()?;
+        for name in source.db.tree_names() {
+            let from = source.db.open_tree(&name)?;
+            let to = target.open_tree(&name)?;
+            let mut batch = sled::Batch::default();
+            let mut bytes = 0;
+            for item in from.iter() {
+                let (key, value) = item?;
+                bytes += key.len() + value.len();
+                batch.insert(key, value);
+                if bytes >= COMPACT_BATCH_BYTES {
+                    to.apply_batch(std::mem::take(&mut batch))?;
+                    // sled holds what is not flushed in memory.
+                    to.flush()?;
+                    bytes = 0;
+                }
+            }
+            to.apply_batch(batch)?;
+        }
+        target.flush()?;
+        let (want, got) = (source.db.checksum()?, target.checksum()?);
+        if want != got {
+            return Err(StoreError::Corrupt(format!(
+                "the compacted copy differs from the store (checksum {got:08x}, not {want:08x}); the store is unchanged"
+            )));
+        }
+        want
+    };
+    let io = |e: std::io::Error| StoreError::Sled(sled::Error::Io(e));
+    std::fs::rename(path, &previous).map_err(io)?;
+    std::fs::rename(&fresh, path).map_err(io)?;
+    // The copy opens and holds what the original held, before the
+    // original goes.
+    let reopened = AuditStore::open(path)?;
+    if reopened.db.checksum()? != checksum {
+        drop(reopened);
+        std::fs::rename(path, &fresh).map_err(io)?;
+        std::fs::rename(&previous, path).map_err(io)?;
+        return Err(StoreError::Corrupt(
+            "the compacted copy read back differently; the store is unchanged".into(),
+        ));
+    }
+    drop(reopened);
+    std::fs::remove_dir_all(&previous).map_err(io)?;
+    Ok((before, size_of(path)?))
 }
 
 impl AuditStore {
@@ -913,6 +1005,41 @@ mod tests {
     }
 
     #[test]
+    fn compact_keeps_every_tree_and_key_and_gives_back_dead_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let store = AuditStore::open(&path).unwrap();
+        // Values written over and over: dead pages the file keeps.
+        for round in 0..40u32 {
+            let mut batch = sled::Batch::default();
+            for k in 0..200u32 {
+                batch.insert(&k.to_be_bytes()[..], vec![(round % 251) as u8; 2000]);
+            }
+            store.db.apply_batch(batch).unwrap();
+            store.db.flush().unwrap();
+        }
+        store.note_reservation("hall-1", "r-1").unwrap();
+        let want: Vec<_> = store.db.iter().map(Result::unwrap).collect();
+        store.db.flush().unwrap();
+        drop(store);
+        let (before, after) = compact(&path).unwrap();
+        assert!(after < before, "{after} < {before}");
+        let store = AuditStore::open(&path).unwrap();
+        let got: Vec<_> = store.db.iter().map(Result::unwrap).collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            store.noted_reservations().unwrap(),
+            vec![("hall-1".to_owned(), "r-1".to_owned())]
+        );
+        assert!(!dir.path().join("log.before-compact").exists());
+        assert!(!dir.path().join("log.compacting").exists());
+        drop(store);
+        // Half way stopped: the operator must choose, nothing is guessed.
+        std::fs::create_dir(dir.path().join("log.before-compact")).unwrap();
+        assert!(matches!(compact(&path), Err(StoreError::Corrupt(m)) if m.contains("half way")));
+    }
+
+    #[test]
     fn usage_counts_keys_and_bytes_per_kind_and_sizes_the_folder() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
@@ -943,7 +1070,10 @@ mod tests {
         );
         assert_eq!(apps.kind, "application projections");
         // Largest kind first.
-        assert_eq!(usage.kinds[0].kind, "entries (the incomplete group)");
+        assert_eq!(
+            usage.kinds[0].kind,
+            "entries (one a record, before issue 12)"
+        );
         assert_eq!(usage.payload(), 13 + 150 + 9 + 300);
         assert!(usage.on_disk >= usage.payload(), "{usage:?}");
     }

@@ -392,6 +392,9 @@ impl Writer {
                     .map_err(|e| (WriteStage::Apply, e))?;
             }
         }
+        self.tail
+            .finish(&mut sink.batch)
+            .map_err(|e| (WriteStage::Apply, e))?;
         let size = self.frontier.size();
         let note = self.signer.sign_checkpoint(size, &self.frontier.root());
         sink.batch.insert(&checkpoint_key(size), note.as_bytes());

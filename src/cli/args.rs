@@ -297,6 +297,12 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Give back the disk of a stopped node's log that sled holds but no
+    /// longer uses: the store is copied, checked, and put in its place.
+    Compact {
+        #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
     /// Rebuild a node's data folder from a mirror (or from the node itself):
     /// entries, checkpoint, Merkle nodes, then projections, each chunk
     /// verified against the newest checkpoint before it is written.

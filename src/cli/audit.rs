@@ -219,6 +219,16 @@ pub fn usage(data_dir: &Path, json: bool) -> Result<Report, CliError> {
     })
 }
 
+/// `proofgate audit compact`: the disk a stopped node's log holds but no
+/// longer uses, given back.
+pub fn compact(data_dir: &Path) -> Result<Report, CliError> {
+    let (before, after) = audit::compact(&data_dir.join("log"))?;
+    Ok(Report::line(format_args!(
+        "log compacted: {before} bytes before, {after} after ({:.0} %)",
+        after as f64 * 100.0 / before.max(1) as f64
+    )))
+}
+
 /// `proofgate audit rotate-key`: replaces the checkpoint key of `data_dir`'s
 /// log; the change is logged and signed by the old key.
 pub async fn rotate_key(data_dir: &Path, node_id: &str) -> Result<Report, CliError> {
