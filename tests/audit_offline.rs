@@ -499,7 +499,7 @@ async fn changing_a_stored_entry_in_the_data_folder_is_caught() {
         let index = size / 2;
         // Flip the entry's last byte, leaving its recorded leaf hash as it
         // was. It is in a complete group of sixteen (the tail's entries are
-        // stored alone).
+        // in chunks).
         assert!(
             index < size / GROUP_ENTRIES * GROUP_ENTRIES,
             "{index} of {size}"

@@ -1,5 +1,5 @@
 //! Entries are stored sixteen to a sled value (issue 12): one zstd frame per
-//! aligned group of [`GROUP_ENTRIES`] consecutive entries, under key `g` +
+//! aligned group of [`GROUP_ENTRIES`] consecutive entries, under key `G` +
 //! group number (u64 BE). One at a time, zstd brought an entry to 0.81 of
 //! its bytes; sixteen together compress to 0.31, sled keeps one key where it
 //! kept sixteen (its page metadata lives in memory), and a reader fetches one
@@ -7,7 +7,7 @@
 //!
 //! The entries of the group not yet complete (the log's tail, at most
 //! fifteen) are stored as chunks: each batch's entries of that group in one
-//! value under `f` + the index of its first entry. The batch that appends a
+//! value under `j` + the index of its first entry. The batch that appends a
 //! group's last entry writes the group and removes its chunks, atomically;
 //! so the groups are always a prefix of the log and the chunks its tail.
 //! One value per batch, not per entry: sled rewrites a whole page after ten
@@ -31,6 +31,7 @@ use super::store::{entry_index, entry_key, prefixed, split_entry, AuditStore, St
 /// Entries per group: 2^[`super::store::LOWEST_STORED_NODE_LEVEL`], so the
 /// Merkle subtrees recomputed from leaves each come from one group.
 pub const GROUP_ENTRIES: u64 = 16;
+const _: () = assert!(GROUP_ENTRIES == 1 << super::store::LOWEST_STORED_NODE_LEVEL);
 
 const FORMAT: u8 = 1;
 
@@ -38,9 +39,10 @@ const FORMAT: u8 = 1;
 /// fraction of the writer's time.
 const LEVEL: i32 = 3;
 
-/// A value larger than this, once uncompressed, is corrupt (sixteen entries
-/// of a few kilobytes each are far below it).
-const MAX_GROUP_BYTES: usize = 64 << 20;
+/// The most bytes a group or chunk holds uncompressed: sixteen entries of
+/// the largest record an export carries (16 MiB), and their framing. Larger
+/// is refused when written and called corrupt when read.
+const MAX_GROUP_BYTES: usize = 16 * (16 << 20) + (1 << 20);
 
 /// Where groups and chunks sit among the store's keys matters: sled keeps
 /// sixteen keys to a page and rewrites a whole page after ten changes to
@@ -81,6 +83,12 @@ pub fn encode_group(
         raw.extend_from_slice(leaf);
         prost::encoding::encode_varint(bytes.len() as u64, &mut raw);
         raw.extend_from_slice(bytes);
+    }
+    if raw.len() > MAX_GROUP_BYTES {
+        return Err(StoreError::Compress(std::io::Error::other(format!(
+            "{} bytes of entries in one group, more than {MAX_GROUP_BYTES}",
+            raw.len()
+        ))));
     }
     let frame = compressor
         .compress(&raw, LEVEL)
@@ -211,6 +219,8 @@ impl AppendTail {
                     moved += GROUP_ENTRIES;
                 }
                 db.apply_batch(batch)?;
+                // sled holds what is not flushed in memory.
+                db.flush()?;
                 group = last;
             }
         }
@@ -330,49 +340,81 @@ fn singles(store: &AuditStore, start: u64, end: u64) -> Result<Vec<(Hash, Vec<u8
     Ok(out)
 }
 
+/// A stored entry: index, leaf hash, bytes.
+type Stored = (u64, Hash, Vec<u8>);
+
+/// Entries from `next` on, consecutive, up to `stop` (at most the end of
+/// `next`'s group), wherever they are kept: the group's value, chunks of the
+/// incomplete group, records of one entry (before issue 12). Empty if entry
+/// `next` is not stored.
+///
+/// An entry moves at most twice, each time in one atomic batch (a record
+/// into a chunk when an old store is opened, a chunk into its group), and a
+/// look that misses it must overlap a move: three looks cannot all miss it.
+fn read_span(store: &AuditStore, next: u64, stop: u64) -> Result<Vec<Stored>, StoreError> {
+    let db = store.db();
+    let (group, first) = group_of(next);
+    for _ in 0..3 {
+        if let Some(value) = db.get(group_key(group))? {
+            let entries = decode_group(group, &value)?;
+            return Ok((next..stop)
+                .zip(entries.into_iter().skip((next - first) as usize))
+                .map(|(index, (leaf, bytes))| (index, leaf, bytes))
+                .collect());
+        }
+        let mut span = Vec::new();
+        let mut index = next;
+        // The chunk holding `next` may start before it.
+        for item in db.range(chunk_key(first)..chunk_key(stop)) {
+            let (key, value) = item?;
+            let start = entry_index(&key)?;
+            if start > index {
+                break;
+            }
+            for (offset, (leaf, bytes)) in decode_chunk(start, &value)?.into_iter().enumerate() {
+                let at = start + offset as u64;
+                if at == index && at < stop {
+                    span.push((at, leaf, bytes));
+                    index += 1;
+                }
+            }
+        }
+        if span.is_empty() {
+            for item in db.range(entry_key(next)..entry_key(stop)) {
+                let (key, value) = item?;
+                if entry_index(&key)? != index {
+                    break;
+                }
+                let (leaf, bytes) = split_entry(index, &value)?;
+                span.push((index, leaf, bytes.to_vec()));
+                index += 1;
+            }
+        }
+        if !span.is_empty() {
+            return Ok(span);
+        }
+    }
+    Ok(Vec::new())
+}
+
 /// The stored entry `index`: (leaf hash, bytes), wherever it is kept.
 pub(super) fn stored_entry(
     store: &AuditStore,
     index: u64,
 ) -> Result<Option<(Hash, Vec<u8>)>, StoreError> {
-    let db = store.db();
-    let (group, first) = group_of(index);
-    let from_group = || -> Result<Option<(Hash, Vec<u8>)>, StoreError> {
-        let Some(value) = db.get(group_key(group))? else {
-            return Ok(None);
-        };
-        let mut entries = decode_group(group, &value)?;
-        Ok(Some(entries.swap_remove((index - first) as usize)))
-    };
-    if let Some(entry) = from_group()? {
-        return Ok(Some(entry));
-    }
-    if let Some(item) = db.range(chunk_key(first)..=chunk_key(index)).next_back() {
-        let (key, value) = item?;
-        let start = entry_index(&key)?;
-        let mut entries = decode_chunk(start, &value)?;
-        if index < start + entries.len() as u64 {
-            return Ok(Some(entries.swap_remove((index - start) as usize)));
-        }
-    }
-    if let Some(value) = db.get(entry_key(index))? {
-        let (leaf, bytes) = split_entry(index, &value)?;
-        return Ok(Some((leaf, bytes.to_vec())));
-    }
-    // The group is written as its chunks go, in one atomic batch: a chunk
-    // missed above may be grouped by now.
-    from_group()
+    Ok(read_span(store, index, index.saturating_add(1))?
+        .pop()
+        .map(|(_, leaf, bytes)| (leaf, bytes)))
 }
 
-/// Entries `[start, end)` in order, each with its leaf hash, from groups,
-/// chunks and single records alike; ends at the first index not stored.
-/// Safe beside an appender: a group written while this reads is found
-/// where its chunks were.
+/// Entries `[start, end)` in order, each with its leaf hash, wherever they
+/// are kept; ends at the first index not stored. Safe beside an appender:
+/// an entry moved while this reads is found where it went.
 pub(super) struct Entries {
     store: AuditStore,
     next: u64,
     end: u64,
-    ready: std::collections::VecDeque<(u64, Hash, Vec<u8>)>,
+    ready: std::collections::VecDeque<Stored>,
     done: bool,
 }
 
@@ -387,65 +429,17 @@ impl Entries {
         }
     }
 
-    /// Reads what follows `next`, up to the end of its group: from the
-    /// group's value, else from chunks, else from single records.
+    /// Reads what follows `next`, up to the end of its group.
     fn fill(&mut self) -> Result<(), StoreError> {
-        let (group, first) = group_of(self.next);
+        let (_, first) = group_of(self.next);
         let stop = self.end.min(first + GROUP_ENTRIES);
-        if self.read_group(group, first, stop)? {
-            return Ok(());
+        let span = read_span(&self.store, self.next, stop)?;
+        match span.last() {
+            None => self.done = true,
+            Some((last, _, _)) => self.next = last + 1,
         }
-        let db = self.store.db().clone();
-        let mut index = self.next;
-        for item in db.range(chunk_key(first)..chunk_key(stop)) {
-            let (key, value) = item?;
-            let start = entry_index(&key)?;
-            if start > index {
-                break;
-            }
-            for (offset, (leaf, bytes)) in decode_chunk(start, &value)?.into_iter().enumerate() {
-                let at = start + offset as u64;
-                if at == index && at < stop {
-                    self.ready.push_back((at, leaf, bytes));
-                    index += 1;
-                }
-            }
-        }
-        if index == self.next {
-            for item in db.range(entry_key(self.next)..entry_key(stop)) {
-                let (key, value) = item?;
-                if entry_index(&key)? != index {
-                    break;
-                }
-                let (leaf, bytes) = split_entry(index, &value)?;
-                self.ready.push_back((index, leaf, bytes.to_vec()));
-                index += 1;
-            }
-        }
-        if index == self.next {
-            // Nothing: grouped since the first look, or the end of the log.
-            if !self.read_group(group, first, stop)? {
-                self.done = true;
-            }
-            return Ok(());
-        }
-        self.next = index;
+        self.ready.extend(span);
         Ok(())
-    }
-
-    fn read_group(&mut self, group: u64, first: u64, stop: u64) -> Result<bool, StoreError> {
-        let Some(value) = self.store.db().get(group_key(group))? else {
-            return Ok(false);
-        };
-        let entries = decode_group(group, &value)?;
-        let skip = (self.next - first) as usize;
-        let take = (stop - self.next) as usize;
-        for (offset, (leaf, bytes)) in entries.into_iter().skip(skip).take(take).enumerate() {
-            self.ready
-                .push_back((self.next + offset as u64, leaf, bytes));
-        }
-        self.next = stop;
-        Ok(true)
     }
 }
 
@@ -521,7 +515,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(24))]
 
         /// Whatever the batches, every complete group is one value, the
-        /// tail is singles, and every read gives back what was appended.
+        /// tail is chunks, and every read gives back what was appended.
         #[test]
         fn entries_read_back_as_appended_whatever_the_batches(
             sizes in proptest::collection::vec(0usize..300, 0..70),
@@ -612,6 +606,48 @@ mod tests {
     }
 
     #[test]
+    fn a_grouping_stopped_half_way_reads_whole_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(&dir.path().join("log")).unwrap();
+        let mut batch = sled::Batch::default();
+        let mut frontier = Frontier::default();
+        let mut written = Vec::new();
+        for i in 0..40u64 {
+            let bytes = entry(i, 60);
+            let leaf = leaf_hash(&bytes);
+            batch.insert(&entry_key(i)[..], entry_value(&leaf, &bytes));
+            frontier.push_with_nodes(leaf, &mut Vec::new());
+            written.push((i, leaf, bytes));
+        }
+        batch.insert(super::super::store::FRONTIER_KEY, frontier.to_bytes());
+        store.db().apply_batch(batch).unwrap();
+        // What a crash after the first migration batch leaves: group 0
+        // written in place of its records, the rest still alone.
+        let mut batch = sled::Batch::default();
+        let group: Vec<_> = written[..16]
+            .iter()
+            .map(|(_, l, b)| (*l, b.clone()))
+            .collect();
+        let value = encode_group(&mut zstd::block::Compressor::new(), &group).unwrap();
+        batch.insert(&group_key(0)[..], value);
+        for i in 0..16u64 {
+            batch.remove(&entry_key(i)[..]);
+        }
+        store.db().apply_batch(batch).unwrap();
+        let read = |store: &AuditStore| -> Vec<_> {
+            store
+                .entries_with_leaves(0, u64::MAX)
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(read(&store), written);
+        assert_eq!(store.frontier().unwrap().size(), 40);
+        assert_eq!(AppendTail::open(&store, 40).unwrap().1, 16 + 8);
+        assert_eq!(read(&store), written);
+        assert_eq!(keys(&store, b'e'), 0);
+    }
+
+    #[test]
     fn a_reader_finds_entries_grouped_while_it_reads() {
         let dir = tempfile::tempdir().unwrap();
         let store = AuditStore::open(&dir.path().join("log")).unwrap();
@@ -619,7 +655,7 @@ mod tests {
         let mut reader = store.entries_with_leaves(0, u64::MAX);
         let first: Vec<_> = (&mut reader).take(3).map(Result::unwrap).collect();
         assert_eq!(first.len(), 3);
-        // Entry 15 completes group 0: its singles are replaced by the group.
+        // Entry 15 completes group 0: its chunk is replaced by the group.
         written.extend(append(&store, &[50; 2], &[2]));
         assert_eq!(
             (keys(&store, GROUP_PREFIX), keys(&store, CHUNK_PREFIX)),

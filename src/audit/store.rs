@@ -38,6 +38,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("audit store: cannot compress a group of entries")]
     Compress(#[source] std::io::Error),
+    #[error("a compaction of the audit store {store} stopped half way: {previous} holds the store as it was before. If {store} exists, it is the checked copy: remove {previous}; if it does not, rename {previous} to {store}")]
+    HalfCompacted { store: String, previous: String },
+    #[error("audit store: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// A pending verification, found by the department's ticket.
@@ -175,7 +179,7 @@ pub(super) fn entry_index(key: &[u8]) -> Result<u64, StoreError> {
     key.get(1..)
         .and_then(|k| <[u8; 8]>::try_from(k).ok())
         .map(u64::from_be_bytes)
-        .ok_or_else(|| StoreError::Corrupt("entry key is not 9 bytes".into()))
+        .ok_or_else(|| StoreError::Corrupt("an entry, chunk or group key is not 9 bytes".into()))
 }
 
 pub(super) fn split_entry(index: u64, value: &[u8]) -> Result<(Hash, &[u8]), StoreError> {
@@ -316,6 +320,13 @@ impl AuditStore {
     }
 
     fn open_once(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        let (_, previous) = compact_siblings(path);
+        if previous.exists() {
+            return Err(StoreError::HalfCompacted {
+                store: path.display().to_string(),
+                previous: previous.display().to_string(),
+            });
+        }
         let db = sled_config(path, options).open().map_err(|e| match &e {
             sled::Error::Io(io)
                 if io.kind() == std::io::ErrorKind::Other
@@ -616,37 +627,38 @@ impl AuditStore {
 /// Bytes copied per batch by [`compact`].
 const COMPACT_BATCH_BYTES: usize = 4 << 20;
 
-/// Rewrites the stopped store at `path` into a fresh sled database, every
-/// tree and key as it is, and puts it in its place: sled reuses the space
-/// of dead pages but never gives it back, so a store keeps the largest
-/// size it ever needed. The copy is checked (sled's checksum of every tree)
-/// before it replaces the original. Returns the bytes of the folder before
-/// and after.
-pub fn compact(path: &Path) -> Result<(u64, u64), StoreError> {
-    let size_of = |p: &Path| {
-        folder_bytes(p)
-            .map_err(|e| StoreError::Corrupt(format!("cannot size {}: {e}", p.display())))
-    };
+/// The folders [`compact`] writes beside the store at `path`: the copy
+/// being made, and the store as it was, kept until the copy is in place
+/// and checked. While the latter exists the store does not open.
+fn compact_siblings(path: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "log".into());
-    let fresh = path.with_file_name(format!("{name}.compacting"));
-    let previous = path.with_file_name(format!("{name}.before-compact"));
-    if previous.exists() {
-        return Err(StoreError::Corrupt(format!(
-            "{} exists: an earlier compaction stopped half way; keep the folder that opens ({} or it), remove the other, and run again",
-            previous.display(),
-            path.display()
-        )));
-    }
+    (
+        path.with_file_name(format!("{name}.compacting")),
+        path.with_file_name(format!("{name}.before-compact")),
+    )
+}
+
+/// Rewrites the stopped store at `path` into a fresh sled database, every
+/// tree and key as it is, and puts it in its place: sled reuses the space
+/// of dead pages but never gives it back, so a store keeps the largest
+/// size it ever needed. The copy is checked (sled's checksum of every tree)
+/// before it replaces the original, and again once in place. The original
+/// stays locked until then, and is kept beside the store (the store does
+/// not open meanwhile) until the copy is checked in place. Returns the
+/// bytes of the folder before and after.
+pub fn compact(path: &Path) -> Result<(u64, u64), StoreError> {
+    let size_of = |p: &Path| folder_bytes(p).map_err(StoreError::Io);
+    let (fresh, previous) = compact_siblings(path);
+    let source = AuditStore::open(path)?;
     let before = size_of(path)?;
     let compression = persisted_parameters(path).is_none_or(|(_, c)| c);
+    if fresh.exists() {
+        std::fs::remove_dir_all(&fresh)?;
+    }
     let checksum = {
-        let source = AuditStore::open(path)?;
-        if fresh.exists() {
-            std::fs::remove_dir_all(&fresh).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        }
         let target = sled_config(
             &fresh,
             StoreOptions {
@@ -676,28 +688,31 @@ pub fn compact(path: &Path) -> Result<(u64, u64), StoreError> {
         target.flush()?;
         let (want, got) = (source.db.checksum()?, target.checksum()?);
         if want != got {
+            drop(target);
+            std::fs::remove_dir_all(&fresh)?;
             return Err(StoreError::Corrupt(format!(
                 "the compacted copy differs from the store (checksum {got:08x}, not {want:08x}); the store is unchanged"
             )));
         }
         want
     };
-    let io = |e: std::io::Error| StoreError::Sled(sled::Error::Io(e));
-    std::fs::rename(path, &previous).map_err(io)?;
-    std::fs::rename(&fresh, path).map_err(io)?;
-    // The copy opens and holds what the original held, before the
-    // original goes.
-    let reopened = AuditStore::open(path)?;
-    if reopened.db.checksum()? != checksum {
-        drop(reopened);
-        std::fs::rename(path, &fresh).map_err(io)?;
-        std::fs::rename(&previous, path).map_err(io)?;
+    // From the first rename to the removal of `previous`, the store does
+    // not open (see `open_once`): no node starts on a missing or unchecked
+    // store. The original stays locked by `source` throughout.
+    std::fs::rename(path, &previous)?;
+    std::fs::rename(&fresh, path)?;
+    let reopened = sled_config(path, StoreOptions::default()).open()?;
+    let in_place = reopened.checksum()?;
+    drop(reopened);
+    if in_place != checksum {
+        std::fs::rename(path, &fresh)?;
+        std::fs::rename(&previous, path)?;
         return Err(StoreError::Corrupt(
             "the compacted copy read back differently; the store is unchanged".into(),
         ));
     }
-    drop(reopened);
-    std::fs::remove_dir_all(&previous).map_err(io)?;
+    drop(source);
+    std::fs::remove_dir_all(&previous)?;
     Ok((before, size_of(path)?))
 }
 
@@ -1034,9 +1049,19 @@ mod tests {
         assert!(!dir.path().join("log.before-compact").exists());
         assert!(!dir.path().join("log.compacting").exists());
         drop(store);
-        // Half way stopped: the operator must choose, nothing is guessed.
+        // Stopped half way: the store does not open (no node starts on it)
+        // and the message says what to do; nothing is guessed.
         std::fs::create_dir(dir.path().join("log.before-compact")).unwrap();
-        assert!(matches!(compact(&path), Err(StoreError::Corrupt(m)) if m.contains("half way")));
+        let refused = AuditStore::open(&path).err().unwrap();
+        assert!(
+            matches!(refused, StoreError::HalfCompacted { .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("remove"), "{refused}");
+        assert!(matches!(
+            compact(&path),
+            Err(StoreError::HalfCompacted { .. })
+        ));
     }
 
     #[test]

@@ -151,6 +151,7 @@ impl AuditLog {
             node_id,
             frontier,
             tail,
+            broken: None,
             max_batch: options.max_batch.max(1),
         };
         std::thread::Builder::new()
@@ -267,6 +268,8 @@ impl AuditLog {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WriteStage {
+    /// Building the batch, before anything reaches sled.
+    Stage,
     Apply,
     Flush,
 }
@@ -279,6 +282,8 @@ struct Writer {
     frontier: Frontier,
     /// The entries of the incomplete group, staged again with its last one.
     tail: AppendTail,
+    /// Set when sled failed to apply a batch: every later append is refused.
+    broken: Option<Arc<StoreError>>,
     max_batch: usize,
 }
 
@@ -333,6 +338,12 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: &mut Vec<AppendRequest>) {
+        if let Some(e) = &self.broken {
+            for request in batch.drain(..) {
+                let _ = request.reply.send(Err(AuditError::Storage(Arc::clone(e))));
+            }
+            return;
+        }
         let before = self.frontier.clone();
         match self.write(batch) {
             Ok(receipts) => {
@@ -343,18 +354,33 @@ impl Writer {
             }
             Err((stage, e)) => {
                 error!(error = %e, entries = batch.len(), ?stage, "audit batch failed; nothing of it was acknowledged");
-                // Roll back only if the batch never reached the store: after
-                // a failed flush sled holds it, and reusing its indices would
-                // fork the log.
-                if stage == WriteStage::Apply {
-                    match AppendTail::open(&self.store, before.size()) {
-                        Ok((tail, _)) => self.tail = tail,
-                        // The next batch is refused by the stale tail.
-                        Err(e) => error!(error = %e, "the audit log's tail cannot be read again"),
-                    }
-                    self.frontier = before;
-                }
                 let e = Arc::new(e);
+                match stage {
+                    // Nothing reached the store: the batch's indices are
+                    // free again.
+                    WriteStage::Stage => match AppendTail::open(&self.store, before.size()) {
+                        Ok((tail, _)) => {
+                            self.tail = tail;
+                            self.frontier = before;
+                        }
+                        Err(reread) => {
+                            error!(error = %reread, "the audit log's tail cannot be read again; appends are refused until the node restarts");
+                            self.broken = Some(Arc::clone(&e));
+                        }
+                    },
+                    // sled may hold part of a batch it failed to apply (in
+                    // memory, not durably): a later batch reusing its
+                    // indices could leave a group of the failed one
+                    // readable. Refuse appends until a restart recovers the
+                    // durable state.
+                    WriteStage::Apply => {
+                        error!("appends are refused until the node restarts");
+                        self.broken = Some(Arc::clone(&e));
+                    }
+                    // After a failed flush sled holds the batch; reusing its
+                    // indices would fork the log.
+                    WriteStage::Flush => {}
+                }
                 for request in batch.drain(..) {
                     let _ = request.reply.send(Err(AuditError::Storage(Arc::clone(&e))));
                 }
@@ -380,7 +406,7 @@ impl Writer {
                 &mut sink.batch,
                 &mut nodes,
             )
-            .map_err(|e| (WriteStage::Apply, e))?;
+            .map_err(|e| (WriteStage::Stage, e))?;
             receipts.push(Receipt {
                 index,
                 leaf_hash: leaf,
@@ -389,12 +415,12 @@ impl Writer {
             for projection in &request.projections {
                 projection
                     .write(index, &mut sink)
-                    .map_err(|e| (WriteStage::Apply, e))?;
+                    .map_err(|e| (WriteStage::Stage, e))?;
             }
         }
         self.tail
             .finish(&mut sink.batch)
-            .map_err(|e| (WriteStage::Apply, e))?;
+            .map_err(|e| (WriteStage::Stage, e))?;
         let size = self.frontier.size();
         let note = self.signer.sign_checkpoint(size, &self.frontier.root());
         sink.batch.insert(&checkpoint_key(size), note.as_bytes());

@@ -320,8 +320,8 @@ pub mod exit {
     pub fn of_store(e: &StoreError) -> u8 {
         match e {
             StoreError::InUse(_) => UNAVAILABLE,
-            StoreError::Corrupt(_) => DATA,
-            StoreError::Sled(_) | StoreError::Compress(_) => FAILURE,
+            StoreError::Corrupt(_) | StoreError::HalfCompacted { .. } => DATA,
+            StoreError::Sled(_) | StoreError::Compress(_) | StoreError::Io(_) => FAILURE,
         }
     }
 
