@@ -563,6 +563,11 @@ impl Metrics {
         self.inner.mirror_ack_timeouts.inc();
     }
 
+    /// Answers that waited for mirrors in vain, so far.
+    pub fn mirror_ack_timeouts(&self) -> u64 {
+        self.inner.mirror_ack_timeouts.get()
+    }
+
     /// Replaces the gauges read from the running node.
     pub fn set_node_gauges(&self, gauges: &NodeGauges) {
         let inner = &self.inner;

@@ -14,6 +14,9 @@
 //! - an acknowledgement counts only from another node, for the tree this
 //!   log signed (not a size alone: another history under the same origin,
 //!   or the node itself, never counts);
+//! - a department's completion refused for want of a mirror is logged once
+//!   however often the department sends it again, and reads complete once
+//!   a mirror holds it;
 //! - a mirror follows its origin's key rotation (`audit rotate-key`), so a
 //!   node with `--mirror-ack` keeps deciding after rotating its key.
 
@@ -654,6 +657,87 @@ async fn a_mirror_follows_a_recorded_key_rotation_and_acknowledgements_go_on() {
     assert!(!b.metrics.mirror_forked(ORIGIN_A));
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A completion that arrives while no mirror holds the log is logged but
+/// answered UNAVAILABLE; the department (the mock) sends it again, as it
+/// is; once a mirror holds it the application reads complete, and the
+/// completion is in the log once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_refused_for_want_of_a_mirror_is_answered_when_sent_again() {
+    use proofgate::pb::audit_entry::Event;
+    let pki = pki();
+    let dirs = tempfile::tempdir().unwrap();
+    let a = start(ServeOptions {
+        mirror_ack: Some(1),
+        mirror_ack_timeout: Duration::from_millis(300),
+        ..node(pki.path(), &dirs.path().join("a"), "node-1")
+    })
+    .await;
+    // Pending at public-security; the mock completes it 1.5 s later and
+    // sends the completion again while the node answers UNAVAILABLE.
+    let refused = submit(&a, request("coach-licence-renewal", PENDING_THEN_VERIFIED))
+        .await
+        .expect_err("no mirror holds the decision");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let completions = |a: &Running| -> Vec<String> {
+        let store = a.gateway.audit().store();
+        store
+            .entries(0, a.gateway.audit().durable_size())
+            .filter_map(|item| {
+                let (_, bytes) = item.unwrap();
+                match prost::Message::decode(bytes.as_slice()) {
+                    Ok(proofgate::pb::AuditEntry {
+                        event: Some(Event::VerificationCompleted(done)),
+                        ..
+                    }) => Some(done.application_id),
+                    _ => None,
+                }
+            })
+            .collect()
+    };
+    // The completion is logged, and its answer waited for a mirror in vain
+    // (the decision's answer was the first wait): only then does a mirror start.
+    wait_until("the completion is logged and refused", || async {
+        completions(&a).len() == 1 && a.metrics.mirror_ack_timeouts() >= 2
+    })
+    .await;
+    let application_id = completions(&a).remove(0);
+    let b = start(ServeOptions {
+        mirrors: vec![MirrorTarget {
+            url: a.endpoint(),
+            vkey: None,
+        }],
+        mock_departments: false,
+        ..node(pki.path(), &dirs.path().join("b"), "node-2")
+    })
+    .await;
+    let mut hall = ApplicationServiceClient::new(connect_as(&a, HALL).await);
+    wait_until("the application reads complete", || {
+        let mut hall = hall.clone();
+        let application_id = application_id.clone();
+        async move {
+            hall.get_application(proofgate::pb::GetApplicationRequest { application_id })
+                .await
+                .is_ok_and(|reply| {
+                    status(&reply.into_inner()) == proofgate::pb::ApplicationStatus::Complete
+                })
+        }
+    })
+    .await;
+    // However often the mock sent it again, nothing was logged twice (the
+    // answer to an identical resend: RecentCompletions' unit test).
+    assert_eq!(completions(&a), vec![application_id.clone()], "logged once");
+    let read = hall
+        .get_application(proofgate::pb::GetApplicationRequest {
+            application_id: application_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(b.metrics.mirror_tree_size(ORIGIN_A) > read.receipt.unwrap().index);
+    b.shutdown().await;
+    a.shutdown().await;
 }
 
 async fn submit(
