@@ -57,6 +57,28 @@ fn node(pki: &Path, data_dir: &Path, node_id: &str) -> ServeOptions {
     }
 }
 
+/// Node B ("node-2", no departments of its own) mirroring `a`.
+fn mirror_of(a: &Running, pki: &Path, data_dir: &Path) -> ServeOptions {
+    ServeOptions {
+        mirrors: vec![MirrorTarget {
+            url: a.endpoint(),
+            vkey: None,
+        }],
+        mock_departments: false,
+        ..node(pki, data_dir, "node-2")
+    }
+}
+
+/// Node A ("node-1") answering only once one mirror holds a decision,
+/// waiting for it 300 ms.
+fn needing_a_mirror(pki: &Path, data_dir: &Path) -> ServeOptions {
+    ServeOptions {
+        mirror_ack: Some(1),
+        mirror_ack_timeout: Duration::from_millis(300),
+        ..node(pki, data_dir, "node-1")
+    }
+}
+
 async fn start(options: ServeOptions) -> Served {
     Served::new(server::start(options).await.expect("node starts"))
 }
@@ -139,15 +161,7 @@ async fn a_node_whose_disk_is_lost_is_restored_from_its_mirror_and_resumes_its_l
     let a = start(node(pki.path(), &a_data, "node-1")).await;
     let a_addr = a.addr;
     let a_vkey = a.gateway.audit().verifier_key().to_owned();
-    let b = start(ServeOptions {
-        mirrors: vec![MirrorTarget {
-            url: a.endpoint(),
-            vkey: None,
-        }],
-        mock_departments: false,
-        ..node(pki.path(), &dirs.path().join("b"), "node-2")
-    })
-    .await;
+    let b = start(mirror_of(&a, pki.path(), &dirs.path().join("b"))).await;
 
     // A under load while B mirrors it: B's copy grows in several steps.
     let stop = Arc::new(AtomicBool::new(false));
@@ -491,12 +505,7 @@ async fn list_logs_without_etcd_names_the_own_log_and_the_mirrors() {
 async fn with_mirror_ack_every_answered_decision_is_already_on_the_mirror() {
     let pki = pki();
     let dirs = tempfile::tempdir().unwrap();
-    let a = start(ServeOptions {
-        mirror_ack: Some(1),
-        mirror_ack_timeout: Duration::from_millis(300),
-        ..node(pki.path(), &dirs.path().join("a"), "node-1")
-    })
-    .await;
+    let a = start(needing_a_mirror(pki.path(), &dirs.path().join("a"))).await;
     let mut hall = ApplicationServiceClient::new(connect_as(&a, HALL).await);
 
     // No mirror yet: decided and logged here, but not answered as done.
@@ -519,15 +528,7 @@ async fn with_mirror_ack_every_answered_decision_is_already_on_the_mirror() {
     assert_eq!(a.gateway.audit().durable_size(), before + 1, "it is logged");
 
     // A mirror starts: the retry gets that very decision, not a second one.
-    let b = start(ServeOptions {
-        mirrors: vec![MirrorTarget {
-            url: a.endpoint(),
-            vkey: None,
-        }],
-        mock_departments: false,
-        ..node(pki.path(), &dirs.path().join("b"), "node-2")
-    })
-    .await;
+    let b = start(mirror_of(&a, pki.path(), &dirs.path().join("b"))).await;
     let started = Instant::now();
     let replayed = loop {
         match hall.submit_application(first.clone()).await {
@@ -605,15 +606,7 @@ async fn a_mirror_follows_a_recorded_key_rotation_and_acknowledgements_go_on() {
     let a = start(a_options("127.0.0.1:0".parse().unwrap())).await;
     let a_addr = a.addr;
     let old_vkey = a.gateway.audit().verifier_key().to_owned();
-    let b = start(ServeOptions {
-        mirrors: vec![MirrorTarget {
-            url: a.endpoint(),
-            vkey: None,
-        }],
-        mock_departments: false,
-        ..node(pki.path(), &dirs.path().join("b"), "node-2")
-    })
-    .await;
+    let b = start(mirror_of(&a, pki.path(), &dirs.path().join("b"))).await;
     submit(&a, request("elderly-subsidy", ELDERLY))
         .await
         .expect("mirrored by B: answered");
@@ -668,12 +661,7 @@ async fn a_completion_refused_for_want_of_a_mirror_is_answered_when_sent_again()
     use proofgate::pb::audit_entry::Event;
     let pki = pki();
     let dirs = tempfile::tempdir().unwrap();
-    let a = start(ServeOptions {
-        mirror_ack: Some(1),
-        mirror_ack_timeout: Duration::from_millis(300),
-        ..node(pki.path(), &dirs.path().join("a"), "node-1")
-    })
-    .await;
+    let a = start(needing_a_mirror(pki.path(), &dirs.path().join("a"))).await;
     // Pending at public-security; the mock completes it 1.5 s later and
     // sends the completion again while the node answers UNAVAILABLE.
     let refused = submit(&a, request("coach-licence-renewal", PENDING_THEN_VERIFIED))
@@ -703,15 +691,7 @@ async fn a_completion_refused_for_want_of_a_mirror_is_answered_when_sent_again()
     })
     .await;
     let application_id = completions(&a).remove(0);
-    let b = start(ServeOptions {
-        mirrors: vec![MirrorTarget {
-            url: a.endpoint(),
-            vkey: None,
-        }],
-        mock_departments: false,
-        ..node(pki.path(), &dirs.path().join("b"), "node-2")
-    })
-    .await;
+    let b = start(mirror_of(&a, pki.path(), &dirs.path().join("b"))).await;
     let mut hall = ApplicationServiceClient::new(connect_as(&a, HALL).await);
     wait_until("the application reads complete", || {
         let mut hall = hall.clone();

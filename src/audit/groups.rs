@@ -507,6 +507,31 @@ mod tests {
         written
     }
 
+    /// A store as written before issue 12: `n` entries, each alone.
+    fn store_of_records(store: &AuditStore, n: u64) -> Vec<Stored> {
+        let mut frontier = Frontier::default();
+        let mut batch = sled::Batch::default();
+        let mut written = Vec::new();
+        for i in 0..n {
+            let bytes = entry(i, 100 + i as usize);
+            let leaf = leaf_hash(&bytes);
+            batch.insert(&entry_key(i)[..], entry_value(&leaf, &bytes));
+            frontier.push_with_nodes(leaf, &mut Vec::new());
+            written.push((i, leaf, bytes));
+        }
+        batch.insert(super::super::store::FRONTIER_KEY, frontier.to_bytes());
+        store.db().apply_batch(batch).unwrap();
+        written
+    }
+
+    /// Every entry of `store`, as read.
+    fn read(store: &AuditStore) -> Vec<Stored> {
+        store
+            .entries_with_leaves(0, u64::MAX)
+            .map(Result::unwrap)
+            .collect()
+    }
+
     fn keys(store: &AuditStore, prefix: u8) -> usize {
         store.db().scan_prefix([prefix]).count()
     }
@@ -567,24 +592,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = AuditStore::open(&dir.path().join("log")).unwrap();
         // As a store before issue 12 holds them: every entry alone.
-        let mut frontier = Frontier::default();
-        let mut batch = sled::Batch::default();
-        let mut written = Vec::new();
-        for i in 0..40u64 {
-            let bytes = entry(i, 100 + i as usize);
-            let leaf = leaf_hash(&bytes);
-            batch.insert(&entry_key(i)[..], entry_value(&leaf, &bytes));
-            frontier.push_with_nodes(leaf, &mut Vec::new());
-            written.push((i, leaf, bytes));
-        }
-        batch.insert(super::super::store::FRONTIER_KEY, frontier.to_bytes());
-        store.db().apply_batch(batch).unwrap();
-        let read = |store: &AuditStore| -> Vec<_> {
-            store
-                .entries_with_leaves(0, u64::MAX)
-                .map(Result::unwrap)
-                .collect()
-        };
+        let written = store_of_records(&store, 40);
         assert_eq!(read(&store), written, "readable before grouping");
 
         let (_, moved) = AppendTail::open(&store, 40).unwrap();
@@ -609,18 +617,7 @@ mod tests {
     fn a_grouping_stopped_half_way_reads_whole_and_resumes() {
         let dir = tempfile::tempdir().unwrap();
         let store = AuditStore::open(&dir.path().join("log")).unwrap();
-        let mut batch = sled::Batch::default();
-        let mut frontier = Frontier::default();
-        let mut written = Vec::new();
-        for i in 0..40u64 {
-            let bytes = entry(i, 60);
-            let leaf = leaf_hash(&bytes);
-            batch.insert(&entry_key(i)[..], entry_value(&leaf, &bytes));
-            frontier.push_with_nodes(leaf, &mut Vec::new());
-            written.push((i, leaf, bytes));
-        }
-        batch.insert(super::super::store::FRONTIER_KEY, frontier.to_bytes());
-        store.db().apply_batch(batch).unwrap();
+        let written = store_of_records(&store, 40);
         // What a crash after the first migration batch leaves: group 0
         // written in place of its records, the rest still alone.
         let mut batch = sled::Batch::default();
@@ -634,12 +631,6 @@ mod tests {
             batch.remove(&entry_key(i)[..]);
         }
         store.db().apply_batch(batch).unwrap();
-        let read = |store: &AuditStore| -> Vec<_> {
-            store
-                .entries_with_leaves(0, u64::MAX)
-                .map(Result::unwrap)
-                .collect()
-        };
         assert_eq!(read(&store), written);
         assert_eq!(store.frontier().unwrap().size(), 40);
         assert_eq!(AppendTail::open(&store, 40).unwrap().1, 16 + 8);
