@@ -101,9 +101,10 @@ pub fn encode_group(
 }
 
 thread_local! {
-    /// One zstd context per reading thread, reused for every value.
-    static DECOMPRESSOR: RefCell<zstd::block::Decompressor> =
-        RefCell::new(zstd::block::Decompressor::new());
+    /// One zstd context per reading thread, and one buffer for what it
+    /// decompresses, reused for every value.
+    static DECOMPRESSOR: RefCell<(zstd::block::Decompressor, Vec<u8>)> =
+        RefCell::new((zstd::block::Decompressor::new(), Vec::new()));
 }
 
 /// The (leaf hash, bytes) of the entries of a stored group or chunk, `what`
@@ -118,14 +119,32 @@ fn decode_entries(what: &str, value: &[u8]) -> Result<Vec<(Hash, Vec<u8>)>, Stor
         .and_then(|n| usize::try_from(n).ok())
         .filter(|n| *n <= MAX_GROUP_BYTES)
         .ok_or_else(|| corrupt("bad length"))?;
-    let raw = DECOMPRESSOR
-        .with(|d| d.borrow_mut().decompress(rest, raw_len))
-        .map_err(|e| corrupt(&format!("does not decompress ({e})")))?;
-    if raw.len() != raw_len {
-        return Err(corrupt("length differs from the recorded one"));
-    }
+    DECOMPRESSOR.with(|cell| {
+        let (decompressor, raw) = &mut *cell.borrow_mut();
+        raw.clear();
+        raw.reserve(raw_len);
+        decompressor
+            .decompress_to_buffer(rest, raw)
+            .map_err(|e| corrupt(&format!("does not decompress ({e})")))?;
+        if raw.len() != raw_len {
+            return Err(corrupt("length differs from the recorded one"));
+        }
+        let entries = split_entries(raw, &corrupt);
+        // Kept for the next value, unless an unusually large one grew it.
+        if raw.capacity() > 4 << 20 {
+            *raw = Vec::new();
+        }
+        entries
+    })
+}
+
+/// The (leaf hash, length, bytes) records of a decompressed value.
+fn split_entries(
+    raw: &[u8],
+    corrupt: &dyn Fn(&str) -> StoreError,
+) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
     let mut entries = Vec::with_capacity(GROUP_ENTRIES as usize);
-    let mut rest = raw.as_slice();
+    let mut rest = raw;
     while !rest.is_empty() {
         let (leaf, after) = rest
             .split_first_chunk::<32>()
