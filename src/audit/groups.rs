@@ -123,14 +123,13 @@ fn decode_entries(what: &str, value: &[u8]) -> Result<Vec<(Hash, Vec<u8>)>, Stor
         let (decompressor, raw) = &mut *cell.borrow_mut();
         raw.clear();
         raw.reserve(raw_len);
-        decompressor
-            .decompress_to_buffer(rest, raw)
-            .map_err(|e| corrupt(&format!("does not decompress ({e})")))?;
-        if raw.len() != raw_len {
-            return Err(corrupt("length differs from the recorded one"));
-        }
-        let entries = split_entries(raw, &corrupt);
-        // Kept for the next value, unless an unusually large one grew it.
+        let entries = match decompressor.decompress_to_buffer(rest, raw) {
+            Err(e) => Err(corrupt(&format!("does not decompress ({e})"))),
+            Ok(_) if raw.len() != raw_len => Err(corrupt("length differs from the recorded one")),
+            Ok(_) => split_entries(raw, &corrupt),
+        };
+        // Kept for the next value, unless an unusually large (or a
+        // corrupt) length grew it.
         if raw.capacity() > 4 << 20 {
             *raw = Vec::new();
         }

@@ -38,7 +38,7 @@ pub enum StoreError {
     Corrupt(String),
     #[error("audit store: cannot compress a group of entries")]
     Compress(#[source] std::io::Error),
-    #[error("a compaction of the audit store {store} stopped half way: {previous} holds the store as it was before. If {store} exists, it is the checked copy: remove {previous}; if it does not, rename {previous} to {store}")]
+    #[error("a compaction of the audit store {store} stopped half way: {previous} holds the store as it was before. If {store} exists, it is the copy, checked against {previous} before the swap: remove {previous} (or, to keep the original, remove {store} and rename {previous} to {store}); if it does not exist, rename {previous} to {store}")]
     HalfCompacted { store: String, previous: String },
     #[error("audit store: {0}")]
     Io(#[from] std::io::Error),
@@ -701,19 +701,46 @@ pub fn compact(path: &Path) -> Result<(u64, u64), StoreError> {
     // store. The original stays locked by `source` throughout.
     std::fs::rename(path, &previous)?;
     std::fs::rename(&fresh, path)?;
-    let reopened = sled_config(path, StoreOptions::default()).open()?;
-    let in_place = reopened.checksum()?;
-    drop(reopened);
-    if in_place != checksum {
+    let in_place = while_locked(|| {
+        let reopened = sled_config(path, StoreOptions::default()).open()?;
+        Ok(reopened.checksum()?)
+    });
+    if !matches!(in_place, Ok(sum) if sum == checksum) {
+        // The original goes back, whatever failed: only a copy checked in
+        // place may replace it.
         std::fs::rename(path, &fresh)?;
         std::fs::rename(&previous, path)?;
-        return Err(StoreError::Corrupt(
-            "the compacted copy read back differently; the store is unchanged".into(),
-        ));
+        return Err(match in_place {
+            Err(e) => e,
+            Ok(_) => StoreError::Corrupt(
+                "the compacted copy read back differently; the store is unchanged".into(),
+            ),
+        });
     }
     drop(source);
-    std::fs::remove_dir_all(&previous)?;
+    // sled's background jobs may still write into the original a moment
+    // after its handle is gone.
+    while_locked(|| Ok(std::fs::remove_dir_all(&previous)?))?;
     Ok((before, size_of(path)?))
+}
+
+/// Runs `step` again, within [`LOCK_RELEASE_BOUND`], while it fails as a
+/// sled handle dropped in this process still holding its files would make
+/// it fail (the lock not yet released, a folder not yet empty).
+fn while_locked<T>(mut step: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_RELEASE_BOUND;
+    loop {
+        match step() {
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && (e.to_string().contains("could not acquire lock")
+                        || matches!(&e, StoreError::Io(io) if io.kind() == std::io::ErrorKind::DirectoryNotEmpty)) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
 }
 
 impl AuditStore {

@@ -85,6 +85,8 @@ pub enum AuditError {
     Thread(#[source] Arc<std::io::Error>),
     #[error("audit writer has stopped")]
     Stopped,
+    #[error("the audit log refuses appends since sled failed to apply a batch: restart the node (sled recovers the durable state)")]
+    Halted(#[source] Arc<StoreError>),
 }
 
 impl From<StoreError> for AuditError {
@@ -340,7 +342,7 @@ impl Writer {
     fn commit(&mut self, batch: &mut Vec<AppendRequest>) {
         if let Some(e) = &self.broken {
             for request in batch.drain(..) {
-                let _ = request.reply.send(Err(AuditError::Storage(Arc::clone(e))));
+                let _ = request.reply.send(Err(AuditError::Halted(Arc::clone(e))));
             }
             return;
         }
