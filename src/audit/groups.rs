@@ -229,7 +229,7 @@ impl AppendTail {
                 let last = (group + GROUPS_PER_MIGRATION_BATCH).min(tail_start / GROUP_ENTRIES);
                 for g in group..last {
                     let first = g * GROUP_ENTRIES;
-                    let entries = singles(store, first, first + GROUP_ENTRIES)?;
+                    let entries = all_entries(store, first, first + GROUP_ENTRIES)?;
                     batch.insert(&group_key(g)[..], encode_group(&mut compressor, &entries)?);
                     for index in first..first + GROUP_ENTRIES {
                         batch.remove(&entry_key(index)[..]);
@@ -242,12 +242,7 @@ impl AppendTail {
                 group = last;
             }
         }
-        let entries: Vec<(Hash, Vec<u8>)> = Entries::new(store.clone(), tail_start, size)
-            .map(|item| item.map(|(_, leaf, bytes)| (leaf, bytes)))
-            .collect::<Result<_, _>>()?;
-        if entries.len() as u64 != size - tail_start {
-            return Err(missing(tail_start + entries.len() as u64));
-        }
+        let entries = all_entries(store, tail_start, size)?;
         let mut chunks = Vec::new();
         for item in db.range(chunk_key(tail_start)..chunk_key(size)) {
             chunks.push(entry_index(&item?.0)?);
@@ -340,22 +335,19 @@ fn missing(index: u64) -> StoreError {
     ))
 }
 
-/// Entries `[start, end)` stored alone (before issue 12), all of them, in order.
-fn singles(store: &AuditStore, start: u64, end: u64) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
-    let mut out = Vec::with_capacity((end - start) as usize);
-    for item in store.db().range(entry_key(start)..entry_key(end)) {
-        let (key, value) = item?;
-        let index = entry_index(&key)?;
-        if index != start + out.len() as u64 {
-            break;
-        }
-        let (leaf, bytes) = split_entry(index, &value)?;
-        out.push((leaf, bytes.to_vec()));
+/// Entries `[start, end)`, all of them, wherever they are kept.
+fn all_entries(
+    store: &AuditStore,
+    start: u64,
+    end: u64,
+) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
+    let entries: Vec<(Hash, Vec<u8>)> = Entries::new(store.clone(), start, end)
+        .map(|item| item.map(|(_, leaf, bytes)| (leaf, bytes)))
+        .collect::<Result<_, _>>()?;
+    if entries.len() as u64 != end - start {
+        return Err(missing(start + entries.len() as u64));
     }
-    if out.len() as u64 != end - start {
-        return Err(missing(start + out.len() as u64));
-    }
-    Ok(out)
+    Ok(entries)
 }
 
 /// A stored entry: index, leaf hash, bytes.

@@ -303,40 +303,18 @@ impl AuditStore {
     }
 
     pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
-        // sled releases its file lock only when the last background write job
-        // of a dropped handle ends, on sled's own thread pool, a moment after
-        // the handle is gone. So a store closed in this process may still read
-        // as locked for a short while: wait for it, within a bound, before
-        // calling it in use.
-        let deadline = std::time::Instant::now() + LOCK_RELEASE_BOUND;
-        loop {
-            match Self::open_once(path, options) {
-                Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                result => return result,
+        while_released(|| {
+            let (_, previous) = compact_siblings(path);
+            if previous.exists() {
+                return Err(StoreError::HalfCompacted {
+                    store: path.display().to_string(),
+                    previous: previous.display().to_string(),
+                });
             }
-        }
-    }
-
-    fn open_once(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
-        let (_, previous) = compact_siblings(path);
-        if previous.exists() {
-            return Err(StoreError::HalfCompacted {
-                store: path.display().to_string(),
-                previous: previous.display().to_string(),
-            });
-        }
-        let db = sled_config(path, options).open().map_err(|e| match &e {
-            sled::Error::Io(io)
-                if io.kind() == std::io::ErrorKind::Other
-                    && io.to_string().contains("could not acquire lock") =>
-            {
-                StoreError::InUse(path.display().to_string())
-            }
-            _ => StoreError::Sled(e),
-        })?;
-        Ok(Self { db })
+            Ok(Self {
+                db: open_db(path, options)?,
+            })
+        })
     }
 
     pub(super) fn db(&self) -> &sled::Db {
@@ -701,10 +679,7 @@ pub fn compact(path: &Path) -> Result<(u64, u64), StoreError> {
     // store. The original stays locked by `source` throughout.
     std::fs::rename(path, &previous)?;
     std::fs::rename(&fresh, path)?;
-    let in_place = while_locked(|| {
-        let reopened = sled_config(path, StoreOptions::default()).open()?;
-        Ok(reopened.checksum()?)
-    });
+    let in_place = while_released(|| Ok(open_db(path, StoreOptions::default())?.checksum()?));
     if !matches!(in_place, Ok(sum) if sum == checksum) {
         // The original goes back, whatever failed: only a copy checked in
         // place may replace it.
@@ -720,26 +695,41 @@ pub fn compact(path: &Path) -> Result<(u64, u64), StoreError> {
     drop(source);
     // sled's background jobs may still write into the original a moment
     // after its handle is gone.
-    while_locked(|| Ok(std::fs::remove_dir_all(&previous)?))?;
+    while_released(|| Ok(std::fs::remove_dir_all(&previous)?))?;
     Ok((before, size_of(path)?))
 }
 
+/// The sled database at `path`, its lock held by another handle told as
+/// [`StoreError::InUse`].
+fn open_db(path: &Path, options: StoreOptions) -> Result<sled::Db, StoreError> {
+    sled_config(path, options).open().map_err(|e| match &e {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::Other
+                && io.to_string().contains("could not acquire lock") =>
+        {
+            StoreError::InUse(path.display().to_string())
+        }
+        _ => StoreError::Sled(e),
+    })
+}
+
 /// Runs `step` again, within [`LOCK_RELEASE_BOUND`], while it fails as a
-/// sled handle dropped in this process still holding its files would make
-/// it fail (the lock not yet released, a folder not yet empty).
-fn while_locked<T>(mut step: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+/// sled handle dropped in this process would make it fail: sled releases
+/// its lock and files only when the handle's last background job ends, on
+/// sled's own threads, a moment after the handle is gone (the store still
+/// in use, its folder not yet empty). Another process's server holds the
+/// lock for good, and is reported after this wait.
+fn while_released<T>(mut step: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
     let deadline = std::time::Instant::now() + LOCK_RELEASE_BOUND;
     loop {
         match step() {
-            Err(e)
-                if std::time::Instant::now() < deadline
-                    && (e.to_string().contains("could not acquire lock")
-                        || matches!(&e, StoreError::Io(io) if io.kind() == std::io::ErrorKind::DirectoryNotEmpty)) =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+            Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {}
+            Err(StoreError::Io(io))
+                if io.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                    && std::time::Instant::now() < deadline => {}
             result => return result,
         }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
