@@ -630,6 +630,16 @@ fn compact_siblings(path: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 pub fn compact(path: &Path) -> Result<(u64, u64), StoreError> {
     let size_of = |p: &Path| folder_bytes(p).map_err(StoreError::Io);
     let (fresh, previous) = compact_siblings(path);
+    if !path.exists() && !previous.exists() {
+        // Opening would make an empty store there.
+        return Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "no audit store at {} (is --data-dir the node's data folder?)",
+                path.display()
+            ),
+        )));
+    }
     let source = AuditStore::open(path)?;
     let before = size_of(path)?;
     let compression = persisted_parameters(path).is_none_or(|(_, c)| c);
@@ -1079,6 +1089,11 @@ mod tests {
             compact(&path),
             Err(StoreError::HalfCompacted { .. })
         ));
+        // No store there: said, and none is made.
+        let nowhere = dir.path().join("nowhere").join("log");
+        let refused = compact(&nowhere).err().unwrap();
+        assert!(refused.to_string().contains("no audit store"), "{refused}");
+        assert!(!nowhere.exists());
     }
 
     #[test]
