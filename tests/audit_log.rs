@@ -139,7 +139,7 @@ async fn the_log_resumes_at_the_right_size_after_a_restart() {
 
     let entries: Vec<Vec<u8>> = store
         .entries(0, store.tree_size().unwrap())
-        .map(|e| e.unwrap().1)
+        .map(|e| e.unwrap().1.to_vec())
         .collect();
     let (size, note) = store.latest_checkpoint().unwrap().unwrap();
     let vkey = std::fs::read_to_string(data_dir.path().join("log.vkey")).unwrap();

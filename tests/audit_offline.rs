@@ -287,7 +287,7 @@ async fn every_projection_rebuilds_from_the_entries_and_a_changed_one_is_named()
     let first = String::from_utf8(
         store
             .entries(0, u64::MAX)
-            .filter_map(|e| AuditEntry::decode(e.unwrap().1.as_slice()).ok())
+            .filter_map(|e| AuditEntry::decode(&e.unwrap().1[..]).ok())
             .find_map(|e| match e.event {
                 Some(Event::ApplicationDecided(d)) => Some(d.application_id.into_bytes()),
                 _ => None,
@@ -363,7 +363,7 @@ async fn every_kind_of_tampering_with_an_export_is_caught_with_its_index() {
         let mut t = original.clone();
         if let LogRecord::Entry { bytes, .. } = &mut t[target] {
             let at = at.min(bytes.len() - 1);
-            bytes[at] ^= 0x01;
+            flip(bytes, at, 0x01);
         }
         let problem = verify_vec(t, &vkey).expect("flip detected");
         assert!(
@@ -387,7 +387,7 @@ async fn every_kind_of_tampering_with_an_export_is_caught_with_its_index() {
         .collect();
     if let LogRecord::Entry { bytes, .. } = &mut t[target] {
         let last = bytes.len() - 1;
-        bytes[last] ^= 0x01;
+        flip(bytes, last, 0x01);
     }
     match verify_vec(t, &vkey).expect("flip detected") {
         Problem::Checkpoint { size, reason } => {
@@ -466,13 +466,13 @@ async fn every_kind_of_tampering_with_an_export_is_caught_with_its_index() {
         unreachable!()
     };
     let size = entries.len() as u64;
-    let mut extra = AuditEntry::decode(bytes.as_slice()).unwrap();
+    let mut extra = AuditEntry::decode(&bytes[..]).unwrap();
     extra.index = size;
     let extra = extra.encode_to_vec();
     t.push(LogRecord::Entry {
         index: size,
         recorded_leaf: Some(leaf_hash(&extra)),
-        bytes: extra,
+        bytes: extra.into(),
     });
     let problem = verify_vec(t, &vkey).expect("unsigned tail detected");
     assert!(
@@ -510,7 +510,7 @@ async fn changing_a_stored_entry_in_the_data_folder_is_caught() {
         let mut entries = decode_group(group, &db.get(key).unwrap().unwrap()).unwrap();
         let bytes = &mut entries[(index % GROUP_ENTRIES) as usize].1;
         let last = bytes.len() - 1;
-        bytes[last] ^= 0x80;
+        flip(bytes, last, 0x80);
         let value = encode_group(&mut zstd::block::Compressor::new(), &entries).unwrap();
         db.insert(key, value).unwrap();
         db.flush().unwrap();
@@ -533,7 +533,7 @@ async fn replay_catches_a_re_signed_log_whose_decision_does_not_follow() {
         store
             .entries(0, size)
             .map(|e| {
-                AuditEntry::decode(e.unwrap().1.as_slice())
+                AuditEntry::decode(&e.unwrap().1[..])
                     .unwrap()
                     .event
                     .unwrap()
@@ -648,7 +648,7 @@ async fn applications_stored_in_the_old_form_still_read_and_are_converted() {
     let store = AuditStore::open(&path).unwrap();
     let ids: Vec<String> = store
         .entries(0, u64::MAX)
-        .filter_map(|e| AuditEntry::decode(e.unwrap().1.as_slice()).ok())
+        .filter_map(|e| AuditEntry::decode(&e.unwrap().1[..]).ok())
         .filter_map(|e| match e.event {
             Some(Event::ApplicationDecided(d)) => Some(d.application_id),
             _ => None,
@@ -688,4 +688,11 @@ async fn applications_stored_in_the_old_form_still_read_and_are_converted() {
     assert!(proofgate::audit::rebuild_report(&store)
         .unwrap()
         .consistent());
+}
+
+/// `bytes` with the bits of `mask` flipped at `at`.
+fn flip(bytes: &mut prost::bytes::Bytes, at: usize, mask: u8) {
+    let mut changed = bytes.to_vec();
+    changed[at] ^= mask;
+    *bytes = changed.into();
 }

@@ -344,7 +344,8 @@ fn entry(index: u64, event: Event) -> LogRecord {
             node_id: "node-1".into(),
             event: Some(event),
         }
-        .encode_to_vec(),
+        .encode_to_vec()
+        .into(),
         recorded_leaf: None,
     }
 }

@@ -213,7 +213,7 @@ async fn a_node_whose_disk_is_lost_is_restored_from_its_mirror_and_resumes_its_l
     };
     let own = a.gateway.audit().store();
     for (i, entry) in from_mirror.iter().enumerate() {
-        assert_eq!(Some(entry), own.entry(i as u64).unwrap().as_ref());
+        assert_eq!(Some(&entry[..]), own.entry(i as u64).unwrap().as_deref());
     }
 
     // A's disk is lost (its keys saved elsewhere by the operator).
@@ -674,7 +674,7 @@ async fn a_completion_refused_for_want_of_a_mirror_is_answered_when_sent_again()
             .entries(0, a.gateway.audit().durable_size())
             .filter_map(|item| {
                 let (_, bytes) = item.unwrap();
-                match prost::Message::decode(bytes.as_slice()) {
+                match prost::Message::decode(&bytes[..]) {
                     Ok(proofgate::pb::AuditEntry {
                         event: Some(Event::VerificationCompleted(done)),
                         ..

@@ -274,8 +274,7 @@ async fn a_bad_policy_reload_keeps_the_old_version_serving() {
             .store()
             .entry(size - 1)
             .unwrap()
-            .unwrap()
-            .as_slice(),
+            .unwrap(),
     )
     .unwrap();
     assert!(matches!(last.event, Some(Event::PolicySetLoaded(p)) if p.policy_version == after));

@@ -386,7 +386,7 @@ async fn reloads_of_changed_unsigned_or_foreign_sets_are_refused_and_counted() {
             .entry(store.tree_size().unwrap() - 1)
             .unwrap()
             .unwrap();
-        AuditEntry::decode(bytes.as_slice()).unwrap()
+        AuditEntry::decode(&bytes[..]).unwrap()
     };
     match last.event {
         Some(Event::PolicySetLoaded(p)) => {

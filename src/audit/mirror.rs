@@ -388,7 +388,7 @@ impl MirrorLog {
         let Some(bytes) = self.store.entry(index)? else {
             return Ok(false);
         };
-        let Ok(entry) = crate::pb::AuditEntry::decode(bytes.as_slice()) else {
+        let Ok(entry) = crate::pb::AuditEntry::decode(&bytes[..]) else {
             return Ok(false);
         };
         let Some(crate::pb::audit_entry::Event::KeyRotated(rotation)) = entry.event else {

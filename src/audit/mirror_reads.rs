@@ -81,7 +81,7 @@ fn index_up_to(store: &AuditStore, size: u64) -> Result<u64, StoreError> {
             // can find; `audit verify` of the mirror reports it.
             let Ok(AuditEntry {
                 event: Some(event), ..
-            }) = AuditEntry::decode(bytes.as_slice())
+            }) = AuditEntry::decode(&bytes[..])
             else {
                 continue;
             };
@@ -154,7 +154,7 @@ pub fn mirrored_application(
             .entries_with_leaves(index, index + 1)
             .next()
             .ok_or_else(|| corrupt("indexed but not stored".into()))??;
-        let event = AuditEntry::decode(bytes.as_slice())
+        let event = AuditEntry::decode(&bytes[..])
             .map_err(|e| corrupt(format!("does not decode: {e}")))?
             .event
             .ok_or_else(|| corrupt("has no event".into()))?;
@@ -307,7 +307,7 @@ mod tests {
         // The same fold as the owner's projection.
         let mut expected = Application::default();
         for bytes in [&entries[0], &entries[2]] {
-            let event = AuditEntry::decode(bytes.as_slice()).unwrap().event.unwrap();
+            let event = AuditEntry::decode(&bytes[..]).unwrap().event.unwrap();
             apply(&mut expected, &event).unwrap();
         }
         assert_eq!(app.proofs, expected.proofs);

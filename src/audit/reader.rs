@@ -330,7 +330,7 @@ impl AuditReader {
             item.map(|(index, entry)| StoredEntry {
                 index,
                 leaf_hash: leaf_hash(&entry).to_vec(),
-                entry,
+                entry: entry.to_vec(),
             })
             .map_err(ReadError::from)
         }))
@@ -413,7 +413,7 @@ impl AuditReader {
             let Some(bytes) = store.entry(index)? else {
                 return Err(ReadError::Missing(index));
             };
-            let entry = AuditEntry::decode(bytes.as_slice())
+            let entry = AuditEntry::decode(&bytes[..])
                 .map_err(|source| ReadError::Decode { index, source })?;
             if let Some(access) = access_of(index, &entry) {
                 accesses.push(access);

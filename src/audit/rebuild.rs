@@ -92,7 +92,7 @@ fn expected_state(
     for item in store.entries_with_leaves(0, u64::MAX) {
         let (index, _, bytes) = item?;
         report.entries += 1;
-        let event = match AuditEntry::decode(bytes.as_slice()).map(|e| e.event) {
+        let event = match AuditEntry::decode(&bytes[..]).map(|e| e.event) {
             Ok(Some(event)) => event,
             Ok(None) => continue,
             Err(e) => {

@@ -22,7 +22,8 @@ pub enum LogRecord {
     VerifierKey(String),
     Entry {
         index: u64,
-        bytes: Vec<u8>,
+        /// The entry as logged (from a store, a slice of its group).
+        bytes: bytes::Bytes,
         /// The leaf hash recorded at write time, when the source has one.
         recorded_leaf: Option<Hash>,
     },
@@ -49,7 +50,7 @@ impl LogRecord {
                 recorded_leaf,
             } => export_record::Record::Entry(StoredEntry {
                 index: *index,
-                entry: bytes.clone(),
+                entry: bytes.to_vec(),
                 leaf_hash: recorded_leaf.map(|h| h.to_vec()).unwrap_or_default(),
             }),
             LogRecord::Checkpoint(note) => export_record::Record::Checkpoint(note.clone()),
@@ -65,7 +66,7 @@ impl LogRecord {
             Some(export_record::Record::Entry(e)) => Ok(LogRecord::Entry {
                 index: e.index,
                 recorded_leaf: e.leaf_hash.as_slice().try_into().ok(),
-                bytes: e.entry,
+                bytes: e.entry.into(),
             }),
             Some(export_record::Record::Checkpoint(note)) => Ok(LogRecord::Checkpoint(note)),
             None => Err(RecordError::Corrupt {
@@ -91,7 +92,9 @@ pub fn data_dir_records(data_dir: &Path) -> Result<Records, RecordError> {
     // looked up per checkpoint only if any witness cosigned.
     let cosigned = store.has_cosignatures()?;
     let checkpoints: CheckpointIter = Box::new(store.checkpoints());
-    let entries: EntryIter = Box::new(store.entries_with_leaves(0, u64::MAX));
+    // Entries are read and decompressed on a thread of their own, beside
+    // the one that reads checkpoints and merges.
+    let entries: EntryIter = read_ahead(store.entries_with_leaves(0, u64::MAX));
     let mut state = DirMerge {
         store,
         cosigned,
@@ -107,18 +110,20 @@ pub fn data_dir_records(data_dir: &Path) -> Result<Records, RecordError> {
 /// A stream of log records.
 pub type Records = Box<dyn Iterator<Item = Result<LogRecord, RecordError>> + Send>;
 
-/// Records come in chunks from a reader thread, so reading (sled, file) and
-/// hashing overlap on two cores; bounded, so memory stays flat.
-fn read_ahead(
-    records: impl Iterator<Item = Result<LogRecord, RecordError>> + Send + 'static,
-) -> Records {
+/// Items come in chunks from a reader thread, so reading (sled, file,
+/// decompression) overlaps with what consumes them on the other core;
+/// bounded, so memory stays flat. The thread stops after the first error
+/// (passed on), or when the consumer is dropped.
+fn read_ahead<T: Send + 'static, E: Send + 'static>(
+    items: impl Iterator<Item = Result<T, E>> + Send + 'static,
+) -> Box<dyn Iterator<Item = Result<T, E>> + Send> {
     const CHUNK: usize = 2048;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<LogRecord, RecordError>>>(4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<T, E>>>(4);
     std::thread::spawn(move || {
         let mut chunk = Vec::with_capacity(CHUNK);
-        for record in records {
-            let failed = record.is_err();
-            chunk.push(record);
+        for item in items {
+            let failed = item.is_err();
+            chunk.push(item);
             if chunk.len() == CHUNK || failed {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
                 if tx.send(full).is_err() || failed {
@@ -131,7 +136,7 @@ fn read_ahead(
     Box::new(rx.into_iter().flatten())
 }
 
-type EntryIter = Box<dyn Iterator<Item = Result<(u64, Hash, Vec<u8>), StoreError>> + Send>;
+type EntryIter = Box<dyn Iterator<Item = Result<(u64, Hash, bytes::Bytes), StoreError>> + Send>;
 type CheckpointIter = Box<dyn Iterator<Item = Result<(u64, String), StoreError>> + Send>;
 
 struct DirMerge {

@@ -347,7 +347,7 @@ impl AuditStore {
         Ok(self.frontier()?.size())
     }
 
-    pub fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn entry(&self, index: u64) -> Result<Option<bytes::Bytes>, StoreError> {
         Ok(stored_entry(self, index)?.map(|(_, bytes)| bytes))
     }
 
@@ -356,7 +356,7 @@ impl AuditStore {
         &self,
         start: u64,
         end: u64,
-    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + Send + use<> {
+    ) -> impl Iterator<Item = Result<(u64, bytes::Bytes), StoreError>> + Send + use<> {
         self.entries_with_leaves(start, end)
             .map(|item| item.map(|(index, _, bytes)| (index, bytes)))
     }
@@ -367,7 +367,7 @@ impl AuditStore {
         &self,
         start: u64,
         end: u64,
-    ) -> impl Iterator<Item = Result<(u64, Hash, Vec<u8>), StoreError>> + Send + use<> {
+    ) -> impl Iterator<Item = Result<(u64, Hash, bytes::Bytes), StoreError>> + Send + use<> {
         Entries::new(self.clone(), start, end)
     }
 
@@ -405,7 +405,7 @@ impl AuditStore {
             let (leaf, bytes) = stored_entry(self, index)?.ok_or_else(|| {
                 StoreError::Corrupt(format!("entry {index} of an application is missing"))
             })?;
-            let event = crate::pb::AuditEntry::decode(bytes.as_slice())
+            let event = crate::pb::AuditEntry::decode(&bytes[..])
                 .ok()
                 .and_then(|e| e.event)
                 .ok_or_else(|| StoreError::Corrupt(format!("entry {index} does not decode")))?;

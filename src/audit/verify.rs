@@ -359,7 +359,7 @@ impl Verifier {
 /// `progress` is called with the entries verified so far, every 100,000.
 /// Every checkpoint signature is checked ([`SignatureCheck::All`]).
 pub fn verify_records(
-    records: impl Iterator<Item = Result<LogRecord, RecordError>>,
+    records: impl Iterator<Item = Result<LogRecord, RecordError>> + Send,
     trusted_vkey: Option<&str>,
     progress: impl FnMut(u64),
 ) -> Result<VerifyReport, RecordError> {
@@ -386,41 +386,45 @@ fn signature_checker(
     })
 }
 
-/// Records taken from the source at a time; their entries are hashed on
-/// two threads before they are checked in order.
+/// Records taken from the source at a time, hashed together.
 const CHUNK: usize = 1024;
 
-/// Leaf hashes of the entries of `chunk` (None for other records), the
-/// second half on another thread.
-fn leaves_of(chunk: &[Result<LogRecord, RecordError>]) -> Vec<Option<Hash>> {
-    let hash = |records: &[Result<LogRecord, RecordError>]| -> Vec<Option<Hash>> {
-        records
+/// Chunks hashed ahead of the checks.
+const CHUNKS_AHEAD: usize = 4;
+
+/// A chunk of records with the leaf hash of each entry (None for other
+/// records).
+type Hashed = (Vec<Result<LogRecord, RecordError>>, Vec<Option<Hash>>);
+
+/// Takes chunks of records from `records` and hashes their entries, on the
+/// thread that calls it, for the checks on another: reading (its own
+/// threads), hashing and checking overlap, a stage per thread, with no
+/// stage waiting on another's chunk but through the bounded channel.
+fn hash_ahead(
+    mut records: impl Iterator<Item = Result<LogRecord, RecordError>>,
+    out: SyncSender<Hashed>,
+) {
+    loop {
+        let chunk: Vec<_> = records.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            return;
+        }
+        let leaves = chunk
             .iter()
             .map(|r| match r {
                 Ok(LogRecord::Entry { bytes, .. }) => Some(leaf_hash(bytes)),
                 _ => None,
             })
-            .collect()
-    };
-    if chunk.len() < 64 {
-        return hash(chunk);
-    }
-    let (first, second) = chunk.split_at(chunk.len() / 2);
-    std::thread::scope(|scope| {
-        let other = scope.spawn(|| hash(second));
-        let mut leaves = hash(first);
-        match other.join() {
-            Ok(rest) => leaves.extend(rest),
-            // Cannot happen (hashing does not panic); hash here instead.
-            Err(_) => leaves.extend(hash(second)),
+            .collect();
+        if out.send((chunk, leaves)).is_err() {
+            return; // the checks stopped at a problem
         }
-        leaves
-    })
+    }
 }
 
 /// [`verify_records`] with a choice of which checkpoint signatures to check.
 pub fn verify_records_with(
-    mut records: impl Iterator<Item = Result<LogRecord, RecordError>>,
+    records: impl Iterator<Item = Result<LogRecord, RecordError>> + Send,
     trusted_vkey: Option<&str>,
     options: VerifyOptions,
     mut progress: impl FnMut(u64),
@@ -478,52 +482,51 @@ pub fn verify_records_with(
             }),
         }
     }
-    let mut chunk = Vec::with_capacity(CHUNK);
-    'chunks: loop {
-        chunk.clear();
-        chunk.extend(records.by_ref().take(CHUNK));
-        if chunk.is_empty() {
-            break;
-        }
-        let leaves = leaves_of(&chunk);
-        for (record, leaf) in chunk.drain(..).zip(leaves) {
-            if v.report.problem.is_some() {
-                break 'chunks;
-            }
-            v.seq += 1;
-            match record? {
-                LogRecord::VerifierKey(key) => {
-                    if v.key.is_none() {
-                        match NoteVerifier::from_vkey(&key) {
-                            Ok(parsed) => {
-                                v.key = Some(Arc::new(parsed));
-                                v.key_text = key.trim().to_owned();
-                                v.report.keys.push(v.key_text.clone());
+    std::thread::scope(|scope| -> Result<(), RecordError> {
+        let (tx, hashed) = sync_channel::<Hashed>(CHUNKS_AHEAD);
+        scope.spawn(move || hash_ahead(records, tx));
+        for (chunk, leaves) in hashed {
+            for (record, leaf) in chunk.into_iter().zip(leaves) {
+                if v.report.problem.is_some() {
+                    // Dropping `hashed` stops the hashing thread.
+                    return Ok(());
+                }
+                v.seq += 1;
+                match record? {
+                    LogRecord::VerifierKey(key) => {
+                        if v.key.is_none() {
+                            match NoteVerifier::from_vkey(&key) {
+                                Ok(parsed) => {
+                                    v.key = Some(Arc::new(parsed));
+                                    v.key_text = key.trim().to_owned();
+                                    v.report.keys.push(v.key_text.clone());
+                                }
+                                Err(e) => v.fail(Problem::Log {
+                                    reason: format!("the log's verifier key is unusable: {e}"),
+                                }),
                             }
-                            Err(e) => v.fail(Problem::Log {
-                                reason: format!("the log's verifier key is unusable: {e}"),
-                            }),
                         }
                     }
-                }
-                LogRecord::Entry {
-                    index,
-                    bytes,
-                    recorded_leaf,
-                } => {
-                    let leaf = leaf.unwrap_or_else(|| leaf_hash(&bytes));
-                    v.entry(index, &bytes, recorded_leaf, leaf);
-                    if v.report.entries.is_multiple_of(100_000) {
-                        progress(v.report.entries);
+                    LogRecord::Entry {
+                        index,
+                        bytes,
+                        recorded_leaf,
+                    } => {
+                        let leaf = leaf.unwrap_or_else(|| leaf_hash(&bytes));
+                        v.entry(index, &bytes, recorded_leaf, leaf);
+                        if v.report.entries.is_multiple_of(100_000) {
+                            progress(v.report.entries);
+                        }
                     }
-                }
-                LogRecord::Checkpoint(note) => {
-                    v.checkpoint(&note);
-                    v.report.newest_note = note;
+                    LogRecord::Checkpoint(note) => {
+                        v.checkpoint(&note);
+                        v.report.newest_note = note;
+                    }
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     if v.report.problem.is_none() && v.frontier.size() > v.last_checkpoint {
         let reason = if v.last_checkpoint == 0 && v.report.checkpoints == 0 {
             format!("{} entries and no checkpoint signs them", v.frontier.size())

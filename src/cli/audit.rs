@@ -134,11 +134,11 @@ pub fn verify_with(
 fn raw_sha_seconds(source: &LogSource) -> Result<(u64, f64), CliError> {
     const WINDOW_BYTES: usize = 256 * 1024 * 1024;
     let records = open_records(source)?.map_err(CliError::Check)?;
-    let mut window: Vec<Vec<u8>> = Vec::new();
+    let mut window: Vec<bytes::Bytes> = Vec::new();
     let mut window_bytes = 0usize;
     let (mut entries, mut seconds) = (0u64, 0f64);
     let mut sink = 0u8;
-    let mut hash_window = |window: &mut Vec<Vec<u8>>| {
+    let mut hash_window = |window: &mut Vec<bytes::Bytes>| {
         let started = Instant::now();
         for bytes in window.iter() {
             sink ^= audit::leaf_hash(bytes)[0];
@@ -492,7 +492,7 @@ pub(super) fn restored_keys(log: &Path, newest: &str) -> Result<Vec<String>, Cli
         if let Ok(crate::pb::AuditEntry {
             event: Some(crate::pb::audit_entry::Event::KeyRotated(r)),
             ..
-        }) = crate::pb::AuditEntry::decode(bytes.as_slice())
+        }) = crate::pb::AuditEntry::decode(&bytes[..])
         {
             if keys.is_empty() {
                 keys.push(r.previous_verifier_key.clone());

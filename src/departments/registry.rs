@@ -340,7 +340,7 @@ mod tests {
         // Each change and its undoing are logged; the last word is `old`.
         assert_eq!(log.durable_size(), 4);
         let last = log.store().entry(3).unwrap().unwrap();
-        let entry = <crate::pb::AuditEntry as prost::Message>::decode(last.as_slice()).unwrap();
+        let entry = <crate::pb::AuditEntry as prost::Message>::decode(&last[..]).unwrap();
         let Some(Event::DataSourceChanged(changed)) = entry.event else {
             panic!("not a registry change: {entry:?}");
         };

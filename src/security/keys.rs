@@ -126,7 +126,7 @@ fn check_signed_by(store: &AuditStore, vkey: &str, path: &Path) -> Result<(), Lo
             .entry(size - 1)?
             .and_then(|bytes| {
                 use prost::Message;
-                pb::AuditEntry::decode(bytes.as_slice()).ok()
+                pb::AuditEntry::decode(&bytes[..]).ok()
             })
             .is_some_and(|entry| {
                 matches!(entry.event, Some(pb::audit_entry::Event::KeyRotated(r)) if r.new_verifier_key == vkey)
