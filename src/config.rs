@@ -261,6 +261,8 @@ pub struct Flags {
     pub mirror_ack_timeout_ms: Option<u64>,
     /// `--mirror-peers N`.
     pub mirror_peers: Option<usize>,
+    /// `--mock-capacity-per-second N`.
+    pub mock_capacity_per_second: Option<u32>,
 }
 
 /// The whole precedence: defaults < `file` < `env` < `flags`.
@@ -325,6 +327,9 @@ pub fn resolve(
     }
     if let Some(n) = flags.mirror_peers {
         serve.mirror_peers = n;
+    }
+    if let Some(n) = flags.mock_capacity_per_second {
+        serve.mock_capacity_per_second = Some(n);
     }
     if let Some(seconds) = flags.tls_poll_seconds {
         serve.tls_poll = (seconds > 0).then(|| std::time::Duration::from_secs(seconds));

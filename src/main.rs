@@ -47,9 +47,10 @@ async fn run(command: Command) -> Result<cli::Report, cli::CliError> {
             gateway,
             certs,
             insecure_plaintext,
+            capacity_per_second,
         } => {
             let certs = (!insecure_plaintext).then_some(certs.as_path());
-            cli::node::mock_department(&name, listen, &gateway, certs).await
+            cli::node::mock_department(&name, listen, &gateway, certs, capacity_per_second).await
         }
         Command::Policy {
             command: PolicyCommand::Check { dir, data_dir },

@@ -62,6 +62,10 @@ pub enum Command {
         /// No TLS (the gateway must run plaintext too). For development.
         #[arg(long)]
         insecure_plaintext: bool,
+        /// Calls per second the department announces and answers the
+        /// gateway [default: its fixture's, 3000 or 5000]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        capacity_per_second: Option<u32>,
     },
     /// Work with policy sets.
     Policy {
@@ -479,6 +483,10 @@ pub struct ServeArgs {
     /// [default: 2]
     #[arg(long, value_name = "N")]
     pub mirror_peers: Option<usize>,
+    /// Calls per second each built-in mock department announces and
+    /// answers (benchmarks) [default: its fixture's, 3000 or 5000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub mock_capacity_per_second: Option<u32>,
 }
 
 impl ServeArgs {
@@ -510,6 +518,7 @@ impl ServeArgs {
             mirror_ack: self.mirror_ack,
             mirror_ack_timeout_ms: self.mirror_ack_timeout_ms,
             mirror_peers: self.mirror_peers,
+            mock_capacity_per_second: self.mock_capacity_per_second,
         }
     }
 }

@@ -239,6 +239,7 @@ pub async fn mock_department(
     listen: SocketAddr,
     gateway: &str,
     certs: Option<&Path>,
+    capacity_per_second: Option<u32>,
 ) -> Result<Report, CliError> {
     let tls = match certs {
         None => None,
@@ -246,7 +247,10 @@ pub async fn mock_department(
             TlsFiles::load(dir, &department_identity(name)).map_err(CliError::DepartmentCerts)?,
         ),
     };
-    let fixture = builtin_fixture(name)?;
+    let mut fixture = builtin_fixture(name)?;
+    if let Some(n) = capacity_per_second {
+        fixture = fixture.with_capacity(n);
+    }
     let mock = RunningMock::start(fixture, listen, Some(gateway.to_owned()), tls).await?;
     if let Err(e) = mock.register(gateway).await {
         mock.stop().await;

@@ -119,6 +119,9 @@ pub struct ServeOptions {
     pub node_id: String,
     /// Start the built-in mock departments in-process on loopback ports.
     pub mock_departments: bool,
+    /// The calls per second those mocks announce and answer; None: each
+    /// fixture's.
+    pub mock_capacity_per_second: Option<u32>,
     pub writer: WriterOptions,
     /// Mutual TLS on every listener and outgoing call (certificates from
     /// DATA_DIR/certs, a dev CA made on first start, unless `certs`). Off
@@ -184,6 +187,7 @@ impl Default for ServeOptions {
             policy_keys: Vec::new(),
             node_id: DEFAULT_NODE_ID.into(),
             mock_departments: true,
+            mock_capacity_per_second: None,
             writer: WriterOptions::default(),
             tls: true,
             certs: None,
@@ -996,8 +1000,12 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
                 )?),
                 None => None,
             };
+            let mut fixture = builtin_fixture(name)?;
+            if let Some(n) = options.mock_capacity_per_second {
+                fixture = fixture.with_capacity(n);
+            }
             let mock = RunningMock::start(
-                builtin_fixture(name)?,
+                fixture,
                 SocketAddr::from(([127, 0, 0, 1], 0)),
                 Some(endpoint.clone()),
                 mock_tls,

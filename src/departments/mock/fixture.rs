@@ -186,6 +186,16 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// The fixture with another capacity: what the mock announces when it
+    /// registers and the calls per second it answers the gateway (benchmarks
+    /// lift it so the departments are not what is measured).
+    pub fn with_capacity(mut self, per_second: u32) -> Self {
+        self.capacity_per_second = per_second.max(1);
+        self
+    }
+}
+
 /// A built-in department's fixture by name.
 pub fn builtin_fixture(name: &str) -> Result<Fixture, FixtureError> {
     let (_, text) = BUILTIN_DEPARTMENTS

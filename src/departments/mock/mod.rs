@@ -353,6 +353,11 @@ impl RunningMock {
             addr: listen,
             source,
         })?;
+        // A department answers the gateway at most as often as it announced.
+        let mut limits = RateLimits::default();
+        limits
+            .per_role
+            .insert("gateway".into(), fixture.capacity_per_second.max(1));
         let fixture = Arc::new(fixture);
         let key = new_key()?;
         let public_key = key.public_key().as_ref().to_vec();
@@ -381,7 +386,7 @@ impl RunningMock {
             let result = match server_tls {
                 Some(files) => {
                     // Only the gateway may ask a department.
-                    let gate = Guard::new(true, RoleMap::default(), RateLimits::default())
+                    let gate = Guard::new(true, RoleMap::default(), limits)
                         .for_service("DepartmentService", &["gateway"]);
                     match tonic::transport::Server::builder().tls_config(files.server_config()) {
                         Ok(mut builder) => {
@@ -506,5 +511,21 @@ mod tests {
         );
         assert_eq!(gateway_urls("https://a:1"), vec!["https://a:1".to_owned()]);
         assert_eq!(gateway_urls(""), vec![String::new()]);
+    }
+
+    #[tokio::test]
+    async fn a_lifted_capacity_is_what_the_mock_announces() {
+        let fixture = super::builtin_fixture("public-security").unwrap();
+        let declared = fixture.capacity_per_second;
+        let mock = super::RunningMock::start(
+            fixture.with_capacity(declared * 4),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(mock.data_source().capacity_per_second, declared * 4);
+        mock.stop().await;
     }
 }
