@@ -125,6 +125,9 @@ pub struct AuditLog {
     /// Counts the handles alive, so a shutdown can wait for the last one
     /// (and with it the store's file lock) to go.
     lease: std::sync::Arc<()>,
+    /// True once the writer refuses appends until a restart
+    /// ([`AuditError::Halted`]); closed when the writer is gone.
+    halted: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AuditLog {
@@ -146,7 +149,9 @@ impl AuditLog {
         let verifier_key = signer.verifier_key();
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
         let durable = std::sync::Arc::new(tokio::sync::watch::Sender::new(frontier.size()));
+        let (halt, halted) = tokio::sync::watch::channel(false);
         let writer = Writer {
+            halt,
             durable: std::sync::Arc::clone(&durable),
             store: store.clone(),
             signer,
@@ -168,6 +173,7 @@ impl AuditLog {
             replication: Default::default(),
             closing: std::sync::Arc::new(tokio::sync::watch::Sender::new(false)),
             lease: std::sync::Arc::new(()),
+            halted,
         })
     }
 
@@ -209,6 +215,12 @@ impl AuditLog {
         if self.tx.send(Command::Stop(done)).await.is_ok() {
             let _ = stopped.await;
         }
+    }
+
+    /// True once the writer refuses every append until the node restarts
+    /// (sled failed to apply a batch); the sender is gone with the writer.
+    pub fn halted(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.halted.clone()
     }
 
     /// Entries durably committed (and checkpointed).
@@ -286,6 +298,8 @@ struct Writer {
     tail: AppendTail,
     /// Set when sled failed to apply a batch: every later append is refused.
     broken: Option<Arc<StoreError>>,
+    /// Tells [`AuditLog::halted`] when `broken` is set.
+    halt: tokio::sync::watch::Sender<bool>,
     max_batch: usize,
 }
 
@@ -339,6 +353,12 @@ impl Writer {
         }
     }
 
+    /// From now on every append is refused, and [`AuditLog::halted`] says so.
+    fn halt(&mut self, e: &Arc<StoreError>) {
+        self.broken = Some(Arc::clone(e));
+        self.halt.send_replace(true);
+    }
+
     fn commit(&mut self, batch: &mut Vec<AppendRequest>) {
         if let Some(e) = &self.broken {
             for request in batch.drain(..) {
@@ -367,7 +387,7 @@ impl Writer {
                         }
                         Err(reread) => {
                             error!(error = %reread, "the audit log's tail cannot be read again; appends are refused until the node restarts");
-                            self.broken = Some(Arc::clone(&e));
+                            self.halt(&e);
                         }
                     },
                     // sled may hold part of a batch it failed to apply (in
@@ -377,7 +397,7 @@ impl Writer {
                     // durable state.
                     WriteStage::Apply => {
                         error!("appends are refused until the node restarts");
-                        self.broken = Some(Arc::clone(&e));
+                        self.halt(&e);
                     }
                     // After a failed flush sled holds the batch; reusing its
                     // indices would fork the log.

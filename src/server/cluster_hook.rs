@@ -13,18 +13,17 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tonic::Status;
-use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
+use super::health::NodeHealth;
 use super::mirror_reads::{MirrorReadError, MirrorReads};
 use super::peers::Peers;
-use super::{ApplicationApi, Logs, ServeError};
+use super::{Logs, ServeError};
 use crate::audit::AuditLog;
 use crate::cluster::{
     ClusterError, ClusterOptions, NodeRecord, Progress, ProgressFn, Reservations, Reserved, Session,
 };
 use crate::gateway::Gateway;
-use crate::pb::application_service_server::ApplicationServiceServer;
 use crate::pb::{
     Application, CompleteVerificationRequest, CompleteVerificationResponse,
     SubmitApplicationRequest,
@@ -668,20 +667,12 @@ impl Joined {
 
     /// From now on health says NOT_SERVING for ApplicationService while the
     /// session is not live, SERVING when it is again.
-    pub(super) fn report_health(mut self, reporter: HealthReporter) -> Self {
+    pub(super) fn report_health(mut self, health: NodeHealth) -> Self {
         let mut live = self.session.subscribe();
         self.health = Some(tokio::spawn(async move {
             loop {
                 let now = *live.borrow_and_update();
-                if now {
-                    reporter
-                        .set_serving::<ApplicationServiceServer<ApplicationApi>>()
-                        .await;
-                } else {
-                    reporter
-                        .set_not_serving::<ApplicationServiceServer<ApplicationApi>>()
-                        .await;
-                }
+                health.set(|r| r.cluster_not_live = !now).await;
                 if live.changed().await.is_err() {
                     return;
                 }

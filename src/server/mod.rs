@@ -15,6 +15,7 @@ mod cluster_hook;
 mod cluster_shared;
 pub mod console;
 pub mod cosign;
+pub mod health;
 pub mod http;
 pub mod mirror;
 mod mirror_reads;
@@ -408,7 +409,7 @@ pub struct Running {
     policy_trust: Arc<PolicyTrust>,
     /// The node's reloadable TLS (None in plaintext mode).
     node_tls: Option<NodeTls>,
-    health: tonic_health::server::HealthReporter,
+    health: health::NodeHealth,
     tls_watcher: JoinHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -460,7 +461,8 @@ impl Running {
             return Ok(None);
         };
         let reloaded = tls.reload();
-        show_tls_health(&self.health, tls.check_expiry().as_deref()).await;
+        let expired = tls.check_expiry().is_some();
+        self.health.set(|r| r.crl_expired = expired).await;
         Ok(Some(reloaded?))
     }
 
@@ -574,28 +576,6 @@ fn valid_node_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-/// The health of the services that need a client certificate follows the
-/// revocation lists: NOT_SERVING while one is expired (every certificate is
-/// refused), SERVING otherwise; [`CRL_HEALTH_SERVICE`] says the same alone.
-async fn show_tls_health(health: &tonic_health::server::HealthReporter, problem: Option<&str>) {
-    use tonic::server::NamedService;
-    use tonic_health::ServingStatus;
-    let status = if problem.is_some() {
-        ServingStatus::NotServing
-    } else {
-        ServingStatus::Serving
-    };
-    for service in [
-        CRL_HEALTH_SERVICE,
-        "",
-        <ApplicationServiceServer<ApplicationApi> as NamedService>::NAME,
-        <DepartmentRegistryServer<RegistryApi> as NamedService>::NAME,
-        <AuditServiceServer<AuditApi> as NamedService>::NAME,
-    ] {
-        health.set_service_status(service, status).await;
-    }
 }
 
 /// See [`Running::reload_policies`].
@@ -840,6 +820,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let node_health = health::NodeHealth::new(health_reporter);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -988,7 +969,8 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         )),
     };
     if let Some(node_tls) = &tls {
-        show_tls_health(&health_reporter, node_tls.check_expiry().as_deref()).await;
+        let expired = node_tls.check_expiry().is_some();
+        node_health.set(|r| r.crl_expired = expired).await;
     }
     let mut mocks = Vec::new();
     if options.mock_departments {
@@ -1018,16 +1000,11 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     for problem in policy.unserved(&directory.list()) {
         warn!(%problem, "policy names something no registered data source serves");
     }
-    health_reporter
-        .set_serving::<ApplicationServiceServer<ApplicationApi>>()
-        .await;
-    health_reporter
-        .set_serving::<DepartmentRegistryServer<RegistryApi>>()
-        .await;
-    health_reporter
-        .set_serving::<AuditServiceServer<AuditApi>>()
-        .await;
-    let cluster = cluster.map(|joined| joined.report_health(health_reporter.clone()));
+    // Every service serves now, unless a reason says otherwise; a halted
+    // audit writer is such a reason from then on (the task ends with it).
+    node_health.set(|_| {}).await;
+    node_health.follow_log(gateway.audit().halted());
+    let cluster = cluster.map(|joined| joined.report_health(node_health.clone()));
     let metrics_task = metrics_listener.map(|listener| {
         let state = http::HttpState {
             metrics: metrics.clone(),
@@ -1070,7 +1047,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     let tls_watcher = {
         let node_tls = tls.clone();
         let tls_poll = options.tls_poll;
-        let health = health_reporter.clone();
+        let health = node_health.clone();
         tokio::spawn(async move {
             let Some(node_tls) = node_tls else { return };
             // Without polling, the health still follows the CRLs' expiry.
@@ -1086,7 +1063,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
                 let expired = node_tls.check_expiry();
                 if expired.is_some() != shown {
                     shown = expired.is_some();
-                    show_tls_health(&health, expired.as_deref()).await;
+                    health.set(|r| r.crl_expired = shown).await;
                 }
             }
         })
@@ -1142,7 +1119,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
         metrics,
         policy_trust,
         node_tls: tls,
-        health: health_reporter,
+        health: node_health,
         tls_watcher,
         shutdown: Some(shutdown),
         task,
