@@ -104,10 +104,9 @@ impl NodeHealth {
     ) -> tokio::task::JoinHandle<()> {
         let health = self.clone();
         tokio::spawn(async move {
-            // Ends when the writer is gone (the node is stopping).
-            while halted.wait_for(|h| *h).await.is_ok() {
+            // An error: the writer is gone (the node is stopping).
+            if halted.wait_for(|h| *h).await.is_ok() {
                 health.set(|r| r.log_halted = true).await;
-                return;
             }
         })
     }
