@@ -301,8 +301,9 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Give back the disk of a stopped node's log that sled holds but no
-    /// longer uses: the store is copied, checked, and put in its place.
+    /// Give back the disk of a stopped node's log, and of each log it
+    /// mirrors (D/mirrors/*), that sled holds but no longer uses: each
+    /// store is copied, checked, and put in its place.
     Compact {
         #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,

@@ -219,14 +219,70 @@ pub fn usage(data_dir: &Path, json: bool) -> Result<Report, CliError> {
     })
 }
 
-/// `proofgate audit compact`: the disk a stopped node's log holds but no
-/// longer uses, given back.
+/// `proofgate audit compact`: the disk a stopped node's log, and each log
+/// it mirrors (`D/mirrors/*`), holds but no longer uses, given back. Every
+/// store is tried; the first failure is the command's.
 pub fn compact(data_dir: &Path) -> Result<Report, CliError> {
     let (before, after) = audit::compact(&data_dir.join("log"))?;
-    Ok(Report::line(format_args!(
-        "log compacted: {before} bytes before, {after} after ({:.0} %)",
+    let mut text = format!(
+        "log compacted: {before} bytes before, {after} after ({:.0} %)\n",
         after as f64 * 100.0 / before.max(1) as f64
-    )))
+    );
+    let mut failed = None;
+    for mirror in mirror_stores(&data_dir.join(crate::server::mirror::MIRRORS_DIR))? {
+        let name = mirror
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match audit::compact(&mirror) {
+            Ok((before, after)) => text.push_str(&format!(
+                "mirror {name} compacted: {before} bytes before, {after} after ({:.0} %)\n",
+                after as f64 * 100.0 / before.max(1) as f64
+            )),
+            Err(e) => {
+                // Logged here: the command's error is the first failure.
+                tracing::error!(mirror = %name, error = %e, "mirror not compacted");
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    match failed {
+        None => Ok(Report {
+            text,
+            ..Report::default()
+        }),
+        Some(e) => {
+            // What was compacted before the failure is said too.
+            for line in text.lines() {
+                tracing::info!("{line}");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The mirror stores in `dir`, each once: a folder `compact` left beside
+/// one (`X.compacting`, `X.before-compact`) names the store `X`.
+fn mirror_stores(dir: &Path) -> Result<Vec<std::path::PathBuf>, CliError> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        other => other.map_err(audit::StoreError::Io)?,
+    };
+    let mut stores = std::collections::BTreeSet::new();
+    for entry in entries {
+        let entry = entry.map_err(audit::StoreError::Io)?;
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let store = name
+            .strip_suffix(".compacting")
+            .or_else(|| name.strip_suffix(".before-compact"))
+            .unwrap_or(&name)
+            .to_owned();
+        stores.insert(dir.join(store));
+    }
+    Ok(stores.into_iter().collect())
 }
 
 /// `proofgate audit rotate-key`: replaces the checkpoint key of `data_dir`'s
@@ -504,4 +560,64 @@ pub(super) fn restored_keys(log: &Path, newest: &str) -> Result<Vec<String>, Cli
         keys.push(newest.to_owned());
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store at `path` holding `keys` keys, written raw.
+    fn store_with(path: &Path, keys: u32) {
+        let db = audit::sled_config(path, audit::StoreOptions::default())
+            .open()
+            .unwrap();
+        for k in 0..keys {
+            db.insert(format!("t{k:06}"), vec![7u8; 300]).unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    fn keys_of(path: &Path) -> usize {
+        let db = audit::sled_config(path, audit::StoreOptions::default())
+            .open()
+            .unwrap();
+        db.scan_prefix(b"t").count()
+    }
+
+    #[test]
+    fn compact_gives_back_the_mirrors_disk_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirrors = dir.path().join(crate::server::mirror::MIRRORS_DIR);
+        store_with(&dir.path().join("log"), 50);
+        store_with(&mirrors.join("node-2"), 400);
+        store_with(&mirrors.join("node-3"), 10);
+        let report = compact(dir.path()).unwrap();
+        assert!(report.text.starts_with("log compacted"), "{}", report.text);
+        for name in ["node-2", "node-3"] {
+            assert!(
+                report.text.contains(&format!("mirror {name} compacted")),
+                "{}",
+                report.text
+            );
+        }
+        assert_eq!(keys_of(&dir.path().join("log")), 50);
+        assert_eq!(keys_of(&mirrors.join("node-2")), 400);
+        assert_eq!(keys_of(&mirrors.join("node-3")), 10);
+    }
+
+    #[test]
+    fn a_folder_compact_left_names_its_store_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "a.compacting", "b.before-compact", "c"] {
+            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        }
+        std::fs::write(dir.path().join("stray-file"), b"").unwrap();
+        let names: Vec<_> = mirror_stores(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert!(mirror_stores(&dir.path().join("none")).unwrap().is_empty());
+    }
 }
