@@ -90,7 +90,9 @@ pub enum Standing {
     Ahead { from: u64 },
 }
 
-/// One origin's log, mirrored.
+/// One origin's log, mirrored. Clones share the store (an append runs on
+/// a blocking thread with a clone).
+#[derive(Clone)]
 pub struct MirrorLog {
     store: AuditStore,
     origin: String,
