@@ -165,11 +165,15 @@ impl Gateway {
         &self.watchers
     }
 
-    /// Application ids name the node that owns them, so nodes never collide.
+    /// Application ids name the node that owns them, so nodes never collide,
+    /// then the time (ms, 12 hex digits) and 48 random bits: a node's ids
+    /// sort by time, so the store appends their keys at the end of a range
+    /// instead of scattering them over its pages.
     fn new_application_id(&self) -> String {
-        let mut bytes = [0u8; 12];
+        let mut bytes = [0u8; 6];
         let _ = self.rng.fill(&mut bytes);
-        format!("{}.{}", self.node_id, hex::encode(bytes))
+        let ms = u64::try_from(self.clock.now_unix_ms()).unwrap_or(0) & 0xffff_ffff_ffff;
+        format!("{}.{ms:012x}{}", self.node_id, hex::encode(bytes))
     }
 
     fn lock_for(&self, application_id: &str) -> &tokio::sync::Mutex<()> {
