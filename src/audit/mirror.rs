@@ -98,11 +98,6 @@ pub struct MirrorLog {
     origin: String,
     vkey: String,
     verifier: NoteVerifier,
-    /// Held by each write to the store, shared by the clones: an append
-    /// running on a blocking thread goes on when the task that awaited it is
-    /// aborted (its follower dropped), so the lock around the mirror in the
-    /// server does not keep a second append out; this does.
-    writing: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// The stored origin and key of the mirror store at `path`, if it is one.
@@ -175,12 +170,7 @@ impl MirrorLog {
             origin: origin.to_owned(),
             vkey: vkey.to_owned(),
             verifier,
-            writing: Default::default(),
         })
-    }
-
-    fn one_writer(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.writing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn store(&self) -> &AuditStore {
@@ -299,7 +289,6 @@ impl MirrorLog {
             origin: self.origin.clone(),
             reason,
         };
-        let _writing = self.one_writer();
         let mut frontier = self.store.frontier()?;
         if start != frontier.size() {
             return Err(bad(format!(
@@ -359,7 +348,6 @@ impl MirrorLog {
     /// Stores a checkpoint at the size already held (a re-signed note, or
     /// the first one after entries were stored in chunks), once checked.
     pub fn store_checkpoint(&self, checkpoint: &Checkpoint, note: &str) -> Result<(), MirrorError> {
-        let _writing = self.one_writer();
         let frontier = self.store.frontier()?;
         if checkpoint.size != frontier.size() || checkpoint.root != frontier.root() {
             return Err(MirrorError::BadPeer {
