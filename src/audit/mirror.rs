@@ -90,9 +90,7 @@ pub enum Standing {
     Ahead { from: u64 },
 }
 
-/// One origin's log, mirrored. Clones share the store (an append runs on
-/// a blocking thread with a clone).
-#[derive(Clone)]
+/// One origin's log, mirrored.
 pub struct MirrorLog {
     store: AuditStore,
     origin: String,

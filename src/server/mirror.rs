@@ -316,19 +316,7 @@ pub async fn pull_to(
         } else {
             Vec::new()
         };
-        // Hashing, compressing and flushing up to MIRROR_CHUNK entries (and,
-        // on an old store, regrouping it) is blocking work: off the runtime
-        // that answers the halls.
-        let (appending, checkpoint, note) = (log.clone(), checkpoint.clone(), served.note.clone());
-        at = tokio::task::spawn_blocking(move || {
-            appending.append(&checkpoint, &note, at, &entries, &to_checkpoint)
-        })
-        .await
-        .map_err(|e| {
-            MirrorError::from(crate::audit::StoreError::Io(std::io::Error::other(
-                format!("the mirror's append stopped: {e}"),
-            )))
-        })??;
+        at = log.append(&checkpoint, &served.note, at, &entries, &to_checkpoint)?;
     }
     Ok(log.verified_size().map_err(MirrorError::from)?)
 }
