@@ -406,14 +406,15 @@ fn read_span(store: &AuditStore, next: u64, stop: u64) -> Result<Vec<Stored>, St
     Ok(Vec::new())
 }
 
-/// The stored entry `index`: (leaf hash, bytes), wherever it is kept.
+/// The stored entry `index`: (leaf hash, bytes), wherever it is kept. A
+/// copy, not a slice: a slice would keep its whole group's buffer alive.
 pub(super) fn stored_entry(
     store: &AuditStore,
     index: u64,
 ) -> Result<Option<(Hash, Bytes)>, StoreError> {
     Ok(read_span(store, index, index.saturating_add(1))?
         .pop()
-        .map(|(_, leaf, bytes)| (leaf, bytes)))
+        .map(|(_, leaf, bytes)| (leaf, Bytes::copy_from_slice(&bytes))))
 }
 
 /// Entries `[start, end)` in order, each with its leaf hash, wherever they

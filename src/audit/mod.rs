@@ -45,9 +45,10 @@ pub use records::{data_dir_records, export, file_records, LogRecord, RecordError
 pub use replay::{replay_records, Discrepancy, PolicyApproval, ReplayReport};
 pub use replication::{NotReplicated, Replication, DEFAULT_MIRROR_ACK_TIMEOUT};
 pub use store::{
-    application_key, compact, data_source_key, dishonesty_key, request_key, sled_config,
-    spot_check_key, ticket_key, AuditStore, DishonestyRecord, KindUsage, SpotCheckRecord,
-    StoreError, StoreOptions, TicketRecord, Usage, DEFAULT_CACHE_BYTES, POLICY_VERSION_KEY,
+    application_key, compact, compaction_leftover_of, data_source_key, dishonesty_key, request_key,
+    sled_config, spot_check_key, ticket_key, AuditStore, DishonestyRecord, KindUsage,
+    SpotCheckRecord, StoreError, StoreOptions, TicketRecord, Usage, DEFAULT_CACHE_BYTES,
+    POLICY_VERSION_KEY,
 };
 pub use verify::{
     rotation_message, verify_records, verify_records_with, Problem, SignatureCheck, VerifyOptions,

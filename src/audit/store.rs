@@ -614,9 +614,20 @@ fn compact_siblings(path: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "log".into());
     (
-        path.with_file_name(format!("{name}.compacting")),
-        path.with_file_name(format!("{name}.before-compact")),
+        path.with_file_name(format!("{name}{COMPACTING}")),
+        path.with_file_name(format!("{name}{BEFORE_COMPACT}")),
     )
+}
+
+const COMPACTING: &str = ".compacting";
+const BEFORE_COMPACT: &str = ".before-compact";
+
+/// The store that a folder [`compact`] leaves beside it belongs to: `X` for
+/// `X.compacting` (a copy being made) and `X.before-compact` (the store as
+/// it was); None for any other name. Neither is a store to open.
+pub fn compaction_leftover_of(name: &str) -> Option<&str> {
+    name.strip_suffix(COMPACTING)
+        .or_else(|| name.strip_suffix(BEFORE_COMPACT))
 }
 
 /// Rewrites the stopped store at `path` into a fresh sled database, every

@@ -416,8 +416,10 @@ fn hash_ahead(
                 _ => None,
             })
             .collect();
-        if out.send((chunk, leaves)).is_err() {
-            return; // the checks stopped at a problem
+        // After a record that failed to read, the checks stop there.
+        let failed = chunk.iter().any(Result::is_err);
+        if out.send((chunk, leaves)).is_err() || failed {
+            return; // the checks stopped at a problem, or will
         }
     }
 }

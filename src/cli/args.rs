@@ -62,8 +62,9 @@ pub enum Command {
         /// No TLS (the gateway must run plaintext too). For development.
         #[arg(long)]
         insecure_plaintext: bool,
-        /// Calls per second the department announces and answers the
-        /// gateway [default: its fixture's, 3000 or 5000]
+        /// Calls per second the department announces (its quota for the
+        /// gateway, with TLS, is twice that) [default: its fixture's, 3000
+        /// or 5000]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         capacity_per_second: Option<u32>,
     },
@@ -484,9 +485,10 @@ pub struct ServeArgs {
     /// [default: 2]
     #[arg(long, value_name = "N")]
     pub mirror_peers: Option<usize>,
-    /// Calls per second each built-in mock department announces and
-    /// answers (benchmarks) [default: its fixture's, 3000 or 5000]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Calls per second each built-in mock department announces (its quota
+    /// for the gateway is twice that; benchmarks lift it) [default: its
+    /// fixture's, 3000 or 5000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "no_mock_departments")]
     pub mock_capacity_per_second: Option<u32>,
 }
 

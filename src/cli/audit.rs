@@ -221,27 +221,32 @@ pub fn usage(data_dir: &Path, json: bool) -> Result<Report, CliError> {
 
 /// `proofgate audit compact`: the disk a stopped node's log, and each log
 /// it mirrors (`D/mirrors/*`), holds but no longer uses, given back. Every
-/// store is tried; the first failure is the command's.
+/// store is tried, each logged with its path; the first failure is the
+/// command's.
 pub fn compact(data_dir: &Path) -> Result<Report, CliError> {
-    let (before, after) = audit::compact(&data_dir.join("log"))?;
-    let mut text = format!(
-        "log compacted: {before} bytes before, {after} after ({:.0} %)\n",
-        after as f64 * 100.0 / before.max(1) as f64
-    );
-    let mut failed = None;
+    let mut stores = vec![("log".to_owned(), data_dir.join("log"))];
     for mirror in mirror_stores(&data_dir.join(crate::server::mirror::MIRRORS_DIR))? {
         let name = mirror
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+            .map(|n| format!("mirror {}", n.to_string_lossy()))
             .unwrap_or_default();
-        match audit::compact(&mirror) {
-            Ok((before, after)) => text.push_str(&format!(
-                "mirror {name} compacted: {before} bytes before, {after} after ({:.0} %)\n",
-                after as f64 * 100.0 / before.max(1) as f64
-            )),
+        stores.push((name, mirror));
+    }
+    let mut text = String::new();
+    let mut failed = None;
+    for (name, path) in stores {
+        match audit::compact(&path) {
+            Ok((before, after)) => {
+                let line = format!(
+                    "{name} compacted: {before} bytes before, {after} after ({:.0} %)",
+                    after as f64 * 100.0 / before.max(1) as f64
+                );
+                tracing::info!(store = %path.display(), "{line}");
+                text.push_str(&line);
+                text.push('\n');
+            }
             Err(e) => {
-                // Logged here: the command's error is the first failure.
-                tracing::error!(mirror = %name, error = %e, "mirror not compacted");
+                tracing::error!(store = %path.display(), error = %e, "{name} not compacted");
                 failed.get_or_insert(e);
             }
         }
@@ -251,18 +256,13 @@ pub fn compact(data_dir: &Path) -> Result<Report, CliError> {
             text,
             ..Report::default()
         }),
-        Some(e) => {
-            // What was compacted before the failure is said too.
-            for line in text.lines() {
-                tracing::info!("{line}");
-            }
-            Err(e.into())
-        }
+        Some(e) => Err(e.into()),
     }
 }
 
 /// The mirror stores in `dir`, each once: a folder `compact` left beside
-/// one (`X.compacting`, `X.before-compact`) names the store `X`.
+/// one (`X.compacting`, `X.before-compact`) names the store `X`; a folder
+/// that is not a sled store (no `conf`) and names none is left alone.
 fn mirror_stores(dir: &Path) -> Result<Vec<std::path::PathBuf>, CliError> {
     let entries = match std::fs::read_dir(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -271,16 +271,20 @@ fn mirror_stores(dir: &Path) -> Result<Vec<std::path::PathBuf>, CliError> {
     let mut stores = std::collections::BTreeSet::new();
     for entry in entries {
         let entry = entry.map_err(audit::StoreError::Io)?;
-        if !entry.path().is_dir() {
+        let path = entry.path();
+        if !path.is_dir() {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        let store = name
-            .strip_suffix(".compacting")
-            .or_else(|| name.strip_suffix(".before-compact"))
-            .unwrap_or(&name)
-            .to_owned();
-        stores.insert(dir.join(store));
+        match audit::compaction_leftover_of(&name) {
+            Some(store) => {
+                stores.insert(dir.join(store));
+            }
+            None if path.join("conf").is_file() => {
+                stores.insert(path);
+            }
+            None => {}
+        }
     }
     Ok(stores.into_iter().collect())
 }
@@ -606,10 +610,31 @@ mod tests {
     }
 
     #[test]
+    fn a_store_that_fails_does_not_keep_the_others_from_compacting() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = dir
+            .path()
+            .join(crate::server::mirror::MIRRORS_DIR)
+            .join("node-2");
+        store_with(&mirror, 100);
+        let inode = || std::fs::metadata(mirror.join("db")).unwrap().ino();
+        let before = inode();
+        // No `log`: the log's compaction fails, and is the command's error.
+        let refused = compact(dir.path()).unwrap_err();
+        assert!(refused.to_string().contains("no audit store"), "{refused}");
+        assert_ne!(inode(), before, "the mirror was compacted all the same");
+        assert_eq!(keys_of(&mirror), 100);
+    }
+
+    #[test]
     fn a_folder_compact_left_names_its_store_once() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["a", "a.compacting", "b.before-compact", "c"] {
+        for name in ["a", "a.compacting", "b.before-compact", "c", "not-a-store"] {
             std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        }
+        for store in ["a", "c"] {
+            std::fs::write(dir.path().join(store).join("conf"), b"").unwrap();
         }
         std::fs::write(dir.path().join("stray-file"), b"").unwrap();
         let names: Vec<_> = mirror_stores(dir.path())

@@ -537,6 +537,12 @@ pub(super) fn start(plan: MirrorPlan, logs: Logs, metrics: Metrics) -> Option<Jo
     if let Ok(dirs) = std::fs::read_dir(plan.data_dir.join(MIRRORS_DIR)) {
         for dir in dirs.filter_map(Result::ok) {
             let path = dir.path();
+            let name = dir.file_name().to_string_lossy().into_owned();
+            if let Some(store) = crate::audit::compaction_leftover_of(&name) {
+                // A partial or previous copy: never served or appended to.
+                warn!(folder = %path.display(), "left by an interrupted `proofgate audit compact` of the mirror `{store}`: not opened; run `audit compact` again with the node stopped");
+                continue;
+            }
             let opened = AuditStore::open(&path).and_then(|store| {
                 mirror_identity(&store).map(|identity| identity.map(|i| (store, i)))
             });

@@ -1000,7 +1000,8 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
     for problem in policy.unserved(&directory.list()) {
         warn!(%problem, "policy names something no registered data source serves");
     }
-    // Every service serves now, unless a reason says otherwise; a halted
+    // The mocks are registered: the services show what the reasons say
+    // (before this, with TLS, the CRL check already showed them); a halted
     // audit writer is such a reason from then on (the task ends with it).
     node_health.set(|_| {}).await;
     node_health.follow_log(gateway.audit().halted());

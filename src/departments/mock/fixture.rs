@@ -188,7 +188,7 @@ impl Fixture {
 
 impl Fixture {
     /// The fixture with another capacity: what the mock announces when it
-    /// registers and the calls per second it answers the gateway (benchmarks
+    /// registers, from which its quota for the gateway follows (benchmarks
     /// lift it so the departments are not what is measured).
     pub fn with_capacity(mut self, per_second: u32) -> Self {
         self.capacity_per_second = per_second.max(1);

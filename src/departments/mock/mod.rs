@@ -353,11 +353,17 @@ impl RunningMock {
             addr: listen,
             source,
         })?;
-        // A department answers the gateway at most as often as it announced.
+        // A department's own quota for the gateway (TLS only: in plaintext
+        // no caller is known) is twice what it announces. The gateway paces
+        // itself to the announced capacity with the same kind of bucket; the
+        // headroom keeps latency jitter from turning calls it admitted into
+        // refusals, and still stops a caller that does not pace itself (the
+        // bench's relay) near the capacity.
         let mut limits = RateLimits::default();
-        limits
-            .per_role
-            .insert("gateway".into(), fixture.capacity_per_second.max(1));
+        limits.per_role.insert(
+            "gateway".into(),
+            fixture.capacity_per_second.max(1).saturating_mul(2),
+        );
         let fixture = Arc::new(fixture);
         let key = new_key()?;
         let public_key = key.public_key().as_ref().to_vec();
