@@ -90,12 +90,19 @@ pub enum Standing {
     Ahead { from: u64 },
 }
 
-/// One origin's log, mirrored.
+/// One origin's log, mirrored. A clone shares the store and the round
+/// lock (an append runs on a blocking thread with a clone).
+#[derive(Clone)]
 pub struct MirrorLog {
     store: AuditStore,
     origin: String,
     vkey: String,
     verifier: NoteVerifier,
+    /// Held for a whole pull round, from reading the stored size to the
+    /// last append, including an append still running on a blocking
+    /// thread after the task that awaited it was aborted: the next round
+    /// starts from what that append left.
+    round: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The stored origin and key of the mirror store at `path`, if it is one.
@@ -168,7 +175,14 @@ impl MirrorLog {
             origin: origin.to_owned(),
             vkey: vkey.to_owned(),
             verifier,
+            round: Default::default(),
         })
+    }
+
+    /// The round lock (see the field), owned: moved into the blocking
+    /// thread of an append and handed back with its result.
+    pub async fn round(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        std::sync::Arc::clone(&self.round).lock_owned().await
     }
 
     pub fn store(&self) -> &AuditStore {
@@ -551,6 +565,22 @@ mod tests {
             at = end;
         }
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_clone_holds_the_same_round_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let vkey = signer().verifier_key();
+        let mirror = MirrorLog::open(&dir.path().join("m"), "proofgate/node-1", &vkey).unwrap();
+        // The clone an append runs with, holding the round.
+        let appending = mirror.clone();
+        let round = appending.round().await;
+        assert!(
+            mirror.round.try_lock().is_err(),
+            "a round cannot start while another's append runs"
+        );
+        drop(round);
+        assert!(mirror.round.try_lock().is_ok());
     }
 
     #[test]

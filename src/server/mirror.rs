@@ -278,6 +278,9 @@ pub async fn pull_to(
     log: &MirrorLog,
     served: crate::pb::Checkpoint,
 ) -> Result<u64, PullError> {
+    // One round at a time, counting an append of an aborted round that is
+    // still running: the size read below is what it left.
+    let mut round = log.round().await;
     let checkpoint = match log.check_signature(&served.note) {
         Ok(checkpoint) => checkpoint,
         Err(e) if served.verifier_key != log.verifier_key() => {
@@ -316,7 +319,24 @@ pub async fn pull_to(
         } else {
             Vec::new()
         };
-        at = log.append(&checkpoint, &served.note, at, &entries, &to_checkpoint)?;
+        // Hashing, compressing and flushing up to MIRROR_CHUNK entries (and
+        // regrouping an old store) is blocking work: off the runtime that
+        // answers the halls, with the round lock, which comes back with the
+        // result (or is released when the append ends, if this task is
+        // aborted meanwhile).
+        let (appending, signed, note) = (log.clone(), checkpoint.clone(), served.note.clone());
+        let (held, appended) = tokio::task::spawn_blocking(move || {
+            let appended = appending.append(&signed, &note, at, &entries, &to_checkpoint);
+            (round, appended)
+        })
+        .await
+        .map_err(|e| {
+            MirrorError::from(crate::audit::StoreError::Io(std::io::Error::other(
+                format!("the mirror's append stopped: {e}"),
+            )))
+        })?;
+        round = held;
+        at = appended?;
     }
     Ok(log.verified_size().map_err(MirrorError::from)?)
 }
