@@ -221,8 +221,8 @@ pub fn usage(data_dir: &Path, json: bool) -> Result<Report, CliError> {
 
 /// `proofgate audit compact`: the disk a stopped node's log, and each log
 /// it mirrors (`D/mirrors/*`), holds but no longer uses, given back. Every
-/// store is tried, each logged with its path; the first failure is the
-/// command's.
+/// store is tried (a failure logged with its path); the first failure is
+/// the command's.
 pub fn compact(data_dir: &Path) -> Result<Report, CliError> {
     let mut stores = vec![("log".to_owned(), data_dir.join("log"))];
     for mirror in mirror_stores(&data_dir.join(crate::server::mirror::MIRRORS_DIR))? {
@@ -241,7 +241,6 @@ pub fn compact(data_dir: &Path) -> Result<Report, CliError> {
                     "{name} compacted: {before} bytes before, {after} after ({:.0} %)",
                     after as f64 * 100.0 / before.max(1) as f64
                 );
-                tracing::info!(store = %path.display(), "{line}");
                 text.push_str(&line);
                 text.push('\n');
             }

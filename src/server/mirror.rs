@@ -560,7 +560,9 @@ pub(super) fn start(plan: MirrorPlan, logs: Logs, metrics: Metrics) -> Option<Jo
             let name = dir.file_name().to_string_lossy().into_owned();
             if let Some(store) = crate::audit::compaction_leftover_of(&name) {
                 // A partial or previous copy: never served or appended to.
-                warn!(folder = %path.display(), "left by an interrupted `proofgate audit compact` of the mirror `{store}`: not opened; run `audit compact` again with the node stopped");
+                // (The store itself, if any, refuses to open while the
+                // previous copy is beside it, and says what to do.)
+                warn!(folder = %path.display(), "left by an interrupted `proofgate audit compact` of the mirror `{store}`: not opened (a `.compacting` copy is removed by the next `audit compact`; for a `.before-compact` folder, see the error the store gives)");
                 continue;
             }
             let opened = AuditStore::open(&path).and_then(|store| {
@@ -815,16 +817,25 @@ impl Follower<'_> {
             return log.clone();
         }
         let path = mirror_path(&shared.plan.data_dir, origin);
-        let opened = std::fs::create_dir_all(&path)
+        // Only the parent: the store's own folder is made by the open, after
+        // it checked that no interrupted compaction left the store aside.
+        let folder = path.parent().unwrap_or(&path);
+        let opened = std::fs::create_dir_all(folder)
             .map_err(|e| {
                 MirrorError::from(crate::audit::StoreError::Corrupt(format!(
                     "{}: {e}",
-                    path.display()
+                    folder.display()
                 )))
             })
             .and_then(|_| Ok(AuditStore::open(&path)?));
         let store = match opened {
             Ok(store) => store,
+            Err(MirrorError::Store(e @ crate::audit::StoreError::HalfCompacted { .. })) => {
+                // Said once: it needs the operator, with the node stopped.
+                error!(%origin, error = %e, "mirror store left aside by an interrupted compaction; not mirrored until it is put right and the node restarted");
+                mirrored.insert(origin.to_owned(), None);
+                return None;
+            }
             Err(e) => {
                 error!(%origin, error = %e, "mirror store cannot be opened");
                 return None;
@@ -862,7 +873,13 @@ impl Follower<'_> {
             return false;
         };
         let metrics = &self.shared.metrics;
-        let (held, root) = log.lock().await.verified().unwrap_or_default();
+        let (held, root) = {
+            let log = log.lock().await;
+            // Not while an aborted round's append is still flushing: only
+            // what is durable is acknowledged.
+            let _round = log.round().await;
+            log.verified().unwrap_or_default()
+        };
         // A long poll of the peer's own log that acknowledges `held`.
         let served = next_checkpoint(client, &self.peer.url, &origin, held, root).await;
         let pulled = match served {
@@ -894,7 +911,13 @@ impl Follower<'_> {
                 metrics.mirror_pull(&origin, "ok", size);
                 // Reads of the origin's applications find them by this index
                 // (brought up to date by a read too, if this fails).
-                if let Err(e) = crate::audit::index_mirrored(&store) {
+                // Blocking work after a catch-up: off the runtime.
+                let indexed =
+                    tokio::task::spawn_blocking(move || crate::audit::index_mirrored(&store))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|done| done.map_err(|e| e.to_string()));
+                if let Err(e) = indexed {
                     warn!(%origin, error = %e, "mirror's application index not updated");
                 }
                 if self.problem.take().is_some() {

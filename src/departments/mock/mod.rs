@@ -358,7 +358,7 @@ impl RunningMock {
         // itself to the announced capacity with the same kind of bucket; the
         // headroom keeps latency jitter from turning calls it admitted into
         // refusals, and still stops a caller that does not pace itself (the
-        // bench's relay) near the capacity.
+        // bench's relay) at twice the capacity.
         let mut limits = RateLimits::default();
         limits.per_role.insert(
             "gateway".into(),
