@@ -176,6 +176,21 @@ impl Verifier {
         }
     }
 
+    /// Verifies checkpoints with `vkey` from now on (`whose` names it in
+    /// the problem if it does not parse).
+    fn take_key(&mut self, vkey: &str, whose: &str) {
+        match NoteVerifier::from_vkey(vkey) {
+            Ok(key) => {
+                self.key = Some(Arc::new(key));
+                self.key_text = vkey.trim().to_owned();
+                self.report.keys.push(self.key_text.clone());
+            }
+            Err(e) => self.fail(Problem::Log {
+                reason: format!("{whose} is unusable: {e}"),
+            }),
+        }
+    }
+
     fn send_signature(&mut self, job: SignatureJob) {
         if self.signatures.is_empty() {
             return;
@@ -473,16 +488,7 @@ pub fn verify_records_with(
         last_checkpoint: 0,
     };
     if let Some(vkey) = trusted_vkey {
-        match NoteVerifier::from_vkey(vkey) {
-            Ok(key) => {
-                v.key = Some(Arc::new(key));
-                v.key_text = vkey.trim().to_owned();
-                v.report.keys.push(v.key_text.clone());
-            }
-            Err(e) => v.fail(Problem::Log {
-                reason: format!("the trusted key is unusable: {e}"),
-            }),
-        }
+        v.take_key(vkey, "the trusted key");
     }
     std::thread::scope(|scope| -> Result<(), RecordError> {
         let (tx, hashed) = sync_channel::<Hashed>(CHUNKS_AHEAD);
@@ -497,16 +503,7 @@ pub fn verify_records_with(
                 match record? {
                     LogRecord::VerifierKey(key) => {
                         if v.key.is_none() {
-                            match NoteVerifier::from_vkey(&key) {
-                                Ok(parsed) => {
-                                    v.key = Some(Arc::new(parsed));
-                                    v.key_text = key.trim().to_owned();
-                                    v.report.keys.push(v.key_text.clone());
-                                }
-                                Err(e) => v.fail(Problem::Log {
-                                    reason: format!("the log's verifier key is unusable: {e}"),
-                                }),
-                            }
+                            v.take_key(&key, "the log's verifier key");
                         }
                     }
                     LogRecord::Entry {

@@ -120,8 +120,8 @@ pub struct ServeOptions {
     pub node_id: String,
     /// Start the built-in mock departments in-process on loopback ports.
     pub mock_departments: bool,
-    /// The calls per second those mocks announce and answer; None: each
-    /// fixture's.
+    /// The calls per second those mocks announce (their quota for the
+    /// gateway is twice that); None: each fixture's.
     pub mock_capacity_per_second: Option<u32>,
     pub writer: WriterOptions,
     /// Mutual TLS on every listener and outgoing call (certificates from
