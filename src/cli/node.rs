@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{CliError, DevCertsArgs, Report};
 use crate::config::{self, NodeConfig};
 use crate::departments::department_identity;
-use crate::departments::mock::{builtin_fixture, dev_identities, RunningMock};
+use crate::departments::mock::{builtin_fixture_with_capacity, dev_identities, RunningMock};
 use crate::security::{self, TlsFiles, Validity};
 use crate::server;
 
@@ -247,10 +247,7 @@ pub async fn mock_department(
             TlsFiles::load(dir, &department_identity(name)).map_err(CliError::DepartmentCerts)?,
         ),
     };
-    let mut fixture = builtin_fixture(name)?;
-    if let Some(n) = capacity_per_second {
-        fixture = fixture.with_capacity(n);
-    }
+    let fixture = builtin_fixture_with_capacity(name, capacity_per_second)?;
     let mock = RunningMock::start(fixture, listen, Some(gateway.to_owned()), tls).await?;
     if let Err(e) = mock.register(gateway).await {
         mock.stop().await;

@@ -44,7 +44,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::audit::{AuditLog, AuditReader, WriterOptions};
-use crate::departments::mock::{builtin_fixture, RunningMock, BUILTIN_DEPARTMENTS};
+use crate::departments::mock::{builtin_fixture_with_capacity, RunningMock, BUILTIN_DEPARTMENTS};
 use crate::departments::{DepartmentDirectory, Registry};
 use crate::gateway::Gateway;
 use crate::pb;
@@ -982,10 +982,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, ServeError> {
                 )?),
                 None => None,
             };
-            let mut fixture = builtin_fixture(name)?;
-            if let Some(n) = options.mock_capacity_per_second {
-                fixture = fixture.with_capacity(n);
-            }
+            let fixture = builtin_fixture_with_capacity(name, options.mock_capacity_per_second)?;
             let mock = RunningMock::start(
                 fixture,
                 SocketAddr::from(([127, 0, 0, 1], 0)),

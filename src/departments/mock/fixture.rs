@@ -196,6 +196,20 @@ impl Fixture {
     }
 }
 
+/// A built-in department's fixture, its capacity lifted to `per_second` if
+/// given (`serve --mock-capacity-per-second`, `mock-department
+/// --capacity-per-second`).
+pub fn builtin_fixture_with_capacity(
+    name: &str,
+    per_second: Option<u32>,
+) -> Result<Fixture, FixtureError> {
+    let fixture = builtin_fixture(name)?;
+    Ok(match per_second {
+        Some(n) => fixture.with_capacity(n),
+        None => fixture,
+    })
+}
+
 /// A built-in department's fixture by name.
 pub fn builtin_fixture(name: &str) -> Result<Fixture, FixtureError> {
     let (_, text) = BUILTIN_DEPARTMENTS

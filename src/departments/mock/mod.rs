@@ -20,7 +20,8 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 pub use fixture::{
-    builtin_fixture, Fixture, FixtureError, VerificationFixture, BUILTIN_DEPARTMENTS,
+    builtin_fixture, builtin_fixture_with_capacity, Fixture, FixtureError, VerificationFixture,
+    BUILTIN_DEPARTMENTS,
 };
 
 use crate::departments::department_identity;
