@@ -3,7 +3,7 @@
 # From the repository, after `cargo build --release` and `cargo bench --bench audit_log --no-run`,
 # under the build lock (-o: the servers it starts do not inherit the lock):
 #   flock -o /tmp/cargo-build.lock examples/perf/every-row.sh 2>&1 | tee /tmp/every-row.log
-# About 25 minutes on 2 cores; the 1 M part is run1m.sh (it writes /tmp/g12/mil).
+# About 15 minutes on 2 cores; the 1 M part is run1m.sh (it writes /tmp/g12/mil).
 set -u
 export B=${B:-$PWD/target/release/proofgate}
 REPO=$PWD
