@@ -522,10 +522,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_lifted_capacity_is_what_the_mock_announces() {
-        let fixture = super::builtin_fixture("public-security").unwrap();
-        let declared = fixture.capacity_per_second;
+        let declared = super::builtin_fixture("public-security")
+            .unwrap()
+            .capacity_per_second;
+        let unchanged = super::builtin_fixture_with_capacity("public-security", None).unwrap();
+        assert_eq!(unchanged.capacity_per_second, declared);
+        let lifted =
+            super::builtin_fixture_with_capacity("public-security", Some(declared * 4)).unwrap();
         let mock = super::RunningMock::start(
-            fixture.with_capacity(declared * 4),
+            lifted,
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             None,
             None,
