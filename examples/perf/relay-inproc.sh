@@ -7,9 +7,5 @@ $B serve --data-dir $d/data --listen 127.0.0.1:50671 --metrics-listen off "$@" >
 pid=$!
 for i in $(seq 1 100); do grep -q "serving" $d/serve.log 2>/dev/null && break; sleep 0.2; done
 sleep 1
-for c in 64 1 64; do
-  echo "== $tag c=$c"
-  $B bench --endpoint https://127.0.0.1:50671 --certs $d/data/certs --seconds 4 --concurrency $c \
-    --matter public-rental-housing --baseline relay 2>&1 | grep -E "relay|Submit|ratio|retr"
-done
+B=$B bash "$(dirname "$0")/relay-rounds.sh" $tag https://127.0.0.1:50671 $d/data/certs
 kill $pid; wait $pid

@@ -12,9 +12,5 @@ for dep in "public-security 7301" "natural-resources 7302" "human-resources 7303
   pids="$pids $!"
 done
 sleep 3
-for c in 64 1 64; do
-  echo "== $tag c=$c"
-  $B bench --endpoint https://127.0.0.1:50681 --certs $d/data/certs --seconds 4 --concurrency $c \
-    --matter public-rental-housing --baseline relay 2>&1 | grep -E "relay|Submit|ratio|retr"
-done
+B=$B bash "$(dirname "$0")/relay-rounds.sh" $tag https://127.0.0.1:50681 $d/data/certs
 kill $pids $pid; wait
