@@ -85,7 +85,7 @@ pub enum AuditError {
     Thread(#[source] Arc<std::io::Error>),
     #[error("audit writer has stopped")]
     Stopped,
-    #[error("the audit log refuses appends since sled failed to apply a batch: restart the node (sled recovers the durable state)")]
+    #[error("the audit log refuses appends since sled failed to apply or flush a batch: restart the node (sled recovers the durable state)")]
     Halted(#[source] Arc<StoreError>),
 }
 
@@ -218,7 +218,8 @@ impl AuditLog {
     }
 
     /// True once the writer refuses every append until the node restarts
-    /// (sled failed to apply a batch); the sender is gone with the writer.
+    /// (sled failed to apply or flush a batch); the sender is gone with the
+    /// writer.
     pub fn halted(&self) -> tokio::sync::watch::Receiver<bool> {
         self.halted.clone()
     }
@@ -296,7 +297,8 @@ struct Writer {
     frontier: Frontier,
     /// The entries of the incomplete group, staged again with its last one.
     tail: AppendTail,
-    /// Set when sled failed to apply a batch: every later append is refused.
+    /// Set when sled failed to apply or flush a batch: every later append is
+    /// refused.
     broken: Option<Arc<StoreError>>,
     /// Tells [`AuditLog::halted`] when `broken` is set.
     halt: tokio::sync::watch::Sender<bool>,
@@ -393,15 +395,17 @@ impl Writer {
                     // sled may hold part of a batch it failed to apply (in
                     // memory, not durably): a later batch reusing its
                     // indices could leave a group of the failed one
-                    // readable. Refuse appends until a restart recovers the
-                    // durable state.
-                    WriteStage::Apply => {
+                    // readable. After a failed flush sled holds the whole
+                    // batch, readable but not durable, and the OS may have
+                    // dropped what it failed to write, so a later flush that
+                    // succeeds proves nothing about it. Either way, refuse
+                    // appends until a restart recovers the durable state;
+                    // readers check what they answer against the durable
+                    // size (`durable_size`), which neither failure moved.
+                    WriteStage::Apply | WriteStage::Flush => {
                         error!("appends are refused until the node restarts");
                         self.halt(&e);
                     }
-                    // After a failed flush sled holds the batch; reusing its
-                    // indices would fork the log.
-                    WriteStage::Flush => {}
                 }
                 for request in batch.drain(..) {
                     let _ = request.reply.send(Err(AuditError::Storage(Arc::clone(&e))));

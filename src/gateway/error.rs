@@ -40,6 +40,11 @@ pub enum GatewayError {
     /// The stored state and the event disagree (the projection refused it).
     #[error("the application does not accept this change")]
     NotApplicable(#[from] ApplyError),
+    /// A retried request whose decision this node's store shows but its log
+    /// did not make durable (a flush failed; the log refuses appends until
+    /// the node restarts): not answered, since a crash may still lose it.
+    #[error("the decision for this request_id is not durable on this node (its audit log could not be flushed); retry with the same request_id, on another node or after this one restarts")]
+    NotDurable,
     /// Logged here, but not yet held by the mirrors `serve --mirror-ack`
     /// requires: not answered. (The application id is not told: until it
     /// is answered, the decision is not the caller's to rely on.)

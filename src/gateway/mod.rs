@@ -276,10 +276,7 @@ impl Gateway {
     /// The log size that holds every entry of `application` (its latest
     /// entry's, or, without a receipt, the durable size).
     fn log_size_holding(&self, application: &Application) -> u64 {
-        application
-            .receipt
-            .as_ref()
-            .map_or_else(|| self.audit.durable_size(), |r| r.index + 1)
+        size_holding(application, self.audit.durable_size())
     }
 
     async fn replicated_to(
@@ -383,10 +380,10 @@ impl Gateway {
         if earlier_digest != request_digest && earlier_digest[..] != *plain().as_ref() {
             return Err(GatewayError::RequestIdReused(request.request_id.clone()));
         }
-        store
+        let application = store
             .application(&application_id)?
-            .map(Some)
-            .ok_or(GatewayError::UnknownApplication(application_id))
+            .ok_or(GatewayError::UnknownApplication(application_id))?;
+        durable(application, self.audit.durable_size()).map(Some)
     }
 
     async fn decide(
@@ -781,9 +778,44 @@ impl RecentCompletions {
     }
 }
 
+/// The log size that holds every entry of `application`: its latest
+/// entry's, or, without a receipt, `durable`.
+fn size_holding(application: &Application, durable: u64) -> u64 {
+    application
+        .receipt
+        .as_ref()
+        .map_or(durable, |r| r.index + 1)
+}
+
+/// `application` if every entry of it is within the `durable` size of the
+/// log. A stored decision beyond it is one whose flush failed: sled shows
+/// it, but a crash may lose it, so it is not answered.
+fn durable(application: Application, durable: u64) -> Result<Application, GatewayError> {
+    if size_holding(&application, durable) > durable {
+        return Err(GatewayError::NotDurable);
+    }
+    Ok(application)
+}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_decision_beyond_the_durable_size_is_not_answered() {
+        let at = |index| Application {
+            receipt: Some(crate::pb::AuditReceipt {
+                index,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Entry 9 is within a durable size of 10; entry 10 is not.
+        assert_eq!(durable(at(9), 10).unwrap().receipt.unwrap().index, 9);
+        assert!(matches!(durable(at(10), 10), Err(GatewayError::NotDurable)));
+        assert!(matches!(durable(at(0), 0), Err(GatewayError::NotDurable)));
+        // Without a receipt nothing of it is beyond what is durable.
+        assert!(durable(Application::default(), 0).is_ok());
+    }
 
     fn completion(ticket: &str, outcome: VerificationOutcome) -> CompleteVerificationRequest {
         CompleteVerificationRequest {

@@ -15,7 +15,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::warn;
 
-use crate::audit::ReadError;
+use crate::audit::{AuditError, ReadError};
 use crate::cluster::ClusterError;
 use crate::departments::{DirectoryError, RegistryError};
 use crate::gateway::GatewayError;
@@ -104,10 +104,19 @@ impl From<GatewayError> for Status {
             GatewayError::RequestIdReused(_) => Status::already_exists(e.to_string()),
             GatewayError::BadSignature(_) => Status::unauthenticated(e.to_string()),
             GatewayError::TicketNotYetRecorded => Status::unavailable(e.to_string()),
+            GatewayError::Audit(AuditError::Halted(_)) => log_unavailable(
+                &e,
+                "this node's audit log refuses appends until the node restarts, so nothing was decided here; retry with the same request_id on another node or after the restart".into(),
+            ),
+            // A failed flush may still leave the decision on disk: the same
+            // request_id gets it then, and nothing is decided twice.
             GatewayError::Audit(_) => log_unavailable(
                 &e,
-                "the audit log is not writable, so nothing was decided; retry later".into(),
+                "the audit log could not record the decision, so it is not answered; retry later with the same request_id".into(),
             ),
+            GatewayError::NotDurable => {
+                unavailable_retry(e.to_string(), std::time::Duration::from_secs(1))
+            }
             GatewayError::Store(_) => internal(&e),
             // The stored state refused the event: a bug or a race the
             // gateway should have caught, not something the caller can fix.
