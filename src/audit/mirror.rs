@@ -103,6 +103,11 @@ pub struct MirrorLog {
     /// thread after the task that awaited it was aborted: the next round
     /// starts from what that append left.
     round: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Set by the first write to the store that fails (shared by clones):
+    /// sled may then hold in memory what is not on disk, so from then on
+    /// nothing is appended, and no size is reported as held, until the
+    /// node restarts and sled recovers the durable state.
+    broken: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 /// The stored origin and key of the mirror store at `path`, if it is one.
@@ -176,6 +181,24 @@ impl MirrorLog {
             vkey: vkey.to_owned(),
             verifier,
             round: Default::default(),
+            broken: Default::default(),
+        })
+    }
+
+    /// Err once a write to the store failed (see the field).
+    fn writable(&self) -> Result<(), StoreError> {
+        match self.broken.get() {
+            Some(reason) => Err(StoreError::WriteFailed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes to the store; a failure marks it broken for every clone.
+    fn write(&self, f: impl FnOnce(&sled::Db) -> sled::Result<()>) -> Result<(), StoreError> {
+        self.writable()?;
+        f(self.store.db()).map_err(|e| {
+            let _ = self.broken.set(e.to_string());
+            StoreError::from(e)
         })
     }
 
@@ -199,12 +222,14 @@ impl MirrorLog {
 
     /// The newest stored (verified) checkpoint's size, 0 if none.
     pub fn verified_size(&self) -> Result<u64, StoreError> {
+        self.writable()?;
         Ok(self.store.latest_checkpoint()?.map_or(0, |(size, _)| size))
     }
 
     /// The newest stored (verified) checkpoint's size and root hash; (0,
     /// empty) if none.
     pub fn verified(&self) -> Result<(u64, Vec<u8>), StoreError> {
+        self.writable()?;
         Ok(match self.store.latest_checkpoint()? {
             Some((size, note)) => {
                 let root = super::checkpoint::parse_checkpoint(&note)
@@ -297,6 +322,7 @@ impl MirrorLog {
         entries: &[Vec<u8>],
         proof_to_checkpoint: &[Hash],
     ) -> Result<u64, MirrorError> {
+        self.writable()?;
         let bad = |reason: String| MirrorError::BadPeer {
             origin: self.origin.clone(),
             reason,
@@ -351,9 +377,10 @@ impl MirrorLog {
             )));
         }
         batch.insert(FRONTIER_KEY, frontier.to_bytes());
-        let db = self.store.db();
-        db.apply_batch(batch).map_err(StoreError::from)?;
-        db.flush().map_err(StoreError::from)?;
+        self.write(|db| {
+            db.apply_batch(batch)?;
+            db.flush().map(drop)
+        })?;
         Ok(end)
     }
 
@@ -387,10 +414,10 @@ impl MirrorLog {
             },
         };
         if newer {
-            let db = self.store.db();
-            db.insert(checkpoint_key(checkpoint.size), note.as_bytes())
-                .map_err(StoreError::from)?;
-            db.flush().map_err(StoreError::from)?;
+            self.write(|db| {
+                db.insert(checkpoint_key(checkpoint.size), note.as_bytes())?;
+                db.flush().map(drop)
+            })?;
         }
         Ok(())
     }
@@ -599,6 +626,37 @@ mod tests {
         // regression from hanging the suite).
         let next = tokio::time::timeout(std::time::Duration::from_secs(60), mirror.round()).await;
         assert!(next.is_ok());
+    }
+
+    #[test]
+    fn after_a_failed_write_a_mirror_reports_nothing_held_and_appends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = signer();
+        let vkey = signer.verifier_key();
+        let mirror = MirrorLog::open(&dir.path().join("m"), "proofgate/node-1", &vkey).unwrap();
+        let origin = Origin::new("a", 40);
+        pull(&mirror, &origin, &signer, 20, 10).unwrap();
+        assert_eq!(mirror.verified().unwrap().0, 20);
+        // What `write` does when sled fails to apply or flush; every clone
+        // (the server's, a follower's) sees it.
+        let clone = mirror.clone();
+        mirror.broken.set("flush: disk gone".into()).unwrap();
+        for held in [clone.verified().map(|v| v.0), clone.verified_size()] {
+            assert!(
+                matches!(&held, Err(StoreError::WriteFailed(reason)) if reason.contains("disk gone")),
+                "{held:?}"
+            );
+        }
+        let err = pull(&clone, &origin, &signer, 40, 10).unwrap_err();
+        assert!(
+            matches!(err, MirrorError::Store(StoreError::WriteFailed(_))),
+            "{err}"
+        );
+        assert_eq!(mirror.store().tree_size().unwrap(), 20, "nothing appended");
+        // A restart opens the store afresh: sled recovered what is durable.
+        drop((mirror, clone));
+        let again = MirrorLog::open(&dir.path().join("m"), "proofgate/node-1", &vkey).unwrap();
+        assert_eq!(again.verified().unwrap().0, 20);
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub enum StoreError {
     HalfCompacted { store: String, previous: String },
     #[error("audit store: {0}")]
     Io(#[from] std::io::Error),
+    /// A write to the store failed earlier: sled may hold in memory what is
+    /// not on disk, so nothing more is written or acknowledged from it.
+    #[error("audit store: an earlier write failed ({0}), so what it holds in memory may not be on disk: restart the node (sled recovers the durable state)")]
+    WriteFailed(String),
 }
 
 /// A pending verification, found by the department's ticket.

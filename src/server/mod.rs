@@ -326,7 +326,10 @@ pub mod exit {
         match e {
             StoreError::InUse(_) => UNAVAILABLE,
             StoreError::Corrupt(_) | StoreError::HalfCompacted { .. } => DATA,
-            StoreError::Sled(_) | StoreError::Compress(_) | StoreError::Io(_) => FAILURE,
+            StoreError::Sled(_)
+            | StoreError::Compress(_)
+            | StoreError::Io(_)
+            | StoreError::WriteFailed(_) => FAILURE,
         }
     }
 
