@@ -38,6 +38,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("audit store: cannot compress a group of entries")]
     Compress(#[source] std::io::Error),
+    #[error("the audit store {0} is being compacted (`proofgate audit compact` is running on it): start the node once it has finished")]
+    Compacting(String),
     #[error("a compaction of the audit store {store} stopped half way: {previous} holds the store as it was before. If {store} exists, it is the copy, checked against {previous} before the swap: remove {previous} (or, to keep the original, remove {store} and rename {previous} to {store}); if it does not exist, rename {previous} to {store}")]
     HalfCompacted { store: String, previous: String },
     #[error("audit store: {0}")]
@@ -310,6 +312,11 @@ impl AuditStore {
         while_released(|| {
             let (_, previous) = compact_siblings(path);
             if previous.exists() {
+                // `compact` holds the original's lock until it is done: a
+                // running compaction is not a half-done one to repair.
+                if locked_by_another(&previous.join("db")) {
+                    return Err(StoreError::Compacting(path.display().to_string()));
+                }
                 return Err(StoreError::HalfCompacted {
                     store: path.display().to_string(),
                     previous: previous.display().to_string(),
@@ -612,6 +619,16 @@ const COMPACT_BATCH_BYTES: usize = 4 << 20;
 /// The folders [`compact`] writes beside the store at `path`: the copy
 /// being made, and the store as it was, kept until the copy is in place
 /// and checked. While the latter exists the store does not open.
+/// Whether another open file description holds the lock sled takes on a
+/// store's `db` file (an exclusive `flock`). Ours, if we get it, is
+/// released at once.
+fn locked_by_another(db_file: &Path) -> bool {
+    match std::fs::File::open(db_file) {
+        Ok(file) => matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
 fn compact_siblings(path: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let name = path
         .file_name()
@@ -1109,6 +1126,28 @@ mod tests {
         let refused = compact(&nowhere).err().unwrap();
         assert!(refused.to_string().contains("no audit store"), "{refused}");
         assert!(!nowhere.exists());
+    }
+
+    #[test]
+    fn a_store_being_compacted_is_said_to_be_so_not_half_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let previous = dir.path().join("log.before-compact");
+        // As `compact` leaves it mid-way: the original moved aside, still
+        // open (and locked) by the compaction.
+        let held = AuditStore::open(&path).unwrap();
+        std::fs::rename(&path, &previous).unwrap();
+        let refused = AuditStore::open(&path).err().unwrap();
+        assert!(matches!(refused, StoreError::Compacting(_)), "{refused}");
+        assert!(refused.to_string().contains("being compacted"), "{refused}");
+        assert!(matches!(compact(&path), Err(StoreError::Compacting(_))));
+        // The compaction gone without finishing: half done, to repair.
+        drop(held);
+        let refused = AuditStore::open(&path).err().unwrap();
+        assert!(
+            matches!(refused, StoreError::HalfCompacted { .. }),
+            "{refused}"
+        );
     }
 
     #[test]

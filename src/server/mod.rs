@@ -324,7 +324,7 @@ pub mod exit {
     /// A store that cannot be opened: in use by another process, or not.
     pub fn of_store(e: &StoreError) -> u8 {
         match e {
-            StoreError::InUse(_) => UNAVAILABLE,
+            StoreError::InUse(_) | StoreError::Compacting(_) => UNAVAILABLE,
             StoreError::Corrupt(_) | StoreError::HalfCompacted { .. } => DATA,
             StoreError::Sled(_)
             | StoreError::Compress(_)
