@@ -40,6 +40,10 @@ pub enum GatewayError {
     /// The stored state and the event disagree (the projection refused it).
     #[error("the application does not accept this change")]
     NotApplicable(#[from] ApplyError),
+    /// The system's random source failed, so no application id can be
+    /// drawn: nothing was decided.
+    #[error("this node cannot draw random numbers for an application id, so nothing was decided; retry on another node")]
+    NoRandom,
     /// A retried request whose decision this node's store shows but its log
     /// did not make durable (a flush failed; the log refuses appends until
     /// the node restarts): not answered, since a crash may still lose it.

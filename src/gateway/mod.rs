@@ -169,11 +169,15 @@ impl Gateway {
     /// then the time (ms, 12 hex digits) and 48 random bits: a node's ids
     /// sort by time, so the store appends their keys at the end of a range
     /// instead of scattering them over its pages.
-    fn new_application_id(&self) -> String {
+    /// Without random bits two ids of the same millisecond would be one:
+    /// nothing is decided then.
+    fn new_application_id(&self) -> Result<String, GatewayError> {
         let mut bytes = [0u8; 6];
-        let _ = self.rng.fill(&mut bytes);
+        self.rng
+            .fill(&mut bytes)
+            .map_err(|_| GatewayError::NoRandom)?;
         let ms = u64::try_from(self.clock.now_unix_ms()).unwrap_or(0) & 0xffff_ffff_ffff;
-        format!("{}.{ms:012x}{}", self.node_id, hex::encode(bytes))
+        Ok(format!("{}.{ms:012x}{}", self.node_id, hex::encode(bytes)))
     }
 
     fn lock_for(&self, application_id: &str) -> &tokio::sync::Mutex<()> {
@@ -395,7 +399,7 @@ impl Gateway {
         policy: &PolicySet,
         now: i64,
     ) -> Result<Application, GatewayError> {
-        let application_id = self.new_application_id();
+        let application_id = self.new_application_id()?;
         let span = info_span!(
             "application",
             application_id = %application_id,

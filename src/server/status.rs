@@ -114,6 +114,7 @@ impl From<GatewayError> for Status {
                 &e,
                 "the audit log could not record the decision, so it is not answered; retry later with the same request_id".into(),
             ),
+            GatewayError::NoRandom => Status::unavailable(e.to_string()),
             GatewayError::NotDurable => {
                 unavailable_retry(e.to_string(), std::time::Duration::from_secs(1))
             }
