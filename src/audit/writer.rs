@@ -399,9 +399,9 @@ impl Writer {
                     // batch, readable but not durable, and the OS may have
                     // dropped what it failed to write, so a later flush that
                     // succeeds proves nothing about it. Either way, refuse
-                    // appends until a restart recovers the durable state;
-                    // readers check what they answer against the durable
-                    // size (`durable_size`), which neither failure moved.
+                    // appends until a restart recovers the durable state.
+                    // Neither failure moves `durable_size`: a retried request
+                    // is not answered beyond it (the gateway's replay).
                     WriteStage::Apply | WriteStage::Flush => {
                         error!("appends are refused until the node restarts");
                         self.halt(&e);

@@ -387,7 +387,7 @@ impl Gateway {
         let application = store
             .application(&application_id)?
             .ok_or(GatewayError::UnknownApplication(application_id))?;
-        durable(application, self.audit.durable_size()).map(Some)
+        if_durable(application, self.audit.durable_size()).map(Some)
     }
 
     async fn decide(
@@ -794,7 +794,7 @@ fn size_holding(application: &Application, durable: u64) -> u64 {
 /// `application` if every entry of it is within the `durable` size of the
 /// log. A stored decision beyond it is one whose flush failed: sled shows
 /// it, but a crash may lose it, so it is not answered.
-fn durable(application: Application, durable: u64) -> Result<Application, GatewayError> {
+fn if_durable(application: Application, durable: u64) -> Result<Application, GatewayError> {
     if size_holding(&application, durable) > durable {
         return Err(GatewayError::NotDurable);
     }
@@ -814,11 +814,17 @@ mod tests {
             ..Default::default()
         };
         // Entry 9 is within a durable size of 10; entry 10 is not.
-        assert_eq!(durable(at(9), 10).unwrap().receipt.unwrap().index, 9);
-        assert!(matches!(durable(at(10), 10), Err(GatewayError::NotDurable)));
-        assert!(matches!(durable(at(0), 0), Err(GatewayError::NotDurable)));
+        assert_eq!(if_durable(at(9), 10).unwrap().receipt.unwrap().index, 9);
+        assert!(matches!(
+            if_durable(at(10), 10),
+            Err(GatewayError::NotDurable)
+        ));
+        assert!(matches!(
+            if_durable(at(0), 0),
+            Err(GatewayError::NotDurable)
+        ));
         // Without a receipt nothing of it is beyond what is durable.
-        assert!(durable(Application::default(), 0).is_ok());
+        assert!(if_durable(Application::default(), 0).is_ok());
     }
 
     fn completion(ticket: &str, outcome: VerificationOutcome) -> CompleteVerificationRequest {
